@@ -1,0 +1,291 @@
+"""MADDPG (Lowe et al. 2017): decentralized deterministic actors, one centralized critic per agent.
+
+Data in and out is batched: observations ``[num_envs, num_agents, max_obs_dim]``, actions
+``[num_envs, num_agents, max_act_dim]`` (continuous: the Box action; discrete: a one-hot vector).
+An algorithm exposes ``act``, ``observe``, ``pending_updates``, ``update`` and ``state_dict`` — the
+trainer calls nothing else, so an on-policy algorithm (rollout buffer, ``pending_updates`` = 1 when the
+rollout is full) fits the same loop.
+
+Defaults follow openai/maddpg (Adam 1e-2, gamma 0.95, tau 0.01, batch 1024, two 64-unit ReLU layers, one
+update every 100 env steps after 1024*25 warm-up steps); its per-tensor clip 0.5 and pre-activation
+penalty 1e-3 are available as fixes but off by default, so the failure can be studied.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from agents.buffer import ReplayBuffer
+from agents.networks import Actor, Critic, gumbel_softmax_hard, one_hot_argmax
+from marl_stability.config import OptimConfig, RunConfig
+from marl_stability.fixes import ClipStats, Fixes
+
+
+class NonFiniteParameters(RuntimeError):
+    """A parameter became NaN/Inf after an optimizer step: the run cannot continue."""
+
+
+@dataclass
+class AgentSpec:
+    """What the algorithm needs to know about each agent (built from ``envs.AgentLayout``)."""
+
+    names: Sequence[str]
+    obs_dims: Sequence[int]
+    act_dims: Sequence[int]
+    discrete: Sequence[bool]
+    act_low: np.ndarray  # [N, max_act_dim]
+    act_high: np.ndarray
+
+    @property
+    def num_agents(self) -> int:
+        return len(self.names)
+
+    @property
+    def max_obs_dim(self) -> int:
+        return max(self.obs_dims)
+
+    @property
+    def max_act_dim(self) -> int:
+        return max(self.act_dims)
+
+
+def make_optimizer(params: Any, cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, eps=cfg.eps, momentum=cfg.momentum)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+    with torch.no_grad():
+        t_params, s_params = list(target.parameters()), list(source.parameters())
+        torch._foreach_lerp_(t_params, s_params, tau)
+        for tb, sb in zip(target.buffers(), source.buffers()):
+            tb.copy_(sb)
+
+
+def all_finite(params: Sequence[torch.Tensor]) -> bool:
+    # A NaN/Inf anywhere makes the sum of sums non-finite; one reduction instead of one per tensor.
+    return bool(torch.isfinite(torch.stack([p.sum() for p in params]).sum()))
+
+
+class MADDPG:
+    def __init__(self, cfg: RunConfig, spec: AgentSpec, fixes: Fixes) -> None:
+        self.cfg, self.spec, self.fixes = cfg, spec, fixes
+        self.hp = cfg.maddpg
+        torch.manual_seed(cfg.seed)  # network init
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)  # exploration, Gumbel, warm-up actions
+        self.rng = np.random.default_rng(cfg.seed + 2)  # replay sampling
+        n = spec.num_agents
+        low = torch.tensor(np.array(spec.act_low), dtype=torch.float32)
+        high = torch.tensor(np.array(spec.act_high), dtype=torch.float32)
+        self.low, self.high = low, high
+        a = cfg.actor
+        self.actors = [
+            Actor(spec.obs_dims[i], spec.act_dims[i], spec.discrete[i], a.hidden_sizes, a.activation, a.norm,
+                  a.residual, a.init, a.last_layer_init, a.output, low[i, : spec.act_dims[i]], high[i, : spec.act_dims[i]])
+            for i in range(n)
+        ]
+        c = cfg.critic
+        critic_in = sum(spec.obs_dims) + sum(spec.act_dims)
+        self.critics = [
+            Critic(critic_in, c.hidden_sizes, c.activation, c.norm, c.residual, c.init, c.last_layer_init) for _ in range(n)
+        ]
+        self.target_actors = [copy.deepcopy(m).eval() for m in self.actors]
+        self.target_critics = [copy.deepcopy(m).eval() for m in self.critics]
+        for m in self.target_actors + self.target_critics:
+            m.requires_grad_(False)
+        self.actor_opts = [make_optimizer(m.parameters(), cfg.actor_optim) for m in self.actors]
+        self.critic_opts = [make_optimizer(m.parameters(), cfg.critic_optim) for m in self.critics]
+        self.buffer = ReplayBuffer(self.hp.buffer_size, n, spec.max_obs_dim, spec.max_act_dim)
+        self.env_steps = 0
+        self.updates = 0
+        self._updates_owed = 0.0
+        self._critic_loss_fn = (
+            F.mse_loss if self.hp.critic_loss == "mse" else lambda q, y: F.huber_loss(q, y, delta=self.hp.huber_delta)
+        )
+
+    # ------------------------------------------------------------------ acting
+    def _agent_obs(self, obs: torch.Tensor, i: int) -> torch.Tensor:
+        return obs[..., i, : self.spec.obs_dims[i]]
+
+    def _pad_actions(self, per_agent: list[torch.Tensor]) -> torch.Tensor:
+        out = torch.zeros(per_agent[0].shape[0], self.spec.num_agents, self.spec.max_act_dim)
+        for i, a in enumerate(per_agent):
+            out[:, i, : a.shape[-1]] = a
+        return out
+
+    def random_actions(self, num_envs: int) -> torch.Tensor:
+        acts = []
+        for i in range(self.spec.num_agents):
+            d = self.spec.act_dims[i]
+            if self.spec.discrete[i]:
+                idx = torch.randint(0, d, (num_envs,), generator=self.gen)
+                acts.append(F.one_hot(idx, d).float())
+            else:
+                u = torch.rand(num_envs, d, generator=self.gen)
+                acts.append(self.low[i, :d] + u * (self.high[i, :d] - self.low[i, :d]))
+        return self._pad_actions(acts)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, explore: bool) -> np.ndarray:
+        """Actions for a batch of env copies; uniform random during warm-up when exploring."""
+        if explore and self.env_steps < self.hp.warmup_steps:
+            return self.random_actions(obs.shape[0]).numpy()
+        o = self.fixes.obs(torch.as_tensor(obs, dtype=torch.float32))
+        acts = []
+        for i, actor in enumerate(self.actors):
+            actor.eval()  # BatchNorm uses running statistics when acting
+            action, _ = actor(self._agent_obs(o, i))
+            d = self.spec.act_dims[i]
+            if self.spec.discrete[i]:
+                action = gumbel_softmax_hard(action, self.hp.gumbel_temperature, self.gen) if explore else one_hot_argmax(action)
+            elif explore and self.hp.exploration_std > 0:
+                span = self.high[i, :d] - self.low[i, :d]
+                action = action + torch.randn(action.shape, generator=self.gen) * self.hp.exploration_std * span
+                if actor.head is not None and actor.head.bounded:
+                    action = torch.maximum(torch.minimum(action, self.high[i, :d]), self.low[i, :d])
+            acts.append(action)
+        return self._pad_actions(acts).numpy()
+
+    # ------------------------------------------------------------------ storing
+    def observe(self, obs: np.ndarray, actions: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
+                terminated: np.ndarray, done: np.ndarray) -> None:
+        """Store a batch of transitions and update the running statistics of the fixes."""
+        self.buffer.add(obs, actions, reward, next_obs, terminated.astype(np.float32))
+        self.fixes.obs.update(obs)
+        self.fixes.reward.update(reward, done)
+        self.env_steps += obs.shape[0]
+        if self.env_steps >= self.hp.warmup_steps and len(self.buffer) >= self.hp.batch_size:
+            self._updates_owed += obs.shape[0] / self.hp.update_every
+
+    def pending_updates(self) -> int:
+        """Update rounds owed now (the update-to-data ratio is updates_per_round / update_every)."""
+        rounds = int(self._updates_owed)
+        self._updates_owed -= rounds
+        return rounds * self.hp.updates_per_round
+
+    # ------------------------------------------------------------------ learning
+    def _joint(self, x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+        return torch.cat([x[:, i, :d] for i, d in enumerate(dims)], dim=-1)
+
+    def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+              clipper: Any) -> tuple[ClipStats, bool]:
+        """backward -> clip -> step, skipping the step when the loss or gradient is non-finite."""
+        opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return ClipStats(float("nan"), float("nan"), False), False
+        loss.backward()
+        clip = clipper(params)
+        if not np.isfinite(clip.pre_norm):
+            opt.zero_grad(set_to_none=True)
+            return clip, False
+        opt.step()
+        return clip, True
+
+    def update(self) -> dict[str, float]:
+        """One gradient update of every critic and actor, then soft target updates. Returns scalar stats."""
+        self.updates += 1
+        b = self.buffer.sample(self.hp.batch_size, self.rng)
+        obs, next_obs = self.fixes.obs(b["obs"]), self.fixes.obs(b["next_obs"])
+        rew = self.fixes.reward(b["rew"])
+        sd = self.spec
+        joint_obs, joint_next = self._joint(obs, sd.obs_dims), self._joint(next_obs, sd.obs_dims)
+        joint_act = self._joint(b["act"], sd.act_dims)
+        with torch.no_grad():
+            next_acts = []
+            for i, ta in enumerate(self.target_actors):
+                a, _ = ta(self._agent_obs(next_obs, i))
+                next_acts.append(one_hot_argmax(a) if sd.discrete[i] else a)
+            joint_next_act = torch.cat(next_acts, dim=-1)
+        stats: dict[str, float] = {}
+        nonfinite = 0
+        inject = self.cfg.debug.inject_nonfinite_at_update
+        for i, name in enumerate(sd.names):
+            critic, actor = self.critics[i], self.actors[i]
+            # ---- critic: y = r + gamma * (1 - terminated) * Q'_i(o', mu'(o'))
+            with torch.no_grad():
+                target_q = self.target_critics[i](joint_next, joint_next_act)
+                y = rew[:, i] + self.hp.gamma * (1.0 - b["term"][:, i]) * target_q
+            critic.train()
+            q = critic(joint_obs, joint_act)
+            critic_loss = self._critic_loss_fn(q, y)
+            if inject is not None and self.updates >= inject:
+                critic_loss = critic_loss * float("nan")
+            c_clip, c_ok = self._step(critic_loss, self.critic_opts[i], list(critic.parameters()), self.fixes.critic_clip)
+            # ---- actor: maximize Q_i(o, a_1..mu_i(o_i)..a_N) with the others' actions from the buffer
+            actor.train()
+            out, pre = actor(self._agent_obs(obs, i))
+            if sd.discrete[i]:
+                out = gumbel_softmax_hard(out, self.hp.gumbel_temperature, self.gen)
+            acts = [b["act"][:, j, : sd.act_dims[j]] for j in range(sd.num_agents)]
+            acts[i] = out
+            critic.eval()
+            actor_q = critic(joint_obs, torch.cat(acts, dim=-1))
+            actor_loss = -actor_q.mean() + self.fixes.preact_penalty(pre)
+            a_clip, a_ok = self._step(actor_loss, self.actor_opts[i], list(actor.parameters()), self.fixes.actor_clip)
+            critic.zero_grad(set_to_none=True)  # the actor loss also reached the critic's parameters
+            nonfinite += (not c_ok) + (not a_ok)
+            stats[f"loss/critic/{name}"] = float(critic_loss.detach())
+            stats[f"loss/actor/{name}"] = float(actor_loss.detach())
+            stats[f"grad_norm/critic/{name}"] = c_clip.pre_norm
+            stats[f"grad_norm/actor/{name}"] = a_clip.pre_norm
+            stats[f"grad_norm_postclip/critic/{name}"] = c_clip.post_norm
+            stats[f"grad_norm_postclip/actor/{name}"] = a_clip.post_norm
+            stats[f"q/mean/{name}"] = float(q.detach().mean())
+            stats[f"q/target_mean/{name}"] = float(y.mean())
+        params = [p for m in self.actors + self.critics for p in m.parameters()]
+        if not all_finite(params):
+            raise NonFiniteParameters(f"non-finite parameters after update {self.updates}")
+        for i in range(sd.num_agents):
+            soft_update(self.target_actors[i], self.actors[i], self.hp.tau)
+            soft_update(self.target_critics[i], self.critics[i], self.hp.tau)
+        stats["health/nonfinite_updates"] = float(nonfinite)
+        stats["reward/learner_scale"] = self.fixes.reward.scale()
+        return stats
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actors": [m.state_dict() for m in self.actors],
+            "critics": [m.state_dict() for m in self.critics],
+            "target_actors": [m.state_dict() for m in self.target_actors],
+            "target_critics": [m.state_dict() for m in self.target_critics],
+            "actor_opts": [o.state_dict() for o in self.actor_opts],
+            "critic_opts": [o.state_dict() for o in self.critic_opts],
+            "obs_norm": self.fixes.obs.state_dict(),
+            "reward_transform": self.fixes.reward.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "torch_gen": self.gen.get_state(),
+            "np_rng": self.rng.bit_generator.state,
+            "counters": {"env_steps": self.env_steps, "updates": self.updates, "updates_owed": self._updates_owed},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for group, key in ((self.actors, "actors"), (self.critics, "critics"), (self.target_actors, "target_actors"),
+                           (self.target_critics, "target_critics"), (self.actor_opts, "actor_opts"),
+                           (self.critic_opts, "critic_opts")):
+            for obj, sd in zip(group, state[key], strict=True):
+                obj.load_state_dict(sd)
+        self.fixes.obs.load_state_dict(state["obs_norm"])
+        self.fixes.reward.load_state_dict(state["reward_transform"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.gen.set_state(state["torch_gen"])
+        self.rng.bit_generator.state = state["np_rng"]
+        c = state["counters"]
+        self.env_steps, self.updates, self._updates_owed = int(c["env_steps"]), int(c["updates"]), float(c["updates_owed"])
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Named networks (for instrumentation and the monitor)."""
+        out: dict[str, torch.nn.Module] = {}
+        for name, a, c in zip(self.spec.names, self.actors, self.critics):
+            out[f"actor/{name}"] = a
+            out[f"critic/{name}"] = c
+        return out

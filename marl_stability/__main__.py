@@ -1,0 +1,3 @@
+from marl_stability.cli import main
+
+main()

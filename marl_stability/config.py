@@ -1,0 +1,291 @@
+"""Typed run configuration: one source of truth for defaults (these pydantic models).
+
+YAML presets in ``experiments/`` only override fields; ``--set a.b=value`` overrides one dotted key.
+Every field carries a one-line description that ``marl-stability config`` prints next to its default.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from marl_stability.errors import UserError
+
+Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh"]
+NormLayer = Literal["none", "layernorm", "batchnorm"]
+InitScheme = Literal["default", "kaiming", "xavier", "orthogonal"]
+OutputHead = Literal["auto", "linear_clip", "softsign", "softsign_scaled", "tanh_scaled"]
+OptimizerName = Literal["adam", "rmsprop", "sgd"]
+ClipMode = Literal["none", "global_norm", "per_tensor", "value"]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors (typos in YAML or --set must not be silently ignored).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EnvConfig(_Strict):
+    id: str = Field("simple_spread_v3", description="environment ID: an mpe2 task module name or package.module:callable")
+    kwargs: dict[str, Any] = Field(
+        default_factory=lambda: {"N": 3, "max_cycles": 25, "continuous_actions": True},
+        description="keyword arguments passed to the environment factory",
+    )
+    num_envs: int = Field(1, ge=1, le=4096, description="environment copies stepped in lockstep")
+    reward_scale: float = Field(1.0, description="multiply env rewards (an env wrapper; >1 induces the failure)")
+    obs_scale: float = Field(1.0, description="multiply observations (an env wrapper that induces badly scaled inputs)")
+    obs_offset: float = Field(0.0, description="add to observations after obs_scale (an env wrapper)")
+
+
+class NetworkConfig(_Strict):
+    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64], description="hidden layer widths")
+    activation: Activation = Field("relu", description="hidden activation")
+    norm: NormLayer = Field("none", description="normalization layer after each hidden linear layer")
+    residual: bool = Field(False, description="residual blocks x + act(W x) between equal-width hidden layers")
+    init: InitScheme = Field("default", description="weight init of hidden layers (default = PyTorch's)")
+    last_layer_init: Optional[float] = Field(
+        None, gt=0, description="if set, last layer weights and biases ~ U(-s, s) (small last-layer init fix)"
+    )
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> "NetworkConfig":
+        if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
+            raise ValueError("hidden_sizes must be a non-empty list of positive integers")
+        return self
+
+
+class ActorConfig(NetworkConfig):
+    output: OutputHead = Field(
+        "auto",
+        description="continuous output head: linear_clip (env clips), softsign, softsign_scaled, tanh_scaled; "
+        "auto = tanh_scaled for continuous, logits for discrete",
+    )
+
+
+class OptimConfig(_Strict):
+    name: OptimizerName = Field("adam", description="optimizer")
+    lr: float = Field(1e-2, gt=0, le=10, description="learning rate")
+    eps: float = Field(1e-8, gt=0, description="Adam/RMSprop epsilon")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD/RMSprop momentum")
+
+
+class ClipConfig(_Strict):
+    mode: ClipMode = Field("none", description="none | global_norm (clip_grad_norm_) | per_tensor (openai/maddpg) | value")
+    max: float = Field(1.0, gt=0, description="max L2 norm (global/per tensor) or max |g| (value)")
+
+
+class GradClipFixes(_Strict):
+    actor: ClipConfig = Field(default_factory=ClipConfig, description="gradient clipping of actors")
+    critic: ClipConfig = Field(default_factory=ClipConfig, description="gradient clipping of critics")
+
+
+class ObsNormConfig(_Strict):
+    enabled: bool = Field(False, description="running mean/std normalization of each agent's observation")
+    clip: float = Field(10.0, gt=0, description="clip normalized observations to +-clip")
+    eps: float = Field(1e-8, gt=0, description="(x - mean) / (std + eps)")
+
+
+class RewardFixConfig(_Strict):
+    mode: Literal["none", "scale", "normalize"] = Field(
+        "none", description="none | scale (multiply by scale) | normalize (divide by running std of the discounted return)"
+    )
+    scale: float = Field(1.0, gt=0, description="factor for mode=scale")
+    clip: float = Field(10.0, gt=0, description="clip normalized rewards to +-clip (mode=normalize)")
+
+
+class FixesConfig(_Strict):
+    grad_clip: GradClipFixes = Field(default_factory=GradClipFixes, description="gradient clipping after backward, before step")
+    obs_norm: ObsNormConfig = Field(default_factory=ObsNormConfig, description="input normalization")
+    reward: RewardFixConfig = Field(default_factory=RewardFixConfig, description="reward scaling/normalization seen by the learner")
+    actor_preact_l2: float = Field(
+        0.0, ge=0, description="openai/maddpg's penalty: actor loss + c * mean(output pre-activation^2); 0 = off"
+    )
+
+
+class MADDPGConfig(_Strict):
+    gamma: float = Field(0.95, gt=0, le=1, description="discount")
+    tau: float = Field(0.01, gt=0, le=1, description="soft target update rate")
+    batch_size: int = Field(1024, ge=1, description="minibatch size")
+    buffer_size: int = Field(1_000_000, ge=1, description="replay capacity (transitions)")
+    warmup_steps: int = Field(25_600, ge=0, description="env steps of random actions before learning starts")
+    update_every: int = Field(100, ge=1, description="env steps between update rounds (openai/maddpg: 100)")
+    updates_per_round: int = Field(1, ge=1, description="gradient updates per round")
+    exploration_std: float = Field(0.1, ge=0, description="Gaussian exploration noise std, as a fraction of the action range")
+    gumbel_temperature: float = Field(1.0, gt=0, description="Gumbel-softmax temperature (discrete actions)")
+    critic_loss: Literal["mse", "huber"] = Field("mse", description="critic loss")
+    huber_delta: float = Field(1.0, gt=0, description="Huber loss delta")
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(200_000, ge=1, description="total env steps (summed over env copies)")
+    eval_every: int = Field(10_000, ge=1, description="env steps between evaluations")
+    eval_episodes: int = Field(10, ge=1, description="episodes per evaluation (no exploration noise)")
+    checkpoint_every: int = Field(50_000, ge=1, description="env steps between checkpoints")
+    log_every: int = Field(1, ge=1, description="log update stats every N update rounds")
+    histogram_every: int = Field(50, ge=1, description="log histograms every N update rounds")
+    max_nonfinite: int = Field(10, ge=1, description="non-finite updates tolerated before status=diverged")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for these small nets)")
+
+
+class DebugConfig(_Strict):
+    inject_nonfinite_at_update: Optional[int] = Field(
+        None, ge=1, description="test hook: make the critic loss NaN from this update on (tests divergence handling)"
+    )
+
+
+class RunConfig(_Strict):
+    algo: Literal["maddpg"] = Field("maddpg", description="algorithm")
+    seed: int = Field(0, ge=0, description="seed of everything (torch, numpy, env resets, exploration)")
+    env: EnvConfig = Field(default_factory=EnvConfig, description="environment")
+    actor: ActorConfig = Field(default_factory=ActorConfig, description="actor network")
+    critic: NetworkConfig = Field(default_factory=NetworkConfig, description="critic network")
+    actor_optim: OptimConfig = Field(default_factory=OptimConfig, description="actor optimizer")
+    critic_optim: OptimConfig = Field(default_factory=OptimConfig, description="critic optimizer")
+    maddpg: MADDPGConfig = Field(default_factory=MADDPGConfig, description="MADDPG hyperparameters")
+    fixes: FixesConfig = Field(default_factory=FixesConfig, description="stability fixes that are not network pieces")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="budget, evaluation, checkpoints, logging")
+    debug: DebugConfig = Field(default_factory=DebugConfig, description="test hooks")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self, ignore: tuple[str, ...] = ("train.steps",)) -> str:
+        flat = {k: v for k, v in flatten(self.to_dict()).items() if k not in ignore}
+        return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+    def fix_settings(self) -> dict[str, Any]:
+        """The resolved settings of every stability fix, flat (what summary.json reports as ``fixes``)."""
+        d = self.to_dict()
+        out: dict[str, Any] = {}
+        for k, v in flatten(d["fixes"]).items():
+            out[k] = v
+        for net in ("actor", "critic"):
+            for key in ("activation", "norm", "residual", "init", "last_layer_init"):
+                out[f"{net}.{key}"] = d[net][key]
+        out["actor.output"] = d["actor"]["output"]
+        for opt in ("actor_optim", "critic_optim"):
+            out[f"{opt}.name"] = d[opt]["name"]
+            out[f"{opt}.lr"] = d[opt]["lr"]
+        out["maddpg.critic_loss"] = d["maddpg"]["critic_loss"]
+        return out
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; dict-valued free-form fields (env.kwargs) are flattened too."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(a: RunConfig, b: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
+    return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file {p}: {e.__class__.__name__}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"malformed YAML in {p}{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: top level must be a mapping of config keys")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (so 1e-3, true, [64, 64] work)."""
+    if "=" not in assignment:
+        raise UserError(f"--set expects key.path=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set: bad key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise UserError(f"--set {key}: cannot parse value {raw!r}") from None
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise UserError(_format_validation_error(e, source)) from None
+
+
+def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:
+    """Defaults <- YAML file <- --set overrides, validated into a RunConfig."""
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    data = copy.deepcopy(data)
+    # `--set env.kwargs.N=4` must merge into the default env kwargs, not replace them.
+    for item in overrides:
+        if item.startswith("env.kwargs."):
+            env = data.setdefault("env", {})
+            if isinstance(env, dict) and "kwargs" not in env:
+                env["kwargs"] = dict(EnvConfig().kwargs)
+        apply_override(data, item)
+    source = str(path) if path is not None else "config"
+    return build_config(data, source + (" with --set overrides" if overrides else ""))
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def describe_schema(model: type[BaseModel] = RunConfig, indent: int = 0) -> str:
+    """YAML of every default, each line commented with the field's description (``marl-stability config``)."""
+    lines: list[str] = []
+    pad = "  " * indent
+    instance = model()
+    for name, field in model.model_fields.items():
+        value = getattr(instance, name)
+        desc = field.description or ""
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:  # {desc}")
+            lines.append(describe_schema(type(value), indent + 1))
+        else:
+            dumped = json.dumps(value.tolist() if hasattr(value, "tolist") else value)
+            lines.append(f"{pad}{name}: {dumped}  # {desc}")
+    return "\n".join(lines)

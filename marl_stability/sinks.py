@@ -1,0 +1,111 @@
+"""Where metrics go. Everything flows through ``Logger.record`` / ``histogram`` / ``text`` to sinks.
+
+TensorBoard is one sink; ``MemorySink`` keeps everything in memory for tests and for users' notebooks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Sink(Protocol):
+    def scalar(self, tag: str, value: float, step: int) -> None: ...
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None: ...
+    def text(self, tag: str, text: str, step: int) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class MemorySink:
+    def __init__(self) -> None:
+        self.scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self.histograms: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
+        self.texts: dict[str, list[tuple[int, str]]] = defaultdict(list)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars[tag].append((step, float(value)))
+
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        self.histograms[tag].append((step, np.asarray(values).copy()))
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.texts[tag].append((step, text))
+
+    def last(self, tag: str) -> float:
+        return self.scalars[tag][-1][1]
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class TensorBoardSink:
+    """TensorBoard event files. ``purge_step`` hides events a killed run wrote after its last checkpoint."""
+
+    def __init__(self, logdir: str | Path, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(logdir), purge_step=purge_step, flush_secs=30)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        values = np.asarray(values, np.float64).ravel()
+        values = values[np.isfinite(values)]
+        if values.size:
+            self.writer.add_histogram(tag, values, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.writer.add_text(tag, text, step)
+
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """HParams plugin entry in this run's own event file (add_hparams would create a sub-run)."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        exp, ssi, sei = hparams_summary(hparams, metrics)
+        for s in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(s)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Logger:
+    """Fans metrics out to every sink."""
+
+    def __init__(self, sinks: list[Any]) -> None:
+        self.sinks = sinks
+
+    def record(self, tag: str, value: float, step: int) -> None:
+        for s in self.sinks:
+            s.scalar(tag, float(value), step)
+
+    def record_dict(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.record(tag, value, step)
+
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        for s in self.sinks:
+            s.histogram(tag, values, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        for s in self.sinks:
+            s.text(tag, text, step)
+
+    def flush(self) -> None:
+        for s in self.sinks:
+            s.flush()
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()

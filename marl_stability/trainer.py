@@ -1,0 +1,319 @@
+"""The training loop: collect -> store -> update -> metrics -> sinks, plus evaluation and checkpoints.
+
+The trainer owns the loop and nothing else: fixes are objects inside the algorithm, metrics are computed
+by the algorithm's ``update`` (and, later, hooks) and leave through the ``Logger``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import agents
+import envs
+from agents.maddpg import AgentSpec, NonFiniteParameters
+from agents.networks import CONTINUOUS_HEADS
+from marl_stability.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from marl_stability.config import RunConfig, config_diff, dump_yaml, flatten
+from marl_stability.errors import UserError
+from marl_stability.fixes import build_fixes
+from marl_stability.sinks import Logger, TensorBoardSink
+
+CHECKPOINT_FORMAT = 1
+TIMING_KEYS = ("wall_seconds", "env_steps_per_second")
+
+
+def env_factory(cfg: RunConfig, render_mode: str | None = None) -> Callable[[], Any]:
+    kwargs = dict(cfg.env.kwargs)
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    return functools.partial(
+        envs.make_wrapped, cfg.env.id, kwargs, reward_scale=cfg.env.reward_scale,
+        obs_scale=cfg.env.obs_scale, obs_offset=cfg.env.obs_offset,
+    )
+
+
+def agent_spec(layout: Any) -> AgentSpec:
+    return AgentSpec(
+        names=list(layout.agents), obs_dims=list(layout.obs_dims), act_dims=list(layout.act_dims),
+        discrete=list(layout.discrete), act_low=np.asarray(layout.act_low), act_high=np.asarray(layout.act_high),
+    )
+
+
+def check_compatible(cfg: RunConfig, spec: AgentSpec) -> None:
+    """Options that only make sense for continuous actions are errors on discrete-action agents."""
+    if any(spec.discrete) and cfg.actor.output in CONTINUOUS_HEADS:
+        bad = [n for n, d in zip(spec.names, spec.discrete) if d]
+        raise UserError(
+            f"actor.output={cfg.actor.output} needs continuous actions, but {cfg.env.id} has discrete actions "
+            f"for {', '.join(bad)} (use actor.output=auto or env.kwargs.continuous_actions=true)"
+        )
+
+
+@dataclass
+class Progress:
+    """Counters and records that make up summary.json; saved in checkpoints so resume is exact."""
+
+    env_steps: int = 0
+    episodes: int = 0
+    evaluations: int = 0
+    checkpoints: int = 0
+    nonfinite_events: int = 0
+    max_grad_norm: dict[str, float] = field(default_factory=lambda: {"actor": 0.0, "critic": 0.0})
+    best_return: float | None = None
+    final_return: float | None = None
+    eval_history: list[dict[str, float]] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, quiet: bool = False, extra_sinks: list[Any] | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.quiet = quiet
+        self.extra_sinks = extra_sinks or []
+        torch.set_num_threads(cfg.train.torch_threads)
+        self.env_fn = env_factory(cfg)
+        self.venv = envs.SyncVectorEnv(self.env_fn, cfg.env.num_envs, seed=cfg.seed)
+        self.spec = agent_spec(self.venv.layout)
+        check_compatible(cfg, self.spec)
+        self.fixes = build_fixes(cfg.fixes, cfg.env.num_envs, self.spec.num_agents, self.spec.max_obs_dim, cfg.maddpg.gamma)
+        self.algo = agents.make(cfg, self.spec, self.fixes)
+        self.progress = Progress()
+        self.status = "running"
+        self._stop_requested = False
+        self._action_window: list[np.ndarray] = []
+
+    # ------------------------------------------------------------------ files
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def _save_checkpoint(self, obs: np.ndarray) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "algo": self.algo.state_dict(),
+            "env": self.venv.state_dict(),
+            "obs": obs,
+            "progress": asdict(self.progress),
+        }
+        save_checkpoint(self.checkpoint_path, state)
+        self.progress.checkpoints += 1
+
+    def _restore(self) -> np.ndarray:
+        state = load_checkpoint(self.checkpoint_path)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"checkpoint {self.checkpoint_path} has format {state.get('format')}, expected {CHECKPOINT_FORMAT}")
+        try:
+            saved = RunConfig.model_validate(state["config"])
+        except Exception:
+            raise UserError(f"checkpoint {self.checkpoint_path} holds an invalid config") from None
+        diff = config_diff(saved, self.cfg, ignore=("train.steps",))
+        if diff:
+            shown = ", ".join(f"{k} (checkpoint {flatten(saved.to_dict()).get(k)!r}, now {flatten(self.cfg.to_dict()).get(k)!r})" for k in diff[:3])
+            more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+            raise UserError(f"checkpoint was written with another config: {shown}{more}")
+        try:
+            self.algo.load_state_dict(state["algo"])
+            self.venv.load_state_dict(state["env"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise UserError(f"checkpoint {self.checkpoint_path} does not match this run: {e}") from None
+        p = state["progress"]
+        self.progress = Progress(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in p.items()})
+        return np.asarray(state["obs"])
+
+    def _summary(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "status": self.status,
+            "env": self.cfg.env.id,
+            "algo": self.cfg.algo,
+            "seed": self.cfg.seed,
+            "fixes": self.cfg.fix_settings(),
+            "env_steps": p.env_steps,
+            "updates": self.algo.updates,
+            "episodes": p.episodes,
+            "final_return": p.final_return,
+            "best_return": p.best_return,
+            "max_grad_norm": dict(p.max_grad_norm),
+            "nonfinite_events": p.nonfinite_events,
+            "eval_history": list(p.eval_history),
+            "agents": list(self.spec.names),
+            "wall_seconds": round(p.wall_seconds, 3),
+            "env_steps_per_second": round(p.env_steps / p.wall_seconds, 1) if p.wall_seconds > 0 else None,
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, Any]:
+        """E episodes without exploration noise on fresh env copies; obs statistics stay frozen."""
+        cfg = self.cfg
+        n = cfg.train.eval_episodes
+        # Seed depends only on (seed, evaluation index): evaluation never perturbs training randomness.
+        venv = envs.SyncVectorEnv(self.env_fn, n, seed=cfg.seed * 100_003 + 7919 * (self.progress.evaluations + 1))
+        obs = venv.reset()
+        first: dict[int, dict[str, Any]] = {}
+        for _ in range(100_000):
+            step = venv.step(self.algo.act(obs, explore=False))
+            for ep in step.episodes:
+                first.setdefault(int(ep["env_index"]), ep)
+            if len(first) == n:
+                break
+            obs = step.obs
+        venv.close()
+        episodes = [first[i] for i in sorted(first)]
+        team = float(np.mean([e["team_return"] for e in episodes]))
+        per_agent = {a: float(np.mean([e["agent_returns"][a] for e in episodes])) for a in self.spec.names}
+        return {"team_return": team, "agent_returns": per_agent, "length": float(np.mean([e["length"] for e in episodes]))}
+
+    def _log_eval(self, logger: Logger) -> None:
+        result = self.evaluate()
+        p = self.progress
+        p.evaluations += 1
+        p.final_return = result["team_return"]
+        p.best_return = result["team_return"] if p.best_return is None else max(p.best_return, result["team_return"])
+        p.eval_history.append({"env_steps": p.env_steps, "team_return": result["team_return"]})
+        logger.record("eval/team_return", result["team_return"], p.env_steps)
+        for a, r in result["agent_returns"].items():
+            logger.record(f"eval/agent_return/{a}", r, p.env_steps)
+
+    # ------------------------------------------------------------------ logging helpers
+    def _log_episodes(self, logger: Logger, episodes: list[dict[str, Any]]) -> None:
+        step = self.progress.env_steps
+        logger.record("episode/team_return", float(np.mean([e["team_return"] for e in episodes])), step)
+        logger.record("episode/length", float(np.mean([e["length"] for e in episodes])), step)
+        for a in self.spec.names:
+            logger.record(f"episode/agent_return/{a}", float(np.mean([e["agent_returns"][a] for e in episodes])), step)
+
+    def _log_update(self, logger: Logger, stats: dict[str, float], log: bool) -> None:
+        p = self.progress
+        for kind in ("actor", "critic"):
+            norms = [v for k, v in stats.items() if k.startswith(f"grad_norm/{kind}/") and math.isfinite(v)]
+            if norms:
+                p.max_grad_norm[kind] = max(p.max_grad_norm[kind], max(norms))
+        p.nonfinite_events += int(stats.get("health/nonfinite_updates", 0))
+        if log:
+            logger.record_dict(stats, p.env_steps)
+
+    def _log_histograms(self, logger: Logger) -> None:
+        if not self._action_window:
+            return
+        acts = np.concatenate(self._action_window, axis=0)  # [T*B, N, A]
+        for i, a in enumerate(self.spec.names):
+            logger.histogram(f"actions/{a}", acts[:, i, : self.spec.act_dims[i]], self.progress.env_steps)
+        self._action_window.clear()
+
+    def _hparams(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in flatten(self.cfg.to_dict()).items():
+            if v is None:
+                out[k] = "none"
+            elif isinstance(v, (bool, int, float, str)):
+                out[k] = v
+            else:
+                out[k] = str(v)
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        cfg, p = self.cfg, self.progress
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            obs = self._restore()
+            p = self.progress
+        else:
+            obs = self.venv.reset()
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        tb = TensorBoardSink(self.run_dir, purge_step=p.env_steps if resume else None)
+        logger = Logger([tb, *self.extra_sinks])
+        if not resume:
+            tb.hparams(self._hparams(), {"eval/team_return": float("nan")})
+        old_handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = tqdm(total=cfg.train.steps, initial=min(p.env_steps, cfg.train.steps), unit="step", dynamic_ncols=True,
+                   disable=self.quiet or not sys.stderr.isatty(), desc=f"train {self.run_dir.name}")
+        start = time.perf_counter()
+        wall_at_start = p.wall_seconds
+        rate_t, rate_steps = start, p.env_steps
+        num_envs = cfg.env.num_envs
+        try:
+            while p.env_steps < cfg.train.steps and self.status == "running":
+                actions = self.algo.act(obs, explore=True)
+                if not np.isfinite(actions).all():
+                    p.nonfinite_events += 1
+                    self.status = "diverged"
+                    logger.text("health/events", f"non-finite action at env step {p.env_steps}", p.env_steps)
+                    break
+                step = self.venv.step(actions)
+                self.algo.observe(obs, actions, step.reward, step.next_obs, step.terminated, step.done)
+                self._action_window.append(actions)
+                prev_steps = p.env_steps
+                p.env_steps += num_envs
+                if step.episodes:
+                    p.episodes += len(step.episodes)
+                    self._log_episodes(logger, step.episodes)
+                for _ in range(self.algo.pending_updates()):
+                    try:
+                        stats = self.algo.update()
+                    except NonFiniteParameters as e:
+                        p.nonfinite_events += 1
+                        self.status = "diverged"
+                        logger.text("health/events", str(e), p.env_steps)
+                        break
+                    self._log_update(logger, stats, log=self.algo.updates % cfg.train.log_every == 0)
+                    if self.algo.updates % cfg.train.histogram_every == 0:
+                        self._log_histograms(logger)
+                    if p.nonfinite_events >= cfg.train.max_nonfinite:
+                        self.status = "diverged"
+                        logger.text("health/events", f"{p.nonfinite_events} non-finite updates: stopping", p.env_steps)
+                        break
+                if len(self._action_window) > 64:  # bounded memory when updates are rare
+                    self._action_window = self._action_window[-64:]
+                obs = step.obs
+                bar.update(num_envs)
+                if self.status != "running":
+                    break
+                if p.env_steps // cfg.train.eval_every > prev_steps // cfg.train.eval_every:
+                    self._log_eval(logger)
+                    now = time.perf_counter()
+                    logger.record("perf/env_steps_per_second", (p.env_steps - rate_steps) / max(now - rate_t, 1e-9), p.env_steps)
+                    rate_t, rate_steps = now, p.env_steps
+                    bar.set_postfix(eval_return=f"{p.final_return:.1f}")
+                if p.env_steps // cfg.train.checkpoint_every > prev_steps // cfg.train.checkpoint_every:
+                    p.wall_seconds = wall_at_start + time.perf_counter() - start
+                    self._save_checkpoint(obs)
+                if self._stop_requested:
+                    self.status = "interrupted"
+            if self.status == "running":
+                if not p.eval_history or p.eval_history[-1]["env_steps"] != p.env_steps:
+                    self._log_eval(logger)
+                self.status = "completed"
+            if self.status in ("completed", "interrupted"):
+                p.wall_seconds = wall_at_start + time.perf_counter() - start
+                self._save_checkpoint(obs)
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            bar.close()
+            p.wall_seconds = wall_at_start + time.perf_counter() - start
+            if self.status == "running":  # an exception escaped: still leave an honest summary
+                self.status = "crashed"
+            summary = self._summary()
+            logger.text("summary", f"status: {self.status}, final_return: {summary['final_return']}", p.env_steps)
+            logger.flush()
+            logger.close()
+            atomic_write_json(self.run_dir / "summary.json", summary)
+            self.venv.close()
+        return summary
