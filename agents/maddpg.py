@@ -71,6 +71,12 @@ def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) ->
             tb.copy_(sb)
 
 
+def set_training(module: torch.nn.Module, training: bool) -> None:
+    """module.train(training), skipped when already in that mode (the recursive call is costly per step)."""
+    if module.training != training:
+        module.train(training)
+
+
 def all_finite(params: Sequence[torch.Tensor]) -> bool:
     # A NaN/Inf anywhere makes the sum of sums non-finite; one reduction instead of one per tensor.
     return bool(torch.isfinite(torch.stack([p.sum() for p in params]).sum()))
@@ -142,7 +148,7 @@ class MADDPG:
         o = self.fixes.obs(torch.as_tensor(obs, dtype=torch.float32))
         acts = []
         for i, actor in enumerate(self.actors):
-            actor.eval()  # BatchNorm uses running statistics when acting
+            set_training(actor, False)  # BatchNorm uses running statistics when acting
             action, _ = actor(self._agent_obs(o, i))
             d = self.spec.act_dims[i]
             if self.spec.discrete[i]:
@@ -214,20 +220,20 @@ class MADDPG:
             with torch.no_grad():
                 target_q = self.target_critics[i](joint_next, joint_next_act)
                 y = rew[:, i] + self.hp.gamma * (1.0 - b["term"][:, i]) * target_q
-            critic.train()
+            set_training(critic, True)
             q = critic(joint_obs, joint_act)
             critic_loss = self._critic_loss_fn(q, y)
             if inject is not None and self.updates >= inject:
                 critic_loss = critic_loss * float("nan")
             c_clip, c_ok = self._step(critic_loss, self.critic_opts[i], list(critic.parameters()), self.fixes.critic_clip)
             # ---- actor: maximize Q_i(o, a_1..mu_i(o_i)..a_N) with the others' actions from the buffer
-            actor.train()
+            set_training(actor, True)
             out, pre = actor(self._agent_obs(obs, i))
             if sd.discrete[i]:
                 out = gumbel_softmax_hard(out, self.hp.gumbel_temperature, self.gen)
             acts = [b["act"][:, j, : sd.act_dims[j]] for j in range(sd.num_agents)]
             acts[i] = out
-            critic.eval()
+            set_training(critic, False)
             actor_q = critic(joint_obs, torch.cat(acts, dim=-1))
             actor_loss = -actor_q.mean() + self.fixes.preact_penalty(pre)
             a_clip, a_ok = self._step(actor_loss, self.actor_opts[i], list(actor.parameters()), self.fixes.actor_clip)

@@ -192,7 +192,7 @@ def gumbel_softmax_hard(logits: torch.Tensor, temperature: float, generator: tor
     reproducible and resumable.
     """
     u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=logits.device)
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
     soft = torch.softmax((logits + gumbel) / temperature, dim=-1)
     hard = F.one_hot(soft.argmax(dim=-1), logits.shape[-1]).to(soft.dtype)
     return hard - soft.detach() + soft

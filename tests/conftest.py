@@ -1,0 +1,32 @@
+"""Shared fixtures (kept small): the stable preset and a byte snapshot of a folder tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PRESET = REPO / "experiments" / "maddpg_spread.yaml"
+
+
+@pytest.fixture
+def preset() -> Path:
+    """The stable MADDPG preset every CLI test starts from."""
+    assert PRESET.is_file()
+    return PRESET
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """relative path -> file bytes (None for folders), for every entry under ``root``."""
+    out: dict[str, bytes | None] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = None if p.is_dir() else p.read_bytes()
+    return out
+
+
+@pytest.fixture
+def snapshot() -> Callable[[Path], dict[str, bytes | None]]:
+    return _snapshot

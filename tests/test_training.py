@@ -1,0 +1,166 @@
+"""End-to-end training: run files and tags, determinism, exact resume after kill -9, divergence handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from marl_stability.config import load_config
+from marl_stability.sinks import MemorySink
+from marl_stability.trainer import TIMING_KEYS, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ROOT / "experiments" / "maddpg_spread.yaml"
+
+# A few thousand env steps with frequent small updates: seconds, yet every code path runs
+# (warm-up, updates, evaluation, checkpoints, histograms).
+TINY = [
+    "maddpg.warmup_steps=300",
+    "maddpg.batch_size=64",
+    "maddpg.update_every=10",
+    "train.eval_every=500",
+    "train.eval_episodes=2",
+    "train.checkpoint_every=500",
+    "train.histogram_every=5",
+    "env.num_envs=2",
+]
+
+
+def tiny_config(steps: int = 1500, extra: list[str] | None = None):
+    return load_config(PRESET, TINY + [f"train.steps={steps}"] + (extra or []))
+
+
+def without_timing(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in TIMING_KEYS}
+
+
+def read_tags(run_dir: Path) -> tuple[set[str], set[str], bool]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    has_hparams = "hparams" in acc.PluginTagToContent("hparams") or bool(acc.PluginTagToContent("hparams"))
+    return set(tags["scalars"]), set(tags["histograms"]), has_hparams
+
+
+def test_run_writes_files_tags_and_summary(tmp_path: Path) -> None:
+    run = tmp_path / "spread"
+    summary = Trainer(tiny_config(), run, quiet=True).run()
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["steps"] == 1500 and saved["fixes"]["obs_norm"]["enabled"] is True
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk == summary
+    for key in ("status", "env", "algo", "seed", "fixes", "env_steps", "updates", "final_return", "best_return",
+                "max_grad_norm", "nonfinite_events", "wall_seconds", "env_steps_per_second"):
+        assert key in summary, key
+    assert summary["status"] == "completed" and summary["env_steps"] == 1500
+    # updates start after 300 warm-up steps, one per 10 env steps: (1500 - 300) / 10 = 120 (+-1 at the edge)
+    assert 118 <= summary["updates"] <= 121
+    assert summary["fixes"]["grad_clip.critic.mode"] == "global_norm"
+    assert summary["max_grad_norm"]["critic"] > 0 and summary["max_grad_norm"]["actor"] > 0
+    assert summary["best_return"] >= summary["final_return"]
+    assert [e["env_steps"] for e in summary["eval_history"]] == [500, 1000, 1500]
+    scalars, histograms, has_hparams = read_tags(run)
+    for tag in ("episode/team_return", "episode/length", "eval/team_return", "loss/critic/agent_0",
+                "loss/actor/agent_2", "grad_norm/critic/agent_1", "grad_norm/actor/agent_0",
+                "grad_norm_postclip/critic/agent_0", "q/mean/agent_0", "perf/env_steps_per_second",
+                "episode/agent_return/agent_0", "eval/agent_return/agent_1"):
+        assert tag in scalars, tag
+    assert {"actions/agent_0", "actions/agent_1", "actions/agent_2"} <= histograms
+    assert has_hparams
+
+
+def test_heterogeneous_discrete_task(tmp_path: Path) -> None:
+    cfg = tiny_config(1000, ["env.id=simple_speaker_listener_v4", "env.kwargs={continuous_actions: false, max_cycles: 25}",
+                              "actor.output=auto"])
+    memory = MemorySink()
+    summary = Trainer(cfg, tmp_path / "sl", quiet=True, extra_sinks=[memory]).run()
+    assert summary["status"] == "completed" and summary["agents"] == ["speaker_0", "listener_0"]
+    assert "loss/critic/listener_0" in memory.scalars and "grad_norm/actor/speaker_0" in memory.scalars
+    # Discrete actions are stored one-hot: every histogram sample is 0 or 1.
+    acts = memory.histograms["actions/listener_0"][-1][1]
+    assert acts.shape[1] == 5 and set(acts.ravel().tolist()) <= {0.0, 1.0}
+    assert (acts.sum(axis=1) == 1).all()
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path: Path) -> None:
+    sinks = [MemorySink(), MemorySink(), MemorySink()]
+    runs = [
+        Trainer(tiny_config(1000), tmp_path / "a", quiet=True, extra_sinks=[sinks[0]]).run(),
+        Trainer(tiny_config(1000), tmp_path / "b", quiet=True, extra_sinks=[sinks[1]]).run(),
+        Trainer(tiny_config(1000, ["seed=1"]), tmp_path / "c", quiet=True, extra_sinks=[sinks[2]]).run(),
+    ]
+    assert without_timing(runs[0]) == without_timing(runs[1])
+    tag = "loss/critic/agent_0"
+    assert sinks[0].scalars[tag] == sinks[1].scalars[tag] and len(sinks[0].scalars[tag]) > 50
+    assert sinks[0].scalars[tag] != sinks[2].scalars[tag]
+    assert runs[0]["final_return"] != runs[2]["final_return"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "marl_stability", *args]
+
+
+def test_resume_after_kill_9_is_exact(tmp_path: Path) -> None:
+    args = ["train", "--config", str(PRESET), "--logdir", str(tmp_path), "--quiet", "--steps", "6000"]
+    for item in TINY:
+        args += ["--set", item]
+    reference = Trainer(load_config(PRESET, TINY + ["train.steps=6000"]), tmp_path / "ref", quiet=True).run()
+
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_cli(*args, "--name", "killed"), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = run / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.5)  # let it run past the checkpoint so the resumed run really repeats work
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed: enlarge it"
+    assert ckpt.exists() and not (run / "summary.json").exists()
+
+    done = subprocess.run(_cli(*args, "--name", "killed", "--resume"), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    resumed = json.loads((run / "summary.json").read_text())
+    assert resumed["status"] == "completed"
+    assert without_timing(resumed) == without_timing(reference)
+
+
+def test_injected_nan_ends_run_diverged_cleanly(tmp_path: Path) -> None:
+    run = tmp_path / "nan"
+    args = ["train", "--config", str(PRESET), "--logdir", str(tmp_path), "--name", "nan", "--quiet", "--steps", "3000",
+            "--set", "debug.inject_nonfinite_at_update=20", "--set", "train.max_nonfinite=5"]
+    for item in TINY:
+        args += ["--set", item]
+    out = subprocess.run(_cli(*args), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr  # divergence is an experimental outcome, not an error
+    assert "Traceback" not in out.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    assert summary["nonfinite_events"] >= 5
+    # stopped soon after the injection at update 20: NaN critic losses skip one step per agent per update
+    assert summary["updates"] < 25 and summary["env_steps"] < 3000
+    scalars, _, _ = read_tags(run)
+    assert "health/nonfinite_updates" in scalars  # the event file was flushed at the end
+
+
+def test_overflowing_parameters_end_run_diverged(tmp_path: Path) -> None:
+    """Finite-but-huge gradients under plain SGD overflow the weights: caught, not crashed, no NaN action sent."""
+    cfg = tiny_config(3000, ["critic_optim.name=sgd", "critic_optim.lr=10", "actor_optim.name=sgd",
+                             "actor_optim.lr=10", "env.reward_scale=1e30", "fixes.grad_clip.critic.mode=none",
+                             "fixes.grad_clip.actor.mode=none", "fixes.obs_norm.enabled=false"])
+    summary = Trainer(cfg, tmp_path / "boom", quiet=True).run()
+    assert summary["status"] == "diverged"
+    assert summary["nonfinite_events"] >= 1
+    assert summary["env_steps"] < 3000
