@@ -224,6 +224,32 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge; ``over`` wins. ``env.kwargs`` is free-form, so it is replaced as a whole."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs":
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_preset(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML preset; a top-level ``base: other.yaml`` (relative to this file) is loaded first and merged."""
+    p = Path(path)
+    data = read_yaml(p)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise UserError(f"{p}: base must be a file name")
+    base_path = (p.parent / base).resolve()
+    if base_path in _seen or base_path == p.resolve():
+        raise UserError(f"{p}: circular base chain through {base_path.name}")
+    return deep_merge(read_preset(base_path, _seen + (p.resolve(),)), data)
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (so 1e-3, true, [64, 64] work)."""
     if "=" not in assignment:
@@ -257,8 +283,7 @@ def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
 
 def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:
     """Defaults <- YAML file <- --set overrides, validated into a RunConfig."""
-    data: dict[str, Any] = read_yaml(path) if path is not None else {}
-    data = copy.deepcopy(data)
+    data: dict[str, Any] = read_preset(path) if path is not None else {}
     # `--set env.kwargs.N=4` must merge into the default env kwargs, not replace them.
     for item in overrides:
         if item.startswith("env.kwargs."):
