@@ -29,6 +29,9 @@ from marl_stability.fixes import (
 )
 
 
+# float(parameter) in assertions is intended
+pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True")
+
 # --------------------------------------------------------------------------- helpers
 def _model_with_large_grads(seed: int = 0) -> tuple[nn.Module, list[nn.Parameter]]:
     """A small MLP after one backward pass of a loss scaled so that every gradient is large."""
