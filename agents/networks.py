@@ -87,7 +87,7 @@ def init_weights(mlp: MLP, scheme: str, activation: str, last_layer_init: float 
             w = layer.linear.weight
             if scheme == "kaiming":
                 nn.init.kaiming_uniform_(w, a=0.01 if activation == "leaky_relu" else 0.0,
-                                         nonlinearity="leaky_relu" if activation == "leaky_relu" else "relu")
+                                         nonlinearity=_GAIN_NAME[activation])
             elif scheme == "xavier":
                 nn.init.xavier_uniform_(w, gain=gain)
             elif scheme == "orthogonal":

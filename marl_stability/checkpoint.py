@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     """Write through ``write(file)`` into a temp file in the same folder, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results should be readable like any other file
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -58,7 +62,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"no checkpoint to resume from: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated or not a checkpoint at all
         raise UserError(f"cannot load checkpoint {path}: corrupt or not a marl-stability checkpoint ({e.__class__.__name__})") from None
     if not isinstance(state, dict) or "format" not in state:

@@ -64,7 +64,7 @@ def config_cmd(
 
 def _resolve_config(config: Optional[Path], run_dir: Path, resume: bool, env: Optional[str], steps: Optional[int],
                     seed: Optional[int], set_: list[str]) -> Any:
-    from marl_stability.config import load_config, read_yaml
+    from marl_stability.config import load_config, read_preset
 
     overrides = list(set_)
     if config is None and resume and (run_dir / "config.yaml").is_file():
@@ -72,7 +72,7 @@ def _resolve_config(config: Optional[Path], run_dir: Path, resume: bool, env: Op
     if config is None:
         raise UserError("--config is required (or --resume with an existing run directory)")
     if env is not None:
-        base_env = read_yaml(config).get("env", {}) if config else {}
+        base_env = read_preset(config).get("env", {}) if config else {}
         if not isinstance(base_env, dict):
             base_env = {}
         if env != base_env.get("id", "simple_spread_v3"):
@@ -111,11 +111,15 @@ def train_cmd(
         raise UserError("--resume needs --name of the run to continue")
     if name is not None and (not name or "/" in name or name in (".", "..")):
         raise UserError(f"--name must be a plain folder name, got {name!r}")
+    if logdir.exists() and not logdir.is_dir():
+        raise UserError(f"--logdir {logdir} is not a directory")
     run_dir = logdir / name if name else None
     cfg = _resolve_config(config, run_dir or Path("."), resume, env, steps, seed, set_)
     if run_dir is None:
         preset = config.stem if config else "run"
         run_dir = logdir / f"{preset}_{cfg.env.id.replace(':', '_').replace('.', '_')}_s{cfg.seed}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} exists and is not a directory")
     if resume:
         if not (run_dir / "checkpoints" / "last.pt").is_file():
             raise UserError(f"--resume: no checkpoint in {run_dir}")

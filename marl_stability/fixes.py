@@ -43,7 +43,8 @@ class GradClipper:
     def __init__(self, max_value: float = float("inf")) -> None:
         self.max_value = max_value
 
-    def __call__(self, params: list[torch.nn.Parameter]) -> ClipStats:
+    def __call__(self, params: Iterable[torch.nn.Parameter]) -> ClipStats:
+        params = list(params)  # a generator (model.parameters()) would be used up by the norm
         pre = float(global_grad_norm(params))
         clipped = self._clip(params, pre)
         post = float(global_grad_norm(params)) if clipped else pre

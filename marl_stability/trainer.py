@@ -43,6 +43,20 @@ def env_factory(cfg: RunConfig, render_mode: str | None = None) -> Callable[[], 
     )
 
 
+def probe_env(env_fn: Callable[[], Any], seed: int, what: str) -> None:
+    """Reset one env copy and take one random step, so a bad env kwarg fails before any file is touched."""
+    try:
+        env = env_fn()
+        env.reset(seed=seed)
+        env.step({a: env.action_space(a).sample() for a in env.agents})
+        env.close()
+    except envs.EnvError:
+        raise
+    except Exception as e:
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"{what} failed on a probe step: {e.__class__.__name__}: {detail}") from None
+
+
 def agent_spec(layout: Any) -> AgentSpec:
     return AgentSpec(
         names=list(layout.agents), obs_dims=list(layout.obs_dims), act_dims=list(layout.act_dims),
@@ -84,6 +98,7 @@ class Trainer:
         self.extra_sinks = extra_sinks or []
         torch.set_num_threads(cfg.train.torch_threads)
         self.env_fn = env_factory(cfg)
+        probe_env(self.env_fn, cfg.seed, f"environment {cfg.env.id} with env.kwargs {cfg.env.kwargs}")
         self.venv = envs.SyncVectorEnv(self.env_fn, cfg.env.num_envs, seed=cfg.seed)
         self.spec = agent_spec(self.venv.layout)
         check_compatible(cfg, self.spec)

@@ -159,6 +159,14 @@ def test_clipper_with_no_gradients_reports_zero() -> None:
     assert stats.pre_norm == 0.0 and stats.post_norm == 0.0 and stats.clipped is False
 
 
+@pytest.mark.filterwarnings("ignore:`parameters` is an empty generator")
+def test_clipper_accepts_a_parameter_generator() -> None:
+    model, params = _model_with_large_grads()
+    stats = make_clipper(ClipConfig(mode="global_norm", max=0.5))(model.parameters())
+    assert _global_norm(_grads(params)) <= 0.5 + 1e-6
+    assert stats.post_norm == pytest.approx(_global_norm(_grads(params)), rel=1e-5)
+
+
 # --------------------------------------------------------------------------- observation normalization
 def _obs_batch(n: int = 3000, seed: int = 0) -> np.ndarray:
     """[n, 2 agents, 4] ~ N(5, 3) per feature; agent 1 has 3 real features and one zero padding column."""
