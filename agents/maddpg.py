@@ -114,6 +114,7 @@ class MADDPG:
         self.env_steps = 0
         self.updates = 0
         self._updates_owed = 0.0
+        self.first_nonfinite: dict[str, Any] | None = None  # evidence of the first non-finite update
         self._critic_loss_fn = (
             F.mse_loss if self.hp.critic_loss == "mse" else lambda q, y: F.huber_loss(q, y, delta=self.hp.huber_delta)
         )
@@ -183,18 +184,36 @@ class MADDPG:
         return torch.cat([x[:, i, :d] for i, d in enumerate(dims)], dim=-1)
 
     def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
-              clipper: Any) -> tuple[ClipStats, bool]:
+              clipper: Any, model: str, batch: dict[str, torch.Tensor]) -> tuple[ClipStats, bool]:
         """backward -> clip -> step, skipping the step when the loss or gradient is non-finite."""
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
+            self._record_nonfinite(model, "loss", loss, batch)
             return ClipStats(float("nan"), float("nan"), False), False
         loss.backward()
         clip = clipper(params)
         if not np.isfinite(clip.pre_norm):
+            self._record_nonfinite(model, "gradient", loss, batch)
             opt.zero_grad(set_to_none=True)
             return clip, False
         opt.step()
         return clip, True
+
+    def _record_nonfinite(self, model: str, what: str, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        """Keep the evidence of the first non-finite update (batch, parameters, gradients) for forensics."""
+        if self.first_nonfinite is not None:
+            return
+        nets = self.modules()
+        self.first_nonfinite = {
+            "update": self.updates,
+            "model": model,
+            "what": what,
+            "loss": float(loss.detach()),
+            "batch": {k: v.clone() for k, v in batch.items()},
+            "parameters": {f"{n}/{pn}": p.detach().clone() for n, m in nets.items() for pn, p in m.named_parameters()},
+            "gradients": {f"{n}/{pn}": p.grad.detach().clone() for n, m in nets.items()
+                          for pn, p in m.named_parameters() if p.grad is not None},
+        }
 
     def update(self) -> dict[str, float]:
         """One gradient update of every critic and actor, then soft target updates. Returns scalar stats."""
@@ -213,7 +232,9 @@ class MADDPG:
             joint_next_act = torch.cat(next_acts, dim=-1)
         stats: dict[str, float] = {}
         nonfinite = 0
-        inject = self.cfg.debug.inject_nonfinite_at_update
+        dbg = self.cfg.debug
+        inject = dbg.inject_nonfinite_at_update is not None and self.updates >= dbg.inject_nonfinite_at_update and (
+            dbg.inject_nonfinite_count is None or self.updates < dbg.inject_nonfinite_at_update + dbg.inject_nonfinite_count)
         for i, name in enumerate(sd.names):
             critic, actor = self.critics[i], self.actors[i]
             # ---- critic: y = r + gamma * (1 - terminated) * Q'_i(o', mu'(o'))
@@ -223,20 +244,23 @@ class MADDPG:
             set_training(critic, True)
             q = critic(joint_obs, joint_act)
             critic_loss = self._critic_loss_fn(q, y)
-            if inject is not None and self.updates >= inject:
+            if inject:
                 critic_loss = critic_loss * float("nan")
-            c_clip, c_ok = self._step(critic_loss, self.critic_opts[i], list(critic.parameters()), self.fixes.critic_clip)
+            c_clip, c_ok = self._step(critic_loss, self.critic_opts[i], list(critic.parameters()), self.fixes.critic_clip,
+                                      f"critic/{name}", b)
             # ---- actor: maximize Q_i(o, a_1..mu_i(o_i)..a_N) with the others' actions from the buffer
             set_training(actor, True)
             out, pre = actor(self._agent_obs(obs, i))
             if sd.discrete[i]:
                 out = gumbel_softmax_hard(out, self.hp.gumbel_temperature, self.gen)
+            out.retain_grad()  # d(actor loss)/d(action) = -dQ/da / batch: the critic's pull on the actor
             acts = [b["act"][:, j, : sd.act_dims[j]] for j in range(sd.num_agents)]
             acts[i] = out
             set_training(critic, False)
             actor_q = critic(joint_obs, torch.cat(acts, dim=-1))
             actor_loss = -actor_q.mean() + self.fixes.preact_penalty(pre)
-            a_clip, a_ok = self._step(actor_loss, self.actor_opts[i], list(actor.parameters()), self.fixes.actor_clip)
+            a_clip, a_ok = self._step(actor_loss, self.actor_opts[i], list(actor.parameters()), self.fixes.actor_clip,
+                                      f"actor/{name}", b)
             critic.zero_grad(set_to_none=True)  # the actor loss also reached the critic's parameters
             nonfinite += (not c_ok) + (not a_ok)
             stats[f"loss/critic/{name}"] = float(critic_loss.detach())
@@ -245,10 +269,18 @@ class MADDPG:
             stats[f"grad_norm/actor/{name}"] = a_clip.pre_norm
             stats[f"grad_norm_postclip/critic/{name}"] = c_clip.post_norm
             stats[f"grad_norm_postclip/actor/{name}"] = a_clip.post_norm
-            stats[f"q/mean/{name}"] = float(q.detach().mean())
-            stats[f"q/target_mean/{name}"] = float(y.mean())
+            q_d = q.detach()
+            td = (q_d - y).abs()
+            dq_da = out.grad.norm(dim=-1).mean() * out.shape[0] if out.grad is not None else torch.tensor(float("nan"))
+            values = torch.stack([q_d.mean(), q_d.min(), q_d.max(), y.mean(), td.mean(), td.max(), dq_da,
+                                  pre.detach().abs().max(), b["rew"][:, i].mean(), rew[:, i].mean()]).tolist()
+            for key, v in zip(("q/mean", "q/min", "q/max", "q/target_mean", "critic/td_error_mean", "critic/td_error_max",
+                               "critic/dq_da_norm", "actor/preact_max_abs_batch", "reward/raw_batch_mean",
+                               "reward/learner_batch_mean"), values):
+                stats[f"{key}/{name}"] = v
         params = [p for m in self.actors + self.critics for p in m.parameters()]
         if not all_finite(params):
+            self._record_nonfinite("all", "parameters", torch.tensor(float("nan")), b)
             raise NonFiniteParameters(f"non-finite parameters after update {self.updates}")
         for i in range(sd.num_agents):
             soft_update(self.target_actors[i], self.actors[i], self.hp.tau)
@@ -258,28 +290,31 @@ class MADDPG:
         return stats
 
     # ------------------------------------------------------------------ checkpointing
+    _NETWORK_GROUPS = ("actors", "critics", "target_actors", "target_critics", "actor_opts", "critic_opts")
+
+    def _groups(self) -> dict[str, list[Any]]:
+        return {"actors": self.actors, "critics": self.critics, "target_actors": self.target_actors,
+                "target_critics": self.target_critics, "actor_opts": self.actor_opts, "critic_opts": self.critic_opts}
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "actors": [m.state_dict() for m in self.actors],
-            "critics": [m.state_dict() for m in self.critics],
-            "target_actors": [m.state_dict() for m in self.target_actors],
-            "target_critics": [m.state_dict() for m in self.target_critics],
-            "actor_opts": [o.state_dict() for o in self.actor_opts],
-            "critic_opts": [o.state_dict() for o in self.critic_opts],
+        state: dict[str, Any] = {k: [o.state_dict() for o in objs] for k, objs in self._groups().items()}
+        state.update({
             "obs_norm": self.fixes.obs.state_dict(),
             "reward_transform": self.fixes.reward.state_dict(),
             "buffer": self.buffer.state_dict(),
             "torch_gen": self.gen.get_state(),
             "np_rng": self.rng.bit_generator.state,
             "counters": {"env_steps": self.env_steps, "updates": self.updates, "updates_owed": self._updates_owed},
-        }
+        })
+        return state
+
+    def _load_groups(self, state: dict[str, Any]) -> None:
+        for key, objs in self._groups().items():
+            for obj, sd in zip(objs, state[key], strict=True):
+                obj.load_state_dict(sd)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for group, key in ((self.actors, "actors"), (self.critics, "critics"), (self.target_actors, "target_actors"),
-                           (self.target_critics, "target_critics"), (self.actor_opts, "actor_opts"),
-                           (self.critic_opts, "critic_opts")):
-            for obj, sd in zip(group, state[key], strict=True):
-                obj.load_state_dict(sd)
+        self._load_groups(state)
         self.fixes.obs.load_state_dict(state["obs_norm"])
         self.fixes.reward.load_state_dict(state["reward_transform"])
         self.buffer.load_state_dict(state["buffer"])
@@ -287,6 +322,14 @@ class MADDPG:
         self.rng.bit_generator.state = state["np_rng"]
         c = state["counters"]
         self.env_steps, self.updates, self._updates_owed = int(c["env_steps"]), int(c["updates"]), float(c["updates_owed"])
+
+    def snapshot(self) -> dict[str, Any]:
+        """In-memory copy of networks, targets and optimizers: what a rollback restores (not the replay
+        buffer, normalizer statistics or RNGs, which carry no non-finite values)."""
+        return copy.deepcopy({k: [o.state_dict() for o in objs] for k, objs in self._groups().items()})
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self._load_groups(copy.deepcopy(snap))
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """Named networks (for instrumentation and the monitor)."""

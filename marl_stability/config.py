@@ -128,13 +128,23 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(50_000, ge=1, description="env steps between checkpoints")
     log_every: int = Field(1, ge=1, description="log update stats every N update rounds")
     histogram_every: int = Field(50, ge=1, description="log histograms every N update rounds")
-    max_nonfinite: int = Field(10, ge=1, description="non-finite updates tolerated before status=diverged")
+    max_nonfinite: int = Field(10, ge=1, description="non-finite updates tolerated before status=diverged (on_nonfinite=stop)")
+    on_nonfinite: Literal["stop", "rollback"] = Field(
+        "stop", description="stop: skip non-finite updates, diverge after max_nonfinite; rollback: restore the last good "
+        "in-memory snapshot of networks and optimizers and continue"
+    )
+    snapshot_every: int = Field(50, ge=1, description="update rounds between in-memory snapshots (on_nonfinite=rollback)")
+    max_rollbacks: int = Field(5, ge=0, description="rollbacks tolerated before status=diverged")
+    forensic_history: int = Field(50, ge=1, description="recent update stats kept for the forensic bundle")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for these small nets)")
 
 
 class DebugConfig(_Strict):
     inject_nonfinite_at_update: Optional[int] = Field(
         None, ge=1, description="test hook: make the critic loss NaN from this update on (tests divergence handling)"
+    )
+    inject_nonfinite_count: Optional[int] = Field(
+        None, ge=1, description="test hook: number of consecutive updates made NaN (None = all from then on)"
     )
 
 

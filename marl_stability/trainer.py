@@ -6,6 +6,7 @@ by the algorithm's ``update`` (and, later, hooks) and leave through the ``Logger
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import signal
@@ -41,6 +42,17 @@ def env_factory(cfg: RunConfig, render_mode: str | None = None) -> Callable[[], 
         envs.make_wrapped, cfg.env.id, kwargs, reward_scale=cfg.env.reward_scale,
         obs_scale=cfg.env.obs_scale, obs_offset=cfg.env.obs_offset,
     )
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/Inf are not JSON: write them as strings so the forensic files stay standard JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def probe_env(env_fn: Callable[[], Any], seed: int, what: str) -> None:
@@ -83,6 +95,8 @@ class Progress:
     evaluations: int = 0
     checkpoints: int = 0
     nonfinite_events: int = 0
+    nonfinite_step: int | None = None
+    rollbacks: int = 0
     max_grad_norm: dict[str, float] = field(default_factory=lambda: {"actor": 0.0, "critic": 0.0})
     best_return: float | None = None
     final_return: float | None = None
@@ -108,6 +122,9 @@ class Trainer:
         self.status = "running"
         self._stop_requested = False
         self._action_window: list[np.ndarray] = []
+        self._history: collections.deque[dict[str, float]] = collections.deque(maxlen=cfg.train.forensic_history)
+        self._rollback = cfg.train.on_nonfinite == "rollback"
+        self._snapshot: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ files
     @property
@@ -163,6 +180,8 @@ class Trainer:
             "best_return": p.best_return,
             "max_grad_norm": dict(p.max_grad_norm),
             "nonfinite_events": p.nonfinite_events,
+            "nonfinite_step": p.nonfinite_step,
+            "rollbacks": p.rollbacks,
             "eval_history": list(p.eval_history),
             "agents": list(self.spec.names),
             "wall_seconds": round(p.wall_seconds, 3),
@@ -216,7 +235,6 @@ class Trainer:
             norms = [v for k, v in stats.items() if k.startswith(f"grad_norm/{kind}/") and math.isfinite(v)]
             if norms:
                 p.max_grad_norm[kind] = max(p.max_grad_norm[kind], max(norms))
-        p.nonfinite_events += int(stats.get("health/nonfinite_updates", 0))
         if log:
             logger.record_dict(stats, p.env_steps)
 
@@ -239,6 +257,42 @@ class Trainer:
                 out[k] = str(v)
         return out
 
+    # ------------------------------------------------------------------ non-finite values
+    def _on_nonfinite(self, logger: Logger, count: int, reason: str, fatal: bool) -> None:
+        """Count, keep forensic evidence of the first event, then roll back, go on skipping, or diverge."""
+        p, cfg = self.progress, self.cfg
+        p.nonfinite_events += count
+        if p.nonfinite_step is None:
+            p.nonfinite_step = p.env_steps
+            self._write_forensics(reason)
+        logger.record("health/nonfinite_events", p.nonfinite_events, p.env_steps)
+        if self._rollback:
+            if self._snapshot is not None and p.rollbacks < cfg.train.max_rollbacks:
+                self.algo.restore(self._snapshot)
+                p.rollbacks += 1
+                logger.record("health/rollbacks", p.rollbacks, p.env_steps)
+                logger.text("health/events", f"{reason}; rolled back to the last good snapshot (rollback {p.rollbacks})", p.env_steps)
+                return
+            self.status = "diverged"
+            logger.text("health/events", f"{reason}; no rollback left: stopping", p.env_steps)
+        elif fatal or p.nonfinite_events >= cfg.train.max_nonfinite:
+            self.status = "diverged"
+            logger.text("health/events", f"{reason}; {p.nonfinite_events} non-finite events: stopping", p.env_steps)
+        else:
+            logger.text("health/events", reason, p.env_steps)
+
+    def _write_forensics(self, reason: str) -> None:
+        """forensics/: the offending batch, parameters and gradients, recent metrics and the config."""
+        folder = self.run_dir / "forensics"
+        evidence = self.algo.first_nonfinite or {}
+        tensors = {k: evidence.get(k, {}) for k in ("batch", "parameters", "gradients")}
+        save_checkpoint(folder / "bundle.pt", {"format": CHECKPOINT_FORMAT, **tensors})
+        event = {"reason": reason, "env_steps": self.progress.env_steps,
+                 **{k: evidence.get(k) for k in ("update", "model", "what", "loss")}}
+        atomic_write_json(folder / "event.json", _json_safe(event))
+        atomic_write_json(folder / "recent_metrics.json", _json_safe(list(self._history)))
+        atomic_write_text(folder / "config.yaml", dump_yaml(self.cfg))
+
     # ------------------------------------------------------------------ the loop
     def _request_stop(self, signum: int, frame: Any) -> None:
         self._stop_requested = True
@@ -254,6 +308,8 @@ class Trainer:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         tb = TensorBoardSink(self.run_dir, purge_step=p.env_steps if resume else None)
         logger = Logger([tb, *self.extra_sinks])
+        if self._rollback:
+            self._snapshot = self.algo.snapshot()
         if not resume:
             tb.hparams(self._hparams(), {"eval/team_return": float("nan")})
         old_handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -266,11 +322,11 @@ class Trainer:
         try:
             while p.env_steps < cfg.train.steps and self.status == "running":
                 actions = self.algo.act(obs, explore=True)
-                if not np.isfinite(actions).all():
-                    p.nonfinite_events += 1
-                    self.status = "diverged"
-                    logger.text("health/events", f"non-finite action at env step {p.env_steps}", p.env_steps)
-                    break
+                if not np.isfinite(actions).all():  # mpe2 would raise on a NaN action
+                    self._on_nonfinite(logger, 1, f"non-finite action at env step {p.env_steps}", fatal=True)
+                    if self.status != "running":
+                        break
+                    continue
                 step = self.venv.step(actions)
                 self.algo.observe(obs, actions, step.reward, step.next_obs, step.terminated, step.done)
                 self._action_window.append(actions)
@@ -283,16 +339,18 @@ class Trainer:
                     try:
                         stats = self.algo.update()
                     except NonFiniteParameters as e:
-                        p.nonfinite_events += 1
-                        self.status = "diverged"
-                        logger.text("health/events", str(e), p.env_steps)
-                        break
-                    self._log_update(logger, stats, log=self.algo.updates % cfg.train.log_every == 0)
-                    if self.algo.updates % cfg.train.histogram_every == 0:
-                        self._log_histograms(logger)
-                    if p.nonfinite_events >= cfg.train.max_nonfinite:
-                        self.status = "diverged"
-                        logger.text("health/events", f"{p.nonfinite_events} non-finite updates: stopping", p.env_steps)
+                        self._on_nonfinite(logger, 1, str(e), fatal=True)
+                    else:
+                        self._history.append({"env_steps": p.env_steps, "update": self.algo.updates, **stats})
+                        self._log_update(logger, stats, log=self.algo.updates % cfg.train.log_every == 0)
+                        if self.algo.updates % cfg.train.histogram_every == 0:
+                            self._log_histograms(logger)
+                        bad = int(stats.get("health/nonfinite_updates", 0))
+                        if bad:
+                            self._on_nonfinite(logger, bad, f"{bad} non-finite loss/gradient steps skipped in update {self.algo.updates}", fatal=False)
+                        elif self._rollback and self.algo.updates % cfg.train.snapshot_every == 0:
+                            self._snapshot = self.algo.snapshot()
+                    if self.status != "running":
                         break
                 if len(self._action_window) > 64:  # bounded memory when updates are rare
                     self._action_window = self._action_window[-64:]

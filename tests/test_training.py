@@ -164,3 +164,34 @@ def test_overflowing_parameters_end_run_diverged(tmp_path: Path) -> None:
     assert summary["status"] == "diverged"
     assert summary["nonfinite_events"] >= 1
     assert summary["env_steps"] < 3000
+
+
+def test_nonfinite_writes_forensics_and_rollback_recovers(tmp_path: Path) -> None:
+    run = tmp_path / "rb"
+    cfg = tiny_config(2000, ["debug.inject_nonfinite_at_update=40", "debug.inject_nonfinite_count=1",
+                             "train.on_nonfinite=rollback", "train.snapshot_every=10"])
+    memory = MemorySink()
+    summary = Trainer(cfg, run, quiet=True, extra_sinks=[memory]).run()
+    assert summary["status"] == "completed"
+    assert summary["rollbacks"] == 1 and summary["nonfinite_events"] == 3  # one NaN critic loss per agent
+    assert summary["nonfinite_step"] is not None and 0 < summary["nonfinite_step"] < 2000
+    event = json.loads((run / "forensics" / "event.json").read_text())
+    assert event["update"] == 40 and event["model"] == "critic/agent_0" and event["what"] == "loss"
+    recent = json.loads((run / "forensics" / "recent_metrics.json").read_text())
+    assert [r["update"] for r in recent][-1] == 40 and len(recent) == 40  # history up to the bad update
+    assert recent[-1]["health/nonfinite_updates"] == 3
+    import torch
+    bundle = torch.load(run / "forensics" / "bundle.pt", weights_only=True)
+    assert bundle["batch"]["obs"].shape == (64, 3, 18)
+    assert "critic/agent_0/mlp.out.weight" in bundle["parameters"]
+    assert (run / "forensics" / "config.yaml").is_file()
+    assert any("rolled back" in t for _, t in memory.texts["health/events"])
+
+
+def test_nonfinite_stop_mode_writes_forensics_and_diverges(tmp_path: Path) -> None:
+    run = tmp_path / "stop"
+    cfg = tiny_config(2000, ["debug.inject_nonfinite_at_update=10", "train.max_nonfinite=3"])
+    summary = Trainer(cfg, run, quiet=True).run()
+    assert summary["status"] == "diverged" and summary["rollbacks"] == 0
+    assert summary["nonfinite_events"] == 3 and summary["updates"] == 10  # 3 agents' critic losses in update 10
+    assert json.loads((run / "forensics" / "event.json").read_text())["update"] == 10

@@ -1,0 +1,476 @@
+"""Online detectors for the exploding-gradient / repeated-action failure, and a one-shot policy diagnosis.
+
+Three detectors watch metric streams during training and each fires exactly once:
+
+- ``GradientExplosionDetector``: a gradient norm jumps far above its own recent median (or above an absolute bound);
+- ``ActionCollapseDetector``: for ``patience`` consecutive evaluations the actions are repetitive AND saturated AND
+  insensitive to the observation (all three, so bang-bang control that still tracks the state and a fresh
+  small-init actor that outputs near-constant mid-range actions are both *not* collapse);
+- ``NonFiniteDetector``: the first NaN/Inf count > 0.
+
+``Detectors`` groups them (one explosion detector per gradient key, one collapse detector per agent) and
+``diagnose_policy`` classifies a policy from one batch of observations. All state is plain python
+(ints, floats, lists, dicts, None) so a resumed run fires at exactly the same step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Callable, Sequence, Union
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Bound = Union[float, Sequence[float], torch.Tensor]
+
+
+class DetectorConfig(BaseModel):
+    """Thresholds of the online failure detectors (embeddable in the run config as ``detectors:``)."""
+
+    # Unknown keys are errors, like the rest of the run config.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    explosion_ratio: float = Field(
+        10.0, gt=1.0, description="gradient explosion: fire when a norm exceeds this multiple of the running median"
+    )
+    explosion_window: int = Field(100, ge=1, description="gradient explosion: number of previous norms in the median")
+    explosion_min_history: int = Field(
+        20, ge=1, description="gradient explosion: finite norms seen before the ratio test is armed"
+    )
+    explosion_absolute: float = Field(
+        1e4, gt=0, description="gradient explosion: fire when a norm exceeds this bound regardless of history"
+    )
+    repeat_threshold: float = Field(
+        0.9, ge=0, le=1, description="action collapse: repeat (same-action) rate at or above this counts as repetitive"
+    )
+    saturation_threshold: float = Field(
+        0.9, ge=0, le=1, description="action collapse: fraction of action components at a bound counted as saturated"
+    )
+    sensitivity_threshold: float = Field(
+        1e-3, ge=0, description="action collapse: mean Jacobian norm d(action)/d(obs) at or below this is insensitive"
+    )
+    collapse_patience: int = Field(
+        3, ge=1, description="action collapse: consecutive collapsed evaluations before the detector fires"
+    )
+    saturation_margin: float = Field(
+        0.01, gt=0, lt=0.5, description="an action component within this fraction of the range of a bound is saturated"
+    )
+    same_action_atol: float = Field(
+        1e-3, ge=0, description="two actions are the same when every component differs by at most this"
+    )
+    same_action_max_rows: int = Field(
+        256, ge=2, description="at most this many rows (the first ones) enter the pairwise same-action rate"
+    )
+
+    @model_validator(mode="after")
+    def _check_history(self) -> "DetectorConfig":
+        # The history deque never holds more than `window` values, so a larger min_history could never arm.
+        if self.explosion_min_history > self.explosion_window:
+            raise ValueError("explosion_min_history must be <= explosion_window")
+        return self
+
+
+def _fmt(x: float) -> str:
+    """Compact number for one-line messages."""
+    return f"{x:.4g}"
+
+
+# --------------------------------------------------------------------------- gradient explosion
+class GradientExplosionDetector:
+    """Fires once when a gradient norm exceeds ``ratio`` x the median of the previous ``window`` finite norms
+    (armed after ``min_history`` of them) or exceeds ``absolute``. Non-finite norms are skipped."""
+
+    def __init__(
+        self,
+        ratio: float = 10.0,
+        window: int = 100,
+        min_history: int = 20,
+        absolute: float = 1e4,
+        name: str = "explosion",
+    ) -> None:
+        if min_history > window:
+            raise ValueError("min_history must be <= window")
+        self.ratio = float(ratio)
+        self.window = int(window)
+        self.min_history = int(min_history)
+        self.absolute = float(absolute)
+        self.name = name
+        self.history: deque[float] = deque(maxlen=self.window)
+        self.first_step: int | None = None
+        self.message: str | None = None
+
+    @property
+    def fired(self) -> bool:
+        return self.first_step is not None
+
+    def median(self) -> float | None:
+        """Median of the stored history (None when empty)."""
+        if not self.history:
+            return None
+        s = sorted(self.history)
+        n = len(s)
+        return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+    def update(self, norm: float, step: int) -> bool:
+        """Feed one norm; True only on the call where the detector first fires."""
+        norm = float(norm)
+        if not math.isfinite(norm):
+            return False  # NaN/Inf belongs to the non-finite detector and must not poison the median
+        if self.fired:
+            return False
+        reason: str | None = None
+        if norm > self.absolute:
+            reason = f"norm {_fmt(norm)} > absolute bound {_fmt(self.absolute)}"
+        elif len(self.history) >= self.min_history:
+            med = self.median()
+            # A zero median (e.g. a fully vanished actor gradient) makes any positive norm an "infinite ratio";
+            # that is recovery noise, not an explosion, so only the absolute bound applies then.
+            if med is not None and med > 0 and norm > self.ratio * med:
+                reason = (
+                    f"norm {_fmt(norm)} > {_fmt(self.ratio)} x median {_fmt(med)} "
+                    f"of the previous {len(self.history)} ({_fmt(norm / med)}x)"
+                )
+        if reason is not None:
+            self.first_step = int(step)
+            self.message = f"gradient explosion [{self.name}] at step {int(step)}: {reason}"
+            return True
+        self.history.append(norm)
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history), "first_step": self.first_step, "message": self.message}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = deque((float(v) for v in state["history"]), maxlen=self.window)
+        self.first_step = None if state["first_step"] is None else int(state["first_step"])
+        self.message = state["message"]
+
+
+# --------------------------------------------------------------------------- action collapse
+class ActionCollapseDetector:
+    """Fires once after ``patience`` consecutive evaluations that are repetitive AND saturated AND insensitive.
+
+    ``first_step`` is the step of the first evaluation of that streak (the onset), not the confirming one.
+    """
+
+    def __init__(
+        self,
+        repeat_threshold: float = 0.9,
+        saturation_threshold: float = 0.9,
+        sensitivity_threshold: float = 1e-3,
+        patience: int = 3,
+        name: str = "collapse",
+    ) -> None:
+        if patience < 1:
+            raise ValueError("patience must be >= 1")
+        self.repeat_threshold = float(repeat_threshold)
+        self.saturation_threshold = float(saturation_threshold)
+        self.sensitivity_threshold = float(sensitivity_threshold)
+        self.patience = int(patience)
+        self.name = name
+        self.streak = 0
+        self.streak_start: int | None = None
+        self.first_step: int | None = None
+        self.message: str | None = None
+
+    @property
+    def fired(self) -> bool:
+        return self.first_step is not None
+
+    def is_collapsed(self, repeat_rate: float, saturation: float, sensitivity: float) -> bool:
+        """One evaluation's verdict; NaN in any input compares False and so never counts as collapse."""
+        return (
+            repeat_rate >= self.repeat_threshold
+            and saturation >= self.saturation_threshold
+            and sensitivity <= self.sensitivity_threshold
+        )
+
+    def update(self, repeat_rate: float, saturation: float, sensitivity: float, step: int) -> bool:
+        """Feed one evaluation; True only on the call where the detector first fires."""
+        if self.fired:
+            return False
+        r, s, g = float(repeat_rate), float(saturation), float(sensitivity)
+        if not self.is_collapsed(r, s, g):
+            self.streak, self.streak_start = 0, None
+            return False
+        if self.streak == 0:
+            self.streak_start = int(step)
+        self.streak += 1
+        if self.streak < self.patience:
+            return False
+        self.first_step = self.streak_start
+        self.message = (
+            f"action collapse [{self.name}] since step {self.first_step} ({self.streak} consecutive evaluations, "
+            f"confirmed at step {int(step)}): repeat {_fmt(r)} >= {_fmt(self.repeat_threshold)}, "
+            f"saturation {_fmt(s)} >= {_fmt(self.saturation_threshold)}, "
+            f"sensitivity {_fmt(g)} <= {_fmt(self.sensitivity_threshold)}"
+        )
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "streak": self.streak,
+            "streak_start": self.streak_start,
+            "first_step": self.first_step,
+            "message": self.message,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.streak = int(state["streak"])
+        self.streak_start = None if state["streak_start"] is None else int(state["streak_start"])
+        self.first_step = None if state["first_step"] is None else int(state["first_step"])
+        self.message = state["message"]
+
+
+# --------------------------------------------------------------------------- non-finite values
+class NonFiniteDetector:
+    """Fires once on the first count of non-finite values > 0 (a NaN count also fires: it is itself non-finite)."""
+
+    def __init__(self, name: str = "nonfinite") -> None:
+        self.name = name
+        self.first_step: int | None = None
+        self.message: str | None = None
+
+    @property
+    def fired(self) -> bool:
+        return self.first_step is not None
+
+    def update(self, count: int | float, step: int) -> bool:
+        """Feed one count; True only on the call where the detector first fires."""
+        if self.fired:
+            return False
+        c = float(count)
+        if not (math.isnan(c) or c > 0):
+            return False
+        self.first_step = int(step)
+        what = "a NaN count" if math.isnan(c) else f"{_fmt(c)} non-finite values"
+        self.message = f"non-finite values [{self.name}] at step {int(step)}: {what}"
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first_step": self.first_step, "message": self.message}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.first_step = None if state["first_step"] is None else int(state["first_step"])
+        self.message = state["message"]
+
+
+# --------------------------------------------------------------------------- container
+def _min_step(dets: Sequence[Any]) -> int | None:
+    steps = [d.first_step for d in dets if d.first_step is not None]
+    return min(steps) if steps else None
+
+
+class Detectors:
+    """All detectors of one run, built from ``DetectorConfig``.
+
+    - ``explosion``: key (e.g. ``"critic/agent_0"``) -> GradientExplosionDetector, created on first use;
+      ``explosion_step`` is the min first_step over keys.
+    - ``collapse``: agent -> ActionCollapseDetector, created on first use; ``collapse_step`` is the earliest
+      onset (first_step) over agents that fired. "Any agent", not "all agents": one agent repeating one action
+      already breaks the cooperative task, and in MADDPG the shared critics usually drag the others down after it,
+      so waiting for every agent would date the failure late. ``collapse_steps()`` gives the per-agent steps.
+    - ``nonfinite``: one NonFiniteDetector.
+    """
+
+    def __init__(self, cfg: DetectorConfig | None = None) -> None:
+        self.cfg = cfg if cfg is not None else DetectorConfig()
+        self.explosion: dict[str, GradientExplosionDetector] = {}
+        self.collapse: dict[str, ActionCollapseDetector] = {}
+        self.nonfinite = NonFiniteDetector()
+        # (name, step, message) of detectors that fired and were not yet handed out by fired_events().
+        self._pending: list[tuple[str, int, str]] = []
+
+    def _explosion_for(self, key: str) -> GradientExplosionDetector:
+        det = self.explosion.get(key)
+        if det is None:
+            c = self.cfg
+            det = GradientExplosionDetector(
+                c.explosion_ratio, c.explosion_window, c.explosion_min_history, c.explosion_absolute,
+                name=f"explosion/{key}",
+            )
+            self.explosion[key] = det
+        return det
+
+    def _collapse_for(self, agent: str) -> ActionCollapseDetector:
+        det = self.collapse.get(agent)
+        if det is None:
+            c = self.cfg
+            det = ActionCollapseDetector(
+                c.repeat_threshold, c.saturation_threshold, c.sensitivity_threshold, c.collapse_patience,
+                name=f"collapse/{agent}",
+            )
+            self.collapse[agent] = det
+        return det
+
+    def _record(self, det: Any) -> None:
+        self._pending.append((det.name, int(det.first_step), str(det.message)))
+
+    def update_grad_norm(self, key: str, norm: float, step: int) -> bool:
+        """Feed one gradient norm for ``key``; True when that key's detector fires now."""
+        det = self._explosion_for(key)
+        fired = det.update(norm, step)
+        if fired:
+            self._record(det)
+        return fired
+
+    def update_actions(self, agent: str, repeat: float, saturation: float, sensitivity: float, step: int) -> bool:
+        """Feed one evaluation of ``agent``'s actions; True when that agent's detector fires now."""
+        det = self._collapse_for(agent)
+        fired = det.update(repeat, saturation, sensitivity, step)
+        if fired:
+            self._record(det)
+        return fired
+
+    def update_nonfinite(self, count: int | float, step: int) -> bool:
+        """Feed one non-finite count; True when the detector fires now."""
+        fired = self.nonfinite.update(count, step)
+        if fired:
+            self._record(self.nonfinite)
+        return fired
+
+    @property
+    def explosion_step(self) -> int | None:
+        return _min_step(list(self.explosion.values()))
+
+    @property
+    def collapse_step(self) -> int | None:
+        return _min_step(list(self.collapse.values()))
+
+    @property
+    def nonfinite_step(self) -> int | None:
+        return self.nonfinite.first_step
+
+    def explosion_steps(self) -> dict[str, int | None]:
+        """Per-key firing step (None = not fired)."""
+        return {k: d.first_step for k, d in self.explosion.items()}
+
+    def collapse_steps(self) -> dict[str, int | None]:
+        """Per-agent collapse onset step (None = not fired)."""
+        return {a: d.first_step for a, d in self.collapse.items()}
+
+    def _all(self) -> list[Any]:
+        return [*self.explosion.values(), *self.collapse.values(), self.nonfinite]
+
+    def summary(self) -> dict[str, Any]:
+        """Steps of the three failure signals plus the messages of every fired detector, ordered by step."""
+        fired = sorted((d for d in self._all() if d.first_step is not None), key=lambda d: (d.first_step, d.name))
+        return {
+            "explosion_step": self.explosion_step,
+            "collapse_step": self.collapse_step,
+            "nonfinite_step": self.nonfinite_step,
+            "detector_messages": [d.message for d in fired],
+        }
+
+    def fired_events(self) -> list[tuple[str, int, str]]:
+        """(name, step, message) for every detector that fired since the previous call (e.g. for TensorBoard text)."""
+        out, self._pending = self._pending, []
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "explosion": {k: d.state_dict() for k, d in self.explosion.items()},
+            "collapse": {a: d.state_dict() for a, d in self.collapse.items()},
+            "nonfinite": self.nonfinite.state_dict(),
+            "pending": [[n, s, m] for n, s, m in self._pending],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Thresholds come from this object's config; only the streams' progress is restored.
+        self.explosion, self.collapse = {}, {}
+        for key, sd in state["explosion"].items():
+            self._explosion_for(key).load_state_dict(sd)
+        for agent, sd in state["collapse"].items():
+            self._collapse_for(agent).load_state_dict(sd)
+        self.nonfinite.load_state_dict(state["nonfinite"])
+        self._pending = [(str(n), int(s), str(m)) for n, s, m in state.get("pending", [])]
+
+
+# --------------------------------------------------------------------------- policy helpers
+def _bounds_like(b: Bound, ref: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(b, dtype=ref.dtype, device=ref.device).expand(ref.shape[-1])
+
+
+def saturation_fraction(actions: torch.Tensor, low: Bound, high: Bound, margin: float = 0.01) -> float:
+    """Fraction of action components within ``margin`` x (high - low) of either bound.
+
+    Components with an infinite range are never counted as saturated (there is no bound to sit at).
+    """
+    a = actions.detach().reshape(-1, actions.shape[-1]).float()
+    if a.numel() == 0:
+        return float("nan")
+    lo, hi = _bounds_like(low, a), _bounds_like(high, a)
+    span = hi - lo
+    tol = margin * span
+    near = ((a - lo) <= tol) | ((hi - a) <= tol)
+    near &= torch.isfinite(span)  # inf - inf comparisons would otherwise mark everything saturated
+    return float(near.float().mean())
+
+
+def batch_same_action_rate(actions: torch.Tensor, atol: float = 1e-3, max_rows: int = 256) -> float:
+    """Fraction of distinct-row pairs (i < j, first ``max_rows`` rows) whose actions agree within ``atol``
+    in every component. NaN when fewer than two rows."""
+    a = actions.detach().reshape(-1, actions.shape[-1])[:max_rows].float()
+    n = a.shape[0]
+    if n < 2:
+        return float("nan")
+    # Chebyshev distance: "same" means every component within atol.
+    dist = (a[:, None, :] - a[None, :, :]).abs().amax(dim=-1)
+    iu = torch.triu_indices(n, n, offset=1, device=a.device)
+    same = dist[iu[0], iu[1]] <= atol
+    return float(same.float().mean())
+
+
+def action_sensitivity(policy: Callable[[torch.Tensor], torch.Tensor], obs: torch.Tensor) -> float:
+    """Mean over samples of the Frobenius norm of the Jacobian d(action)/d(obs).
+
+    Uses one backward pass per action dimension on the batch sum, which yields per-sample Jacobian rows
+    because samples do not interact (true for MLP actors; not for BatchNorm in train mode, so call in eval mode).
+    Parameter ``.grad`` is never touched.
+    """
+    x = obs.detach().clone().float().requires_grad_(True)
+    with torch.enable_grad():
+        a = policy(x)
+        a = a.reshape(x.shape[0], -1)
+        if not a.requires_grad:
+            return 0.0  # output built without autograd from obs: constant in obs
+        sq = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for j in range(a.shape[1]):
+            (g,) = torch.autograd.grad(a[:, j].sum(), x, retain_graph=True, allow_unused=True)
+            if g is not None:
+                sq += g.reshape(x.shape[0], -1).pow(2).sum(dim=1)
+    return float(sq.sqrt().mean())
+
+
+def diagnose_policy(
+    policy: Callable[[torch.Tensor], torch.Tensor],
+    obs: torch.Tensor,
+    low: Bound,
+    high: Bound,
+    cfg: DetectorConfig | None = None,
+) -> dict[str, Any]:
+    """Classify a policy from one batch of different observations.
+
+    The batch-level same-action rate stands in for the repeat rate (one call, many states). Verdicts:
+    ``collapsed`` (repetitive AND saturated AND insensitive), ``saturated_but_state_dependent`` (saturated,
+    not collapsed: e.g. bang-bang control), else ``healthy``.
+    """
+    cfg = cfg if cfg is not None else DetectorConfig()
+    if obs.ndim != 2 or obs.shape[0] < 2:
+        raise ValueError(f"obs must be a (batch >= 2, obs_dim) tensor, got shape {tuple(obs.shape)}")
+    with torch.no_grad():
+        actions = policy(obs.float()).reshape(obs.shape[0], -1)
+    sat = saturation_fraction(actions, low, high, cfg.saturation_margin)
+    same = batch_same_action_rate(actions, cfg.same_action_atol, cfg.same_action_max_rows)
+    sens = action_sensitivity(policy, obs)
+    collapsed = ActionCollapseDetector(
+        cfg.repeat_threshold, cfg.saturation_threshold, cfg.sensitivity_threshold
+    ).is_collapsed(same, sat, sens)
+    if collapsed:
+        verdict = "collapsed"
+    elif sat >= cfg.saturation_threshold:
+        verdict = "saturated_but_state_dependent"
+    else:
+        verdict = "healthy"
+    return {"saturation": sat, "batch_same_action": same, "sensitivity": sens, "verdict": verdict}
