@@ -162,6 +162,23 @@ class MADDPG:
             acts.append(action)
         return self._pad_actions(acts).numpy()
 
+    def policy_fn(self, i: int) -> Any:
+        """Agent i's effective deterministic policy: raw observation [B, obs_dim_i] -> the action the env
+        applies (continuous: clipped to the bounds; discrete: softmax probabilities). Differentiable, so
+        instrumentation can measure how much the action depends on the observation."""
+        sd, actor = self.spec, self.actors[i]
+        d, n = sd.act_dims[i], sd.obs_dims[i]
+
+        def policy(o: torch.Tensor) -> torch.Tensor:
+            padded = torch.zeros(o.shape[0], sd.num_agents, sd.max_obs_dim, dtype=o.dtype)
+            padded[:, i, :n] = o  # in-place copy into a fresh tensor keeps the graph to o
+            out, _ = actor(self.fixes.obs(padded)[:, i, :n])
+            if sd.discrete[i]:
+                return torch.softmax(out, dim=-1)
+            return torch.maximum(torch.minimum(out, self.high[i, :d]), self.low[i, :d])
+
+        return policy
+
     # ------------------------------------------------------------------ storing
     def observe(self, obs: np.ndarray, actions: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
                 terminated: np.ndarray, done: np.ndarray) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from marl_stability.detect import DetectorConfig
 from marl_stability.errors import UserError
 
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh"]
@@ -159,6 +160,7 @@ class RunConfig(_Strict):
     maddpg: MADDPGConfig = Field(default_factory=MADDPGConfig, description="MADDPG hyperparameters")
     fixes: FixesConfig = Field(default_factory=FixesConfig, description="stability fixes that are not network pieces")
     train: TrainConfig = Field(default_factory=TrainConfig, description="budget, evaluation, checkpoints, logging")
+    detectors: DetectorConfig = Field(default_factory=DetectorConfig, description="failure detector thresholds")
     debug: DebugConfig = Field(default_factory=DebugConfig, description="test hooks")
 
     def to_dict(self) -> dict[str, Any]:

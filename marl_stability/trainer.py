@@ -26,6 +26,7 @@ from agents.maddpg import AgentSpec, NonFiniteParameters
 from agents.networks import CONTINUOUS_HEADS
 from marl_stability.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 from marl_stability.config import RunConfig, config_diff, dump_yaml, flatten
+from marl_stability.detect import Detectors, action_sensitivity, batch_same_action_rate, saturation_fraction
 from marl_stability.errors import UserError
 from marl_stability.fixes import build_fixes
 from marl_stability.sinks import Logger, TensorBoardSink
@@ -95,7 +96,6 @@ class Progress:
     evaluations: int = 0
     checkpoints: int = 0
     nonfinite_events: int = 0
-    nonfinite_step: int | None = None
     rollbacks: int = 0
     max_grad_norm: dict[str, float] = field(default_factory=lambda: {"actor": 0.0, "critic": 0.0})
     best_return: float | None = None
@@ -124,6 +124,8 @@ class Trainer:
         self._action_window: list[np.ndarray] = []
         self._history: collections.deque[dict[str, float]] = collections.deque(maxlen=cfg.train.forensic_history)
         self._rollback = cfg.train.on_nonfinite == "rollback"
+        self.detectors = Detectors(cfg.detectors)
+        self.final_action_stats: dict[str, dict[str, float]] = {}
         self._snapshot: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ files
@@ -139,6 +141,8 @@ class Trainer:
             "env": self.venv.state_dict(),
             "obs": obs,
             "progress": asdict(self.progress),
+            "detectors": self.detectors.state_dict(),
+            "final_action_stats": self.final_action_stats,
         }
         save_checkpoint(self.checkpoint_path, state)
         self.progress.checkpoints += 1
@@ -161,6 +165,8 @@ class Trainer:
             self.venv.load_state_dict(state["env"])
         except (KeyError, ValueError, RuntimeError) as e:
             raise UserError(f"checkpoint {self.checkpoint_path} does not match this run: {e}") from None
+        self.detectors.load_state_dict(state["detectors"])
+        self.final_action_stats = {a: dict(v) for a, v in state["final_action_stats"].items()}
         p = state["progress"]
         self.progress = Progress(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in p.items()})
         return np.asarray(state["obs"])
@@ -180,7 +186,8 @@ class Trainer:
             "best_return": p.best_return,
             "max_grad_norm": dict(p.max_grad_norm),
             "nonfinite_events": p.nonfinite_events,
-            "nonfinite_step": p.nonfinite_step,
+            **{k: v for k, v in self.detectors.summary().items()},
+            **self._final_action_summary(),
             "rollbacks": p.rollbacks,
             "eval_history": list(p.eval_history),
             "agents": list(self.spec.names),
@@ -197,21 +204,72 @@ class Trainer:
         venv = envs.SyncVectorEnv(self.env_fn, n, seed=cfg.seed * 100_003 + 7919 * (self.progress.evaluations + 1))
         obs = venv.reset()
         first: dict[int, dict[str, Any]] = {}
+        observed, taken, same_episode = [], [], []  # for the action statistics
+        fresh = np.ones(n, bool)
         for _ in range(100_000):
-            step = venv.step(self.algo.act(obs, explore=False))
+            actions = self.algo.act(obs, explore=False)
+            step = venv.step(actions)
+            live = np.array([b not in first for b in range(n)])  # only each env's first episode counts
+            observed.append(obs[live])
+            taken.append(actions[live])
+            same_episode.append(~fresh[live])
+            fresh = step.done.copy()
             for ep in step.episodes:
                 first.setdefault(int(ep["env_index"]), ep)
             if len(first) == n:
                 break
             obs = step.obs
         venv.close()
+        self._action_stats(observed, taken, same_episode)
         episodes = [first[i] for i in sorted(first)]
         team = float(np.mean([e["team_return"] for e in episodes]))
         per_agent = {a: float(np.mean([e["agent_returns"][a] for e in episodes])) for a in self.spec.names}
         return {"team_return": team, "agent_returns": per_agent, "length": float(np.mean([e["length"] for e in episodes]))}
 
+    def _action_stats(self, observed: list[np.ndarray], taken: list[np.ndarray], same_episode: list[np.ndarray]) -> None:
+        """Per agent: repeated-action rate over consecutive evaluation steps, saturation, how many different
+        states map to one action, and the sensitivity of the action to the observation."""
+        sd = self.spec
+        stats: dict[str, dict[str, float]] = {}
+        obs_all = np.concatenate(observed)  # [T*, N, D]
+        for i, agent in enumerate(sd.names):
+            d = sd.act_dims[i]
+            low, high = sd.act_low[i, :d], sd.act_high[i, :d]
+            # what the env applies: clipped continuous actions (a linear head's 3.7 and 5.2 are the same action)
+            seq = [np.clip(a[:, i, :d], low, high) for a in taken]
+            unchanged = [np.abs(cur - prev[: len(cur)]).max(axis=-1) <= 1e-3
+                         for prev, cur in zip(seq[:-1], seq[1:])]
+            mask = [m[: len(u)] for m, u in zip(same_episode[1:], unchanged)]
+            pairs = np.concatenate([u[m] for u, m in zip(unchanged, mask)]) if unchanged else np.zeros(0)
+            acts = torch.as_tensor(np.concatenate(seq))
+            o = torch.as_tensor(obs_all[:256, i, : sd.obs_dims[i]])
+            policy = self.algo.policy_fn(i)
+            if sd.discrete[i]:
+                with torch.no_grad():
+                    probs = policy(o)
+                saturation = float((probs.max(dim=-1).values >= 0.99).float().mean())
+            else:
+                saturation = saturation_fraction(acts, low.tolist(), high.tolist(), self.cfg.detectors.saturation_margin)
+            stats[agent] = {
+                "repeat_rate": float(pairs.mean()) if pairs.size else float("nan"),
+                "saturation": saturation,
+                "batch_same_action": batch_same_action_rate(acts, self.cfg.detectors.same_action_atol),
+                "sensitivity": action_sensitivity(policy, o),
+            }
+        self.final_action_stats = stats
+
+    def _final_action_summary(self) -> dict[str, Any]:
+        s = self.final_action_stats
+        mean = (lambda k: float(np.mean([v[k] for v in s.values()])) if s else None)
+        return {"repeated_action_rate": mean("repeat_rate"), "saturation_rate": mean("saturation"),
+                "action_sensitivity": mean("sensitivity"), "action_stats": s}
+
     def _log_eval(self, logger: Logger) -> None:
         result = self.evaluate()
+        for agent, st in self.final_action_stats.items():
+            for key, value in st.items():
+                logger.record(f"eval/{key}/{agent}", value, self.progress.env_steps)
+            self.detectors.update_actions(agent, st["repeat_rate"], st["saturation"], st["sensitivity"], self.progress.env_steps)
         p = self.progress
         p.evaluations += 1
         p.final_return = result["team_return"]
@@ -231,10 +289,12 @@ class Trainer:
 
     def _log_update(self, logger: Logger, stats: dict[str, float], log: bool) -> None:
         p = self.progress
-        for kind in ("actor", "critic"):
-            norms = [v for k, v in stats.items() if k.startswith(f"grad_norm/{kind}/") and math.isfinite(v)]
-            if norms:
-                p.max_grad_norm[kind] = max(p.max_grad_norm[kind], max(norms))
+        for key, value in stats.items():
+            if key.startswith("grad_norm/") and math.isfinite(value):
+                model = key[len("grad_norm/"):]  # e.g. critic/agent_0
+                kind = model.split("/", 1)[0]
+                p.max_grad_norm[kind] = max(p.max_grad_norm[kind], value)
+                self.detectors.update_grad_norm(model, value, p.env_steps)
         if log:
             logger.record_dict(stats, p.env_steps)
 
@@ -262,8 +322,7 @@ class Trainer:
         """Count, keep forensic evidence of the first event, then roll back, go on skipping, or diverge."""
         p, cfg = self.progress, self.cfg
         p.nonfinite_events += count
-        if p.nonfinite_step is None:
-            p.nonfinite_step = p.env_steps
+        if self.detectors.update_nonfinite(count, p.env_steps):
             self._write_forensics(reason)
         logger.record("health/nonfinite_events", p.nonfinite_events, p.env_steps)
         if self._rollback:
@@ -367,6 +426,8 @@ class Trainer:
                 if p.env_steps // cfg.train.checkpoint_every > prev_steps // cfg.train.checkpoint_every:
                     p.wall_seconds = wall_at_start + time.perf_counter() - start
                     self._save_checkpoint(obs)
+                for name, at, message in self.detectors.fired_events():
+                    logger.text(f"detectors/{name}", f"env step {at}: {message}", p.env_steps)
                 if self._stop_requested:
                     self.status = "interrupted"
             if self.status == "running":

@@ -69,12 +69,20 @@ def test_run_writes_files_tags_and_summary(tmp_path: Path) -> None:
     assert summary["fixes"]["grad_clip.critic.mode"] == "global_norm"
     assert summary["max_grad_norm"]["critic"] > 0 and summary["max_grad_norm"]["actor"] > 0
     assert summary["best_return"] >= summary["final_return"]
+    for key in ("explosion_step", "collapse_step", "nonfinite_step"):
+        assert key in summary
+    assert summary["nonfinite_step"] is None
+    assert 0.0 <= summary["repeated_action_rate"] <= 1.0 and 0.0 <= summary["saturation_rate"] <= 1.0
+    assert summary["action_sensitivity"] > 0  # a freshly trained tanh actor still depends on its input
+    assert set(summary["action_stats"]) == {"agent_0", "agent_1", "agent_2"}
     assert [e["env_steps"] for e in summary["eval_history"]] == [500, 1000, 1500]
     scalars, histograms, has_hparams = read_tags(run)
     for tag in ("episode/team_return", "episode/length", "eval/team_return", "loss/critic/agent_0",
                 "loss/actor/agent_2", "grad_norm/critic/agent_1", "grad_norm/actor/agent_0",
                 "grad_norm_postclip/critic/agent_0", "q/mean/agent_0", "perf/env_steps_per_second",
-                "episode/agent_return/agent_0", "eval/agent_return/agent_1"):
+                "episode/agent_return/agent_0", "eval/agent_return/agent_1", "eval/repeat_rate/agent_0",
+                "eval/saturation/agent_1", "eval/sensitivity/agent_2", "eval/batch_same_action/agent_0",
+                "critic/td_error_mean/agent_0", "critic/dq_da_norm/agent_0", "q/max/agent_1"):
         assert tag in scalars, tag
     assert {"actions/agent_0", "actions/agent_1", "actions/agent_2"} <= histograms
     assert has_hparams

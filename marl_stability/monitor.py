@@ -1,0 +1,478 @@
+"""Gradient / weight / action monitor for any actor-critic training loop (no dependence on our trainer).
+
+Usage::
+
+    from marl_stability import monitor
+    mon = monitor.attach(models={"actor/agent_0": actor, "critic/agent_0": critic}, writer="runs/x")
+    loss.backward()
+    mon.after_backward(step)          # pre-clip grad norms, weight norms, non-finite grads
+    torch.nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
+    mon.after_clip(step)              # post-clip norms, clip fraction
+    optimizer.step()
+    mon.after_step(step)              # update-to-weight ratios, non-finite parameters
+    mon.actions(actions, step, agent="agent_0", low=0.0, high=1.0, preact=pre)
+
+Tag names (stable; our trainer and detectors use the same ones):
+
+- ``grad_norm/<model>``, ``grad_norm_layer/<model>/<param>``, ``weight_norm_layer/<model>/<param>``,
+  ``health/nonfinite_grads/<model>``  (after_backward)
+- ``grad_norm_postclip/<model>``, ``clip_active/<model>``, ``clip_fraction/<model>``  (after_clip)
+- ``update_ratio/<model>``, ``update_ratio_layer/<model>/<param>``, ``health/nonfinite_params/<model>``
+  (after_step)
+- ``actor/saturation/<agent>``, ``actor/repeat_rate/<agent>``, ``actor/batch_same_action/<agent>``,
+  ``actor/preact_max_abs/<agent>``, ``actor/preact_mean_abs/<agent>``; histograms ``actions/<agent>/dim<k>``
+  and ``actor/preact/<agent>``  (actions)
+- ``actor/sensitivity/<agent>``  (sensitivity)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from marl_stability.sinks import Logger, TensorBoardSink
+
+__all__ = [
+    "Monitor",
+    "attach",
+    "global_grad_norm",
+    "saturation_fraction",
+    "squashed_saturation",
+    "repeated_action_rate",
+    "batch_same_action_rate",
+    "action_sensitivity",
+]
+
+ArrayLike = torch.Tensor | np.ndarray | Sequence[float] | float
+
+_RATIO_EPS = 1e-12  # keeps the update ratio finite for an all-zero weight tensor
+_CLIP_RTOL = 1e-6  # post-clip norm must drop by more than this (relative) to count as clipped
+
+
+# --------------------------------------------------------------------------- pure functions
+def _as_tensor(x: ArrayLike) -> torch.Tensor:
+    """Detached tensor view of a tensor / ndarray / list (no copy where possible)."""
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    if not t.is_floating_point():
+        t = t.to(torch.float64)  # integer (discrete) actions: comparisons with atol need floats
+    return t
+
+
+def _as_2d(x: ArrayLike) -> torch.Tensor:
+    """[batch, act_dim]; a 1-D input is one action component per row (e.g. a batch of discrete actions)."""
+    t = _as_tensor(x)
+    if t.ndim == 0:
+        return t.reshape(1, 1)
+    if t.ndim == 1:
+        return t.reshape(-1, 1)
+    return t.reshape(t.shape[0], -1)
+
+
+def _stack_norms(norms: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack 0-dim norms into one float64 vector (one host transfer later instead of one per tensor)."""
+    try:
+        return torch.stack(list(norms)).to(torch.float64)
+    except RuntimeError:  # models spread over several devices
+        dev = norms[0].device
+        return torch.stack([n.to(dev) for n in norms]).to(torch.float64)
+
+
+def _foreach_norm(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-tensor L2 norms in one fused kernel (``torch._foreach_norm`` rejects an empty list)."""
+    return list(torch._foreach_norm(list(tensors))) if tensors else []
+
+
+def _norms(tensors: Sequence[torch.Tensor]) -> list[float]:
+    """L2 norm of each tensor, as Python floats, with one fused kernel and one host sync."""
+    if not tensors:
+        return []
+    return _stack_norms(_foreach_norm(tensors)).tolist()
+
+
+def _combine(norms: Sequence[float]) -> float:
+    """Global L2 norm from per-tensor norms: sqrt(sum n_i^2) == sqrt(sum over every element g^2)."""
+    return math.sqrt(math.fsum(n * n for n in norms))
+
+
+def _count_nonfinite(norms: Sequence[float], tensors: Sequence[torch.Tensor]) -> int:
+    """Tensors holding a NaN/Inf, given their norms: a non-finite element makes the norm non-finite, so
+    only those tensors are checked exactly (a finite tensor can still overflow its norm)."""
+    return sum(1 for n, t in zip(norms, tensors) if not math.isfinite(n) and not bool(torch.isfinite(t).all()))
+
+
+def _copy(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Detached copies; one fused kernel on accelerators, where launches dominate; plain clones on CPU,
+    where ``_foreach_mul`` measured slower."""
+    if not tensors:
+        return []
+    if tensors[0].device.type == "cpu":
+        return [t.detach().clone() for t in tensors]
+    return list(torch._foreach_mul(tensors, 1.0))
+
+
+def global_grad_norm(module: nn.Module) -> float:
+    """Global L2 norm of all gradients of ``module`` (0.0 if none has a gradient)."""
+    with torch.no_grad():
+        return _combine(_norms([p.grad.detach() for p in module.parameters() if p.grad is not None]))
+
+
+def saturation_fraction(actions: ArrayLike, low: ArrayLike, high: ArrayLike, frac: float = 0.01) -> float:
+    """Fraction of action components within ``frac * (high - low)`` of either bound.
+
+    ``low``/``high`` are scalars or per-dimension arrays (broadcast over the batch).
+    """
+    a = _as_2d(actions)
+    lo = torch.as_tensor(np.asarray(low, np.float64), dtype=a.dtype, device=a.device)
+    hi = torch.as_tensor(np.asarray(high, np.float64), dtype=a.dtype, device=a.device)
+    margin = frac * (hi - lo)
+    near = (a <= lo + margin) | (a >= hi - margin)
+    return float(near.to(torch.float64).mean()) if a.numel() else float("nan")
+
+
+def squashed_saturation(y: ArrayLike, bound: float = 0.99) -> float:
+    """Fraction of squashed outputs (tanh/softsign values in (-1, 1)) with ``|y| > bound``."""
+    t = _as_tensor(y)
+    return float((t.abs() > bound).to(torch.float64).mean()) if t.numel() else float("nan")
+
+
+def repeated_action_rate(prev: ArrayLike, cur: ArrayLike, atol: float = 1e-3) -> float:
+    """Fraction of rows whose action moved by at most ``atol`` in every component since ``prev``.
+
+    Rows are matched by index (row i = env copy i); if the batch size changed, only the common leading
+    rows are compared. NaN actions never count as repeated.
+    """
+    p, c = _as_2d(prev), _as_2d(cur)
+    n = min(p.shape[0], c.shape[0])
+    if n == 0 or p.shape[1] != c.shape[1]:
+        return float("nan")
+    p = p[:n].to(device=c.device, dtype=torch.promote_types(p.dtype, c.dtype))
+    same = ((c[:n] - p).abs() <= atol).all(dim=1)
+    return float(same.to(torch.float64).mean())
+
+
+def batch_same_action_rate(actions: ArrayLike, atol: float = 1e-3, max_rows: int = 256) -> float:
+    """Fraction of distinct-row pairs whose actions agree within ``atol`` in every component.
+
+    Measures "different states mapped to the same action". Uses the first ``max_rows`` rows (deterministic,
+    bounds the O(n^2) pair count). NaN with fewer than two rows.
+    """
+    a = _as_2d(actions)[:max_rows]
+    n = a.shape[0]
+    if n < 2:
+        return float("nan")
+    # Chebyshev distance of every pair; n <= 256 so the [n, n, d] intermediate is tiny.
+    dist = (a.unsqueeze(1) - a.unsqueeze(0)).abs().amax(dim=2)
+    close = dist <= atol
+    pairs_same = (int(close.sum()) - int(close.diagonal().sum())) / 2  # drop i == j, count i < j once
+    return pairs_same / (n * (n - 1) / 2)
+
+
+def action_sensitivity(policy: Callable[[torch.Tensor], torch.Tensor], obs: torch.Tensor) -> float:
+    """Batch mean of the Frobenius norm of the per-sample Jacobian d action / d obs.
+
+    One backward pass per action dimension (act_dim is small); assumes samples do not interact inside
+    ``policy`` (true for MLPs; not for train-mode batch norm). Parameter ``.grad`` fields are untouched.
+    """
+    x = obs.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = policy(x)
+        out = out.reshape(out.shape[0], -1) if out.ndim > 1 else out.reshape(-1, 1)
+        if not out.requires_grad:  # constant policy: output not connected to obs at all
+            return 0.0
+        sq = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        for k in range(out.shape[1]):
+            (g,) = torch.autograd.grad(
+                out[:, k].sum(), x, retain_graph=k + 1 < out.shape[1], allow_unused=True
+            )
+            if g is not None:  # None: this output does not depend on obs
+                sq += g.reshape(x.shape[0], -1).to(torch.float64).pow(2).sum(dim=1)
+    return float(sq.sqrt().mean()) if x.shape[0] else float("nan")
+
+
+# --------------------------------------------------------------------------- writer adapter
+class _SummaryWriterSink:
+    """Sink over a user's SummaryWriter (or anything with add_scalar/add_histogram); never closes it."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        # TensorBoard rejects non-finite histogram input; the scalars already show them.
+        values = np.asarray(values, np.float64).ravel()
+        values = values[np.isfinite(values)]
+        if values.size:
+            self.writer.add_histogram(tag, values, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if hasattr(self.writer, "add_text"):
+            self.writer.add_text(tag, text, step)
+
+    def flush(self) -> None:
+        if hasattr(self.writer, "flush"):
+            self.writer.flush()
+
+    def close(self) -> None:
+        self.flush()  # the user owns the writer
+
+
+def _make_logger(writer: Any) -> tuple[Logger | None, bool]:
+    """(logger, whether we own it)."""
+    if writer is None:
+        return None, False
+    if isinstance(writer, Logger):
+        return writer, False
+    if isinstance(writer, (str, os.PathLike)):
+        return Logger([TensorBoardSink(writer)]), True
+    if hasattr(writer, "add_scalar") and hasattr(writer, "add_histogram"):
+        return Logger([_SummaryWriterSink(writer)]), False
+    if hasattr(writer, "scalar") and hasattr(writer, "histogram"):  # a bare sink (e.g. MemorySink)
+        return Logger([writer]), False
+    raise TypeError(f"writer must be None, a path, a SummaryWriter or a Logger, not {type(writer).__name__}")
+
+
+# --------------------------------------------------------------------------- monitor
+@dataclass
+class _Tracked:
+    """One model: its parameters, precomputed tag strings, and state carried between hooks."""
+
+    name: str
+    param_names: list[str]
+    params: list[nn.Parameter]
+    grad_tags: list[str]
+    weight_tags: list[str]
+    ratio_tags: list[str]
+    pre_norm: float | None = None  # from after_backward, for after_clip
+    snap_idx: list[int] = field(default_factory=list)  # parameters snapshotted (those with a grad)
+    snapshot: list[torch.Tensor] | None = None  # weights at after_backward, for after_step
+    snap_norms: list[float] = field(default_factory=list)
+    clip_calls: int = 0
+    clip_active: int = 0
+
+
+class Monitor:
+    """Per-update gradient/weight statistics and per-call action statistics, logged and returned."""
+
+    def __init__(self, models: Mapping[str, nn.Module], logger: Logger | None, owns_logger: bool,
+                 log_every: int = 1, histogram_every: int = 50, layer_stats: bool = True) -> None:
+        if not models:
+            raise ValueError("attach() needs at least one model")
+        if log_every < 1 or histogram_every < 1:
+            raise ValueError("log_every and histogram_every must be >= 1")
+        self.logger = logger
+        self._owns_logger = owns_logger
+        self.log_every, self.histogram_every, self.layer_stats = log_every, histogram_every, layer_stats
+        self._models: list[_Tracked] = []
+        for mname, module in models.items():
+            named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+            pnames = [n for n, _ in named]
+            self._models.append(_Tracked(
+                name=mname, param_names=pnames, params=[p for _, p in named],
+                grad_tags=[f"grad_norm_layer/{mname}/{n}" for n in pnames],
+                weight_tags=[f"weight_norm_layer/{mname}/{n}" for n in pnames],
+                ratio_tags=[f"update_ratio_layer/{mname}/{n}" for n in pnames],
+            ))
+        self._calls: dict[str, int] = defaultdict(int)  # per method (per agent for actions/sensitivity)
+        self._prev_actions: dict[str, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------- helpers
+    def _tick(self, key: str) -> int:
+        """Return this key's call index (0-based) and advance it."""
+        n = self._calls[key]
+        self._calls[key] = n + 1
+        return n
+
+    def _emit(self, key: str, stats: dict[str, float], step: int) -> dict[str, float]:
+        if self._tick(key) % self.log_every == 0 and self.logger is not None:
+            self.logger.record_dict(stats, step)
+        return stats
+
+    # ----------------------------------------------------------------- update hooks
+    @torch.no_grad()
+    def after_backward(self, step: int) -> dict[str, float]:
+        """Pre-clip gradient norms (global and per layer), weight norms, non-finite gradient count.
+
+        Also remembers the pre-clip norm for ``after_clip`` and snapshots the weights for ``after_step``.
+        """
+        # Under no_grad no autograd history is recorded, so parameters/grads need no .detach().
+        grads: list[torch.Tensor] = []
+        weights: list[torch.Tensor] = []
+        for m in self._models:
+            m.snap_idx = [i for i, p in enumerate(m.params) if p.grad is not None]
+            grads.extend(m.params[i].grad for i in m.snap_idx)
+            weights.extend(m.params[i] for i in m.snap_idx)
+        n = len(grads)
+        # One fused norm call and one host transfer for every tensor of every model.
+        flat = _norms(grads + weights)
+        gnorms, wnorms = flat[:n], flat[n:]
+        snaps = _copy(weights)  # these nets are small: a full copy is cheaper than anything clever
+
+        stats: dict[str, float] = {}
+        off = 0
+        for m in self._models:
+            k = len(m.snap_idx)
+            g, w = gnorms[off:off + k], wnorms[off:off + k]
+            m.snapshot, m.snap_norms = snaps[off:off + k], w
+            off += k
+            m.pre_norm = _combine(g)
+            stats[f"grad_norm/{m.name}"] = m.pre_norm
+            stats[f"health/nonfinite_grads/{m.name}"] = float(
+                _count_nonfinite(g, [m.params[i].grad for i in m.snap_idx]))
+            if self.layer_stats:
+                for j, i in enumerate(m.snap_idx):
+                    stats[m.grad_tags[i]] = g[j]
+                    stats[m.weight_tags[i]] = w[j]
+        return self._emit("after_backward", stats, step)
+
+    @torch.no_grad()
+    def after_clip(self, step: int) -> dict[str, float]:
+        """Post-clip global norms, whether clipping acted this call, and the running clip fraction."""
+        grads: list[torch.Tensor] = []
+        counts: list[int] = []
+        for m in self._models:
+            gs = [p.grad for p in m.params if p.grad is not None]
+            grads.extend(gs)
+            counts.append(len(gs))
+        norms = _norms(grads)
+        stats: dict[str, float] = {}
+        off = 0
+        for m, k in zip(self._models, counts):
+            post = _combine(norms[off:off + k])
+            off += k
+            stats[f"grad_norm_postclip/{m.name}"] = post
+            if m.pre_norm is None:  # after_backward was not called: nothing to compare against
+                continue
+            active = post < m.pre_norm * (1.0 - _CLIP_RTOL)
+            m.clip_calls += 1
+            m.clip_active += int(active)
+            stats[f"clip_active/{m.name}"] = float(active)
+            stats[f"clip_fraction/{m.name}"] = m.clip_active / m.clip_calls
+        return self._emit("after_clip", stats, step)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> dict[str, float]:
+        """Update-to-weight ratios ||w_new - w_old|| / ||w_old|| and non-finite parameter counts."""
+        olds: list[torch.Tensor] = []
+        news: list[torch.Tensor] = []
+        rest: list[torch.Tensor] = []  # parameters not snapshotted: checked for NaN/Inf by their own norm
+        rest_idx: list[list[int]] = []
+        for m in self._models:
+            snapped = set(m.snap_idx) if m.snapshot is not None else set()
+            if m.snapshot is not None:
+                olds.extend(m.snapshot)
+                news.extend(m.params[i] for i in m.snap_idx)
+            idx = [i for i in range(len(m.params)) if i not in snapped]
+            rest_idx.append(idx)
+            rest.extend(m.params[i] for i in idx)
+        diffs = list(torch._foreach_sub(news, olds)) if news else []
+        flat = _norms(diffs + rest)
+        dnorms, rnorms = flat[: len(diffs)], flat[len(diffs):]
+
+        stats: dict[str, float] = {}
+        doff = roff = 0
+        for m, idx in zip(self._models, rest_idx):
+            bad = 0
+            if m.snapshot is not None:
+                k = len(m.snap_idx)
+                d = dnorms[doff:doff + k]
+                doff += k
+                if self.layer_stats:
+                    for j, i in enumerate(m.snap_idx):
+                        stats[m.ratio_tags[i]] = d[j] / (m.snap_norms[j] + _RATIO_EPS)
+                stats[f"update_ratio/{m.name}"] = _combine(d) / (_combine(m.snap_norms) + _RATIO_EPS)
+                # A NaN/Inf in the new weights makes the difference non-finite too: no extra norm needed.
+                bad += _count_nonfinite(d, [m.params[i] for i in m.snap_idx])
+                m.snapshot = None  # one ratio per snapshot; a second after_step would be stale
+            r = rnorms[roff:roff + len(idx)]
+            roff += len(idx)
+            bad += _count_nonfinite(r, [m.params[i] for i in idx])
+            stats[f"health/nonfinite_params/{m.name}"] = float(bad)
+        return self._emit("after_step", stats, step)
+
+    # ----------------------------------------------------------------- actor diagnostics
+    @torch.no_grad()
+    def actions(self, actions: ArrayLike, step: int, agent: str, low: ArrayLike | None = None,
+                high: ArrayLike | None = None, preact: ArrayLike | None = None,
+                squashed: ArrayLike | None = None, atol: float = 1e-3) -> dict[str, float]:
+        """Saturation, repeated-action and same-action rates of one agent's batch of actions.
+
+        Call counts (for log_every / histogram_every) are kept per agent, so calling this once per agent
+        per step logs every agent on the same steps.
+        """
+        a = _as_2d(actions)
+        stats: dict[str, float] = {}
+        if low is not None and high is not None:
+            stats[f"actor/saturation/{agent}"] = saturation_fraction(a, low, high)
+        elif squashed is not None:
+            stats[f"actor/saturation/{agent}"] = squashed_saturation(squashed)
+        prev = self._prev_actions.get(agent)
+        if prev is not None:
+            stats[f"actor/repeat_rate/{agent}"] = repeated_action_rate(prev, a, atol)
+        self._prev_actions[agent] = a.clone()  # the caller may reuse/mutate its buffer
+        if a.shape[0] >= 2:
+            stats[f"actor/batch_same_action/{agent}"] = batch_same_action_rate(a, atol)
+        pre = _as_tensor(preact) if preact is not None else None
+        if pre is not None and pre.numel():
+            mx, mean = torch.stack([pre.abs().amax(), pre.abs().mean()]).tolist()
+            stats[f"actor/preact_max_abs/{agent}"] = mx
+            stats[f"actor/preact_mean_abs/{agent}"] = mean
+
+        key = f"actions/{agent}"
+        n = self._calls[key]
+        self._emit(key, stats, step)
+        if n % self.histogram_every == 0 and self.logger is not None:
+            cols = a.to(torch.float64).cpu().numpy()
+            for k in range(cols.shape[1]):
+                self.logger.histogram(f"actions/{agent}/dim{k}", cols[:, k], step)
+            if pre is not None and pre.numel():
+                self.logger.histogram(f"actor/preact/{agent}", pre.to(torch.float64).cpu().numpy().ravel(), step)
+        return stats
+
+    def sensitivity(self, policy: Callable[[torch.Tensor], torch.Tensor], obs: torch.Tensor, step: int,
+                    agent: str) -> float:
+        """``actor/sensitivity/<agent>``: mean per-sample Frobenius norm of d action / d obs."""
+        value = action_sensitivity(policy, obs)
+        self._emit(f"sensitivity/{agent}", {f"actor/sensitivity/{agent}": value}, step)
+        return value
+
+    # ----------------------------------------------------------------- lifecycle
+    def flush(self) -> None:
+        if self.logger is not None:
+            self.logger.flush()
+
+    def close(self) -> None:
+        """Close sinks this monitor created (a logdir); only flush a writer/logger the user passed."""
+        if self.logger is None:
+            return
+        if self._owns_logger:
+            self.logger.close()
+        else:
+            self.logger.flush()
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def attach(models: Mapping[str, nn.Module], writer: Any = None, log_every: int = 1,
+           histogram_every: int = 50, layer_stats: bool = True) -> Monitor:
+    """Build a :class:`Monitor` over named models.
+
+    ``writer``: None (stats only returned), a log directory (TensorBoard files, closed by ``close()``),
+    a ``torch.utils.tensorboard.SummaryWriter`` (written through, never closed), or a
+    ``marl_stability.sinks.Logger`` (used as is). Model names may contain "/".
+    """
+    logger, owns = _make_logger(writer)
+    return Monitor(models, logger, owns, log_every=log_every, histogram_every=histogram_every,
+                   layer_stats=layer_stats)
