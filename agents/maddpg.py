@@ -115,6 +115,8 @@ class MADDPG:
         self.updates = 0
         self._updates_owed = 0.0
         self.first_nonfinite: dict[str, Any] | None = None  # evidence of the first non-finite update
+        # Optional instrumentation, one monitor per network name ("critic/agent_0"): see marl_stability.monitor.
+        self.monitors: dict[str, Any] = {}
         self._critic_loss_fn = (
             F.mse_loss if self.hp.critic_loss == "mse" else lambda q, y: F.huber_loss(q, y, delta=self.hp.huber_delta)
         )
@@ -208,12 +210,19 @@ class MADDPG:
             self._record_nonfinite(model, "loss", loss, batch)
             return ClipStats(float("nan"), float("nan"), False), False
         loss.backward()
+        monitor = self.monitors.get(model)
+        if monitor is not None:
+            monitor.after_backward(self.env_steps)
         clip = clipper(params)
         if not np.isfinite(clip.pre_norm):
             self._record_nonfinite(model, "gradient", loss, batch)
             opt.zero_grad(set_to_none=True)
             return clip, False
+        if monitor is not None:
+            monitor.after_clip(self.env_steps)
         opt.step()
+        if monitor is not None:
+            monitor.after_step(self.env_steps)
         return clip, True
 
     def _record_nonfinite(self, model: str, what: str, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:

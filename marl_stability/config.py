@@ -128,6 +128,9 @@ class TrainConfig(_Strict):
     eval_episodes: int = Field(10, ge=1, description="episodes per evaluation (no exploration noise)")
     checkpoint_every: int = Field(50_000, ge=1, description="env steps between checkpoints")
     log_every: int = Field(1, ge=1, description="log update stats every N update rounds")
+    layer_stats_every: int = Field(
+        10, ge=1, description="log the monitor's per-layer gradient/weight norms, update ratios, clip fractions every N updates"
+    )
     histogram_every: int = Field(50, ge=1, description="log histograms every N update rounds")
     max_nonfinite: int = Field(10, ge=1, description="non-finite updates tolerated before status=diverged (on_nonfinite=stop)")
     on_nonfinite: Literal["stop", "rollback"] = Field(

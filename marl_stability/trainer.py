@@ -29,10 +29,12 @@ from marl_stability.config import RunConfig, config_diff, dump_yaml, flatten
 from marl_stability.detect import Detectors, action_sensitivity, batch_same_action_rate, saturation_fraction
 from marl_stability.errors import UserError
 from marl_stability.fixes import build_fixes
+from marl_stability import monitor
 from marl_stability.sinks import Logger, TensorBoardSink
 
 CHECKPOINT_FORMAT = 1
 TIMING_KEYS = ("wall_seconds", "env_steps_per_second")
+MONITOR_OWNED = ("grad_norm/", "grad_norm_postclip/")
 
 
 def env_factory(cfg: RunConfig, render_mode: str | None = None) -> Callable[[], Any]:
@@ -296,7 +298,8 @@ class Trainer:
                 p.max_grad_norm[kind] = max(p.max_grad_norm[kind], value)
                 self.detectors.update_grad_norm(model, value, p.env_steps)
         if log:
-            logger.record_dict(stats, p.env_steps)
+            # grad_norm/* and grad_norm_postclip/* are the monitor's tags (logged every layer_stats_every)
+            logger.record_dict({k: v for k, v in stats.items() if not k.startswith(MONITOR_OWNED)}, p.env_steps)
 
     def _log_histograms(self, logger: Logger) -> None:
         if not self._action_window:
@@ -367,6 +370,9 @@ class Trainer:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         tb = TensorBoardSink(self.run_dir, purge_step=p.env_steps if resume else None)
         logger = Logger([tb, *self.extra_sinks])
+        # The same monitor API users attach to their own loops: per-layer norms, update ratios, clip fractions.
+        self.algo.monitors = {name: monitor.attach({name: net}, writer=logger, log_every=cfg.train.layer_stats_every)
+                              for name, net in self.algo.modules().items()}
         if self._rollback:
             self._snapshot = self.algo.snapshot()
         if not resume:

@@ -82,7 +82,10 @@ def test_run_writes_files_tags_and_summary(tmp_path: Path) -> None:
                 "grad_norm_postclip/critic/agent_0", "q/mean/agent_0", "perf/env_steps_per_second",
                 "episode/agent_return/agent_0", "eval/agent_return/agent_1", "eval/repeat_rate/agent_0",
                 "eval/saturation/agent_1", "eval/sensitivity/agent_2", "eval/batch_same_action/agent_0",
-                "critic/td_error_mean/agent_0", "critic/dq_da_norm/agent_0", "q/max/agent_1"):
+                "critic/td_error_mean/agent_0", "critic/dq_da_norm/agent_0", "q/max/agent_1",
+                "grad_norm_layer/critic/agent_0/mlp.out.weight", "weight_norm_layer/actor/agent_1/mlp.hidden.0.linear.bias",
+                "update_ratio/actor/agent_0", "update_ratio_layer/critic/agent_2/mlp.out.weight",
+                "clip_fraction/critic/agent_0", "clip_active/actor/agent_0"):
         assert tag in scalars, tag
     assert {"actions/agent_0", "actions/agent_1", "actions/agent_2"} <= histograms
     assert has_hparams
