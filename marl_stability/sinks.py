@@ -73,6 +73,10 @@ class TensorBoardSink:
         for s in (exp, ssi, sei):
             self.writer.file_writer.add_summary(s)
 
+    def custom_scalars(self, layout: dict[str, dict[str, list[Any]]]) -> None:
+        """TensorBoard's Custom Scalars dashboard: {category: {chart: ["Multiline", [tag regexes]]}}."""
+        self.writer.add_custom_scalars(layout)
+
     def flush(self) -> None:
         self.writer.flush()
 

@@ -47,6 +47,42 @@ def env_factory(cfg: RunConfig, render_mode: str | None = None) -> Callable[[], 
     )
 
 
+# One dashboard per part of the failure story (TensorBoard's "Custom Scalars" tab).
+DASHBOARD = {
+    "Gradients": {
+        "critic grad norm (pre-clip)": ["Multiline", [r"grad_norm/critic/.*"]],
+        "actor grad norm (pre-clip)": ["Multiline", [r"grad_norm/actor/.*"]],
+        "grad norm after clipping": ["Multiline", [r"grad_norm_postclip/.*"]],
+        "clip fraction": ["Multiline", [r"clip_fraction/.*"]],
+        "update/weight ratio": ["Multiline", [r"update_ratio/.*"]],
+    },
+    "Critic": {
+        "critic loss": ["Multiline", [r"loss/critic/.*"]],
+        "Q mean / target": ["Multiline", [r"q/mean/.*", r"q/target_mean/.*"]],
+        "Q range": ["Multiline", [r"q/min/.*", r"q/max/.*"]],
+        "TD error": ["Multiline", [r"critic/td_error_.*"]],
+        "dQ/da (pull on the actor)": ["Multiline", [r"critic/dq_da_norm/.*"]],
+    },
+    "Actor outputs": {
+        "saturation": ["Multiline", [r"eval/saturation/.*"]],
+        "repeated-action rate": ["Multiline", [r"eval/repeat_rate/.*"]],
+        "same action for different states": ["Multiline", [r"eval/batch_same_action/.*"]],
+        "sensitivity |da/dobs|": ["Multiline", [r"eval/sensitivity/.*"]],
+        "max |pre-activation|": ["Multiline", [r"actor/preact_max_abs_batch/.*"]],
+        "actor loss": ["Multiline", [r"loss/actor/.*"]],
+    },
+    "Rewards": {
+        "team return (eval, train)": ["Multiline", [r"eval/team_return", r"episode/team_return"]],
+        "raw vs learner reward": ["Multiline", [r"reward/raw_batch_mean/.*", r"reward/learner_batch_mean/.*"]],
+        "learner reward scale": ["Multiline", [r"reward/learner_scale"]],
+    },
+    "Health": {
+        "non-finite": ["Multiline", [r"health/.*"]],
+        "env steps per second": ["Multiline", [r"perf/env_steps_per_second"]],
+    },
+}
+
+
 def _json_safe(obj: Any) -> Any:
     """NaN/Inf are not JSON: write them as strings so the forensic files stay standard JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -376,6 +412,7 @@ class Trainer:
         if self._rollback:
             self._snapshot = self.algo.snapshot()
         if not resume:
+            tb.custom_scalars(DASHBOARD)
             tb.hparams(self._hparams(), {"eval/team_return": float("nan")})
         old_handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=cfg.train.steps, initial=min(p.env_steps, cfg.train.steps), unit="step", dynamic_ncols=True,

@@ -89,6 +89,19 @@ def test_run_writes_files_tags_and_summary(tmp_path: Path) -> None:
         assert tag in scalars, tag
     assert {"actions/agent_0", "actions/agent_1", "actions/agent_2"} <= histograms
     assert has_hparams
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    assert "custom_scalars" in acc.PluginTagToContent("custom_scalars") or acc.PluginTagToContent("custom_scalars")
+    # every dashboard chart matches at least one logged tag
+    import re
+
+    from marl_stability.trainer import DASHBOARD
+
+    for category, charts in DASHBOARD.items():
+        for title, (_, patterns) in charts.items():
+            assert any(re.fullmatch(pat, tag) for pat in patterns for tag in scalars), (category, title)
 
 
 def test_heterogeneous_discrete_task(tmp_path: Path) -> None:
