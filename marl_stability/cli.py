@@ -140,6 +140,19 @@ def train_cmd(
         )
 
 
+@app.command("doctor")
+def doctor_cmd(
+    run_dir: Path = typer.Argument(..., help="a run directory (with TensorBoard events and summary.json)"),
+    as_json: bool = typer.Option(False, "--json", help="print the diagnosis as JSON"),
+) -> None:
+    """Diagnose a run: which detector fired and when, which layers' gradients grew first, saturation,
+    reward scale, and a ranked list of fixes with the exact --set overrides to try."""
+    from marl_stability.doctor import diagnose, render
+
+    d = diagnose(run_dir)
+    typer.echo(json.dumps(d, indent=2) if as_json else render(d))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the typer app, turning every user error into one ``error:`` line and exit code 2."""
     try:

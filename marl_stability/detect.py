@@ -41,6 +41,10 @@ class DetectorConfig(BaseModel):
     explosion_absolute: float = Field(
         1e4, gt=0, description="gradient explosion: fire when a norm exceeds this bound regardless of history"
     )
+    explosion_min_norm: float = Field(
+        10.0, ge=0, description="gradient explosion: the ratio test only counts norms above this (a small-init actor's "
+        "gradient growing from 1e-3 to 1e-2 as learning starts is not an explosion)"
+    )
     repeat_threshold: float = Field(
         0.9, ge=0, le=1, description="action collapse: repeat (same-action) rate at or above this counts as repetitive"
     )
@@ -88,6 +92,7 @@ class GradientExplosionDetector:
         min_history: int = 20,
         absolute: float = 1e4,
         name: str = "explosion",
+        min_norm: float = 0.0,
     ) -> None:
         if min_history > window:
             raise ValueError("min_history must be <= window")
@@ -95,6 +100,7 @@ class GradientExplosionDetector:
         self.window = int(window)
         self.min_history = int(min_history)
         self.absolute = float(absolute)
+        self.min_norm = float(min_norm)
         self.name = name
         self.history: deque[float] = deque(maxlen=self.window)
         self.first_step: int | None = None
@@ -126,7 +132,7 @@ class GradientExplosionDetector:
             med = self.median()
             # A zero median (e.g. a fully vanished actor gradient) makes any positive norm an "infinite ratio";
             # that is recovery noise, not an explosion, so only the absolute bound applies then.
-            if med is not None and med > 0 and norm > self.ratio * med:
+            if med is not None and med > 0 and norm > self.ratio * med and norm > self.min_norm:
                 reason = (
                     f"norm {_fmt(norm)} > {_fmt(self.ratio)} x median {_fmt(med)} "
                     f"of the previous {len(self.history)} ({_fmt(norm / med)}x)"
@@ -288,7 +294,7 @@ class Detectors:
             c = self.cfg
             det = GradientExplosionDetector(
                 c.explosion_ratio, c.explosion_window, c.explosion_min_history, c.explosion_absolute,
-                name=f"explosion/{key}",
+                name=f"explosion/{key}", min_norm=c.explosion_min_norm,
             )
             self.explosion[key] = det
         return det

@@ -267,3 +267,12 @@ def test_helpers_basic_values() -> None:
     x = torch.randn(8, 3)
     M = torch.tensor([[3.0, 0.0], [0.0, 4.0], [0.0, 0.0]])
     assert action_sensitivity(lambda o: o @ M, x) == pytest.approx(5.0)  # Frobenius norm of the linear map
+
+
+def test_explosion_min_norm_ignores_growth_of_tiny_gradients() -> None:
+    """A small-init actor's gradient growing 10x from 1e-3 as learning starts is not an explosion."""
+    det = GradientExplosionDetector(min_norm=10.0)
+    for step in range(50):
+        assert not det.update(1e-3, step)
+    assert not det.update(1.5e-2, 50)  # 15x the median but tiny in absolute terms
+    assert det.update(500.0, 51) and det.first_step == 51

@@ -1,0 +1,160 @@
+"""``marl-stability doctor RUN_DIR``: read a run's events and summary, say what went wrong and what to try.
+
+The fixes are ranked in the practitioner's order (gradient clipping and learning rate first, then
+initialization and output activation, then architecture and optimizer), each with the exact ``--set``
+override, and promoted when the run's own data points at it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from marl_stability.errors import UserError
+
+GROWTH_FACTOR = 10.0  # a layer's gradient "grew" when it exceeds this multiple of its early median
+
+
+@dataclass
+class Fix:
+    order: int  # practitioner's order (lower = try first)
+    name: str
+    overrides: list[str]
+    why: str = ""
+    evidence: bool = False  # the run's data points at this fix
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _first_growth(series: list[tuple[int, float]]) -> int | None:
+    values = np.array([v for _, v in series], float)
+    finite = values[np.isfinite(values)]
+    if len(finite) < 10:
+        return None
+    early = float(np.median(finite[: max(5, len(finite) // 10)]))
+    if early <= 0:
+        return None
+    for step, v in series:
+        if not math.isfinite(v) or v > GROWTH_FACTOR * early:
+            return step
+    return None
+
+
+def _last(scalars: dict[str, list[tuple[int, float]]], prefix: str) -> dict[str, float]:
+    return {tag[len(prefix):]: s[-1][1] for tag, s in scalars.items() if tag.startswith(prefix) and s}
+
+
+def diagnose(run_dir: str | Path) -> dict[str, Any]:
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"not a run directory: {run}")
+    if not any(run.glob("events.out.tfevents.*")):
+        raise UserError(f"no TensorBoard events in {run}")
+    try:
+        summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+        config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError):
+        raise UserError(f"corrupt summary.json or config.yaml in {run}") from None
+    scalars = read_scalars(run)
+    cfg = config or {}
+
+    growth = {tag[len("grad_norm_layer/"):]: _first_growth(s) for tag, s in scalars.items() if tag.startswith("grad_norm_layer/")}
+    grew = sorted(((step, layer) for layer, step in growth.items() if step is not None))
+    saturation = _last(scalars, "eval/saturation/")
+    sensitivity = _last(scalars, "eval/sensitivity/")
+    repeat = _last(scalars, "eval/repeat_rate/")
+    raw_reward = [abs(v) for tag, s in scalars.items() if tag.startswith("reward/raw_batch_mean/") for _, v in s]
+    reward_mag = float(np.median(raw_reward)) if raw_reward else None
+    preact = [v for tag, s in scalars.items() if tag.startswith("actor/preact_max_abs_batch/") for _, v in s]
+    max_preact = float(np.nanmax(preact)) if preact else None
+
+    explosion, collapse, nonfinite = (summary.get(k) for k in ("explosion_step", "collapse_step", "nonfinite_step"))
+    env_cfg = cfg.get("env", {}) if isinstance(cfg, dict) else {}
+    fixes_cfg = cfg.get("fixes", {}) if isinstance(cfg, dict) else {}
+    actor_cfg = cfg.get("actor", {}) if isinstance(cfg, dict) else {}
+    lr = (cfg.get("critic_optim") or {}).get("lr") if isinstance(cfg, dict) else None
+    clip_mode = ((fixes_cfg.get("grad_clip") or {}).get("critic") or {}).get("mode", "none")
+    output = actor_cfg.get("output")
+    saturated = bool(saturation) and max(saturation.values()) >= 0.9
+    big_reward = (env_cfg.get("reward_scale", 1.0) or 1.0) > 1.0 or (reward_mag is not None and reward_mag > 10)
+
+    fixes = [
+        Fix(1, "clip gradients (global L2 norm)",
+            ["fixes.grad_clip.critic.mode=global_norm", "fixes.grad_clip.critic.max=1.0",
+             "fixes.grad_clip.actor.mode=global_norm", "fixes.grad_clip.actor.max=1.0"],
+            f"critic gradients exploded at env step {explosion} and clipping is off" if explosion is not None and clip_mode == "none" else "",
+            explosion is not None and clip_mode == "none"),
+        Fix(2, "lower the learning rate", ["actor_optim.lr=0.001", "critic_optim.lr=0.001"],
+            f"lr is {lr}; with Adam, norm clipping does not shrink the step size" if lr and lr > 1e-3 and (explosion is not None or collapse is not None) else "",
+            bool(lr and lr > 1e-3 and (explosion is not None or collapse is not None))),
+        Fix(2, "scale or normalize the reward", ["fixes.reward.mode=normalize"],
+            f"rewards are large (reward_scale {env_cfg.get('reward_scale', 1.0)}, median |batch reward| {reward_mag:.3g})" if big_reward and reward_mag is not None else "",
+            big_reward),
+        Fix(3, "small last-layer init", ["actor.last_layer_init=0.003"],
+            f"output pre-activations reached {max_preact:.3g}" if max_preact is not None and max_preact > 10 and actor_cfg.get("last_layer_init") is None else "",
+            bool(max_preact is not None and max_preact > 10 and actor_cfg.get("last_layer_init") is None)),
+        Fix(3, "tanh output scaled to the action bounds", ["actor.output=tanh_scaled"],
+            f"actor output is {output}: the critic is queried outside the range the env applies" if output in ("linear_clip", "softsign") else "",
+            output in ("linear_clip", "softsign")),
+        Fix(3, "normalize observations", ["fixes.obs_norm.enabled=true"],
+            "observations are rescaled/offset by the env wrapper" if env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0 else "",
+            not (fixes_cfg.get("obs_norm") or {}).get("enabled", False) and (env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0)),
+        Fix(4, "normalization layers", ["actor.norm=layernorm", "critic.norm=layernorm"]),
+        Fix(4, "residual blocks", ["actor.residual=true", "critic.residual=true"]),
+        Fix(4, "openai/maddpg's pre-activation penalty", ["fixes.actor_preact_l2=0.001"],
+            "outputs collapsed into saturation" if saturated and collapse is not None else "",
+            saturated and collapse is not None and (fixes_cfg.get("actor_preact_l2", 0.0) or 0.0) == 0.0),
+        Fix(5, "another optimizer or a Huber critic loss", ["maddpg.critic_loss=huber"]),
+    ]
+    # Keep the practitioner's order, but within it the fixes the data points at come first.
+    fixes.sort(key=lambda f: (f.order, not f.evidence))
+    healthy = explosion is None and collapse is None and nonfinite is None
+    return {
+        "verdict": "healthy" if healthy else "unstable",
+        "run": str(run), "status": summary.get("status"), "final_return": summary.get("final_return"),
+        "explosion_step": explosion, "collapse_step": collapse, "nonfinite_step": nonfinite,
+        "detector_messages": summary.get("detector_messages", []),
+        "layers_grew_first": [{"layer": layer, "env_step": step} for step, layer in grew[:5]],
+        "saturation": saturation, "repeat_rate": repeat, "sensitivity": sensitivity,
+        "max_preactivation": max_preact, "reward_magnitude": reward_mag, "large_reward": big_reward,
+        "fixes": [{"name": f.name, "set": f.overrides, "why": f.why} for f in fixes],
+    }
+
+
+def render(d: dict[str, Any]) -> str:
+    lines = [f"run {d['run']}: status {d['status']}, final team return {d['final_return']}"]
+    fired = [(k, d[k]) for k in ("explosion_step", "collapse_step", "nonfinite_step") if d[k] is not None]
+    if fired:
+        lines.append("detectors fired: " + ", ".join(f"{k.replace('_step', '')} at env step {v}" for k, v in fired))
+        lines += [f"  - {m}" for m in d["detector_messages"]]
+    else:
+        lines.append("no detector fired: no gradient explosion, no action collapse, no non-finite values")
+    if d["verdict"] == "healthy":
+        lines.append("verdict: healthy; nothing in this run calls for a fix")
+        return "\n".join(lines)
+    if d["layers_grew_first"]:
+        lines.append(f"layers whose gradient grew >{GROWTH_FACTOR:g}x its early level first:")
+        lines += [f"  - {g['layer']} at env step {g['env_step']}" for g in d["layers_grew_first"]]
+    if d["saturation"]:
+        lines.append("final evaluation, per agent: " + "; ".join(
+            f"{a}: saturation {d['saturation'][a]:.2f}, repeat {d['repeat_rate'].get(a, float('nan')):.2f}, "
+            f"sensitivity {d['sensitivity'].get(a, float('nan')):.3g}" for a in d["saturation"]))
+    if d["reward_magnitude"] is not None:
+        lines.append(f"median |reward| per agent step: {d['reward_magnitude']:.3g}" + (" (large)" if d["large_reward"] else ""))
+    lines.append("verdict: unstable. Fixes to try, in order (practitioner's order; ones this run's data points at first):")
+    for i, f in enumerate(d["fixes"], 1):
+        sets = " ".join(f"--set {s}" for s in f["set"])
+        lines.append(f"  {i}. {f['name']}: {sets}" + (f"\n     why: {f['why']}" if f["why"] else ""))
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""`marl-stability doctor` on a healthy real run and on a (synthetic) collapsed run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from marl_stability.cli import main
+from marl_stability.config import dump_yaml, load_config
+from marl_stability.sinks import TensorBoardSink
+from marl_stability.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_doctor_on_healthy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_config(ROOT / "experiments" / "maddpg_spread.yaml",
+                      ["train.steps=1500", "maddpg.warmup_steps=300", "maddpg.batch_size=64", "maddpg.update_every=5",
+                       "train.eval_every=500", "train.eval_episodes=2", "env.num_envs=2", "train.layer_stats_every=2"])
+    Trainer(cfg, tmp_path / "ok", quiet=True).run()
+    code, out, err = run_cli(["doctor", str(tmp_path / "ok"), "--json"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["verdict"] == "healthy" and d["collapse_step"] is None and d["explosion_step"] is None
+    assert set(d["saturation"]) == {"agent_0", "agent_1", "agent_2"}
+    code, out, _ = run_cli(["doctor", str(tmp_path / "ok")], capsys)
+    assert "verdict: healthy" in out
+
+
+def make_collapsed_run(run: Path) -> None:
+    """A run as the failure leaves it: the critic's last layer gradient grows 1000x from step 20k, the
+    actors end saturated, repeating and insensitive, and the detectors fired."""
+    cfg = load_config(ROOT / "experiments" / "no_fix_baseline.yaml", ["env.reward_scale=10"])
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    sink = TensorBoardSink(run)
+    for step in range(1000, 40001, 1000):
+        late = step >= 20000
+        sink.scalar("grad_norm_layer/critic/agent_0/mlp.out.weight", 5.0 * (1000 if late else 1), step)
+        sink.scalar("grad_norm_layer/critic/agent_0/mlp.hidden.0.linear.weight", 2.0 * (50 if step >= 25000 else 1), step)
+        sink.scalar("grad_norm_layer/actor/agent_0/mlp.out.weight", 0.1, step)
+        sink.scalar("reward/raw_batch_mean/agent_0", -30.0, step)
+        sink.scalar("actor/preact_max_abs_batch/agent_0", 500.0 if late else 2.0, step)
+        sink.scalar("eval/saturation/agent_0", 1.0 if late else 0.3, step)
+        sink.scalar("eval/repeat_rate/agent_0", 1.0 if late else 0.2, step)
+        sink.scalar("eval/sensitivity/agent_0", 0.0 if late else 2.0, step)
+    sink.close()
+    (run / "summary.json").write_text(json.dumps({
+        "status": "completed", "final_return": -200.0, "explosion_step": 20000, "collapse_step": 22000,
+        "nonfinite_step": None, "detector_messages": ["collapse/agent_0: saturated, repeated, insensitive"]}))
+
+
+def test_doctor_on_collapsed_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "collapsed"
+    make_collapsed_run(run)
+    code, out, err = run_cli(["doctor", str(run), "--json"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["verdict"] == "unstable" and d["collapse_step"] == 22000 and d["explosion_step"] == 20000
+    assert d["layers_grew_first"][0] == {"layer": "critic/agent_0/mlp.out.weight", "env_step": 20000}
+    assert d["layers_grew_first"][1]["layer"] == "critic/agent_0/mlp.hidden.0.linear.weight"
+    names = [f["name"] for f in d["fixes"]]
+    assert names[0].startswith("clip gradients") and "explosion" not in d["fixes"][0]["why"] or "exploded" in d["fixes"][0]["why"]
+    assert names.index("lower the learning rate") < names.index("small last-layer init") < names.index("normalization layers")
+    assert "fixes.grad_clip.critic.mode=global_norm" in d["fixes"][0]["set"]
+    tanh = next(f for f in d["fixes"] if f["name"].startswith("tanh"))
+    assert "linear_clip" in tanh["why"]
+    reward = next(f for f in d["fixes"] if "reward" in f["name"])
+    assert "reward_scale 10" in reward["why"]
+    code, text, _ = run_cli(["doctor", str(run)], capsys)
+    assert "collapse at env step 22000" in text and "--set fixes.grad_clip.critic.mode=global_norm" in text
+
+
+def test_doctor_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["doctor", str(tmp_path / "missing")], capsys)
+    assert code == 2 and err.startswith("error: not a run directory") and err.count("\n") == 1
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(["doctor", str(tmp_path / "empty")], capsys)
+    assert code == 2 and "no TensorBoard events" in err
