@@ -169,17 +169,44 @@ class MADDPG:
         applies (continuous: clipped to the bounds; discrete: softmax probabilities). Differentiable, so
         instrumentation can measure how much the action depends on the observation."""
         sd, actor = self.spec, self.actors[i]
-        d, n = sd.act_dims[i], sd.obs_dims[i]
+        d = sd.act_dims[i]
 
         def policy(o: torch.Tensor) -> torch.Tensor:
-            padded = torch.zeros(o.shape[0], sd.num_agents, sd.max_obs_dim, dtype=o.dtype)
-            padded[:, i, :n] = o  # in-place copy into a fresh tensor keeps the graph to o
-            out, _ = actor(self.fixes.obs(padded)[:, i, :n])
+            out, _ = actor(self._normalize_agent_obs(i, o))
             if sd.discrete[i]:
                 return torch.softmax(out, dim=-1)
             return torch.maximum(torch.minimum(out, self.high[i, :d]), self.low[i, :d])
 
         return policy
+
+    @torch.no_grad()
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        """Q_i(o, mu(o)) for every agent at a batch of joint observations [B, N, D] -> [B, N]."""
+        sd = self.spec
+        o = self.fixes.obs(torch.as_tensor(obs, dtype=torch.float32))
+        acts = []
+        for i, actor in enumerate(self.actors):
+            set_training(actor, False)
+            a, _ = actor(self._agent_obs(o, i))
+            acts.append(one_hot_argmax(a) if sd.discrete[i] else a)
+        joint_obs, joint_act = self._joint(o, sd.obs_dims), torch.cat(acts, dim=-1)
+        qs = []
+        for critic in self.critics:
+            set_training(critic, False)
+            qs.append(critic(joint_obs, joint_act))
+        return torch.stack(qs, dim=-1).numpy()
+
+    def preactivations(self, i: int, obs_i: torch.Tensor) -> torch.Tensor:
+        """Agent i's output-layer pre-activations at raw observations [B, obs_dim_i]."""
+        set_training(self.actors[i], False)
+        return self.actors[i](self._normalize_agent_obs(i, obs_i))[1]
+
+    def _normalize_agent_obs(self, i: int, obs_i: torch.Tensor) -> torch.Tensor:
+        """Apply the (per-agent) observation transform to agent i's raw observations [B, obs_dim_i]."""
+        sd = self.spec
+        padded = torch.zeros(obs_i.shape[0], sd.num_agents, sd.max_obs_dim, dtype=obs_i.dtype)
+        padded[:, i, : sd.obs_dims[i]] = obs_i  # in-place copy into a fresh tensor keeps the graph to obs_i
+        return self.fixes.obs(padded)[:, i, : sd.obs_dims[i]]
 
     # ------------------------------------------------------------------ storing
     def observe(self, obs: np.ndarray, actions: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
@@ -299,10 +326,11 @@ class MADDPG:
             td = (q_d - y).abs()
             dq_da = out.grad.norm(dim=-1).mean() * out.shape[0] if out.grad is not None else torch.tensor(float("nan"))
             values = torch.stack([q_d.mean(), q_d.min(), q_d.max(), y.mean(), td.mean(), td.max(), dq_da,
-                                  pre.detach().abs().max(), b["rew"][:, i].mean(), rew[:, i].mean()]).tolist()
+                                  pre.detach().abs().max(), b["rew"][:, i].mean(), rew[:, i].mean(),
+                                  b["rew"][:, i].std(), rew[:, i].std()]).tolist()
             for key, v in zip(("q/mean", "q/min", "q/max", "q/target_mean", "critic/td_error_mean", "critic/td_error_max",
                                "critic/dq_da_norm", "actor/preact_max_abs_batch", "reward/raw_batch_mean",
-                               "reward/learner_batch_mean"), values):
+                               "reward/learner_batch_mean", "reward/raw_batch_std", "reward/learner_batch_std"), values):
                 stats[f"{key}/{name}"] = v
         params = [p for m in self.actors + self.critics for p in m.parameters()]
         if not all_finite(params):

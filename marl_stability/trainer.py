@@ -235,22 +235,32 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, Any]:
-        """E episodes without exploration noise on fresh env copies; obs statistics stay frozen."""
+        """E episodes without exploration noise on fresh env copies; obs statistics stay frozen.
+
+        Besides returns, it measures the action statistics of the detectors and the critic's
+        overestimation: Q_i(s_0, mu(s_0)) against the discounted return observed from s_0.
+        """
         cfg = self.cfg
         n = cfg.train.eval_episodes
         # Seed depends only on (seed, evaluation index): evaluation never perturbs training randomness.
         venv = envs.SyncVectorEnv(self.env_fn, n, seed=cfg.seed * 100_003 + 7919 * (self.progress.evaluations + 1))
         obs = venv.reset()
+        q_initial = self.algo.q_values(obs)  # [n, N]
+        mc_return = np.zeros((n, self.spec.num_agents))
+        discount = np.ones(n)
         first: dict[int, dict[str, Any]] = {}
-        observed, taken, same_episode = [], [], []  # for the action statistics
+        observed, taken, counted = [], [], []  # full [n, ...] arrays and which rows count for the statistics
         fresh = np.ones(n, bool)
         for _ in range(100_000):
             actions = self.algo.act(obs, explore=False)
             step = venv.step(actions)
             live = np.array([b not in first for b in range(n)])  # only each env's first episode counts
-            observed.append(obs[live])
-            taken.append(actions[live])
-            same_episode.append(~fresh[live])
+            observed.append(obs)
+            taken.append(actions)
+            counted.append(live & ~fresh)  # a consecutive pair (t-1, t) inside one first episode
+            learner_reward = self.fixes.reward(torch.as_tensor(step.reward)).numpy()
+            mc_return += np.where(live[:, None], discount[:, None] * learner_reward, 0.0)
+            discount *= cfg.maddpg.gamma
             fresh = step.done.copy()
             for ep in step.episodes:
                 first.setdefault(int(ep["env_index"]), ep)
@@ -258,28 +268,29 @@ class Trainer:
                 break
             obs = step.obs
         venv.close()
-        self._action_stats(observed, taken, same_episode)
+        self._action_stats(observed, taken, counted)
+        self._critic_check = {a: (float(q_initial[:, i].mean()), float(mc_return[:, i].mean()))
+                              for i, a in enumerate(self.spec.names)}
         episodes = [first[i] for i in sorted(first)]
         team = float(np.mean([e["team_return"] for e in episodes]))
         per_agent = {a: float(np.mean([e["agent_returns"][a] for e in episodes])) for a in self.spec.names}
         return {"team_return": team, "agent_returns": per_agent, "length": float(np.mean([e["length"] for e in episodes]))}
 
-    def _action_stats(self, observed: list[np.ndarray], taken: list[np.ndarray], same_episode: list[np.ndarray]) -> None:
+    def _action_stats(self, observed: list[np.ndarray], taken: list[np.ndarray], counted: list[np.ndarray]) -> None:
         """Per agent: repeated-action rate over consecutive evaluation steps, saturation, how many different
         states map to one action, and the sensitivity of the action to the observation."""
         sd = self.spec
         stats: dict[str, dict[str, float]] = {}
-        obs_all = np.concatenate(observed)  # [T*, N, D]
+        obs_all = np.concatenate(observed)  # [T*n, N, D]
+        self._eval_samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for i, agent in enumerate(sd.names):
             d = sd.act_dims[i]
             low, high = sd.act_low[i, :d], sd.act_high[i, :d]
             # what the env applies: clipped continuous actions (a linear head's 3.7 and 5.2 are the same action)
-            seq = [np.clip(a[:, i, :d], low, high) for a in taken]
-            unchanged = [np.abs(cur - prev[: len(cur)]).max(axis=-1) <= 1e-3
-                         for prev, cur in zip(seq[:-1], seq[1:])]
-            mask = [m[: len(u)] for m, u in zip(same_episode[1:], unchanged)]
-            pairs = np.concatenate([u[m] for u, m in zip(unchanged, mask)]) if unchanged else np.zeros(0)
-            acts = torch.as_tensor(np.concatenate(seq))
+            seq = np.stack([np.clip(a[:, i, :d], low, high) for a in taken])  # [T, n, d]
+            unchanged = np.abs(seq[1:] - seq[:-1]).max(axis=-1) <= 1e-3  # [T-1, n]
+            pairs = unchanged[np.stack(counted[1:])] if len(taken) > 1 else np.zeros(0)
+            acts = torch.as_tensor(seq.reshape(-1, d))
             o = torch.as_tensor(obs_all[:256, i, : sd.obs_dims[i]])
             policy = self.algo.policy_fn(i)
             if sd.discrete[i]:
@@ -294,6 +305,9 @@ class Trainer:
                 "batch_same_action": batch_same_action_rate(acts, self.cfg.detectors.same_action_atol),
                 "sensitivity": action_sensitivity(policy, o),
             }
+            with torch.no_grad():
+                pre = self.algo.preactivations(i, torch.as_tensor(obs_all[:, i, : sd.obs_dims[i]]))
+            self._eval_samples[agent] = (seq.reshape(-1, d), pre.numpy())
         self.final_action_stats = stats
 
     def _final_action_summary(self) -> dict[str, Any]:
@@ -308,6 +322,16 @@ class Trainer:
             for key, value in st.items():
                 logger.record(f"eval/{key}/{agent}", value, self.progress.env_steps)
             self.detectors.update_actions(agent, st["repeat_rate"], st["saturation"], st["sensitivity"], self.progress.env_steps)
+        step = self.progress.env_steps
+        for agent, (q0, g0) in self._critic_check.items():
+            logger.record(f"critic/q_initial/{agent}", q0, step)
+            logger.record(f"critic/mc_return/{agent}", g0, step)
+            logger.record(f"critic/overestimation/{agent}", q0 - g0, step)
+        for agent, (acts, pre) in self._eval_samples.items():
+            for k in range(acts.shape[1]):
+                logger.histogram(f"eval/actions/{agent}/dim{k}", acts[:, k], step)
+            logger.histogram(f"actor/preact/{agent}", pre, step)
+            logger.record(f"eval/preact_max_abs/{agent}", float(np.abs(pre).max()), step)
         p = self.progress
         p.evaluations += 1
         p.final_return = result["team_return"]

@@ -30,6 +30,7 @@ TINY = [
     "train.eval_episodes=2",
     "train.checkpoint_every=500",
     "train.histogram_every=5",
+    "train.log_every=1",
     "env.num_envs=2",
 ]
 
@@ -85,9 +86,12 @@ def test_run_writes_files_tags_and_summary(tmp_path: Path) -> None:
                 "critic/td_error_mean/agent_0", "critic/dq_da_norm/agent_0", "q/max/agent_1",
                 "grad_norm_layer/critic/agent_0/mlp.out.weight", "weight_norm_layer/actor/agent_1/mlp.hidden.0.linear.bias",
                 "update_ratio/actor/agent_0", "update_ratio_layer/critic/agent_2/mlp.out.weight",
-                "clip_fraction/critic/agent_0", "clip_active/actor/agent_0"):
+                "clip_fraction/critic/agent_0", "clip_active/actor/agent_0", "critic/overestimation/agent_0",
+                "critic/q_initial/agent_1", "critic/mc_return/agent_2", "eval/preact_max_abs/agent_0",
+                "reward/raw_batch_std/agent_0", "reward/learner_batch_std/agent_0"):
         assert tag in scalars, tag
     assert {"actions/agent_0", "actions/agent_1", "actions/agent_2"} <= histograms
+    assert {"eval/actions/agent_0/dim0", "eval/actions/agent_2/dim4", "actor/preact/agent_1"} <= histograms
     assert has_hparams
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
