@@ -128,6 +128,7 @@ class TrainConfig(_Strict):
     eval_episodes: int = Field(10, ge=1, description="episodes per evaluation (no exploration noise)")
     checkpoint_every: int = Field(50_000, ge=1, description="env steps between checkpoints")
     log_every: int = Field(5, ge=1, description="log update stats every N updates (TensorBoard writes cost ~50 us per scalar)")
+    layer_stats: bool = Field(True, description="attach the monitor to every network (per-layer norms, update ratios)")
     layer_stats_every: int = Field(
         10, ge=1, description="log the monitor's per-layer gradient/weight norms, update ratios, clip fractions every N updates"
     )

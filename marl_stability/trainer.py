@@ -431,8 +431,9 @@ class Trainer:
         tb = TensorBoardSink(self.run_dir, purge_step=p.env_steps if resume else None)
         logger = Logger([tb, *self.extra_sinks])
         # The same monitor API users attach to their own loops: per-layer norms, update ratios, clip fractions.
-        self.algo.monitors = {name: monitor.attach({name: net}, writer=logger, log_every=cfg.train.layer_stats_every)
-                              for name, net in self.algo.modules().items()}
+        if cfg.train.layer_stats:
+            self.algo.monitors = {name: monitor.attach({name: net}, writer=logger, log_every=cfg.train.layer_stats_every)
+                                  for name, net in self.algo.modules().items()}
         if self._rollback:
             self._snapshot = self.algo.snapshot()
         if not resume:
