@@ -380,6 +380,10 @@ class Trainer:
                 out[k] = str(v)
         return out
 
+    def _log_detector_events(self, logger: Logger) -> None:
+        for name, at, message in self.detectors.fired_events():
+            logger.text(f"detectors/{name}", f"env step {at}: {message}", self.progress.env_steps)
+
     # ------------------------------------------------------------------ non-finite values
     def _on_nonfinite(self, logger: Logger, count: int, reason: str, fatal: bool) -> None:
         """Count, keep forensic evidence of the first event, then roll back, go on skipping, or diverge."""
@@ -494,13 +498,13 @@ class Trainer:
                 if p.env_steps // cfg.train.checkpoint_every > prev_steps // cfg.train.checkpoint_every:
                     p.wall_seconds = wall_at_start + time.perf_counter() - start
                     self._save_checkpoint(obs)
-                for name, at, message in self.detectors.fired_events():
-                    logger.text(f"detectors/{name}", f"env step {at}: {message}", p.env_steps)
+                self._log_detector_events(logger)
                 if self._stop_requested:
                     self.status = "interrupted"
             if self.status == "running":
                 if not p.eval_history or p.eval_history[-1]["env_steps"] != p.env_steps:
                     self._log_eval(logger)
+                self._log_detector_events(logger)
                 self.status = "completed"
             if self.status in ("completed", "interrupted"):
                 p.wall_seconds = wall_at_start + time.perf_counter() - start
