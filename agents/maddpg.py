@@ -117,6 +117,7 @@ class MADDPG:
         self.first_nonfinite: dict[str, Any] | None = None  # evidence of the first non-finite update
         # Optional instrumentation, one monitor per network name ("critic/agent_0"): see marl_stability.monitor.
         self.monitors: dict[str, Any] = {}
+        self.monitor_every = 1
         self._critic_loss_fn = (
             F.mse_loss if self.hp.critic_loss == "mse" else lambda q, y: F.huber_loss(q, y, delta=self.hp.huber_delta)
         )
@@ -237,7 +238,8 @@ class MADDPG:
             self._record_nonfinite(model, "loss", loss, batch)
             return ClipStats(float("nan"), float("nan"), False), False
         loss.backward()
-        monitor = self.monitors.get(model)
+        # Instrumentation is sampled: every monitor_every-th update (its hooks cost ~10% of an update).
+        monitor = self.monitors.get(model) if self.updates % self.monitor_every == 0 else None
         if monitor is not None:
             monitor.after_backward(self.env_steps)
         clip = clipper(params)

@@ -130,7 +130,8 @@ class TrainConfig(_Strict):
     log_every: int = Field(5, ge=1, description="log update stats every N updates (TensorBoard writes cost ~50 us per scalar)")
     layer_stats: bool = Field(True, description="attach the monitor to every network (per-layer norms, update ratios)")
     layer_stats_every: int = Field(
-        10, ge=1, description="log the monitor's per-layer gradient/weight norms, update ratios, clip fractions every N updates"
+        10, ge=1, description="run the monitor (per-layer gradient/weight norms, update ratios, clip fraction) every N "
+        "updates; the clip fraction is over these sampled updates"
     )
     histogram_every: int = Field(50, ge=1, description="log histograms every N update rounds")
     max_nonfinite: int = Field(10, ge=1, description="non-finite updates tolerated before status=diverged (on_nonfinite=stop)")

@@ -436,8 +436,9 @@ class Trainer:
         logger = Logger([tb, *self.extra_sinks])
         # The same monitor API users attach to their own loops: per-layer norms, update ratios, clip fractions.
         if cfg.train.layer_stats:
-            self.algo.monitors = {name: monitor.attach({name: net}, writer=logger, log_every=cfg.train.layer_stats_every)
+            self.algo.monitors = {name: monitor.attach({name: net}, writer=logger)
                                   for name, net in self.algo.modules().items()}
+            self.algo.monitor_every = cfg.train.layer_stats_every
         if self._rollback:
             self._snapshot = self.algo.snapshot()
         if not resume:
