@@ -145,7 +145,9 @@ def _check_ratio(value: Any) -> float:
     return float(value)
 
 
-def make_scenario(env_id: str, env_kwargs: dict[str, Any] | None) -> tuple[Scenario, dict[str, Any]]:
+def make_scenario(
+    env_id: str, env_kwargs: dict[str, Any] | None
+) -> tuple[Scenario, dict[str, Any]]:
     """Validate ``env_kwargs`` for ``env_id``; return the scenario and the full kwargs."""
     if env_id not in _SUPPORTED:
         raise EnvError(
@@ -255,9 +257,8 @@ class FastMPEVectorEnv:
         self.max_cycles: int = self._cfg["max_cycles"]
         self.observation_spaces, self.action_spaces = _spaces_for(self._scn, self.continuous)
         scn = self._scn
-        self.layout: AgentLayout = AgentLayout.from_env(
-            _SpacesView(scn.agent_names, self.observation_spaces, self.action_spaces)  # type: ignore[arg-type]
-        )
+        view = _SpacesView(scn.agent_names, self.observation_spaces, self.action_spaces)
+        self.layout: AgentLayout = AgentLayout.from_env(view)  # type: ignore[arg-type]
         self._rng: np.random.Generator = np.random.default_rng(seed)
 
         b, n, e = self.num_envs, scn.n_agents, scn.n_entities
@@ -580,9 +581,13 @@ class FastMPEVectorEnv:
                 f" this env is {self.env_id} {self.env_kwargs}"
             )
         if int(state["num_envs"]) != self.num_envs:
-            raise EnvError(f"state has {state['num_envs']} envs, this vector env has {self.num_envs}")
+            raise EnvError(
+                f"state has {state['num_envs']} envs, this vector env has {self.num_envs}"
+            )
         if tuple(state["agents"]) != self.layout.agents:
-            raise EnvError(f"state agents {state['agents']} do not match {list(self.layout.agents)}")
+            raise EnvError(
+                f"state agents {state['agents']} do not match {list(self.layout.agents)}"
+            )
         s = self._s
         new: dict[str, np.ndarray] = {}
         for key, like in (
@@ -724,7 +729,7 @@ class FastMPEParallelEnv(ParallelEnv):
 
     def render(self) -> np.ndarray | None:
         if self.render_mode is None:
-            gymnasium.logger.warn("You are calling render method without specifying any render mode.")
+            gymnasium.logger.warn("render() called without a render_mode")
             return None
         return self._vec.render(0)
 

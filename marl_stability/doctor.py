@@ -28,6 +28,7 @@ class Fix:
     overrides: list[str]
     why: str = ""
     evidence: bool = False  # the run's data points at this fix
+    applied: bool = False  # the run already uses it: not suggested
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -38,7 +39,8 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def _first_growth(series: list[tuple[int, float]]) -> int | None:
+def _first_growth(series: list[tuple[int, float]]) -> tuple[int, float] | None:
+    """(first step where the norm exceeds GROWTH_FACTOR x its early median, peak/early ratio) or None."""
     values = np.array([v for _, v in series], float)
     finite = values[np.isfinite(values)]
     if len(finite) < 10:
@@ -46,9 +48,10 @@ def _first_growth(series: list[tuple[int, float]]) -> int | None:
     early = float(np.median(finite[: max(5, len(finite) // 10)]))
     if early <= 0:
         return None
+    peak = float(finite.max()) / early if np.isfinite(values).all() else math.inf
     for step, v in series:
         if not math.isfinite(v) or v > GROWTH_FACTOR * early:
-            return step
+            return step, peak
     return None
 
 
@@ -70,8 +73,20 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
     scalars = read_scalars(run)
     cfg = config or {}
 
-    growth = {tag[len("grad_norm_layer/"):]: _first_growth(s) for tag, s in scalars.items() if tag.startswith("grad_norm_layer/")}
-    grew = sorted(((step, layer) for layer, step in growth.items() if step is not None))
+    # Per network ("critic/agent_0"), the layer whose gradient grew first (ties: the one that grew most).
+    first_by_net: dict[str, tuple[int, float, str]] = {}
+    for tag, series in scalars.items():
+        if not tag.startswith("grad_norm_layer/"):
+            continue
+        layer = tag[len("grad_norm_layer/"):]
+        found = _first_growth(series)
+        if found is None:
+            continue
+        net = layer.rsplit("/", 1)[0]
+        cand = (found[0], -found[1], layer)
+        if net not in first_by_net or cand < first_by_net[net]:
+            first_by_net[net] = cand
+    grew = sorted(first_by_net.values())
     saturation = _last(scalars, "eval/saturation/")
     sensitivity = _last(scalars, "eval/sensitivity/")
     repeat = _last(scalars, "eval/repeat_rate/")
@@ -95,30 +110,35 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
             ["fixes.grad_clip.critic.mode=global_norm", "fixes.grad_clip.critic.max=1.0",
              "fixes.grad_clip.actor.mode=global_norm", "fixes.grad_clip.actor.max=1.0"],
             f"critic gradients exploded at env step {explosion} and clipping is off" if explosion is not None and clip_mode == "none" else "",
-            explosion is not None and clip_mode == "none"),
+            explosion is not None and clip_mode == "none", applied=clip_mode != "none"),
         Fix(2, "lower the learning rate", ["actor_optim.lr=0.001", "critic_optim.lr=0.001"],
             f"lr is {lr}; with Adam, norm clipping does not shrink the step size" if lr and lr > 1e-3 and (explosion is not None or collapse is not None) else "",
-            bool(lr and lr > 1e-3 and (explosion is not None or collapse is not None))),
+            bool(lr and lr > 1e-3 and (explosion is not None or collapse is not None)), applied=bool(lr and lr <= 1e-3)),
         Fix(2, "scale or normalize the reward", ["fixes.reward.mode=normalize"],
             f"rewards are large (reward_scale {env_cfg.get('reward_scale', 1.0)}, median |batch reward| {reward_mag:.3g})" if big_reward and reward_mag is not None else "",
-            big_reward),
+            big_reward, applied=(fixes_cfg.get("reward") or {}).get("mode", "none") != "none"),
         Fix(3, "small last-layer init", ["actor.last_layer_init=0.003"],
             f"output pre-activations reached {max_preact:.3g}" if max_preact is not None and max_preact > 10 and actor_cfg.get("last_layer_init") is None else "",
-            bool(max_preact is not None and max_preact > 10 and actor_cfg.get("last_layer_init") is None)),
+            bool(max_preact is not None and max_preact > 10 and actor_cfg.get("last_layer_init") is None),
+            applied=actor_cfg.get("last_layer_init") is not None),
         Fix(3, "tanh output scaled to the action bounds", ["actor.output=tanh_scaled"],
             f"actor output is {output}: the critic is queried outside the range the env applies" if output in ("linear_clip", "softsign") else "",
-            output in ("linear_clip", "softsign")),
+            output in ("linear_clip", "softsign"), applied=output in ("tanh_scaled", "auto")),
         Fix(3, "normalize observations", ["fixes.obs_norm.enabled=true"],
             "observations are rescaled/offset by the env wrapper" if env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0 else "",
-            not (fixes_cfg.get("obs_norm") or {}).get("enabled", False) and (env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0)),
-        Fix(4, "normalization layers", ["actor.norm=layernorm", "critic.norm=layernorm"]),
-        Fix(4, "residual blocks", ["actor.residual=true", "critic.residual=true"]),
+            (env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0),
+            applied=bool((fixes_cfg.get("obs_norm") or {}).get("enabled", False))),
+        Fix(4, "normalization layers", ["actor.norm=layernorm", "critic.norm=layernorm"],
+            applied=actor_cfg.get("norm", "none") != "none"),
+        Fix(4, "residual blocks", ["actor.residual=true", "critic.residual=true"], applied=bool(actor_cfg.get("residual"))),
         Fix(4, "openai/maddpg's pre-activation penalty", ["fixes.actor_preact_l2=0.001"],
             "outputs collapsed into saturation" if saturated and collapse is not None else "",
-            saturated and collapse is not None and (fixes_cfg.get("actor_preact_l2", 0.0) or 0.0) == 0.0),
-        Fix(5, "another optimizer or a Huber critic loss", ["maddpg.critic_loss=huber"]),
+            saturated and collapse is not None, applied=(fixes_cfg.get("actor_preact_l2", 0.0) or 0.0) > 0),
+        Fix(5, "Huber critic loss", ["maddpg.critic_loss=huber"],
+            applied=(cfg.get("maddpg") or {}).get("critic_loss") == "huber" if isinstance(cfg, dict) else False),
     ]
     # Keep the practitioner's order, but within it the fixes the data points at come first.
+    fixes = [f for f in fixes if not f.applied]
     fixes.sort(key=lambda f: (f.order, not f.evidence))
     healthy = explosion is None and collapse is None and nonfinite is None
     return {
@@ -126,7 +146,7 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
         "run": str(run), "status": summary.get("status"), "final_return": summary.get("final_return"),
         "explosion_step": explosion, "collapse_step": collapse, "nonfinite_step": nonfinite,
         "detector_messages": summary.get("detector_messages", []),
-        "layers_grew_first": [{"layer": layer, "env_step": step} for step, layer in grew[:5]],
+        "layers_grew_first": [{"layer": layer, "env_step": step, "growth": -neg} for step, neg, layer in grew[:6]],
         "saturation": saturation, "repeat_rate": repeat, "sensitivity": sensitivity,
         "max_preactivation": max_preact, "reward_magnitude": reward_mag, "large_reward": big_reward,
         "fixes": [{"name": f.name, "set": f.overrides, "why": f.why} for f in fixes],
@@ -145,8 +165,8 @@ def render(d: dict[str, Any]) -> str:
         lines.append("verdict: healthy; nothing in this run calls for a fix")
         return "\n".join(lines)
     if d["layers_grew_first"]:
-        lines.append(f"layers whose gradient grew >{GROWTH_FACTOR:g}x its early level first:")
-        lines += [f"  - {g['layer']} at env step {g['env_step']}" for g in d["layers_grew_first"]]
+        lines.append(f"networks whose gradients grew >{GROWTH_FACTOR:g}x their early level, earliest first (with the layer that grew first):")
+        lines += [f"  - {g['layer']} at env step {g['env_step']} (peak {g['growth']:.3g}x)" for g in d["layers_grew_first"]]
     if d["saturation"]:
         lines.append("final evaluation, per agent: " + "; ".join(
             f"{a}: saturation {d['saturation'][a]:.2f}, repeat {d['repeat_rate'].get(a, float('nan')):.2f}, "

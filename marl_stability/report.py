@@ -64,7 +64,10 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z2 / n
     center = (p + z2 / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return (max(0.0, center - half), min(1.0, center + half))
+    # At k = 0 (k = n) the lower (upper) bound is exactly 0 (1); rounding would leave a hair's breadth off.
+    lo = 0.0 if k == 0 else max(0.0, center - half)
+    hi = 1.0 if k == n else min(1.0, center + half)
+    return (lo, hi)
 
 
 def prob_improvement(x: Any, y: Any, axis: int = -1) -> Any:
@@ -454,8 +457,8 @@ def make_figures(trials: Trials, stats: list[ArmStats], folder: Path) -> list[st
             k, (lo, hi) = get(s)
             r = k / s.finished if s.finished else math.nan
             rates.append(r)
-            lows.append(r - lo if s.finished else 0)
-            highs.append(hi - r if s.finished else 0)
+            lows.append(max(0.0, r - lo) if s.finished else 0.0)
+            highs.append(max(0.0, hi - r) if s.finished else 0.0)
         ax.bar(x + offset, np.nan_to_num(rates), width, yerr=[lows, highs], capsize=3, label=label,
                color="C3" if label == "collapse" else "C1", alpha=0.8)
     ax.set_xticks(x)
