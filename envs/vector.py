@@ -452,3 +452,47 @@ class SyncVectorEnv:
         self._action_logs = logs
         self._rng.bit_generator.state = copy.deepcopy(state["rng_state"])
         self._obs = np.stack(rows)
+
+
+class VectorAffine:
+    """Reward scale and observation scale/offset on a whole vector env (the batched twin of the
+    ``RewardScale``/``ObservationAffine`` wrappers, for vector envs that are not made of PettingZoo envs).
+
+    Only each agent's real observation columns are transformed (padding stays zero), and episode records
+    keep the raw env reward, exactly as with the per-env wrappers.
+    """
+
+    def __init__(self, venv: Any, reward_scale: float = 1.0, obs_scale: float = 1.0, obs_offset: float = 0.0) -> None:
+        if not all(np.isfinite([reward_scale, obs_scale, obs_offset])) or obs_scale == 0:
+            raise EnvError("reward_scale, obs_scale and obs_offset must be finite and obs_scale non-zero")
+        self.venv = venv
+        self.layout = venv.layout
+        self.num_envs = venv.num_envs
+        self.reward_scale, self.obs_scale, self.obs_offset = reward_scale, obs_scale, obs_offset
+        self._mask = np.zeros((self.layout.num_agents, self.layout.max_obs_dim), bool)
+        for i, d in enumerate(self.layout.obs_dims):
+            self._mask[i, :d] = True
+
+    def _obs(self, obs: np.ndarray) -> np.ndarray:
+        return np.where(self._mask, obs * np.float32(self.obs_scale) + np.float32(self.obs_offset), obs).astype(np.float32)
+
+    def reset(self) -> np.ndarray:
+        return self._obs(self.venv.reset())
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        r = self.venv.step(actions)
+        return StepResult(obs=self._obs(r.obs), next_obs=self._obs(r.next_obs),
+                          reward=(r.reward * np.float32(self.reward_scale)).astype(np.float32),
+                          terminated=r.terminated, truncated=r.truncated, done=r.done, episodes=r.episodes)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.venv.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.venv.load_state_dict(state)
+
+    def render(self, env_index: int = 0) -> Any:
+        return self.venv.render(env_index)
+
+    def close(self) -> None:
+        self.venv.close()

@@ -38,6 +38,10 @@ class EnvConfig(_Strict):
         description="keyword arguments passed to the environment factory",
     )
     num_envs: int = Field(1, ge=1, le=4096, description="environment copies stepped in lockstep")
+    backend: Literal["auto", "fast", "pettingzoo"] = Field(
+        "auto", description="auto: the batched numpy port of mpe2 for simple_spread/reference/speaker_listener "
+        "(identical dynamics, ~300x faster), PettingZoo (mpe2 itself) otherwise; pettingzoo forces mpe2"
+    )
     reward_scale: float = Field(1.0, description="multiply env rewards (an env wrapper; >1 induces the failure)")
     obs_scale: float = Field(1.0, description="multiply observations (an env wrapper that induces badly scaled inputs)")
     obs_offset: float = Field(0.0, description="add to observations after obs_scale (an env wrapper)")

@@ -7,14 +7,13 @@ by the algorithm's ``update`` (and, later, hooks) and leave through the ``Logger
 from __future__ import annotations
 
 import collections
-import functools
 import math
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,16 +34,6 @@ from marl_stability.sinks import Logger, TensorBoardSink
 CHECKPOINT_FORMAT = 1
 TIMING_KEYS = ("wall_seconds", "env_steps_per_second")
 MONITOR_OWNED = ("grad_norm/", "grad_norm_postclip/")
-
-
-def env_factory(cfg: RunConfig, render_mode: str | None = None) -> Callable[[], Any]:
-    kwargs = dict(cfg.env.kwargs)
-    if render_mode is not None:
-        kwargs["render_mode"] = render_mode
-    return functools.partial(
-        envs.make_wrapped, cfg.env.id, kwargs, reward_scale=cfg.env.reward_scale,
-        obs_scale=cfg.env.obs_scale, obs_offset=cfg.env.obs_offset,
-    )
 
 
 # One dashboard per part of the failure story (TensorBoard's "Custom Scalars" tab).
@@ -94,18 +83,27 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def probe_env(env_fn: Callable[[], Any], seed: int, what: str) -> None:
-    """Reset one env copy and take one random step, so a bad env kwarg fails before any file is touched."""
+def make_venv(cfg: RunConfig, num_envs: int, seed: int) -> Any:
+    e = cfg.env
+    return envs.make_vector_env(e.id, e.kwargs, num_envs, seed, backend=e.backend, reward_scale=e.reward_scale,
+                                obs_scale=e.obs_scale, obs_offset=e.obs_offset)
+
+
+def probe_env(cfg: RunConfig) -> None:
+    """Build one env copy, reset it and take one step, so a bad env kwarg fails before any file is touched."""
     try:
-        env = env_fn()
-        env.reset(seed=seed)
-        env.step({a: env.action_space(a).sample() for a in env.agents})
-        env.close()
-    except envs.EnvError:
-        raise
+        venv = make_venv(cfg, 1, cfg.seed)
+        venv.reset()
+        venv.step(np.asarray(venv.layout.act_low, np.float32)[None])
+        venv.close()
+    except envs.EnvError as e:
+        if cfg.env.id in str(e):
+            raise
+        raise envs.EnvError(f"{cfg.env.id} (env.backend={cfg.env.backend}): {e}") from None
     except Exception as e:
         detail = str(e).splitlines()[0] if str(e) else ""
-        raise UserError(f"{what} failed on a probe step: {e.__class__.__name__}: {detail}") from None
+        raise UserError(f"environment {cfg.env.id} with env.kwargs {cfg.env.kwargs} failed on a probe step: "
+                        f"{e.__class__.__name__}: {detail}") from None
 
 
 def agent_spec(layout: Any) -> AgentSpec:
@@ -149,9 +147,8 @@ class Trainer:
         self.quiet = quiet
         self.extra_sinks = extra_sinks or []
         torch.set_num_threads(cfg.train.torch_threads)
-        self.env_fn = env_factory(cfg)
-        probe_env(self.env_fn, cfg.seed, f"environment {cfg.env.id} with env.kwargs {cfg.env.kwargs}")
-        self.venv = envs.SyncVectorEnv(self.env_fn, cfg.env.num_envs, seed=cfg.seed)
+        probe_env(cfg)
+        self.venv = make_venv(cfg, cfg.env.num_envs, cfg.seed)
         self.spec = agent_spec(self.venv.layout)
         check_compatible(cfg, self.spec)
         self.fixes = build_fixes(cfg.fixes, cfg.env.num_envs, self.spec.num_agents, self.spec.max_obs_dim, cfg.maddpg.gamma)
@@ -243,7 +240,7 @@ class Trainer:
         cfg = self.cfg
         n = cfg.train.eval_episodes
         # Seed depends only on (seed, evaluation index): evaluation never perturbs training randomness.
-        venv = envs.SyncVectorEnv(self.env_fn, n, seed=cfg.seed * 100_003 + 7919 * (self.progress.evaluations + 1))
+        venv = make_venv(cfg, n, cfg.seed * 100_003 + 7919 * (self.progress.evaluations + 1))
         obs = venv.reset()
         q_initial = self.algo.q_values(obs)  # [n, N]
         mc_return = np.zeros((n, self.spec.num_agents))
