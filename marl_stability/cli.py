@@ -153,6 +153,11 @@ def doctor_cmd(
     typer.echo(json.dumps(d, indent=2) if as_json else render(d))
 
 
+from marl_stability.ablate_cli import register as _register_ablate  # noqa: E402  (after the app's own commands)
+
+_register_ablate(app)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the typer app, turning every user error into one ``error:`` line and exit code 2."""
     try:

@@ -1,0 +1,95 @@
+"""``marl-stability ablate`` and ``marl-stability report``: fix-ablation sweeps from the command line.
+
+``register(app)`` adds both commands to the main typer app (``marl_stability.cli``). The module also runs on
+its own (``python -m marl_stability.ablate_cli ablate ...``) with the same one-line error handling, which
+the tests use to kill a sweep mid-way.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from marl_stability.errors import UserError
+
+
+def ablate_cmd(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="ablation file (optional with --resume)"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds 0..N-1 (default: the file's seeds; with --resume adds seeds)"),
+    workers: int = typer.Option(1, "--workers", "-j", help="trials run in parallel (one CPU each)"),
+    backend: str = typer.Option("local", "--backend", help="local (process pool) or ray"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--backend ray; default: a local Ray)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="sweep directory (default: runs/ablations/<name>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the sweep in --out: run only unfinished (and failed) trials"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no final summary"),
+) -> None:
+    """Run a fix-ablation sweep (arms x seeds), then write results.csv, report.md and figures/ into --out."""
+    from marl_stability.sweep import load_ablation, run_sweep
+
+    if out is None:
+        if config is None:
+            raise UserError("--out is required with --resume and no --config")
+        ab = load_ablation(config)
+        out = Path("runs") / "ablations" / (ab.name or config.stem)
+    try:
+        outcome = run_sweep(config, out, seeds=seeds, workers=workers, backend=backend, address=address,
+                            resume=resume, quiet=quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted: unfinished trials stopped at a checkpoint; continue with --resume --out {out}", file=sys.stderr)
+        # SystemExit, not typer.Exit: click's standalone_mode=False would turn Exit into a return value (exit 0).
+        sys.exit(130)
+    if not quiet:
+        c = outcome.counts
+        typer.echo(f"{out}: {c['completed']} completed, {c['diverged']} diverged, {c['failed']} failed, "
+                   f"{c['pending'] + c['running']} unfinished ({len(outcome.ran)} run now)")
+        for tid, err in outcome.failed.items():
+            typer.echo(f"  failed {tid}: {err}")
+        if outcome.report is not None:
+            typer.echo(f"report: {outcome.report['markdown']}  table: {outcome.report['csv']}")
+
+
+def report_cmd(
+    sweep_dir: Path = typer.Argument(..., help="a sweep directory written by `ablate`"),
+) -> None:
+    """(Re)build results.csv, report.md and figures/ of a sweep from its finished runs."""
+    from marl_stability.report import build_report
+
+    rep = build_report(sweep_dir)
+    typer.echo(f"report: {rep['markdown']}  table: {rep['csv']}  figures: {len(rep['figures'])}")
+    if rep["missing"]:
+        typer.echo(f"not finished ({len(rep['missing'])}): {', '.join(rep['missing'])}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``ablate`` and ``report`` commands to a typer app."""
+    app.command("ablate")(ablate_cmd)
+    app.command("report")(report_cmd)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Stand-alone entry point with the main CLI's contract: user errors -> one ``error:`` line, exit 2."""
+    import envs
+
+    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+    register(app)
+    try:
+        rc = app(args=argv, standalone_mode=False, prog_name="marl-stability")
+        if isinstance(rc, int) and rc:  # --help and friends return their exit code in non-standalone mode
+            sys.exit(rc)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (UserError, envs.EnvError) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # click usage errors
+            print(f"error: {e.format_message()}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
