@@ -320,3 +320,20 @@ def test_dead_worker_process_is_retried_then_failed(tmp_path: Path, monkeypatch:
     assert index["+grad_clip/seed_0"]["error"] == f"worker process died ({sweep.MAX_ATTEMPTS} attempts)"
     assert index["+grad_clip/seed_0"]["attempts"] == sweep.MAX_ATTEMPTS
     assert index["base/seed_0"]["state"] == "completed" and outcome.counts["completed"] == 1
+
+
+def test_tiny_ablation_on_a_local_ray_instance(tiny_sweep: dict[str, Any], tmp_path: Path) -> None:
+    """The same trials as Ray tasks on a local Ray instance (token authentication on, Ray's default) give the
+    same results as the local process pool: training is deterministic per (config, seed)."""
+    import ray  # installed by the test extras
+
+    out = tmp_path / "ray_sweep"
+    outcome = sweep.run_sweep(TINY, out, workers=2, backend="ray", quiet=True)
+    assert not ray.is_initialized()  # the backend shut down the instance it started
+    assert outcome.counts["completed"] == 4 and outcome.counts["failed"] == 0
+    drop = ("wall_seconds",)
+    ray_rows = read_csv(out / "results.csv", drop=drop)
+    local_rows = {(r["arm"], r["seed"]): r for r in read_csv(tiny_sweep["out"] / "results.csv", drop=drop)}
+    for row in ray_rows:
+        assert row == local_rows[(row["arm"], row["seed"])]
+    assert (out / "report.md").is_file()
