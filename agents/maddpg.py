@@ -14,7 +14,6 @@ penalty 1e-3 are available as fixes but off by default, so the failure can be st
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from agents.buffer import ReplayBuffer
+from envs.vector import AgentLayout
 from agents.networks import Actor, Critic, gumbel_softmax_hard, one_hot_argmax
 from marl_stability.config import OptimConfig, RunConfig
 from marl_stability.fixes import ClipStats, Fixes
@@ -31,28 +31,9 @@ class NonFiniteParameters(RuntimeError):
     """A parameter became NaN/Inf after an optimizer step: the run cannot continue."""
 
 
-@dataclass
-class AgentSpec:
-    """What the algorithm needs to know about each agent (built from ``envs.AgentLayout``)."""
-
-    names: Sequence[str]
-    obs_dims: Sequence[int]
-    act_dims: Sequence[int]
-    discrete: Sequence[bool]
-    act_low: np.ndarray  # [N, max_act_dim]
-    act_high: np.ndarray
-
-    @property
-    def num_agents(self) -> int:
-        return len(self.names)
-
-    @property
-    def max_obs_dim(self) -> int:
-        return max(self.obs_dims)
-
-    @property
-    def max_act_dim(self) -> int:
-        return max(self.act_dims)
+# The algorithm sees the agents exactly as the environment describes them: names, true obs/action sizes,
+# discrete flags and bounds (padded to the batched layout).
+AgentSpec = AgentLayout
 
 
 def make_optimizer(params: Any, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -290,7 +271,7 @@ class MADDPG:
         dbg = self.cfg.debug
         inject = dbg.inject_nonfinite_at_update is not None and self.updates >= dbg.inject_nonfinite_at_update and (
             dbg.inject_nonfinite_count is None or self.updates < dbg.inject_nonfinite_at_update + dbg.inject_nonfinite_count)
-        for i, name in enumerate(sd.names):
+        for i, name in enumerate(sd.agents):
             critic, actor = self.critics[i], self.actors[i]
             # ---- critic: y = r + gamma * (1 - terminated) * Q'_i(o', mu'(o'))
             with torch.no_grad():
@@ -390,7 +371,7 @@ class MADDPG:
     def modules(self) -> dict[str, torch.nn.Module]:
         """Named networks (for instrumentation and the monitor)."""
         out: dict[str, torch.nn.Module] = {}
-        for name, a, c in zip(self.spec.names, self.actors, self.critics):
+        for name, a, c in zip(self.spec.agents, self.actors, self.critics):
             out[f"actor/{name}"] = a
             out[f"critic/{name}"] = c
         return out

@@ -196,35 +196,6 @@ def action_sensitivity(policy: Callable[[torch.Tensor], torch.Tensor], obs: torc
     return float(sq.sqrt().mean()) if x.shape[0] else float("nan")
 
 
-# --------------------------------------------------------------------------- writer adapter
-class _SummaryWriterSink:
-    """Sink over a user's SummaryWriter (or anything with add_scalar/add_histogram); never closes it."""
-
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        self.writer.add_scalar(tag, value, step)
-
-    def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
-        # TensorBoard rejects non-finite histogram input; the scalars already show them.
-        values = np.asarray(values, np.float64).ravel()
-        values = values[np.isfinite(values)]
-        if values.size:
-            self.writer.add_histogram(tag, values, step)
-
-    def text(self, tag: str, text: str, step: int) -> None:
-        if hasattr(self.writer, "add_text"):
-            self.writer.add_text(tag, text, step)
-
-    def flush(self) -> None:
-        if hasattr(self.writer, "flush"):
-            self.writer.flush()
-
-    def close(self) -> None:
-        self.flush()  # the user owns the writer
-
-
 def _make_logger(writer: Any) -> tuple[Logger | None, bool]:
     """(logger, whether we own it)."""
     if writer is None:
@@ -234,7 +205,7 @@ def _make_logger(writer: Any) -> tuple[Logger | None, bool]:
     if isinstance(writer, (str, os.PathLike)):
         return Logger([TensorBoardSink(writer)]), True
     if hasattr(writer, "add_scalar") and hasattr(writer, "add_histogram"):
-        return Logger([_SummaryWriterSink(writer)]), False
+        return Logger([TensorBoardSink(writer=writer)]), False
     if hasattr(writer, "scalar") and hasattr(writer, "histogram"):  # a bare sink (e.g. MemorySink)
         return Logger([writer]), False
     raise TypeError(f"writer must be None, a path, a SummaryWriter or a Logger, not {type(writer).__name__}")

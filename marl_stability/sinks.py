@@ -46,24 +46,33 @@ class MemorySink:
 
 
 class TensorBoardSink:
-    """TensorBoard event files. ``purge_step`` hides events a killed run wrote after its last checkpoint."""
+    """TensorBoard event files. ``purge_step`` hides events a killed run wrote after its last checkpoint.
 
-    def __init__(self, logdir: str | Path, purge_step: int | None = None) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+    With ``writer=`` it writes through a user's ``SummaryWriter`` (or anything with ``add_scalar`` /
+    ``add_histogram``) and never closes it: the user owns it.
+    """
 
-        self.writer = SummaryWriter(log_dir=str(logdir), purge_step=purge_step, flush_secs=30)
+    def __init__(self, logdir: str | Path | None = None, purge_step: int | None = None, writer: Any = None) -> None:
+        self._owns = writer is None
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(logdir), purge_step=purge_step, flush_secs=30)
+        self.writer = writer
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
 
     def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        # TensorBoard rejects non-finite histogram input; the scalars already show them.
         values = np.asarray(values, np.float64).ravel()
         values = values[np.isfinite(values)]
         if values.size:
             self.writer.add_histogram(tag, values, step)
 
     def text(self, tag: str, text: str, step: int) -> None:
-        self.writer.add_text(tag, text, step)
+        if hasattr(self.writer, "add_text"):
+            self.writer.add_text(tag, text, step)
 
     def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         """HParams plugin entry in this run's own event file (add_hparams would create a sub-run)."""
@@ -78,10 +87,14 @@ class TensorBoardSink:
         self.writer.add_custom_scalars(layout)
 
     def flush(self) -> None:
-        self.writer.flush()
+        if hasattr(self.writer, "flush"):
+            self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self._owns:
+            self.writer.close()
+        else:
+            self.flush()
 
 
 class Logger:

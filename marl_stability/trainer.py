@@ -106,17 +106,10 @@ def probe_env(cfg: RunConfig) -> None:
                         f"{e.__class__.__name__}: {detail}") from None
 
 
-def agent_spec(layout: Any) -> AgentSpec:
-    return AgentSpec(
-        names=list(layout.agents), obs_dims=list(layout.obs_dims), act_dims=list(layout.act_dims),
-        discrete=list(layout.discrete), act_low=np.asarray(layout.act_low), act_high=np.asarray(layout.act_high),
-    )
-
-
 def check_compatible(cfg: RunConfig, spec: AgentSpec) -> None:
     """Options that only make sense for continuous actions are errors on discrete-action agents."""
     if any(spec.discrete) and cfg.actor.output in CONTINUOUS_HEADS:
-        bad = [n for n, d in zip(spec.names, spec.discrete) if d]
+        bad = [n for n, d in zip(spec.agents, spec.discrete) if d]
         raise UserError(
             f"actor.output={cfg.actor.output} needs continuous actions, but {cfg.env.id} has discrete actions "
             f"for {', '.join(bad)} (use actor.output=auto or env.kwargs.continuous_actions=true)"
@@ -149,7 +142,7 @@ class Trainer:
         torch.set_num_threads(cfg.train.torch_threads)
         probe_env(cfg)
         self.venv = make_venv(cfg, cfg.env.num_envs, cfg.seed)
-        self.spec = agent_spec(self.venv.layout)
+        self.spec = self.venv.layout
         check_compatible(cfg, self.spec)
         self.fixes = build_fixes(cfg.fixes, cfg.env.num_envs, self.spec.num_agents, self.spec.max_obs_dim, cfg.maddpg.gamma)
         self.algo = agents.make(cfg, self.spec, self.fixes)
@@ -225,7 +218,7 @@ class Trainer:
             **self._final_action_summary(),
             "rollbacks": p.rollbacks,
             "eval_history": list(p.eval_history),
-            "agents": list(self.spec.names),
+            "agents": list(self.spec.agents),
             "wall_seconds": round(p.wall_seconds, 3),
             "env_steps_per_second": round(p.env_steps / p.wall_seconds, 1) if p.wall_seconds > 0 else None,
         }
@@ -267,10 +260,10 @@ class Trainer:
         venv.close()
         self._action_stats(observed, taken, counted)
         self._critic_check = {a: (float(q_initial[:, i].mean()), float(mc_return[:, i].mean()))
-                              for i, a in enumerate(self.spec.names)}
+                              for i, a in enumerate(self.spec.agents)}
         episodes = [first[i] for i in sorted(first)]
         team = float(np.mean([e["team_return"] for e in episodes]))
-        per_agent = {a: float(np.mean([e["agent_returns"][a] for e in episodes])) for a in self.spec.names}
+        per_agent = {a: float(np.mean([e["agent_returns"][a] for e in episodes])) for a in self.spec.agents}
         return {"team_return": team, "agent_returns": per_agent, "length": float(np.mean([e["length"] for e in episodes]))}
 
     def _action_stats(self, observed: list[np.ndarray], taken: list[np.ndarray], counted: list[np.ndarray]) -> None:
@@ -280,7 +273,7 @@ class Trainer:
         stats: dict[str, dict[str, float]] = {}
         obs_all = np.concatenate(observed)  # [T*n, N, D]
         self._eval_samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for i, agent in enumerate(sd.names):
+        for i, agent in enumerate(sd.agents):
             d = sd.act_dims[i]
             low, high = sd.act_low[i, :d], sd.act_high[i, :d]
             # what the env applies: clipped continuous actions (a linear head's 3.7 and 5.2 are the same action)
@@ -343,7 +336,7 @@ class Trainer:
         step = self.progress.env_steps
         logger.record("episode/team_return", float(np.mean([e["team_return"] for e in episodes])), step)
         logger.record("episode/length", float(np.mean([e["length"] for e in episodes])), step)
-        for a in self.spec.names:
+        for a in self.spec.agents:
             logger.record(f"episode/agent_return/{a}", float(np.mean([e["agent_returns"][a] for e in episodes])), step)
 
     def _log_update(self, logger: Logger, stats: dict[str, float], log: bool) -> None:
@@ -362,7 +355,7 @@ class Trainer:
         if not self._action_window:
             return
         acts = np.concatenate(self._action_window, axis=0)  # [T*B, N, A]
-        for i, a in enumerate(self.spec.names):
+        for i, a in enumerate(self.spec.agents):
             logger.histogram(f"actions/{a}", acts[:, i, : self.spec.act_dims[i]], self.progress.env_steps)
         self._action_window.clear()
 

@@ -335,7 +335,7 @@ def test_replay_buffer_capacity_mismatch_raises() -> None:
 
 # --------------------------------------------------------------------------- MADDPG
 SPEC = AgentSpec(
-    names=["alice", "bob"], obs_dims=[3, 4], act_dims=[2, 2], discrete=[False, False],
+    agents=("alice", "bob"), obs_dims=(3, 4), act_dims=(2, 2), discrete=(False, False),
     act_low=np.zeros((2, 2), np.float32), act_high=np.ones((2, 2), np.float32),
 )
 NUM_ENVS = 4
@@ -419,7 +419,7 @@ def test_maddpg_update_stats_and_soft_target_update() -> None:
     old_target = algo.target_critics[0].mlp.out.weight.detach().clone()
     old_target_actor = algo.target_actors[1].mlp.hidden[0].linear.weight.detach().clone()
     stats = algo.update()
-    names = SPEC.names
+    names = SPEC.agents
     expected = {f"{k}/{n}" for n in names for k in (
         "loss/critic", "loss/actor", "grad_norm/critic", "grad_norm/actor",
         "grad_norm_postclip/critic", "grad_norm_postclip/actor", "q/mean")}
@@ -441,7 +441,7 @@ def test_maddpg_update_reports_preclip_norm_and_clips() -> None:
     algo.fixes.critic_clip = make_clipper(ClipConfig(mode="global_norm", max=1e-3))
     _fill(algo)
     stats = algo.update()
-    for n in SPEC.names:
+    for n in SPEC.agents:
         assert stats[f"grad_norm/critic/{n}"] > 1e-3
         assert stats[f"grad_norm_postclip/critic/{n}"] <= 1e-3 + 1e-6
 
@@ -457,5 +457,5 @@ def test_maddpg_nonfinite_critic_loss_skips_the_critic_step() -> None:
             assert torch.equal(p.detach(), b)
     for opt in algo.critic_opts:
         assert len(opt.state) == 0  # Adam never stepped
-    assert all(math.isnan(stats[f"loss/critic/{n}"]) for n in SPEC.names)
+    assert all(math.isnan(stats[f"loss/critic/{n}"]) for n in SPEC.agents)
     assert all(torch.isfinite(p).all() for c in algo.critics + algo.actors for p in c.parameters())
