@@ -14,11 +14,22 @@ FIX_PRESETS = sorted(EXPERIMENTS.glob("fix_*.yaml"))
 
 
 def test_every_preset_validates_and_starts_with_a_comment() -> None:
-    presets = sorted(EXPERIMENTS.glob("*.yaml"))
+    presets = sorted(p for p in EXPERIMENTS.glob("*.yaml") if not p.name.startswith("ablation_"))
     assert len(presets) >= 8
     for p in presets:
         assert p.read_text().startswith("#"), f"{p.name} must start with a comment saying what it shows"
         assert isinstance(load_config(p), RunConfig)
+
+
+def test_every_ablation_file_expands_into_valid_arms() -> None:
+    from marl_stability.sweep import make_plan
+
+    ablations = sorted(EXPERIMENTS.glob("ablation_*.yaml"))
+    assert ablations
+    for p in ablations:
+        assert p.read_text().startswith("#"), f"{p.name} must start with a comment saying what it asks"
+        plan = make_plan(p, None)
+        assert len(plan.arms) >= 2
 
 
 @pytest.mark.parametrize("preset", FIX_PRESETS, ids=[p.stem for p in FIX_PRESETS])
