@@ -131,13 +131,13 @@ class TrainConfig(_Strict):
     eval_every: int = Field(10_000, ge=1, description="env steps between evaluations")
     eval_episodes: int = Field(10, ge=1, description="episodes per evaluation (no exploration noise)")
     checkpoint_every: int = Field(50_000, ge=1, description="env steps between checkpoints")
-    log_every: int = Field(5, ge=1, description="log update stats every N updates (TensorBoard writes cost ~50 us per scalar)")
+    log_every: int = Field(10, ge=1, description="log update stats every N updates")
     layer_stats: bool = Field(True, description="attach the monitor to every network (per-layer norms, update ratios)")
     layer_stats_every: int = Field(
-        10, ge=1, description="run the monitor (per-layer gradient/weight norms, update ratios, clip fraction) every N "
+        50, ge=1, description="run the monitor (per-layer gradient/weight norms, update ratios, clip fraction) every N "
         "updates; the clip fraction is over these sampled updates"
     )
-    histogram_every: int = Field(50, ge=1, description="log histograms every N update rounds")
+    histogram_every: int = Field(100, ge=1, description="log histograms every N update rounds")
     max_nonfinite: int = Field(10, ge=1, description="non-finite updates tolerated before status=diverged (on_nonfinite=stop)")
     on_nonfinite: Literal["stop", "rollback"] = Field(
         "stop", description="stop: skip non-finite updates, diverge after max_nonfinite; rollback: restore the last good "

@@ -63,6 +63,18 @@ class TensorBoardSink:
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
 
+    def scalar_batch(self, values: dict[str, float], step: int) -> None:
+        """Many scalars of one step in one event: ~5 us per value instead of ~70 us through add_scalar."""
+        file_writer = getattr(self.writer, "file_writer", None) if self._owns else None
+        if file_writer is None:  # a user's writer: only its public API
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
+        file_writer.add_summary(summary, step)
+
     def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
         # TensorBoard rejects non-finite histogram input; the scalars already show them.
         values = np.asarray(values, np.float64).ravel()
@@ -108,8 +120,12 @@ class Logger:
             s.scalar(tag, float(value), step)
 
     def record_dict(self, values: dict[str, float], step: int) -> None:
-        for tag, value in values.items():
-            self.record(tag, value, step)
+        for s in self.sinks:
+            if hasattr(s, "scalar_batch"):
+                s.scalar_batch(values, step)
+            else:
+                for tag, value in values.items():
+                    s.scalar(tag, float(value), step)
 
     def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
         for s in self.sinks:

@@ -334,10 +334,11 @@ class Trainer:
     # ------------------------------------------------------------------ logging helpers
     def _log_episodes(self, logger: Logger, episodes: list[dict[str, Any]]) -> None:
         step = self.progress.env_steps
-        logger.record("episode/team_return", float(np.mean([e["team_return"] for e in episodes])), step)
-        logger.record("episode/length", float(np.mean([e["length"] for e in episodes])), step)
+        values = {"episode/team_return": float(np.mean([e["team_return"] for e in episodes])),
+                  "episode/length": float(np.mean([e["length"] for e in episodes]))}
         for a in self.spec.agents:
-            logger.record(f"episode/agent_return/{a}", float(np.mean([e["agent_returns"][a] for e in episodes])), step)
+            values[f"episode/agent_return/{a}"] = float(np.mean([e["agent_returns"][a] for e in episodes]))
+        logger.record_dict(values, step)
 
     def _log_update(self, logger: Logger, stats: dict[str, float], log: bool) -> None:
         p = self.progress
