@@ -76,7 +76,7 @@ from envs.fast_mpe_scenarios import (
     WorldState,
 )
 from envs.registry import EnvError
-from envs.vector import AgentLayout, NonFiniteActionError, StepResult
+from envs.vector import AgentLayout, StepResult, check_action_batch
 
 __all__ = ["SUPPORTED_ENV_IDS", "FastMPEVectorEnv", "FastMPEParallelEnv", "make_scenario"]
 
@@ -351,22 +351,6 @@ class FastMPEVectorEnv:
         """Observations [B, N, D] float32 of the current state."""
         return self._observe_and_reward(rewards=False)[0]
 
-    def _check_actions(self, actions: Any) -> np.ndarray:
-        """Validate the batch before anything changes (shape, dtype, finiteness)."""
-        batch = np.asarray(actions)
-        expected = (self.num_envs, self.layout.num_agents, self.layout.max_act_dim)
-        if batch.shape != expected:
-            raise EnvError(f"actions must have shape {expected}, got {batch.shape}")
-        if not (np.issubdtype(batch.dtype, np.floating) or np.issubdtype(batch.dtype, np.integer)):
-            raise EnvError(f"actions must be a numeric array, got dtype {batch.dtype}")
-        finite = np.isfinite(batch)
-        if not finite.all():
-            bad_envs = sorted({int(b) for b in np.nonzero(~finite)[0]})
-            raise NonFiniteActionError(
-                f"non-finite action values in env(s) {bad_envs}; no environment was stepped"
-            )
-        return batch
-
     def _decode(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Actions -> (move force u [2, Nmov, B] f64, messages [Ntalk, dim_c, B] f64)."""
         if self.continuous:
@@ -426,7 +410,7 @@ class FastMPEVectorEnv:
         """
         if self._obs is None:
             raise EnvError("FastMPEVectorEnv.step() called before reset()")
-        batch = self._check_actions(actions)
+        batch = check_action_batch(actions, self.num_envs, self.layout)
         u, msg = self._decode(batch)
         self._physics(u, msg)
         next_obs, rew_t = self._observe_and_reward()

@@ -202,6 +202,22 @@ def _find_stats(env: ParallelEnv) -> EpisodeStatistics | None:
     return None
 
 
+def check_action_batch(actions: Any, num_envs: int, layout: AgentLayout) -> np.ndarray:
+    """Validate a batch of actions before any env is stepped: shape, numeric dtype, and finiteness of the
+    whole batch (padding included: a non-finite value anywhere means the policy has diverged)."""
+    batch = np.asarray(actions)
+    expected = (num_envs, layout.num_agents, layout.max_act_dim)
+    if batch.shape != expected:
+        raise EnvError(f"actions must have shape {expected}, got {batch.shape}")
+    if not (np.issubdtype(batch.dtype, np.floating) or np.issubdtype(batch.dtype, np.integer)):
+        raise EnvError(f"actions must be a numeric array, got dtype {batch.dtype}")
+    finite = np.isfinite(batch)
+    if not finite.all():
+        bad_envs = sorted({int(b) for b in np.nonzero(~finite)[0]})
+        raise NonFiniteActionError(f"non-finite action values in env(s) {bad_envs}; no environment was stepped")
+    return batch
+
+
 class SyncVectorEnv:
     """Step ``num_envs`` copies of a ParallelEnv in lock-step with autoreset.
 
@@ -313,20 +329,7 @@ class SyncVectorEnv:
         """Step all envs with ``actions [B, N, max_act_dim]``; finished envs autoreset."""
         if self._obs is None:
             raise EnvError("SyncVectorEnv.step() called before reset()")
-        batch = np.asarray(actions)
-        expected = (self.num_envs, self.layout.num_agents, self.layout.max_act_dim)
-        if batch.shape != expected:
-            raise EnvError(f"actions must have shape {expected}, got {batch.shape}")
-        if not (np.issubdtype(batch.dtype, np.floating) or np.issubdtype(batch.dtype, np.integer)):
-            raise EnvError(f"actions must be a numeric array, got dtype {batch.dtype}")
-        # Check the whole batch (padding included) before touching any env: a
-        # non-finite value anywhere means the policy has diverged.
-        finite = np.isfinite(batch)
-        if not finite.all():
-            bad_envs = sorted({int(b) for b in np.nonzero(~finite)[0]})
-            raise NonFiniteActionError(
-                f"non-finite action values in env(s) {bad_envs}; no environment was stepped"
-            )
+        batch = check_action_batch(actions, self.num_envs, self.layout)
         # Convert every env's actions first so a failure leaves all envs untouched.
         env_actions = [self._to_env_actions(b, batch[b]) for b in range(self.num_envs)]
 
