@@ -140,9 +140,8 @@ class MADDPG:
                 action = gumbel_softmax_hard(action, self.hp.gumbel_temperature, self.gen) if explore else one_hot_argmax(action)
             elif explore and self.hp.exploration_std > 0:
                 span = self.high[i, :d] - self.low[i, :d]
-                action = action + torch.randn(action.shape, generator=self.gen) * self.hp.exploration_std * span
-                if actor.head is not None and actor.head.bounded:
-                    action = torch.maximum(torch.minimum(action, self.high[i, :d]), self.low[i, :d])
+                action = actor.head.explore(action + torch.randn(action.shape, generator=self.gen)
+                                            * self.hp.exploration_std * span)
             acts.append(action)
         return self._pad_actions(acts).numpy()
 

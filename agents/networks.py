@@ -128,9 +128,12 @@ class OutputHead(nn.Module):
         squashed = F.softsign(pre) if self.kind == "softsign_scaled" else torch.tanh(pre)
         return self.low + (squashed + 1.0) * 0.5 * (self.high - self.low)
 
-    def saturation_bound(self) -> float:
-        """|squashed| beyond which the head counts as saturated (used by instrumentation)."""
-        return 0.99
+    def explore(self, noisy: torch.Tensor) -> torch.Tensor:
+        """Exploration noise added to this head's output: bounded heads clip it to the action bounds;
+        linear_clip passes it on for the environment to clip (as naive code does)."""
+        if self.bounded:
+            return torch.maximum(torch.minimum(noisy, self.high), self.low)
+        return noisy
 
 
 class Actor(nn.Module):

@@ -161,7 +161,9 @@ _register_ablate(app)
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the typer app, turning every user error into one ``error:`` line and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False, prog_name="marl-stability")
+        code = app(args=argv, standalone_mode=False, prog_name="marl-stability")
+        if isinstance(code, int) and code != 0:  # without standalone mode, an exit code is returned
+            sys.exit(code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
@@ -170,6 +172,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     except _user_errors() as e:
         message = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # unwritable --logdir, full disk, permissions: the environment, not a bug
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e.__class__.__name__}{where}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:
         # Usage errors (unknown option, wrong type, missing value) come from the click that typer ships

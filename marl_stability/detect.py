@@ -22,6 +22,9 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# The action statistics are the monitor's (one implementation for our trainer and users' loops).
+from marl_stability.monitor import action_sensitivity, batch_same_action_rate, saturation_fraction
+
 Bound = Union[float, Sequence[float], torch.Tensor]
 
 
@@ -394,59 +397,19 @@ class Detectors:
 
 
 # --------------------------------------------------------------------------- policy helpers
-def _bounds_like(b: Bound, ref: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(b, dtype=ref.dtype, device=ref.device).expand(ref.shape[-1])
+def standardized_sensitivity(policy: Callable[[torch.Tensor], torch.Tensor], obs: torch.Tensor) -> float:
+    """Mean over samples of ||d(action)/d(obs) . diag(sigma)||_F, sigma = each feature's std over this batch.
 
-
-def saturation_fraction(actions: torch.Tensor, low: Bound, high: Bound, margin: float = 0.01) -> float:
-    """Fraction of action components within ``margin`` x (high - low) of either bound.
-
-    Components with an infinite range are never counted as saturated (there is no bound to sit at).
+    How much the action moves for a one-standard-deviation change of each input: invariant to rescaled or
+    offset observations (an ``obs_scale`` wrapper, input normalization with a tiny std on a constant
+    feature), and a feature that never varies contributes nothing. The collapse threshold is on this.
     """
-    a = actions.detach().reshape(-1, actions.shape[-1]).float()
-    if a.numel() == 0:
-        return float("nan")
-    lo, hi = _bounds_like(low, a), _bounds_like(high, a)
-    span = hi - lo
-    tol = margin * span
-    near = ((a - lo) <= tol) | ((hi - a) <= tol)
-    near &= torch.isfinite(span)  # inf - inf comparisons would otherwise mark everything saturated
-    return float(near.float().mean())
-
-
-def batch_same_action_rate(actions: torch.Tensor, atol: float = 1e-3, max_rows: int = 256) -> float:
-    """Fraction of distinct-row pairs (i < j, first ``max_rows`` rows) whose actions agree within ``atol``
-    in every component. NaN when fewer than two rows."""
-    a = actions.detach().reshape(-1, actions.shape[-1])[:max_rows].float()
-    n = a.shape[0]
-    if n < 2:
-        return float("nan")
-    # Chebyshev distance: "same" means every component within atol.
-    dist = (a[:, None, :] - a[None, :, :]).abs().amax(dim=-1)
-    iu = torch.triu_indices(n, n, offset=1, device=a.device)
-    same = dist[iu[0], iu[1]] <= atol
-    return float(same.float().mean())
-
-
-def action_sensitivity(policy: Callable[[torch.Tensor], torch.Tensor], obs: torch.Tensor) -> float:
-    """Mean over samples of the Frobenius norm of the Jacobian d(action)/d(obs).
-
-    Uses one backward pass per action dimension on the batch sum, which yields per-sample Jacobian rows
-    because samples do not interact (true for MLP actors; not for BatchNorm in train mode, so call in eval mode).
-    Parameter ``.grad`` is never touched.
-    """
-    x = obs.detach().clone().float().requires_grad_(True)
-    with torch.enable_grad():
-        a = policy(x)
-        a = a.reshape(x.shape[0], -1)
-        if not a.requires_grad:
-            return 0.0  # output built without autograd from obs: constant in obs
-        sq = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for j in range(a.shape[1]):
-            (g,) = torch.autograd.grad(a[:, j].sum(), x, retain_graph=True, allow_unused=True)
-            if g is not None:
-                sq += g.reshape(x.shape[0], -1).pow(2).sum(dim=1)
-    return float(sq.sqrt().mean())
+    x = obs.detach().float()
+    mu = x.mean(dim=0)
+    sigma = x.std(dim=0, unbiased=False)
+    varies = sigma > 0
+    z = torch.where(varies, (x - mu) / torch.where(varies, sigma, torch.ones_like(sigma)), torch.zeros_like(x))
+    return action_sensitivity(lambda zz: policy(mu + zz * sigma), z)
 
 
 def diagnose_policy(
@@ -469,7 +432,7 @@ def diagnose_policy(
         actions = policy(obs.float()).reshape(obs.shape[0], -1)
     sat = saturation_fraction(actions, low, high, cfg.saturation_margin)
     same = batch_same_action_rate(actions, cfg.same_action_atol, cfg.same_action_max_rows)
-    sens = action_sensitivity(policy, obs)
+    sens = standardized_sensitivity(policy, obs)
     collapsed = ActionCollapseDetector(
         cfg.repeat_threshold, cfg.saturation_threshold, cfg.sensitivity_threshold
     ).is_collapsed(same, sat, sens)

@@ -70,8 +70,14 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
         config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
     except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError):
         raise UserError(f"corrupt summary.json or config.yaml in {run}") from None
+    if not isinstance(summary, dict) or not isinstance(config or {}, dict):
+        raise UserError(f"summary.json or config.yaml in {run} is not a mapping")
     scalars = read_scalars(run)
-    cfg = config or {}
+    cfg: dict[str, Any] = config or {}
+
+    def section(name: str) -> dict[str, Any]:
+        value = cfg.get(name)
+        return value if isinstance(value, dict) else {}
 
     # Per network ("critic/agent_0"), the layer whose gradient grew first (ties: the one that grew most).
     first_by_net: dict[str, tuple[int, float, str]] = {}
@@ -96,10 +102,8 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
     max_preact = float(np.nanmax(preact)) if preact else None
 
     explosion, collapse, nonfinite = (summary.get(k) for k in ("explosion_step", "collapse_step", "nonfinite_step"))
-    env_cfg = cfg.get("env", {}) if isinstance(cfg, dict) else {}
-    fixes_cfg = cfg.get("fixes", {}) if isinstance(cfg, dict) else {}
-    actor_cfg = cfg.get("actor", {}) if isinstance(cfg, dict) else {}
-    lr = (cfg.get("critic_optim") or {}).get("lr") if isinstance(cfg, dict) else None
+    env_cfg, fixes_cfg, actor_cfg = section("env"), section("fixes"), section("actor")
+    lr = section("critic_optim").get("lr")
     clip_mode = ((fixes_cfg.get("grad_clip") or {}).get("critic") or {}).get("mode", "none")
     output = actor_cfg.get("output")
     saturated = bool(saturation) and max(saturation.values()) >= 0.9
@@ -135,7 +139,7 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
             "outputs collapsed into saturation" if saturated and collapse is not None else "",
             saturated and collapse is not None, applied=(fixes_cfg.get("actor_preact_l2", 0.0) or 0.0) > 0),
         Fix(5, "Huber critic loss", ["maddpg.critic_loss=huber"],
-            applied=(cfg.get("maddpg") or {}).get("critic_loss") == "huber" if isinstance(cfg, dict) else False),
+            applied=section("maddpg").get("critic_loss") == "huber"),
     ]
     # Keep the practitioner's order, but within it the fixes the data points at come first.
     fixes = [f for f in fixes if not f.applied]

@@ -123,16 +123,18 @@ def global_grad_norm(module: nn.Module) -> float:
         return _combine(_norms([p.grad.detach() for p in module.parameters() if p.grad is not None]))
 
 
-def saturation_fraction(actions: ArrayLike, low: ArrayLike, high: ArrayLike, frac: float = 0.01) -> float:
-    """Fraction of action components within ``frac * (high - low)`` of either bound.
+def saturation_fraction(actions: ArrayLike, low: ArrayLike, high: ArrayLike, margin: float = 0.01) -> float:
+    """Fraction of action components within ``margin * (high - low)`` of either bound (or beyond it).
 
-    ``low``/``high`` are scalars or per-dimension arrays (broadcast over the batch).
+    ``low``/``high`` are scalars or per-dimension arrays (broadcast over the batch). Components with an
+    infinite range are never counted as saturated (there is no bound to sit at).
     """
     a = _as_2d(actions)
     lo = torch.as_tensor(np.asarray(low, np.float64), dtype=a.dtype, device=a.device)
     hi = torch.as_tensor(np.asarray(high, np.float64), dtype=a.dtype, device=a.device)
-    margin = frac * (hi - lo)
-    near = (a <= lo + margin) | (a >= hi - margin)
+    span = hi - lo
+    tol = margin * span
+    near = ((a - lo <= tol) | (hi - a <= tol)) & torch.isfinite(span)
     return float(near.to(torch.float64).mean()) if a.numel() else float("nan")
 
 

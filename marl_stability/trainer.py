@@ -25,7 +25,7 @@ from agents.maddpg import AgentSpec, NonFiniteParameters
 from agents.networks import CONTINUOUS_HEADS
 from marl_stability.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 from marl_stability.config import RunConfig, config_diff, dump_yaml, flatten
-from marl_stability.detect import Detectors, action_sensitivity, batch_same_action_rate, saturation_fraction
+from marl_stability.detect import Detectors, batch_same_action_rate, saturation_fraction, standardized_sensitivity
 from marl_stability.errors import UserError
 from marl_stability.fixes import build_fixes
 from marl_stability import monitor
@@ -108,6 +108,12 @@ def probe_env(cfg: RunConfig) -> None:
 
 def check_compatible(cfg: RunConfig, spec: AgentSpec) -> None:
     """Options that only make sense for continuous actions are errors on discrete-action agents."""
+    low, high = np.asarray(spec.act_low), np.asarray(spec.act_high)
+    unbounded = [n for i, n in enumerate(spec.agents)
+                 if not spec.discrete[i] and not np.isfinite(high[i, : spec.act_dims[i]] - low[i, : spec.act_dims[i]]).all()]
+    if unbounded:
+        raise UserError(f"agents {', '.join(unbounded)} of {cfg.env.id} have unbounded Box actions; MADDPG here needs "
+                        "finite bounds (exploration noise and output heads are scaled by the action range)")
     if any(spec.discrete) and cfg.actor.output in CONTINUOUS_HEADS:
         bad = [n for n, d in zip(spec.agents, spec.discrete) if d]
         raise UserError(
@@ -142,10 +148,15 @@ class Trainer:
         torch.set_num_threads(cfg.train.torch_threads)
         probe_env(cfg)
         self.venv = make_venv(cfg, cfg.env.num_envs, cfg.seed)
-        self.spec = self.venv.layout
-        check_compatible(cfg, self.spec)
-        self.fixes = build_fixes(cfg.fixes, cfg.env.num_envs, self.spec.num_agents, self.spec.max_obs_dim, cfg.maddpg.gamma)
-        self.algo = agents.make(cfg, self.spec, self.fixes)
+        try:
+            self.spec = self.venv.layout
+            check_compatible(cfg, self.spec)
+            self.fixes = build_fixes(cfg.fixes, cfg.env.num_envs, self.spec.num_agents, self.spec.max_obs_dim,
+                                     cfg.maddpg.gamma)
+            self.algo = agents.make(cfg, self.spec, self.fixes)
+        except BaseException:
+            self.venv.close()
+            raise
         self.progress = Progress()
         self.status = "running"
         self._stop_requested = False
@@ -171,6 +182,7 @@ class Trainer:
             "progress": asdict(self.progress),
             "detectors": self.detectors.state_dict(),
             "final_action_stats": self.final_action_stats,
+            "rollback_snapshot": self._snapshot,  # a resumed run must roll back to the same state
         }
         save_checkpoint(self.checkpoint_path, state)
         self.progress.checkpoints += 1
@@ -191,13 +203,15 @@ class Trainer:
         try:
             self.algo.load_state_dict(state["algo"])
             self.venv.load_state_dict(state["env"])
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise UserError(f"checkpoint {self.checkpoint_path} does not match this run: {e}") from None
-        self.detectors.load_state_dict(state["detectors"])
-        self.final_action_stats = {a: dict(v) for a, v in state["final_action_stats"].items()}
-        p = state["progress"]
-        self.progress = Progress(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in p.items()})
-        return np.asarray(state["obs"])
+            self.detectors.load_state_dict(state["detectors"])
+            self.final_action_stats = {a: dict(v) for a, v in state["final_action_stats"].items()}
+            self._snapshot = state["rollback_snapshot"]
+            p = state["progress"]
+            self.progress = Progress(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in p.items()})
+            return np.asarray(state["obs"])
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as e:
+            raise UserError(f"checkpoint {self.checkpoint_path} does not match this run: "
+                            f"{e.__class__.__name__}: {e}") from None
 
     def _summary(self) -> dict[str, Any]:
         p = self.progress
@@ -257,6 +271,9 @@ class Trainer:
             if len(first) == n:
                 break
             obs = step.obs
+        else:
+            venv.close()
+            raise UserError(f"evaluation: {n - len(first)} of {n} episodes of {cfg.env.id} did not end within 100000 steps")
         venv.close()
         self._action_stats(observed, taken, counted)
         self._critic_check = {a: (float(q_initial[:, i].mean()), float(mc_return[:, i].mean()))
@@ -292,8 +309,9 @@ class Trainer:
             stats[agent] = {
                 "repeat_rate": float(pairs.mean()) if pairs.size else float("nan"),
                 "saturation": saturation,
-                "batch_same_action": batch_same_action_rate(acts, self.cfg.detectors.same_action_atol),
-                "sensitivity": action_sensitivity(policy, o),
+                "batch_same_action": batch_same_action_rate(acts, self.cfg.detectors.same_action_atol,
+                                                            self.cfg.detectors.same_action_max_rows),
+                "sensitivity": standardized_sensitivity(policy, o),
             }
             with torch.no_grad():
                 pre = self.algo.preactivations(i, torch.as_tensor(obs_all[:, i, : sd.obs_dims[i]]))
@@ -349,8 +367,9 @@ class Trainer:
                 p.max_grad_norm[kind] = max(p.max_grad_norm[kind], value)
                 self.detectors.update_grad_norm(model, value, p.env_steps)
         if log:
-            # grad_norm/* and grad_norm_postclip/* are the monitor's tags (logged every layer_stats_every)
-            logger.record_dict({k: v for k, v in stats.items() if not k.startswith(MONITOR_OWNED)}, p.env_steps)
+            # With the monitor attached, grad_norm/* and grad_norm_postclip/* are its tags (one owner per tag).
+            owned = MONITOR_OWNED if self.algo.monitors else ()
+            logger.record_dict({k: v for k, v in stats.items() if not k.startswith(owned)} if owned else stats, p.env_steps)
 
     def _log_histograms(self, logger: Logger) -> None:
         if not self._action_window:
@@ -418,19 +437,24 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            obs = self._restore()
+            try:
+                obs = self._restore()
+            except BaseException:
+                self.venv.close()
+                raise
             p = self.progress
         else:
             obs = self.venv.reset()
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-        tb = TensorBoardSink(self.run_dir, purge_step=p.env_steps if resume else None)
+        # Events logged at the checkpoint step itself were written before the checkpoint: keep them.
+        tb = TensorBoardSink(self.run_dir, purge_step=p.env_steps + 1 if resume else None)
         logger = Logger([tb, *self.extra_sinks])
         # The same monitor API users attach to their own loops: per-layer norms, update ratios, clip fractions.
         if cfg.train.layer_stats:
             self.algo.monitors = {name: monitor.attach({name: net}, writer=logger)
                                   for name, net in self.algo.modules().items()}
             self.algo.monitor_every = cfg.train.layer_stats_every
-        if self._rollback:
+        if self._rollback and self._snapshot is None:
             self._snapshot = self.algo.snapshot()
         if not resume:
             tb.custom_scalars(DASHBOARD)
@@ -487,10 +511,10 @@ class Trainer:
                     logger.record("perf/env_steps_per_second", (p.env_steps - rate_steps) / max(now - rate_t, 1e-9), p.env_steps)
                     rate_t, rate_steps = now, p.env_steps
                     bar.set_postfix(eval_return=f"{p.final_return:.1f}")
+                self._log_detector_events(logger)  # before a checkpoint, so a resume does not repeat them
                 if p.env_steps // cfg.train.checkpoint_every > prev_steps // cfg.train.checkpoint_every:
                     p.wall_seconds = wall_at_start + time.perf_counter() - start
                     self._save_checkpoint(obs)
-                self._log_detector_events(logger)
                 if self._stop_requested:
                     self.status = "interrupted"
             if self.status == "running":

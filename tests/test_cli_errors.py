@@ -405,3 +405,13 @@ def test_subprocess_foreign_pickle_checkpoint_is_one_line(ws: Workspace, preset:
     code, out, err = run_subprocess(["train", "--logdir", ws.logdir, "--name", "foreign", "--resume"], cwd=ws.root)
     ws.assert_unchanged()
     assert_user_error(code, out, err, "cannot load checkpoint")
+
+
+def test_unwritable_logdir_is_one_error_line(preset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        main(["train", "-c", str(preset), "--logdir", "/proc/no_such_dir/runs", "--name", "x", "--steps", "100"])
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err

@@ -276,3 +276,23 @@ def test_explosion_min_norm_ignores_growth_of_tiny_gradients() -> None:
         assert not det.update(1e-3, step)
     assert not det.update(1.5e-2, 50)  # 15x the median but tiny in absolute terms
     assert det.update(500.0, 51) and det.first_step == 51
+
+
+def test_standardized_sensitivity_ignores_input_scale_and_constant_features() -> None:
+    """Rescaling the observations (obs_scale, or input normalization dividing a near-constant feature by a
+    tiny std) must not change the measured dependence of the action on the state."""
+    from marl_stability.detect import standardized_sensitivity
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 3)
+    obs = torch.randn(128, 6)
+    obs[:, 5] = 0.0  # a feature that never varies (mpe2's communication channel)
+    policy = lambda o: torch.tanh(o[:, :5] @ w[:5])  # noqa: E731
+    base = standardized_sensitivity(policy, obs)
+    scale = torch.tensor([1e3, 1e-3, 7.0, 1.0, 0.5, 1.0])
+    scaled_policy = lambda o: policy(o / scale)  # noqa: E731 - the same policy reading rescaled inputs
+    assert abs(standardized_sensitivity(scaled_policy, obs * scale) - base) < 1e-4 * base
+    # a huge weight on the constant feature changes nothing: it never moves
+    leaky = lambda o: torch.tanh(o[:, :5] @ w[:5] + 1e6 * o[:, 5:6])  # noqa: E731
+    assert abs(standardized_sensitivity(leaky, obs) - base) < 1e-6 * base
+    assert standardized_sensitivity(lambda o: torch.sigmoid(1000 + 0 * o[:, :5]), obs) == 0.0

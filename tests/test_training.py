@@ -223,3 +223,27 @@ def test_nonfinite_stop_mode_writes_forensics_and_diverges(tmp_path: Path) -> No
     assert summary["status"] == "diverged" and summary["rollbacks"] == 0
     assert summary["nonfinite_events"] == 3 and summary["updates"] == 10  # 3 agents' critic losses in update 10
     assert json.loads((run / "forensics" / "event.json").read_text())["update"] == 10
+
+
+def test_unbounded_box_actions_are_refused_up_front() -> None:
+    import numpy as np
+
+    from envs import AgentLayout
+    from marl_stability.errors import UserError
+    from marl_stability.trainer import check_compatible
+
+    layout = AgentLayout(agents=("a", "b"), obs_dims=(3, 3), act_dims=(2, 2), discrete=(False, False),
+                         act_low=np.array([[0, 0], [-np.inf, 0]], np.float32), act_high=np.ones((2, 2), np.float32))
+    with pytest.raises(UserError, match="agents b .* unbounded Box actions"):
+        check_compatible(tiny_config(), layout)
+
+
+def test_resume_keeps_the_evaluation_logged_at_the_checkpoint_step(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "r"
+    Trainer(tiny_config(1000), run, quiet=True).run()  # evaluations at 500 and 1000, checkpoint at 1000
+    Trainer(tiny_config(1500), run, quiet=True).run(resume=True)  # extend the same run to 1500
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval/team_return")] == [500, 1000, 1500]

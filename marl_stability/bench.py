@@ -1,0 +1,135 @@
+"""Benchmarks: ratios measured in one run (the machines are shared and noisy), written to bench.json.
+
+    python -m marl_stability.bench [--quick] [--out bench.json] [--seeds 5]
+
+1. env steps/s of the batched numpy port vs mpe2 itself on simple_spread_v3 (continuous), B in {1, 16,
+   256, 1024}: mpe2 is one ParallelEnv stepped with random actions (its best case, no vector overhead).
+2. training env-steps/s at a fixed update-to-data ratio: the trainer on the fast port with 8 env copies
+   vs the same algorithm on mpe2 with one env copy (per-env, per-agent loops), both from the preset
+   experiments/maddpg_spread.yaml, the arms interleaved.
+3. full runs of experiments/maddpg_spread.yaml (one per seed): wall time, final and best team return,
+   and the env step at which the evaluation return first reached the target (-33, EPyMARL's MADDPG level).
+4. peak resident memory of the process (the full runs dominate it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PRESET = Path(__file__).resolve().parents[1] / "experiments" / "maddpg_spread.yaml"
+TARGET_RETURN = -33.0
+
+
+def env_steps_per_second_mpe2(seconds: float) -> float:
+    from mpe2 import simple_spread_v3
+
+    env = simple_spread_v3.parallel_env(N=3, max_cycles=25, continuous_actions=True)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        actions = {a: rng.random(5, dtype=np.float32) for a in env.agents}
+        _, _, term, trunc, _ = env.step(actions)
+        steps += 1
+        if any(term.values()) or any(trunc.values()):
+            env.reset()
+    return steps / (time.perf_counter() - t0)
+
+
+def env_steps_per_second_fast(num_envs: int, seconds: float) -> float:
+    from envs.fast_mpe import FastMPEVectorEnv
+
+    venv = FastMPEVectorEnv("simple_spread_v3", {"N": 3, "max_cycles": 25, "continuous_actions": True}, num_envs, 0)
+    venv.reset()
+    rng = np.random.default_rng(0)
+    actions = rng.random((16, num_envs, 3, 5), dtype=np.float32)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        venv.step(actions[steps % 16])
+        steps += 1
+    return steps * num_envs / (time.perf_counter() - t0)
+
+
+def training_rate(overrides: list[str], steps: int, root: Path, tag: str) -> float:
+    from marl_stability.config import load_config
+    from marl_stability.trainer import Trainer
+
+    cfg = load_config(PRESET, [f"train.steps={steps}", "maddpg.warmup_steps=1000", "train.eval_every=10000000",
+                               "train.checkpoint_every=10000000", *overrides])
+    t0 = time.perf_counter()
+    summary = Trainer(cfg, root / tag, quiet=True).run()
+    return summary["env_steps"] / (time.perf_counter() - t0)
+
+
+def full_run(seed: int, steps: int | None, root: Path) -> dict[str, Any]:
+    from marl_stability.config import load_config
+    from marl_stability.trainer import Trainer
+
+    overrides = [f"seed={seed}"] + ([f"train.steps={steps}"] if steps else [])
+    cfg = load_config(PRESET, overrides)
+    t0 = time.perf_counter()
+    s = Trainer(cfg, root / f"full_s{seed}", quiet=True).run()
+    wall = time.perf_counter() - t0
+    reached = next((e["env_steps"] for e in s["eval_history"] if e["team_return"] >= TARGET_RETURN), None)
+    return {"seed": seed, "seconds": round(wall, 1), "final_return": s["final_return"], "best_return": s["best_return"],
+            "target_reached_at_env_step": reached, "env_steps": s["env_steps"],
+            "curve": [(e["env_steps"], round(e["team_return"], 2)) for e in s["eval_history"]]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="marl-stability benchmarks (ratios measured in one run)")
+    ap.add_argument("--quick", action="store_true", help="a few minutes: short timings, 1 seed, 30k-step full run")
+    ap.add_argument("--out", default="bench.json", help="where to write the numbers")
+    ap.add_argument("--seeds", type=int, default=5, help="full runs (ignored with --quick: 1)")
+    args = ap.parse_args(argv)
+    secs = 1.0 if args.quick else 3.0
+    out: dict[str, Any] = {"quick": args.quick, "machine": {"python": sys.version.split()[0]}}
+
+    mpe2_rate = env_steps_per_second_mpe2(secs)
+    out["env_steps_per_second"] = {"mpe2": round(mpe2_rate)}
+    out["env_speedup"] = {}
+    for b in (1, 16, 256, 1024):
+        rate = env_steps_per_second_fast(b, secs)
+        out["env_steps_per_second"][f"fast_B{b}"] = round(rate)
+        out["env_speedup"][str(b)] = round(rate / mpe2_rate, 1)
+        print(f"env  B={b:5d}: fast {rate:11,.0f} steps/s   mpe2 {mpe2_rate:7,.0f}   x{rate / mpe2_rate:7.1f}", flush=True)
+
+    train_steps = 6000 if args.quick else 20000
+    rates: dict[str, list[float]] = {"fast_batched": [], "mpe2_per_env": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(1 if args.quick else 2):
+            rates["fast_batched"].append(training_rate([], train_steps, Path(tmp), f"fast{r}"))
+            rates["mpe2_per_env"].append(training_rate(["env.backend=pettingzoo", "env.num_envs=1"], train_steps,
+                                                       Path(tmp), f"mpe2{r}"))
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        out["train_env_steps_per_second"] = {k: round(v, 1) for k, v in med.items()}
+        out["train_speedup"] = round(med["fast_batched"] / med["mpe2_per_env"], 2)
+        print(f"train: fast {med['fast_batched']:.0f} env-steps/s vs mpe2 per-env {med['mpe2_per_env']:.0f}"
+              f"  x{out['train_speedup']}", flush=True)
+
+        seeds = [0] if args.quick else list(range(args.seeds))
+        runs = [full_run(s, 30000 if args.quick else None, Path(tmp)) for s in seeds]
+        for r in runs:
+            print(f"full run seed {r['seed']}: {r['seconds']} s, final {r['final_return']:.1f}, best {r['best_return']:.1f},"
+                  f" reached {TARGET_RETURN} at {r['target_reached_at_env_step']}", flush=True)
+    out["full_run_seconds"] = [r["seconds"] for r in runs]
+    out["full_run_final_return"] = [r["final_return"] for r in runs]
+    out["full_runs"] = runs
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+    print(f"peak RSS {out['peak_rss_mb']} MB")
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
