@@ -76,7 +76,7 @@ from envs.fast_mpe_scenarios import (
     WorldState,
 )
 from envs.registry import EnvError
-from envs.vector import AgentLayout, StepResult, check_action_batch
+from envs.vector import AgentLayout, StepResult, check_action_batch, check_state_matches
 
 __all__ = ["SUPPORTED_ENV_IDS", "FastMPEVectorEnv", "FastMPEParallelEnv", "make_scenario"]
 
@@ -564,14 +564,7 @@ class FastMPEVectorEnv:
                 f"state is for {state['env_id']} {state['env_kwargs']},"
                 f" this env is {self.env_id} {self.env_kwargs}"
             )
-        if int(state["num_envs"]) != self.num_envs:
-            raise EnvError(
-                f"state has {state['num_envs']} envs, this vector env has {self.num_envs}"
-            )
-        if tuple(state["agents"]) != self.layout.agents:
-            raise EnvError(
-                f"state agents {state['agents']} do not match {list(self.layout.agents)}"
-            )
+        check_state_matches(state, self.num_envs, self.layout)
         s = self._s
         new: dict[str, np.ndarray] = {}
         for key, like in (

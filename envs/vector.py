@@ -202,6 +202,14 @@ def _find_stats(env: ParallelEnv) -> EpisodeStatistics | None:
     return None
 
 
+def check_state_matches(state: dict[str, Any], num_envs: int, layout: AgentLayout) -> None:
+    """A saved vector-env state must be for the same number of env copies and the same agents."""
+    if int(state["num_envs"]) != num_envs:
+        raise EnvError(f"state has {state['num_envs']} envs, this vector env has {num_envs}")
+    if tuple(state["agents"]) != layout.agents:
+        raise EnvError(f"state agents {state['agents']} do not match {list(layout.agents)}")
+
+
 def check_action_batch(actions: Any, num_envs: int, layout: AgentLayout) -> np.ndarray:
     """Validate a batch of actions before any env is stepped: shape, numeric dtype, and finiteness of the
     whole batch (padding included: a non-finite value anywhere means the policy has diverged)."""
@@ -418,14 +426,7 @@ class SyncVectorEnv:
         """Restore by ``reset(seed)`` + replaying logged actions, then verify the obs."""
         if state.get("version") != _STATE_VERSION:
             raise EnvError(f"unsupported vector env state version {state.get('version')!r}")
-        if int(state["num_envs"]) != self.num_envs:
-            raise EnvError(
-                f"state has {state['num_envs']} envs, this vector env has {self.num_envs}"
-            )
-        if tuple(state["agents"]) != self.layout.agents:
-            raise EnvError(
-                f"state agents {state['agents']} do not match {list(self.layout.agents)}"
-            )
+        check_state_matches(state, self.num_envs, self.layout)
         if not state["started"]:
             self._rng.bit_generator.state = copy.deepcopy(state["rng_state"])
             self._obs = None
