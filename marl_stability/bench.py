@@ -60,15 +60,21 @@ def env_steps_per_second_fast(num_envs: int, seconds: float) -> float:
     return steps * num_envs / (time.perf_counter() - t0)
 
 
-def training_rate(overrides: list[str], steps: int, root: Path, tag: str) -> float:
+def timed_run(overrides: list[str], steps: int, root: Path, tag: str, warmup: int) -> tuple[float, dict[str, Any]]:
+    """A short run of the preset without evaluations or checkpoints: (wall seconds, summary)."""
     from marl_stability.config import load_config
     from marl_stability.trainer import Trainer
 
-    cfg = load_config(PRESET, [f"train.steps={steps}", "maddpg.warmup_steps=1000", "train.eval_every=10000000",
+    cfg = load_config(PRESET, [f"train.steps={steps}", f"maddpg.warmup_steps={warmup}", "train.eval_every=10000000",
                                "train.checkpoint_every=10000000", *overrides])
     t0 = time.perf_counter()
     summary = Trainer(cfg, root / tag, quiet=True).run()
-    return summary["env_steps"] / (time.perf_counter() - t0)
+    return time.perf_counter() - t0, summary
+
+
+def training_rate(overrides: list[str], steps: int, root: Path, tag: str) -> float:
+    seconds, summary = timed_run(overrides, steps, root, tag, warmup=1000)
+    return summary["env_steps"] / seconds
 
 
 def full_run(seed: int, steps: int | None, root: Path) -> dict[str, Any]:

@@ -12,21 +12,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from marl_stability.config import load_config
-from marl_stability.trainer import Trainer
-
-PRESET = Path(__file__).resolve().parents[1] / "experiments" / "maddpg_spread.yaml"
+from marl_stability.bench import timed_run
 
 
 def one_run(overrides: list[str], steps: int, root: Path, tag: str) -> float:
-    cfg = load_config(PRESET, [f"train.steps={steps}", "maddpg.warmup_steps=2000", "train.eval_every=1000000",
-                               "train.checkpoint_every=1000000", *overrides])
-    t0 = time.perf_counter()
-    Trainer(cfg, root / tag, quiet=True).run()
-    return time.perf_counter() - t0
+    return timed_run(overrides, steps, root, tag, warmup=2000)[0]
 
 
 def main() -> None:
