@@ -24,7 +24,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 # Gains for init schemes that take one, per activation (torch.nn.init.calculate_gain names).
 _GAIN_NAME = {"relu": "relu", "leaky_relu": "leaky_relu", "elu": "relu", "gelu": "relu", "tanh": "tanh"}
 
-BOUNDED_HEADS = ("softsign", "softsign_scaled", "tanh_scaled")
+BOUNDED_HEADS = ("softsign", "softsign_scaled", "tanh", "tanh_scaled")
 CONTINUOUS_HEADS = ("linear_clip",) + BOUNDED_HEADS
 
 
@@ -125,6 +125,10 @@ class OutputHead(nn.Module):
         if self.kind == "softsign":
             # Unscaled (-1, 1); for [0, 1] action spaces the env clips the negative half.
             return F.softsign(pre)
+        if self.kind == "tanh":
+            # Unscaled (-1, 1), as DDPG code written for [-1, 1] actions does; on [0, 1] the env clips
+            # the negative half to 0, so half of the output range is one saturated action.
+            return torch.tanh(pre)
         squashed = F.softsign(pre) if self.kind == "softsign_scaled" else torch.tanh(pre)
         return self.low + (squashed + 1.0) * 0.5 * (self.high - self.low)
 

@@ -63,10 +63,54 @@ def report_cmd(
         typer.echo(f"not finished ({len(rep['missing'])}): {', '.join(rep['missing'])}")
 
 
+def reproduce_cmd(
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds 0..N-1 per arm (default: the file's, 3)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (default: runs/reproduce, or runs/reproduce_quick)"),
+    quick: bool = typer.Option(False, "--quick", help="a few-minute smoke version (40k env steps, shorter warm-up)"),
+    workers: int = typer.Option(2, "--workers", "-j", help="trials run in parallel (one CPU each)"),
+    backend: str = typer.Option("local", "--backend", help="local (process pool) or ray"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--backend ray)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted reproduction in --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="delete a previous reproduction in --out first"),
+    report_only: bool = typer.Option(False, "--report-only", help="only rebuild report.md, summary.json and figures/"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="failure-vs-fixed sweep file (default: experiments/reproduce.yaml)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no final summary"),
+) -> None:
+    """Reproduce the repeated-action failure and its fix: the failure and fixed presets over several seeds,
+    then report.md, summary.json, figures and an episode GIF per arm in --out."""
+    from marl_stability.reproduce import build_reproduction_report, run_reproduce
+
+    out = out or Path("runs") / ("reproduce_quick" if quick else "reproduce")
+    if report_only:
+        if resume or overwrite or quick or seeds is not None:
+            raise UserError("--report-only takes only --out")
+        result = build_reproduction_report(out)
+    else:
+        try:
+            result = run_reproduce(out, seeds=seeds, quick=quick, workers=workers, backend=backend, address=address,
+                                   resume=resume, overwrite=overwrite, quiet=quiet, config=config)
+        except KeyboardInterrupt:
+            print(f"interrupted: unfinished runs stopped at a checkpoint; continue with --resume --out {out}", file=sys.stderr)
+            sys.exit(130)
+    if not quiet:
+        s = result["summary"]
+        for name, arm in s["arms"].items():
+            ci = arm["final_return_ci"]
+            ci_text = f"[{ci[0]:.1f}, {ci[1]:.1f}]" if None not in ci else "[n/a]"
+            mean = arm["final_return_mean"]
+            typer.echo(f"{name:<8} seeds {len(arm['seeds'])}  collapse {arm['collapse_rate']}  explosion "
+                       f"{arm['explosion_rate']}  final team return "
+                       f"{'n/a' if mean is None else f'{mean:.1f}'} {ci_text}")
+        v = s["verdict"]
+        typer.echo(f"failure reproduced: {v['failure_reproduced']}  fixed cured: {v['fixed_cured']}")
+        typer.echo(f"report: {result['report']}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``ablate`` and ``report`` commands to a typer app."""
+    """Add the ``ablate``, ``report`` and ``reproduce`` commands to a typer app."""
     app.command("ablate")(ablate_cmd)
     app.command("report")(report_cmd)
+    app.command("reproduce")(reproduce_cmd)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -21,7 +21,7 @@ from marl_stability.errors import UserError
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh"]
 NormLayer = Literal["none", "layernorm", "batchnorm"]
 InitScheme = Literal["default", "kaiming", "xavier", "orthogonal"]
-OutputHead = Literal["auto", "linear_clip", "softsign", "softsign_scaled", "tanh_scaled"]
+OutputHead = Literal["auto", "linear_clip", "softsign", "softsign_scaled", "tanh", "tanh_scaled"]
 OptimizerName = Literal["adam", "rmsprop", "sgd"]
 ClipMode = Literal["none", "global_norm", "per_tensor", "value"]
 
@@ -67,7 +67,7 @@ class NetworkConfig(_Strict):
 class ActorConfig(NetworkConfig):
     output: OutputHead = Field(
         "auto",
-        description="continuous output head: linear_clip (env clips), softsign, softsign_scaled, tanh_scaled; "
+        description="continuous output head: linear_clip (env clips), softsign, tanh (unscaled (-1, 1); env clips), softsign_scaled, tanh_scaled; "
         "auto = tanh_scaled for continuous, logits for discrete",
     )
 

@@ -98,7 +98,9 @@ class AblationFile(_Forbid):
     base: BaseSpec = Field(description="the starting config")
     factors: dict[str, FactorSpec] = Field(default_factory=dict, description="named on/off switches")
     design: Literal["factorial", "one_at_a_time", "leave_one_out", "arms"] = Field(description="how arms are built")
-    arms: Optional[dict[str, dict[str, Any]]] = Field(None, description="design=arms: arm name -> dotted overrides")
+    arms: Optional[dict[str, dict[str, Any]]] = Field(
+        None, description="design=arms: arm name -> dotted overrides; a `config` key starts that arm from another "
+        "preset (relative to the ablation file) instead of base.config")
     reference: Optional[str] = Field(None, description="arm every other arm is compared with (default per design)")
     seeds: Union[int, list[int]] = Field(5, description="number of seeds (0..n-1) or an explicit list")
     steps: Optional[int] = Field(None, ge=1, description="env steps per trial (train.steps)")
@@ -179,6 +181,16 @@ class ArmSpec:
     name: str
     levels: dict[str, str]
     overrides: dict[str, Any]
+    config: Optional[str] = None  # explicit arms only: a preset replacing base.config for this arm
+
+
+def _arm_spec(name: str, arm: dict[str, Any], base: dict[str, Any], steps: dict[str, Any]) -> ArmSpec:
+    """An explicit arm: optional ``config`` (its own preset) plus dotted overrides on top of it."""
+    arm = dict(arm or {})
+    preset = arm.pop("config", None)
+    if preset is not None and (not isinstance(preset, str) or not preset):
+        raise UserError(f"arm {name}: config must be a preset path")
+    return ArmSpec(name, {}, {**base, **_flatten_overrides(arm), **steps}, preset)
 
 
 def expand_design(ab: AblationFile) -> list[ArmSpec]:
@@ -215,7 +227,7 @@ def expand_design(ab: AblationFile) -> list[ArmSpec]:
             raise UserError(f"a full factorial over {len(names)} factors has {2 ** len(names)} arms; use fewer factors")
         arms = [arm("+".join(c) or "base", c) for k in range(len(names) + 1) for c in itertools.combinations(names, k)]
     else:  # explicit arms; factor levels (if factors are declared) are found by matching resolved configs later
-        arms = [ArmSpec(n, {}, {**base, **_flatten_overrides(o or {}), **steps}) for n, o in (ab.arms or {}).items()]
+        arms = [_arm_spec(n, o, base, steps) for n, o in (ab.arms or {}).items()]
     seen: set[str] = set()
     for a in arms:
         if not _NAME_RE.match(a.name) or a.name in (".", ".."):
@@ -291,17 +303,28 @@ def _levels_by_matching(ab: AblationFile, flat_cfg: dict[str, Any]) -> dict[str,
     return out
 
 
-def make_plan(path: str | Path, seeds: Optional[int] = None, probe: bool = True) -> Plan:
-    """Read an ablation file, expand its design and validate every arm's config (and env) before any trial runs."""
+def make_plan(path: str | Path, seeds: Optional[int] = None, probe: bool = True,
+              extra: Optional[dict[str, Any]] = None) -> Plan:
+    """Read an ablation file, expand its design and validate every arm's config (and env) before any trial runs.
+
+    ``extra`` (dotted key -> value) is applied to every arm last, e.g. a shorter budget for a smoke run.
+    """
     from marl_stability.config import flatten
 
     path = Path(path)
     ab = load_ablation(path)
     specs = expand_design(ab)
+    for spec in specs:
+        spec.overrides.update(_flatten_overrides(extra or {}))
     reference = default_reference(ab, specs)
-    preset = (path.parent / ab.base.config).resolve()
-    if not preset.is_file():
-        raise UserError(f"{path}: base config {ab.base.config} not found (looked for {preset})")
+
+    def find(rel: str, what: str) -> Path:
+        p = (path.parent / rel).resolve()
+        if not p.is_file():
+            raise UserError(f"{path}: {what} {rel} not found (looked for {p})")
+        return p
+
+    preset = find(ab.base.config, "base config")
     # Each factor's levels are checked on the base alone too, so the error names the factor, not an arm.
     for name, f in ab.factors.items():
         for level, over in zip(("on", "off"), f.levels()):
@@ -312,7 +335,8 @@ def make_plan(path: str | Path, seeds: Optional[int] = None, probe: bool = True)
     arms = []
     for spec in specs:
         try:
-            cfg = load_config(preset, override_strings(spec.overrides))
+            cfg = load_config(find(spec.config, f"arm {spec.name}: config") if spec.config else preset,
+                              override_strings(spec.overrides))
         except UserError as e:
             raise UserError(f"arm {spec.name}: {e}") from None
         d = cfg.to_dict()
@@ -685,7 +709,8 @@ def _counts(index: dict[str, Any]) -> dict[str, int]:
     return c
 
 
-def _prepare(config: Optional[Path], out: Path, seeds: Optional[int], resume: bool) -> tuple[Plan, dict[str, Any], Optional[str]]:
+def _prepare(config: Optional[Path], out: Path, seeds: Optional[int], resume: bool,
+             extra: Optional[dict[str, Any]] = None) -> tuple[Plan, dict[str, Any], Optional[str]]:
     """Validate everything and decide the trial set; touches no file."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
@@ -697,7 +722,7 @@ def _prepare(config: Optional[Path], out: Path, seeds: Optional[int], resume: bo
             raise UserError(f"{out} already holds a sweep (use --resume to continue it, or another --out)")
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out} exists and is not empty (choose another --out)")
-        plan = make_plan(config, seeds)
+        plan = make_plan(config, seeds, extra=extra)
         index = {"format": INDEX_FORMAT, "name": plan.name, "trials": {}}
         source = config.read_text(encoding="utf-8")
     else:
@@ -708,7 +733,7 @@ def _prepare(config: Optional[Path], out: Path, seeds: Optional[int], resume: bo
         source = None
         if config is not None:
             # The saved plan is the truth (its base preset may have moved); a given file must agree with it.
-            new = make_plan(config, seeds, probe=False)
+            new = make_plan(config, seeds, probe=False, extra=extra)
             old = {a.name: a.config for a in plan.arms}
             for a in new.arms:
                 if a.name not in old or old[a.name] != a.config:
@@ -763,6 +788,7 @@ def run_sweep(
     quiet: bool = False,
     report: bool = True,
     backend_factory: Optional[Callable[[str, int, Optional[str]], Backend]] = None,
+    extra: Optional[dict[str, Any]] = None,
 ) -> SweepOutcome:
     """Run every unfinished trial of the sweep in ``out`` and (re)build its report.
 
@@ -777,7 +803,7 @@ def run_sweep(
         raise UserError(f"unknown backend {backend!r} (local or ray)")
     if address and backend != "ray":
         raise UserError("--address only goes with --backend ray")
-    plan, index, source = _prepare(config, out, seeds, resume)
+    plan, index, source = _prepare(config, out, seeds, resume, extra)
     out.mkdir(parents=True, exist_ok=True)
     with _sweep_lock(out):
         if source is not None:
