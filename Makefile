@@ -1,5 +1,5 @@
 # Two commands do all the set-up from a fresh clone:
-#   make reproduce   venv + install + the main job on its built-in default
+#   make reproduce   venv + install + the main job (marl-stability reproduce, 3 seeds per arm)
 #   make test        venv + install with test extras + the fast test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -28,7 +28,7 @@ test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow"
 
 reproduce: setup
-	$(CLI) train --config experiments/maddpg_spread.yaml --logdir runs --name maddpg_spread_default --overwrite
+	$(CLI) reproduce --out runs/reproduce --overwrite
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -283,7 +283,8 @@ def _plot_bands(ax: Any, runs: dict[str, list[RunData]], key: str, log: bool = F
         if log:
             floor = 1e-8  # a vanished gradient (exactly 0) is drawn at the floor of the log axis
             med, lo, hi = (np.maximum(x, floor) for x in (med, lo, hi))
-        ax.plot(steps, med, color=_color(arm, i), label=f"{arm} (median, n={len(rs)})")
+        ax.plot(steps, med, color=_color(arm, i), label=f"{arm} (median, n={len(rs)})",
+                marker="." if steps.size < 10 else None)
         ax.fill_between(steps, lo, hi, color=_color(arm, i), alpha=0.2, linewidth=0)
     if log:
         ax.set_yscale("log")
@@ -309,7 +310,7 @@ def make_figures(runs: dict[str, list[RunData]], results: dict[str, ArmResult], 
         if onsets:
             ax.plot(onsets, [ax.get_ylim()[0]] * len(onsets), "|", color=_color(arm, i), markersize=14,
                     label=f"{arm}: collapse onsets ({len(onsets)}/{res.n})")
-    ax.set_ylabel("eval team return (10 greedy episodes)")
+    ax.set_ylabel("eval team return (greedy episodes)")
     ax.set_title("team return: median across seeds, band = min..max")
     ax.legend(fontsize=7, loc="lower right")
     _save(fig, folder / "return.png")
@@ -509,6 +510,7 @@ def _steps(xs: list[Optional[int]]) -> str:
 def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Any, budget: dict[str, int], quick: bool,
                     figures: list[str], episodes: dict[str, Any], notes: list[str], tb_dir: str) -> str:
     failure, fixed = res["failure"], res["fixed"]
+    episodes_per_eval = plan.arm("failure").config["train"]["eval_episodes"]
     lines = ["# Reproduction: the repeated-action failure and its fix", ""]
     if quick:
         lines += ["**Quick smoke version** (`--quick`): short budget, shorter warm-up, 5 evaluation episodes. The "
@@ -528,7 +530,7 @@ def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Any, bud
             + (f" (max {fx['grad_clip']['critic']['max']:g})" if fx['grad_clip']['critic']['mode'] != 'none' else "")
             + ".")
     lines += ["", "## Results", "",
-              "Final team return: the last evaluation (10 greedy episodes unless `--quick`), mean over seeds with a "
+              f"Final team return: the last evaluation ({episodes_per_eval} greedy episodes), mean over seeds with a "
               "95% percentile bootstrap CI. Detector columns: seeds where it fired, and the env step it fired at. "
               "Action columns: the final evaluation, mean over seeds (sensitivity = standardized ‖∂a/∂obs‖; "
               "0 = the action ignores the observation).", "",
@@ -568,8 +570,8 @@ def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Any, bud
             f"- **Fixed preset: {'cured' if v['fixed_cured'] else 'NOT cured'}.** Collapse in {fixed.collapses}/"
             f"{fixed.n} seeds; final team return {_fmt(fixed.final_return_mean)} [{_fmt(lo)}, {_fmt(hi)}] versus "
             f"random {RANDOM_RETURN} and the failure arm's {_fmt(failure.final_return_mean)}. For scale: EPyMARL's "
-            f"MADDPG reaches about {EPYMARL_MADDPG_RETURN:g} after ~2M env steps; a hand-coded optimal assignment "
-            f"scores -20.5 (see ../shared/reference.md).")
+            f"MADDPG reaches about {EPYMARL_MADDPG_RETURN:g} after ~2M env steps (Papoudakis et al. 2021, converted "
+            f"to this team-return scale); a hand-coded optimal landmark assignment scores about -20.5.")
     lines += [f"- Criteria: failure — {v['criteria']['failure']}; fixed — {v['criteria']['fixed']}.",
               "- A collapsed policy's return does not always look bad: saturated components can cancel "
               "(standing still scores about -76). The actions, not the return, show the failure."]
