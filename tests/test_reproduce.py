@@ -177,8 +177,8 @@ def test_quick_overrides_apply_to_both_arms() -> None:
 def test_post_collapse_gain() -> None:
     hist = [(1000, -80.0), (2000, -70.0), (3000, -75.0), (4000, -72.0), (5000, -71.0), (6000, -76.0), (7000, -74.0),
             (8000, -60.0)]
-    # from onset 2000: six evaluations, first three mean -72.33, last three mean -70.0
+    # from onset 2000: seven evaluations; first three mean -72.33, last three mean -70.0 (the middle one left out)
     assert reproduce._post_collapse(hist, 2000) == pytest.approx(-70.0 + 217 / 3)
-    # from onset 4000: five evaluations, windows of two that do not overlap: -71.5 -> -67.0
-    assert reproduce._post_collapse(hist, 4000) == pytest.approx(4.5)
+    # from onset 5000: four evaluations, halves -73.5 -> -67.0
+    assert reproduce._post_collapse(hist, 5000) == pytest.approx(6.5)
     assert reproduce._post_collapse(hist, 8000) is None  # one evaluation: no trend to judge
