@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,12 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 FIX_PRESETS = sorted(EXPERIMENTS.glob("fix_*.yaml"))
 
 
+# Sweep (ablation) files have a design; every other YAML file in experiments/ is a run preset.
+SWEEP_FILES = sorted(p for p in EXPERIMENTS.glob("*.yaml") if re.search(r"^design:", p.read_text(), re.M))
+
+
 def test_every_preset_validates_and_starts_with_a_comment() -> None:
-    presets = sorted(p for p in EXPERIMENTS.glob("*.yaml") if not p.name.startswith("ablation_"))
+    presets = sorted(p for p in EXPERIMENTS.glob("*.yaml") if p not in SWEEP_FILES)
     assert len(presets) >= 8
     for p in presets:
         assert p.read_text().startswith("#"), f"{p.name} must start with a comment saying what it shows"
@@ -24,7 +30,7 @@ def test_every_preset_validates_and_starts_with_a_comment() -> None:
 def test_every_ablation_file_expands_into_valid_arms() -> None:
     from marl_stability.sweep import make_plan
 
-    ablations = sorted(EXPERIMENTS.glob("ablation_*.yaml"))
+    ablations = SWEEP_FILES
     assert ablations
     for p in ablations:
         assert p.read_text().startswith("#"), f"{p.name} must start with a comment saying what it asks"
