@@ -44,6 +44,7 @@ class HiddenLayer(nn.Module):
         self.linear = nn.Linear(in_dim, out_dim)
         self.norm = _norm_layer(norm, out_dim)
         self.act = ACTIVATIONS[activation]()
+        self.activation = activation
         self.residual = residual and in_dim == out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,25 +120,34 @@ class OutputHead(nn.Module):
         return self.kind in BOUNDED_HEADS
 
     def forward(self, pre: torch.Tensor) -> torch.Tensor:
-        if self.kind == "linear_clip":
-            # Naive code: the raw output is the action; only the environment clips it to the bounds.
-            return pre
-        if self.kind == "softsign":
-            # Unscaled (-1, 1); for [0, 1] action spaces the env clips the negative half.
-            return F.softsign(pre)
-        if self.kind == "tanh":
-            # Unscaled (-1, 1), as DDPG code written for [-1, 1] actions does; on [0, 1] the env clips
-            # the negative half to 0, so half of the output range is one saturated action.
-            return torch.tanh(pre)
-        squashed = F.softsign(pre) if self.kind == "softsign_scaled" else torch.tanh(pre)
-        return self.low + (squashed + 1.0) * 0.5 * (self.high - self.low)
+        return head_forward(self.kind, pre, self.low, self.high)
 
     def explore(self, noisy: torch.Tensor) -> torch.Tensor:
         """Exploration noise added to this head's output: bounded heads clip it to the action bounds;
         linear_clip passes it on for the environment to clip (as naive code does)."""
-        if self.bounded:
-            return torch.maximum(torch.minimum(noisy, self.high), self.low)
-        return noisy
+        return head_explore(self.kind, noisy, self.low, self.high)
+
+
+def head_forward(kind: str, pre: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """An output head as a function; ``low``/``high`` broadcast against ``pre`` (per-agent [N, 1, d] when batched)."""
+    if kind == "linear_clip":
+        # Naive code: the raw output is the action; only the environment clips it to the bounds.
+        return pre
+    if kind == "softsign":
+        # Unscaled (-1, 1); for [0, 1] action spaces the env clips the negative half.
+        return F.softsign(pre)
+    if kind == "tanh":
+        # Unscaled (-1, 1), as DDPG code written for [-1, 1] actions does; on [0, 1] the env clips the
+        # negative half to 0, so half of the output range is one saturated action.
+        return torch.tanh(pre)
+    squashed = F.softsign(pre) if kind == "softsign_scaled" else torch.tanh(pre)
+    return low + (squashed + 1.0) * 0.5 * (high - low)
+
+
+def head_explore(kind: str, noisy: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    if kind in BOUNDED_HEADS:
+        return torch.maximum(torch.minimum(noisy, high), low)
+    return noisy
 
 
 class Actor(nn.Module):
@@ -208,3 +218,140 @@ def gumbel_softmax_hard(logits: torch.Tensor, temperature: float, generator: tor
 def one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:
     return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
 
+
+
+# --------------------------------------------------------------------------- all agents in one call
+# Functional activations, identical to the modules in ACTIVATIONS (no per-call nn.Module overhead).
+ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu,
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
+    "elu": F.elu,
+    "gelu": F.gelu,
+    "tanh": torch.tanh,
+}
+
+
+def stack_incompatibility(mlps: Sequence[MLP]) -> str | None:
+    """Why these MLPs cannot be evaluated as one stack (None if they can): they must have the same layer
+    shapes, activation, residual flags and LayerNorm/no norm (BatchNorm keeps per-module running statistics
+    and train/eval behaviour, which the stacked call does not reproduce)."""
+    ref = mlps[0]
+    for m in mlps:
+        if len(m.hidden) != len(ref.hidden):
+            return "different numbers of hidden layers"
+        for layer, ref_layer in zip(m.hidden, ref.hidden):
+            if isinstance(layer.norm, nn.BatchNorm1d):
+                return "BatchNorm layers"
+            if not isinstance(layer.norm, (nn.LayerNorm, nn.Identity)) or type(layer.norm) is not type(ref_layer.norm):
+                return "different norm layers"
+            if (layer.activation, layer.residual) != (ref_layer.activation, ref_layer.residual):
+                return "different activations or residual blocks"
+        for p, q in zip(m.parameters(), ref.parameters(), strict=True):
+            if p.shape != q.shape:
+                return "different layer sizes"
+    return None
+
+
+class MLPStack:
+    """N same-shaped MLPs evaluated together: each layer is one ``baddbmm`` over weights stacked per agent.
+
+    The MLP modules keep owning their parameters; ``torch.stack`` is differentiable, so gradients of a
+    stacked forward land in each module's own ``.grad`` (row i of the batch only ever touches agent i's
+    weights). Inputs are ``[N, B, in]`` (one slice per agent) or ``[B, in]`` (shared by all agents);
+    outputs ``[N, B, out]``. The parameter objects are captured once: ``load_state_dict`` copies in place.
+    """
+
+    def __init__(self, mlps: Sequence[MLP]) -> None:
+        reason = stack_incompatibility(mlps)
+        if reason is not None:
+            raise ValueError(f"cannot stack these networks: {reason}")
+        self.n = len(mlps)
+        ref = mlps[0]
+        self._layers: list[list[list[torch.Tensor]]] = []  # per layer: [weights, biases(, ln weights, ln biases)]
+        self._specs: list[tuple[Callable[[torch.Tensor], torch.Tensor], bool, float | None, int]] = []
+        for k, layer in enumerate(ref.hidden):
+            group = [[m.hidden[k].linear.weight for m in mlps], [m.hidden[k].linear.bias for m in mlps]]
+            eps = None
+            if isinstance(layer.norm, nn.LayerNorm):
+                if layer.norm.elementwise_affine:
+                    group += [[m.hidden[k].norm.weight for m in mlps], [m.hidden[k].norm.bias for m in mlps]]
+                eps = layer.norm.eps
+            self._layers.append(group)
+            self._specs.append((ACTIVATION_FNS[layer.activation], layer.residual, eps, layer.linear.out_features))
+        self._layers.append([[m.out.weight for m in mlps], [m.out.bias for m in mlps]])
+
+    def stacked(self) -> list[list[torch.Tensor]]:
+        """Per layer: weights transposed to [N, in, out], biases [N, 1, out] (and LayerNorm affine [N, 1, out]).
+        Differentiable unless called under ``torch.no_grad()``."""
+        out = []
+        for group in self._layers:
+            w = torch.stack(group[0]).transpose(1, 2)
+            out.append([w] + [torch.stack(ps).unsqueeze(1) for ps in group[1:]])
+        return out
+
+    @property
+    def first_is_residual(self) -> bool:
+        return self._specs[0][1]
+
+    def __call__(self, x: torch.Tensor | None, params: list[list[torch.Tensor]] | None = None,
+                 first_linear: torch.Tensor | None = None) -> torch.Tensor:
+        """``first_linear``, if given, is the output of the first linear layer computed by the caller (x is then
+        not needed; only allowed when the first layer is not residual)."""
+        if params is None:
+            params = self.stacked()
+        if first_linear is not None and self.first_is_residual:
+            raise ValueError("a residual first layer needs its input")
+        h = x if x is None or x.dim() == 3 else x.expand(self.n, *x.shape)
+        for k, (p, (act, residual, eps, width)) in enumerate(zip(params, self._specs)):
+            y = first_linear if k == 0 and first_linear is not None else torch.baddbmm(p[1], h, p[0])
+            if eps is not None:
+                y = F.layer_norm(y, (width,), eps=eps)
+                if len(p) == 4:
+                    y = torch.addcmul(p[3], y, p[2])
+            y = act(y)
+            h = h + y if residual else y
+        w, b = params[-1]
+        return torch.baddbmm(b, h, w)
+
+
+class ActorStack:
+    """N same-shaped actors in one call: observations [N, B, obs_dim] -> (actions, pre-activations) [N, B, act_dim]."""
+
+    def __init__(self, actors: Sequence[Actor]) -> None:
+        ref = actors[0]
+        if any((a.obs_dim, a.act_dim, a.discrete) != (ref.obs_dim, ref.act_dim, ref.discrete) for a in actors):
+            raise ValueError("cannot stack actors with different observation/action sizes or action types")
+        if any((a.head is None) != (ref.head is None) or (a.head is not None and a.head.kind != ref.head.kind)
+               for a in actors):
+            raise ValueError("cannot stack actors with different output heads")
+        self.mlp = MLPStack([a.mlp for a in actors])
+        self.discrete = ref.discrete
+        self.kind = None if ref.head is None else ref.head.kind
+        self._heads = [a.head for a in actors]
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-agent action bounds [N, 1, act_dim] (continuous actors)."""
+        return (torch.stack([h.low for h in self._heads]).unsqueeze(1),
+                torch.stack([h.high for h in self._heads]).unsqueeze(1))
+
+    def __call__(self, obs: torch.Tensor, params: list[list[torch.Tensor]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = self.mlp(obs, params)
+        if self.kind is None:
+            return pre, pre
+        low, high = self.bounds()
+        return head_forward(self.kind, pre, low, high), pre
+
+    def explore(self, noisy: torch.Tensor) -> torch.Tensor:
+        low, high = self.bounds()
+        return head_explore(self.kind, noisy, low, high)
+
+
+class CriticStack:
+    """N same-shaped critics in one call: critic inputs [N, B, in] or shared [B, in] -> Q values [N, B]."""
+
+    def __init__(self, critics: Sequence[Critic]) -> None:
+        self.mlp = MLPStack([c.mlp for c in critics])
+
+    def __call__(self, inputs: torch.Tensor | None, params: list[list[torch.Tensor]] | None = None,
+                 first_linear: torch.Tensor | None = None) -> torch.Tensor:
+        return self.mlp(inputs, params, first_linear).squeeze(-1)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from marl_stability.detect import DetectorConfig
 from marl_stability.errors import UserError
@@ -124,6 +124,18 @@ class MADDPGConfig(_Strict):
     gumbel_temperature: float = Field(1.0, gt=0, description="Gumbel-softmax temperature (discrete actions)")
     critic_loss: Literal["mse", "huber"] = Field("mse", description="critic loss")
     huber_delta: float = Field(1.0, gt=0, description="Huber loss delta")
+    batched_agents: Literal["auto", "on", "off"] = Field(
+        "off", description="evaluate all agents' actors/critics in one stacked call per layer with fused optimizers "
+        "(same maths, ~1.5x faster training, not bit-identical: ~1e-7 rounding per step): auto = when the agents have "
+        "identical obs/action sizes and no BatchNorm; on = require it; off = the per-agent loop (default for now: "
+        "bit-identical to the runs behind the published results)"
+    )
+
+    @field_validator("batched_agents", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        # YAML reads bare on/off as booleans.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class TrainConfig(_Strict):

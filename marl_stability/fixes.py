@@ -273,6 +273,12 @@ class PreactivationPenalty:
             return torch.zeros((), dtype=preact.dtype)
         return self.coef * preact.pow(2).mean()
 
+    def per_agent(self, preact: torch.Tensor) -> torch.Tensor:
+        """The penalty of each agent's slice of stacked pre-activations [N, ...] -> [N]."""
+        if self.coef == 0.0:
+            return torch.zeros(preact.shape[0], dtype=preact.dtype)
+        return self.coef * preact.pow(2).flatten(1).mean(dim=1)
+
 
 # --------------------------------------------------------------------------- all of them
 @dataclass
