@@ -4,11 +4,13 @@
 
 1. env steps/s of the batched numpy port vs mpe2 itself on simple_spread_v3 (continuous), B in {1, 16,
    256, 1024}: mpe2 is one ParallelEnv stepped with random actions (its best case, no vector overhead).
-2. training env-steps/s at a fixed update-to-data ratio: the trainer on the fast port with 8 env copies
-   vs the same algorithm on mpe2 with one env copy (per-env, per-agent loops), both from the preset
-   experiments/maddpg_spread.yaml, the arms interleaved.
-3. full runs of experiments/maddpg_spread.yaml (one per seed): wall time, final and best team return,
-   and the env step at which the evaluation return first reached the target (-33, EPyMARL's MADDPG level).
+2. training env-steps/s at a fixed update-to-data ratio: the trainer on the fast port with 8 env copies and
+   batched agents (maddpg.batched_agents=auto) vs the same algorithm on mpe2 with one env copy and the
+   per-agent loop (per-env, per-agent loops), both from the preset experiments/maddpg_spread.yaml, the arms
+   interleaved; also the fast port with the per-agent loop, to separate the two gains.
+3. full runs of experiments/maddpg_spread.yaml with batched agents (one per seed): wall time, final and best
+   team return, and the env step at which the evaluation return first reached the target (-33, EPyMARL's
+   MADDPG level).
 4. peak resident memory of the process (the full runs dominate it).
 """
 
@@ -28,6 +30,7 @@ import numpy as np
 
 PRESET = Path(__file__).resolve().parents[1] / "experiments" / "maddpg_spread.yaml"
 TARGET_RETURN = -33.0
+BATCHED, LOOP = "maddpg.batched_agents=auto", "maddpg.batched_agents=off"
 
 
 def env_steps_per_second_mpe2(seconds: float) -> float:
@@ -81,7 +84,7 @@ def full_run(seed: int, steps: int | None, root: Path) -> dict[str, Any]:
     from marl_stability.config import load_config
     from marl_stability.trainer import Trainer
 
-    overrides = [f"seed={seed}"] + ([f"train.steps={steps}"] if steps else [])
+    overrides = [f"seed={seed}", BATCHED] + ([f"train.steps={steps}"] if steps else [])
     cfg = load_config(PRESET, overrides)
     t0 = time.perf_counter()
     s = Trainer(cfg, root / f"full_s{seed}", quiet=True).run()
@@ -111,17 +114,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"env  B={b:5d}: fast {rate:11,.0f} steps/s   mpe2 {mpe2_rate:7,.0f}   x{rate / mpe2_rate:7.1f}", flush=True)
 
     train_steps = 6000 if args.quick else 20000
-    rates: dict[str, list[float]] = {"fast_batched": [], "mpe2_per_env": []}
+    rates: dict[str, list[float]] = {"fast_batched": [], "fast_per_agent": [], "mpe2_per_env": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(1 if args.quick else 2):
-            rates["fast_batched"].append(training_rate([], train_steps, Path(tmp), f"fast{r}"))
-            rates["mpe2_per_env"].append(training_rate(["env.backend=pettingzoo", "env.num_envs=1"], train_steps,
-                                                       Path(tmp), f"mpe2{r}"))
+            rates["fast_batched"].append(training_rate([BATCHED], train_steps, Path(tmp), f"fast{r}"))
+            rates["fast_per_agent"].append(training_rate([LOOP], train_steps, Path(tmp), f"fastloop{r}"))
+            rates["mpe2_per_env"].append(training_rate(["env.backend=pettingzoo", "env.num_envs=1", LOOP],
+                                                       train_steps, Path(tmp), f"mpe2{r}"))
         med = {k: statistics.median(v) for k, v in rates.items()}
         out["train_env_steps_per_second"] = {k: round(v, 1) for k, v in med.items()}
         out["train_speedup"] = round(med["fast_batched"] / med["mpe2_per_env"], 2)
-        print(f"train: fast {med['fast_batched']:.0f} env-steps/s vs mpe2 per-env {med['mpe2_per_env']:.0f}"
-              f"  x{out['train_speedup']}", flush=True)
+        out["train_speedup_batched_agents_only"] = round(med["fast_batched"] / med["fast_per_agent"], 2)
+        print(f"train: fast+batched {med['fast_batched']:.0f} env-steps/s vs mpe2 per-env per-agent "
+              f"{med['mpe2_per_env']:.0f}  x{out['train_speedup']}  (fast per-agent {med['fast_per_agent']:.0f}:"
+              f" batching alone x{out['train_speedup_batched_agents_only']})", flush=True)
 
         seeds = [0] if args.quick else list(range(args.seeds))
         runs = [full_run(s, 30000 if args.quick else None, Path(tmp)) for s in seeds]

@@ -1,0 +1,24 @@
+"""The benchmark script's pieces run and return sane numbers (the speed targets themselves are checked by
+running `python -m marl_stability.bench`, not by timed tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from marl_stability import bench
+
+
+def test_env_rates_are_positive() -> None:
+    assert bench.env_steps_per_second_mpe2(0.2) > 0
+    assert bench.env_steps_per_second_fast(4, 0.2) > 0
+
+
+@pytest.mark.parametrize("mode", [bench.BATCHED, bench.LOOP])
+def test_training_rate_runs_both_agent_paths(tmp_path: Path, mode: str) -> None:
+    rate = bench.training_rate([mode, "maddpg.batch_size=64", "maddpg.update_every=10"], 1600, tmp_path, "t")
+    assert rate > 0
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["updates"] > 0 and summary["status"] == "completed"
