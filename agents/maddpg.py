@@ -14,6 +14,7 @@ penalty 1e-3 are available as fixes but off by default, so the failure can be st
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, Sequence
 
 import numpy as np
@@ -49,14 +50,6 @@ def make_optimizer(params: Any, cfg: OptimConfig, fast: bool = False) -> torch.o
         return torch.optim.RMSprop(params, lr=cfg.lr, eps=cfg.eps, momentum=cfg.momentum,
                                    **({"foreach": True} if fast else {}))
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, **({"fused": True} if fast else {}))
-
-
-def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
-    with torch.no_grad():
-        t_params, s_params = list(target.parameters()), list(source.parameters())
-        torch._foreach_lerp_(t_params, s_params, tau)
-        for tb, sb in zip(target.buffers(), source.buffers()):
-            tb.copy_(sb)
 
 
 def set_training(module: torch.nn.Module, training: bool) -> None:
@@ -134,8 +127,9 @@ class MADDPG:
         # Optional instrumentation, one monitor per network name ("critic/agent_0"): see marl_stability.monitor.
         self.monitors: dict[str, Any] = {}
         self.monitor_every = 1
+        # Mean over the batch by default; the batched update asks for reduction="none" and averages per agent.
         self._critic_loss_fn = (
-            F.mse_loss if self.hp.critic_loss == "mse" else lambda q, y: F.huber_loss(q, y, delta=self.hp.huber_delta)
+            F.mse_loss if self.hp.critic_loss == "mse" else functools.partial(F.huber_loss, delta=self.hp.huber_delta)
         )
 
     def batching_obstacle(self) -> str | None:
@@ -377,7 +371,7 @@ class MADDPG:
         if not all_finite(self._all_params):
             self._record_nonfinite("all", "parameters", torch.tensor(float("nan")), b)
             raise NonFiniteParameters(f"non-finite parameters after update {self.updates}")
-        # Soft target updates of every network in one fused call (same arithmetic as soft_update per network).
+        # Soft target updates of every network in one fused call: target <- target + tau * (online - target).
         with torch.no_grad():
             torch._foreach_lerp_(self._soft_pairs[0], self._soft_pairs[1], self.hp.tau)
             if self._buffer_pairs[0]:
@@ -466,10 +460,7 @@ class MADDPG:
             y = rew.T + self.hp.gamma * (1.0 - b["term"].T) * target_q  # [N, B]
         # ---- critics
         q = self._critic_stack(critic_in)  # [N, B]
-        if self.hp.critic_loss == "mse":
-            critic_losses = F.mse_loss(q, y, reduction="none").mean(dim=1)
-        else:
-            critic_losses = F.huber_loss(q, y, reduction="none", delta=self.hp.huber_delta).mean(dim=1)
+        critic_losses = self._critic_loss_fn(q, y, reduction="none").mean(dim=1)
         if inject:
             critic_losses = critic_losses * float("nan")
         c_clips, c_oks, _ = self._step_all(critic_losses, self.critic_opts, self._critic_params, self.fixes.critic_clip,

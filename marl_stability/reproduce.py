@@ -27,6 +27,8 @@ import numpy as np
 
 from marl_stability.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from marl_stability.errors import UserError
+from marl_stability.report import FINISHED, _load_json, _mean, _num, _save, bootstrap_ci, collect, write_csv
+from marl_stability.report import _fmt as _fmt_report
 
 DEFAULT_FILE = Path(__file__).resolve().parents[1] / "experiments" / "reproduce.yaml"
 ARMS = ("failure", "fixed")
@@ -113,8 +115,6 @@ def _read_events(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dic
 
 
 def _load_runs(out: Path, trials: Any) -> dict[str, list[RunData]]:
-    from marl_stability.report import FINISHED, _load_json
-
     runs: dict[str, list[RunData]] = {a.name: [] for a in trials.plan.arms}
     for row in trials.rows:
         if row["status"] not in FINISHED:
@@ -214,15 +214,12 @@ def _post_collapse(history: list[tuple[int, float]], onset: int) -> Optional[flo
 
 
 def _f(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
+    """A summary.json number as a float; NaN where it is missing or not a number."""
+    x = _num(v)
+    return math.nan if x is None else x
 
 
 def arm_result(name: str, preset: str, runs: list[RunData], unfinished: list[str]) -> ArmResult:
-    from marl_stability.report import _mean, bootstrap_ci
-
     runs = sorted(runs, key=lambda r: r.seed)
     rets = [_f(r.summary.get("final_return")) for r in runs]
     finite = [x for x in rets if math.isfinite(x)]
@@ -247,8 +244,6 @@ def arm_result(name: str, preset: str, runs: list[RunData], unfinished: list[str
 
 def post_collapse_change(failure: ArmResult) -> tuple[float, tuple[float, float]]:
     """Mean over collapsed seeds of the return change after collapse, with its 95% bootstrap CI."""
-    from marl_stability.report import _mean, bootstrap_ci
-
     gains = [g for g in failure.post_collapse_gain if g is not None]
     if not gains:
         return math.nan, (math.nan, math.nan)
@@ -279,12 +274,6 @@ def verdict(failure: ArmResult, fixed: ArmResult) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- figures
-def _save(fig: Any, path: Path) -> None:
-    from marl_stability.report import _save as save_png
-
-    save_png(fig, path)
-
-
 _COLORS = {"failure": "C3", "fixed": "C0"}
 
 
@@ -510,7 +499,7 @@ def write_episode_media(results: dict[str, ArmResult], folder: Path) -> tuple[li
 
 # ---------------------------------------------------------------------------------------------- report
 def _fmt(v: Optional[float], spec: str = ".1f") -> str:
-    return "n/a" if v is None or not math.isfinite(v) else format(v, spec)
+    return _fmt_report(v, spec)
 
 
 def _range(xs: list[float], spec: str = ".3g") -> str:
@@ -613,7 +602,6 @@ def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Any, bud
 def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str, Any]:
     """(Re)build report.md, summary.json and figures/ of a reproduction sweep directory."""
     from marl_stability.config import flatten
-    from marl_stability.report import collect, write_csv
 
     out = Path(out)
     trials = collect(out)
@@ -624,7 +612,7 @@ def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str,
     write_csv(trials, out / "results.csv")
     runs = _load_runs(out, trials)
     unfinished = {a.name: [f"{r['arm']}/seed_{r['seed']}" for r in trials.rows
-                           if r["arm"] == a.name and r["status"] not in ("completed", "diverged")] for a in plan.arms}
+                           if r["arm"] == a.name and r["status"] not in FINISHED] for a in plan.arms}
     presets = {a.name: _preset_of(out, a.name) for a in plan.arms}
     results = {name: arm_result(name, presets[name], runs[name], unfinished[name]) for name in ARMS}
     v = verdict(results["failure"], results["fixed"])
@@ -662,16 +650,13 @@ def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str,
 
 def _preset_of(out: Path, arm: str) -> str:
     """The preset file an arm started from, as written in the saved ablation file (for the report)."""
-    from marl_stability.config import read_yaml
+    from marl_stability.sweep import load_ablation
 
     try:
-        data = read_yaml(out / "ablation.yaml")
+        ab = load_ablation(out / "ablation.yaml")
     except UserError:
         return "?"
-    arm_cfg = (data.get("arms") or {}).get(arm) or {}
-    base = data.get("base")
-    base = base.get("config") if isinstance(base, dict) else base
-    return str(arm_cfg.get("config") or base or "?")
+    return str(((ab.arms or {}).get(arm) or {}).get("config") or ab.base.config)
 
 
 def _arm_json(r: ArmResult, out: Path) -> dict[str, Any]:

@@ -314,8 +314,9 @@ def make_plan(path: str | Path, seeds: Optional[int] = None, probe: bool = True,
     path = Path(path)
     ab = load_ablation(path)
     specs = expand_design(ab)
+    last = _flatten_overrides(extra or {})
     for spec in specs:
-        spec.overrides.update(_flatten_overrides(extra or {}))
+        spec.overrides.update(last)
     reference = default_reference(ab, specs)
 
     def find(rel: str, what: str) -> Path:
