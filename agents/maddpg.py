@@ -233,6 +233,12 @@ class MADDPG:
         """Q_i(o, mu(o)) for every agent at a batch of joint observations [B, N, D] -> [B, N]."""
         sd = self.spec
         o = self.fixes.obs(torch.as_tensor(obs, dtype=torch.float32))
+        if self.batched:
+            a, _ = self._actor_stack(o.transpose(0, 1))  # [N, B, d]
+            if self._actor_stack.discrete:
+                a = one_hot_argmax(a)
+            batch = o.shape[0]
+            return self._critic_stack(torch.cat([o.reshape(batch, -1), a.transpose(0, 1).reshape(batch, -1)], dim=-1)).T.numpy()
         acts = []
         for i, actor in enumerate(self.actors):
             self._set_mode(actor, False)

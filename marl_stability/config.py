@@ -125,10 +125,9 @@ class MADDPGConfig(_Strict):
     critic_loss: Literal["mse", "huber"] = Field("mse", description="critic loss")
     huber_delta: float = Field(1.0, gt=0, description="Huber loss delta")
     batched_agents: Literal["auto", "on", "off"] = Field(
-        "off", description="evaluate all agents' actors/critics in one stacked call per layer with fused optimizers "
-        "(same maths, ~1.5x faster training, not bit-identical: ~1e-7 rounding per step): auto = when the agents have "
-        "identical obs/action sizes and no BatchNorm; on = require it; off = the per-agent loop (default for now: "
-        "bit-identical to the runs behind the published results)"
+        "auto", description="evaluate all agents' actors/critics in one stacked call per layer with fused optimizers "
+        "(same maths, ~1.5x faster training, not bit-identical to the loop: ~1e-7 rounding per step): auto = when the "
+        "agents have identical obs/action sizes and no BatchNorm; on = require it; off = the per-agent loop"
     )
 
     @field_validator("batched_agents", mode="before")
