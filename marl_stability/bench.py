@@ -7,7 +7,8 @@
 2. training env-steps/s at a fixed update-to-data ratio: the trainer on the fast port with 8 env copies and
    batched agents (maddpg.batched_agents=auto) vs the same algorithm on mpe2 with one env copy and the
    per-agent loop (per-env, per-agent loops), both from the preset experiments/maddpg_spread.yaml, the arms
-   interleaved; also the fast port with the per-agent loop, to separate the two gains.
+   interleaved; also the fast port with the per-agent loop, to separate the two gains; then both again at
+   openai/maddpg's ratio (one update per 100 env steps).
 3. full runs of experiments/maddpg_spread.yaml with batched agents (one per seed): wall time, final and best
    team return, and the env step at which the evaluation return first reached the target (-33, EPyMARL's
    MADDPG level).
@@ -128,6 +129,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"train: fast+batched {med['fast_batched']:.0f} env-steps/s vs mpe2 per-env per-agent "
               f"{med['mpe2_per_env']:.0f}  x{out['train_speedup']}  (fast per-agent {med['fast_per_agent']:.0f}:"
               f" batching alone x{out['train_speedup_batched_agents_only']})", flush=True)
+        # The same comparison at openai/maddpg's update-to-data ratio (one update per 100 env steps).
+        utd = "maddpg.update_every=100"
+        slow: dict[str, list[float]] = {"fast_batched": [], "mpe2_per_env": []}
+        for r in range(1 if args.quick else 2):
+            slow["fast_batched"].append(training_rate([BATCHED, utd], train_steps, Path(tmp), f"fast100_{r}"))
+            slow["mpe2_per_env"].append(training_rate(["env.backend=pettingzoo", "env.num_envs=1", LOOP, utd],
+                                                      train_steps, Path(tmp), f"mpe2_100_{r}"))
+        med100 = {k: statistics.median(v) for k, v in slow.items()}
+        out["train_env_steps_per_second_update_every_100"] = {k: round(v, 1) for k, v in med100.items()}
+        out["train_speedup_update_every_100"] = round(med100["fast_batched"] / med100["mpe2_per_env"], 2)
+        print(f"train at one update per 100 env steps: fast+batched {med100['fast_batched']:.0f} vs mpe2 "
+              f"{med100['mpe2_per_env']:.0f}  x{out['train_speedup_update_every_100']}", flush=True)
 
         seeds = [0] if args.quick else list(range(args.seeds))
         runs = [full_run(s, 30000 if args.quick else None, Path(tmp)) for s in seeds]
