@@ -157,7 +157,10 @@ class TrainConfig(_Strict):
     snapshot_every: int = Field(50, ge=1, description="update rounds between in-memory snapshots (on_nonfinite=rollback)")
     max_rollbacks: int = Field(5, ge=0, description="rollbacks tolerated before status=diverged")
     forensic_history: int = Field(50, ge=1, description="recent update stats kept for the forensic bundle")
-    torch_threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for these small nets)")
+    torch_threads: int = Field(
+        1, ge=1, description="torch intra-op threads (1 is fastest for 64-unit nets; 2 made 128-unit updates ~1.4x "
+        "faster on an otherwise idle 2-core machine)"
+    )
 
 
 class DebugConfig(_Strict):
