@@ -180,8 +180,9 @@ def main(argv: list[str] | None = None) -> None:
         seeds = [0] if args.quick else list(range(args.seeds))
         runs = [full_run(s, 30000 if args.quick else None, Path(tmp)) for s in seeds]
         for r in runs:
-            print(f"full run seed {r['seed']} ({r['preset']}): {r['seconds']} s, final {r['final_return']:.1f}, mean of "
-                  f"last 3 evaluations {r['last3_mean_return']:.1f}, best {r['best_return']:.1f}, first evaluation >= "
+            f1 = (lambda x: "n/a" if x is None else f"{x:.1f}")  # a run that diverged before any evaluation
+            print(f"full run seed {r['seed']} ({r['preset']}): {r['seconds']} s, final {f1(r['final_return'])}, mean of "
+                  f"last 3 evaluations {f1(r['last3_mean_return'])}, best {f1(r['best_return'])}, first evaluation >= "
                   f"{TARGET_RETURN}: env step {r['target_reached_at_env_step']} at {r['target_reached_at_seconds']} s",
                   flush=True)
     out["full_run_seconds"] = [r["seconds"] for r in runs]

@@ -126,7 +126,7 @@ class MADDPGConfig(_Strict):
     huber_delta: float = Field(1.0, gt=0, description="Huber loss delta")
     batched_agents: Literal["auto", "on", "off"] = Field(
         "auto", description="evaluate all agents' actors/critics in one stacked call per layer with fused optimizers "
-        "(same maths, ~1.5x faster training, not bit-identical to the loop: ~1e-7 rounding per step): auto = when the "
+        "(same maths, ~1.3x faster training, not bit-identical to the loop: ~1e-7 rounding per step): auto = when the "
         "agents have identical obs/action sizes and no BatchNorm; on = require it; off = the per-agent loop"
     )
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from marl_stability import bench
 
@@ -26,7 +27,11 @@ def test_training_rate_runs_both_agent_paths(tmp_path: Path, mode: str) -> None:
 
 def test_full_run_reports_the_evaluation_clock(tmp_path: Path) -> None:
     assert bench.FULL_RUN_PRESET.is_file()
-    r = bench.full_run(0, 1600, tmp_path)  # warm-up only: one final evaluation of 50 episodes
+    threads = torch.get_num_threads()
+    try:
+        r = bench.full_run(0, 1600, tmp_path)  # warm-up only: one final evaluation of 50 episodes
+    finally:
+        torch.set_num_threads(threads)  # the preset asks for 2; leave the test process as it was
     assert r["preset"] == "maddpg_spread_fast.yaml" and r["env_steps"] == 1600 and r["eval_episodes"] == 50
     (step, ret, seconds), = r["curve"]
     assert step == 1600 and ret == pytest.approx(r["final_return"], abs=0.01) == r["last3_mean_return"]
