@@ -213,6 +213,18 @@ class MADDPG:
             action = self._actor_stack.explore(action + noise * self.hp.exploration_std * span)
         return action.transpose(0, 1).contiguous().numpy()
 
+    @staticmethod
+    def _stacked_greedy(stack: ActorStack, obs: torch.Tensor) -> torch.Tensor:
+        """Every agent's noise-free action at joint observations [B, N, D] -> [N, B, d] (discrete: one-hot)."""
+        action, _ = stack(obs.transpose(0, 1))
+        return one_hot_argmax(action) if stack.discrete else action
+
+    @staticmethod
+    def _stacked_q(stack: CriticStack, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Every agent's Q at joint observations [B, N, D] and stacked actions [N, B, d] -> [N, B]."""
+        batch = obs.shape[0]
+        return stack(torch.cat([obs.reshape(batch, -1), actions.transpose(0, 1).reshape(batch, -1)], dim=-1))
+
     def policy_fn(self, i: int) -> Any:
         """Agent i's effective deterministic policy: raw observation [B, obs_dim_i] -> the action the env
         applies (continuous: clipped to the bounds; discrete: softmax probabilities). Differentiable, so
@@ -234,11 +246,7 @@ class MADDPG:
         sd = self.spec
         o = self.fixes.obs(torch.as_tensor(obs, dtype=torch.float32))
         if self.batched:
-            a, _ = self._actor_stack(o.transpose(0, 1))  # [N, B, d]
-            if self._actor_stack.discrete:
-                a = one_hot_argmax(a)
-            batch = o.shape[0]
-            return self._critic_stack(torch.cat([o.reshape(batch, -1), a.transpose(0, 1).reshape(batch, -1)], dim=-1)).T.numpy()
+            return self._stacked_q(self._critic_stack, o, self._stacked_greedy(self._actor_stack, o)).T.numpy()
         acts = []
         for i, actor in enumerate(self.actors):
             self._set_mode(actor, False)
@@ -458,11 +466,8 @@ class MADDPG:
         joint_obs = obs.reshape(batch, -1)
         critic_in = torch.cat([joint_obs, act.reshape(batch, -1)], dim=-1)
         with torch.no_grad():
-            next_act, _ = self._target_actor_stack(next_obs.transpose(0, 1))
-            if self._actor_stack.discrete:
-                next_act = one_hot_argmax(next_act)
-            target_q = self._target_critic_stack(torch.cat([next_obs.reshape(batch, -1),
-                                                            next_act.transpose(0, 1).reshape(batch, -1)], dim=-1))
+            target_q = self._stacked_q(self._target_critic_stack, next_obs,
+                                       self._stacked_greedy(self._target_actor_stack, next_obs))
             y = rew.T + self.hp.gamma * (1.0 - b["term"].T) * target_q  # [N, B]
         # ---- critics
         q = self._critic_stack(critic_in)  # [N, B]

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from marl_stability.report import _fmt
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 PRESET = EXPERIMENTS / "maddpg_spread.yaml"  # the training-rate comparison
 FULL_RUN_PRESET = EXPERIMENTS / "maddpg_spread_fast.yaml"  # the full runs toward the target return
@@ -107,6 +109,15 @@ class EvalClock:
         pass
 
 
+def median_rates(arms: dict[str, list[str]], steps: int, rounds: int, root: Path, tag: str) -> dict[str, float]:
+    """Training env-steps/s of each arm (its config overrides), arms interleaved, median over ``rounds``."""
+    rates: dict[str, list[float]] = {name: [] for name in arms}
+    for r in range(rounds):
+        for name, overrides in arms.items():
+            rates[name].append(training_rate(overrides, steps, root, f"{tag}_{name}_{r}"))
+    return {name: statistics.median(v) for name, v in rates.items()}
+
+
 def full_run(seed: int, steps: int | None, root: Path, preset: Path = FULL_RUN_PRESET) -> dict[str, Any]:
     """One full training run of ``preset`` (batched agents): wall time, final/best return, and the env step and
     wall second of the first evaluation at or above the target. Evaluations average eval_episodes episodes,
@@ -150,14 +161,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"env  B={b:5d}: fast {rate:11,.0f} steps/s   mpe2 {mpe2_rate:7,.0f}   x{rate / mpe2_rate:7.1f}", flush=True)
 
     train_steps = 6000 if args.quick else 20000
-    rates: dict[str, list[float]] = {"fast_batched": [], "fast_per_agent": [], "mpe2_per_env": []}
+    rounds = 1 if args.quick else 2
+    mpe2 = ["env.backend=pettingzoo", "env.num_envs=1", LOOP]
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(1 if args.quick else 2):
-            rates["fast_batched"].append(training_rate([BATCHED], train_steps, Path(tmp), f"fast{r}"))
-            rates["fast_per_agent"].append(training_rate([LOOP], train_steps, Path(tmp), f"fastloop{r}"))
-            rates["mpe2_per_env"].append(training_rate(["env.backend=pettingzoo", "env.num_envs=1", LOOP],
-                                                       train_steps, Path(tmp), f"mpe2{r}"))
-        med = {k: statistics.median(v) for k, v in rates.items()}
+        med = median_rates({"fast_batched": [BATCHED], "fast_per_agent": [LOOP], "mpe2_per_env": mpe2},
+                           train_steps, rounds, Path(tmp), "utd25")
         out["train_env_steps_per_second"] = {k: round(v, 1) for k, v in med.items()}
         out["train_speedup"] = round(med["fast_batched"] / med["mpe2_per_env"], 2)
         out["train_speedup_batched_agents_only"] = round(med["fast_batched"] / med["fast_per_agent"], 2)
@@ -166,12 +174,8 @@ def main(argv: list[str] | None = None) -> None:
               f" batching alone x{out['train_speedup_batched_agents_only']})", flush=True)
         # The same comparison at openai/maddpg's update-to-data ratio (one update per 100 env steps).
         utd = "maddpg.update_every=100"
-        slow: dict[str, list[float]] = {"fast_batched": [], "mpe2_per_env": []}
-        for r in range(1 if args.quick else 2):
-            slow["fast_batched"].append(training_rate([BATCHED, utd], train_steps, Path(tmp), f"fast100_{r}"))
-            slow["mpe2_per_env"].append(training_rate(["env.backend=pettingzoo", "env.num_envs=1", LOOP, utd],
-                                                      train_steps, Path(tmp), f"mpe2_100_{r}"))
-        med100 = {k: statistics.median(v) for k, v in slow.items()}
+        med100 = median_rates({"fast_batched": [BATCHED, utd], "mpe2_per_env": [*mpe2, utd]}, train_steps, rounds,
+                              Path(tmp), "utd100")
         out["train_env_steps_per_second_update_every_100"] = {k: round(v, 1) for k, v in med100.items()}
         out["train_speedup_update_every_100"] = round(med100["fast_batched"] / med100["mpe2_per_env"], 2)
         print(f"train at one update per 100 env steps: fast+batched {med100['fast_batched']:.0f} vs mpe2 "
@@ -180,9 +184,10 @@ def main(argv: list[str] | None = None) -> None:
         seeds = [0] if args.quick else list(range(args.seeds))
         runs = [full_run(s, 30000 if args.quick else None, Path(tmp)) for s in seeds]
         for r in runs:
-            f1 = (lambda x: "n/a" if x is None else f"{x:.1f}")  # a run that diverged before any evaluation
-            print(f"full run seed {r['seed']} ({r['preset']}): {r['seconds']} s, final {f1(r['final_return'])}, mean of "
-                  f"last 3 evaluations {f1(r['last3_mean_return'])}, best {f1(r['best_return'])}, first evaluation >= "
+            # _fmt prints n/a for a run that diverged before any evaluation
+            print(f"full run seed {r['seed']} ({r['preset']}): {r['seconds']} s, final {_fmt(r['final_return'], '.1f')},"
+                  f" mean of last 3 evaluations {_fmt(r['last3_mean_return'], '.1f')}, best {_fmt(r['best_return'], '.1f')},"
+                  f" first evaluation >= "
                   f"{TARGET_RETURN}: env step {r['target_reached_at_env_step']} at {r['target_reached_at_seconds']} s",
                   flush=True)
     out["full_run_seconds"] = [r["seconds"] for r in runs]
