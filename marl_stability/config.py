@@ -137,6 +137,17 @@ class MADDPGConfig(_Strict):
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
+class MATD3Config(_Strict):
+    policy_delay: int = Field(2, ge=1, description="MATD3: actors and all targets update once every this many updates (TD3: 2)")
+    target_noise: float = Field(
+        0.1, ge=0, description="MATD3 target-policy smoothing: Gaussian noise std on target actions, as a fraction of "
+        "the action range (TD3's 0.2 on [-1, 1]); 0 = off"
+    )
+    target_noise_clip: float = Field(
+        0.25, ge=0, description="MATD3: clip the smoothing noise to +-this fraction of the action range (TD3's 0.5 on [-1, 1])"
+    )
+
+
 class TrainConfig(_Strict):
     steps: int = Field(200_000, ge=1, description="total env steps (summed over env copies)")
     eval_every: int = Field(10_000, ge=1, description="env steps between evaluations")
@@ -157,6 +168,10 @@ class TrainConfig(_Strict):
     snapshot_every: int = Field(50, ge=1, description="update rounds between in-memory snapshots (on_nonfinite=rollback)")
     max_rollbacks: int = Field(5, ge=0, description="rollbacks tolerated before status=diverged")
     forensic_history: int = Field(50, ge=1, description="recent update stats kept for the forensic bundle")
+    hooks: list[str] = Field(
+        default_factory=list, description="extra hooks, as package.module:Class (each built with the run context; see "
+        "the README's 'Adding a hook')"
+    )
     torch_threads: int = Field(
         1, ge=1, description="torch intra-op threads (1 is fastest for 64-unit nets; 2 made 128-unit updates ~1.4x "
         "faster on an otherwise idle 2-core machine)"
@@ -173,14 +188,16 @@ class DebugConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    algo: Literal["maddpg"] = Field("maddpg", description="algorithm")
+    algo: Literal["maddpg", "matd3"] = Field("maddpg", description="algorithm: maddpg | matd3 (MADDPG + twin critics, "
+                                             "target smoothing, delayed actor updates)")
     seed: int = Field(0, ge=0, description="seed of everything (torch, numpy, env resets, exploration)")
     env: EnvConfig = Field(default_factory=EnvConfig, description="environment")
     actor: ActorConfig = Field(default_factory=ActorConfig, description="actor network")
     critic: NetworkConfig = Field(default_factory=NetworkConfig, description="critic network")
     actor_optim: OptimConfig = Field(default_factory=OptimConfig, description="actor optimizer")
     critic_optim: OptimConfig = Field(default_factory=OptimConfig, description="critic optimizer")
-    maddpg: MADDPGConfig = Field(default_factory=MADDPGConfig, description="MADDPG hyperparameters")
+    maddpg: MADDPGConfig = Field(default_factory=MADDPGConfig, description="MADDPG hyperparameters (MATD3 uses them too)")
+    matd3: MATD3Config = Field(default_factory=MATD3Config, description="what MATD3 adds to MADDPG")
     fixes: FixesConfig = Field(default_factory=FixesConfig, description="stability fixes that are not network pieces")
     train: TrainConfig = Field(default_factory=TrainConfig, description="budget, evaluation, checkpoints, logging")
     detectors: DetectorConfig = Field(default_factory=DetectorConfig, description="failure detector thresholds")

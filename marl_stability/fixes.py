@@ -22,17 +22,38 @@ from marl_stability.config import ClipConfig, FixesConfig, ObsNormConfig, Reward
 
 # --------------------------------------------------------------------------- gradient clipping
 @dataclass
+class GradNorms:
+    """One measurement of a network's gradients after backward: it serves the clipper, the logs and the
+    detectors (nothing else measures them again)."""
+
+    params: list[torch.nn.Parameter]  # every parameter of the network, in order
+    with_grad: list[int]  # indices of the parameters that have a gradient
+    per_tensor: list[float]  # L2 norm of each of those gradients (pre-clip)
+    total: float  # global L2 norm of all of them (pre-clip)
+    total_tensor: torch.Tensor  # the same, as the 0-dim tensor the clipping kernels take
+
+
+def measure_grads(params: Iterable[torch.nn.Parameter]) -> GradNorms:
+    """Per-tensor and global L2 gradient norms, one fused kernel and one host transfer.
+
+    The global norm is computed exactly as ``torch.nn.utils.clip_grad_norm_`` computes it, so clipping with
+    it (``clip_grads_with_norm_``) is bit-identical to calling ``clip_grad_norm_``.
+    """
+    params = list(params)  # a generator (model.parameters()) would be used up
+    idx = [i for i, p in enumerate(params) if p.grad is not None]
+    if not idx:
+        return GradNorms(params, [], [], 0.0, torch.zeros(()))
+    norms = torch.stack(list(torch._foreach_norm([params[i].grad for i in idx])))
+    total = torch.linalg.vector_norm(norms)
+    values = torch.cat([norms, total.reshape(1)]).tolist()
+    return GradNorms(params, idx, values[:-1], values[-1], total)
+
+
+@dataclass
 class ClipStats:
     pre_norm: float  # global L2 norm of all gradients before clipping
     post_norm: float  # global L2 norm after clipping
     clipped: bool  # whether clipping changed any gradient
-
-
-def global_grad_norm(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 class GradClipper:
@@ -44,13 +65,16 @@ class GradClipper:
         self.max_value = max_value
 
     def __call__(self, params: Iterable[torch.nn.Parameter]) -> ClipStats:
-        params = list(params)  # a generator (model.parameters()) would be used up by the norm
-        pre = float(global_grad_norm(params))
-        clipped = self._clip(params, pre)
-        post = float(global_grad_norm(params)) if clipped else pre
-        return ClipStats(pre, post, clipped)
+        """Measure, then clip (for callers without a measurement of their own)."""
+        return self.clip(measure_grads(params))
 
-    def _clip(self, params: list[torch.nn.Parameter], pre_norm: float) -> bool:
+    def clip(self, norms: GradNorms) -> ClipStats:
+        """Clip in place using the measurement taken after backward."""
+        clipped = self._clip(norms)
+        post = measure_grads(norms.params).total if clipped else norms.total
+        return ClipStats(norms.total, post, clipped)
+
+    def _clip(self, norms: GradNorms) -> bool:
         """Clip in place; return whether any gradient changed."""
         return False
 
@@ -60,9 +84,11 @@ class GlobalNormClip(GradClipper):
 
     mode = "global_norm"
 
-    def _clip(self, params: list[torch.nn.Parameter], pre_norm: float) -> bool:
-        torch.nn.utils.clip_grad_norm_(params, self.max_value)
-        return pre_norm > self.max_value
+    def _clip(self, norms: GradNorms) -> bool:
+        if norms.with_grad:
+            torch.nn.utils.clip_grads_with_norm_([norms.params[i] for i in norms.with_grad], self.max_value,
+                                                 norms.total_tensor)
+        return norms.total > self.max_value
 
 
 class PerTensorClip(GradClipper):
@@ -70,11 +96,11 @@ class PerTensorClip(GradClipper):
 
     mode = "per_tensor"
 
-    def _clip(self, params: list[torch.nn.Parameter], pre_norm: float) -> bool:
+    def _clip(self, norms: GradNorms) -> bool:
         clipped = False
-        for p in params:
-            if p.grad is not None:
-                clipped |= bool(torch.nn.utils.clip_grad_norm_([p], self.max_value) > self.max_value)
+        for i, norm in zip(norms.with_grad, norms.per_tensor):
+            torch.nn.utils.clip_grads_with_norm_([norms.params[i]], self.max_value, torch.tensor(norm))
+            clipped |= norm > self.max_value
         return clipped
 
 
@@ -83,10 +109,10 @@ class ValueClip(GradClipper):
 
     mode = "value"
 
-    def _clip(self, params: list[torch.nn.Parameter], pre_norm: float) -> bool:
-        grads = [p.grad for p in params if p.grad is not None]
+    def _clip(self, norms: GradNorms) -> bool:
+        grads = [norms.params[i].grad for i in norms.with_grad]
         clipped = any(bool((g.abs() > self.max_value).any()) for g in grads)
-        torch.nn.utils.clip_grad_value_(params, self.max_value)
+        torch.nn.utils.clip_grad_value_(norms.params, self.max_value)
         return clipped
 
 

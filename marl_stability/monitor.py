@@ -46,6 +46,8 @@ __all__ = [
     "saturation_fraction",
     "squashed_saturation",
     "repeated_action_rate",
+    "sequence_repeat_rate",
+    "discrete_saturation",
     "batch_same_action_rate",
     "action_sensitivity",
 ]
@@ -155,8 +157,29 @@ def repeated_action_rate(prev: ArrayLike, cur: ArrayLike, atol: float = 1e-3) ->
     if n == 0 or p.shape[1] != c.shape[1]:
         return float("nan")
     p = p[:n].to(device=c.device, dtype=torch.promote_types(p.dtype, c.dtype))
-    same = ((c[:n] - p).abs() <= atol).all(dim=1)
-    return float(same.to(torch.float64).mean())
+    return float(_unchanged(p, c[:n], atol).to(torch.float64).mean())
+
+
+def _unchanged(prev: Any, cur: Any, atol: float) -> Any:
+    """Per row (leading axes), whether no component moved by more than ``atol`` (NaN counts as moved)."""
+    return (abs(cur - prev) <= atol).all(-1) if isinstance(cur, torch.Tensor) else (np.abs(cur - prev) <= atol).all(-1)
+
+
+def sequence_repeat_rate(seq: np.ndarray, counted: np.ndarray, atol: float = 1e-3) -> float:
+    """Repeated-action rate over a sequence of batched actions ``seq`` [T, n, d]: the share of consecutive
+    pairs (t-1, t) with ``counted[t-1]`` [T-1, n] true (same episode) whose action did not move by more
+    than ``atol``. NaN when no pair counts."""
+    if seq.shape[0] < 2:
+        return float("nan")
+    pairs = _unchanged(seq[:-1], seq[1:], atol)[np.asarray(counted, bool)]
+    return float(pairs.mean()) if pairs.size else float("nan")
+
+
+def discrete_saturation(probs: ArrayLike, threshold: float = 0.99) -> float:
+    """Saturation of a categorical policy: the share of states whose most likely action has probability
+    at least ``threshold`` (a deterministic, one-hot-like policy)."""
+    t = _as_tensor(probs)
+    return float((t.max(dim=-1).values >= threshold).float().mean()) if t.numel() else float("nan")
 
 
 def batch_same_action_rate(actions: ArrayLike, atol: float = 1e-3, max_rows: int = 256) -> float:

@@ -101,7 +101,7 @@ def test_run_writes_files_tags_and_summary(tmp_path: Path) -> None:
     # every dashboard chart matches at least one logged tag
     import re
 
-    from marl_stability.trainer import DASHBOARD
+    from marl_stability.control_hooks import DASHBOARD
 
     for category, charts in DASHBOARD.items():
         for title, (_, patterns) in charts.items():
