@@ -30,3 +30,23 @@ def _snapshot(root: Path) -> dict[str, bytes | None]:
 @pytest.fixture
 def snapshot() -> Callable[[Path], dict[str, bytes | None]]:
     return _snapshot
+
+
+class GradRecorder:
+    """An algorithm's event bus for unit tests: keeps the last pre/post-clip norm of each network."""
+
+    def __init__(self) -> None:
+        self.pre: dict[str, float] = {}
+        self.post: dict[str, float] = {}
+        self.order: list[tuple[str, str]] = []
+
+    def after_backward(self, ev) -> None:  # type: ignore[no-untyped-def]
+        self.pre[ev.model] = ev.norms.total
+        self.order.append(("after_backward", ev.model))
+
+    def after_clip(self, ev) -> None:  # type: ignore[no-untyped-def]
+        self.post[ev.model] = ev.clip.post_norm
+        self.order.append(("after_clip", ev.model))
+
+    def after_step(self, ev) -> None:  # type: ignore[no-untyped-def]
+        self.order.append(("after_step", ev.model))

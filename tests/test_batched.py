@@ -157,7 +157,7 @@ def test_batched_update_equals_per_agent_update(case: str) -> None:
     spec, data = CASES[case]
     on, off = _pair(spec, data)
     for _ in range(3):
-        _assert_same_stats(on.update(), off.update())
+        _assert_same_stats(on.update().scalars, off.update().scalars)
         _assert_same_networks(on, off)
     obs = np.random.default_rng(5).normal(size=(NUM_ENVS, N, OBS)).astype(np.float32)
     for explore in (False, True):  # acting draws the same random numbers in the same order
@@ -176,13 +176,15 @@ def test_a_nonfinite_agent_is_skipped_alone_in_the_batched_update() -> None:
         with torch.no_grad():
             algo.target_critics[1].mlp.out.bias.fill_(float("nan"))
     before = [p.detach().clone() for p in on.critics[1].parameters()]
-    s_on, s_off = on.update(), off.update()
+    u_on, u_off = on.update(), off.update()
+    s_on, s_off = u_on.scalars, u_off.scalars
     _assert_same_stats(s_on, s_off)
     assert s_on["health/nonfinite_updates"] == 1.0 and math.isnan(s_on["loss/critic/b"])
     assert math.isfinite(s_on["loss/critic/a"]) and math.isfinite(s_on["loss/actor/b"])
     for p, b in zip(on.critics[1].parameters(), before):
         assert torch.equal(p.detach(), b)
-    assert on.first_nonfinite["model"] == off.first_nonfinite["model"] == "critic/b"
+    assert u_on.nonfinite == u_off.nonfinite == 1
+    assert u_on.evidence["model"] == u_off.evidence["model"] == "critic/b"
     for group in ("actors", "critics"):
         for m_on, m_off in zip(getattr(on, group), getattr(off, group)):
             for p, q in zip(m_on.parameters(), m_off.parameters()):
@@ -193,13 +195,14 @@ def test_injected_nonfinite_skips_every_critic_in_the_batched_update() -> None:
     algo = _algo(SPEC, "on", {"debug": {"inject_nonfinite_at_update": 1}})
     _fill(algo)
     before = [[p.detach().clone() for p in c.parameters()] for c in algo.critics]
-    stats = algo.update()
-    assert stats["health/nonfinite_updates"] == N
+    update = algo.update()
+    stats = update.scalars
+    assert stats["health/nonfinite_updates"] == N == update.nonfinite
     for c, ps in zip(algo.critics, before):
         assert all(torch.equal(p.detach(), b) for p, b in zip(c.parameters(), ps))
     assert all(len(opt.state) == 0 for opt in algo.critic_opts)
     assert all(len(opt.state) > 0 for opt in algo.actor_opts)
-    assert algo.first_nonfinite["model"] == "critic/a" and algo.first_nonfinite["what"] == "loss"
+    assert update.evidence["model"] == "critic/a" and update.evidence["what"] == "loss"
 
 
 # --------------------------------------------------------------------------- when batching is (im)possible
@@ -216,7 +219,7 @@ def test_auto_falls_back_and_on_is_a_user_error(spec: AgentSpec, data: dict | No
     algo = _algo(spec, "auto", data)
     assert not algo.batched and reason in algo.batching_obstacle()
     _fill(algo)
-    assert math.isfinite(algo.update()["loss/critic/" + spec.agents[0]])  # the per-agent loop still works
+    assert math.isfinite(algo.update().scalars["loss/critic/" + spec.agents[0]])  # the per-agent loop still works
     with pytest.raises(UserError, match="batched_agents=on.*" + reason):
         _algo(spec, "on", data)
 

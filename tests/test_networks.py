@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import agents
+from conftest import GradRecorder
 from agents.buffer import ReplayBuffer
 from agents.maddpg import AgentSpec
 from agents.networks import ACTIVATIONS, MLP, Actor, HiddenLayer, OutputHead, gumbel_softmax_hard
@@ -352,7 +353,7 @@ def _maddpg(**overrides):  # type: ignore[no-untyped-def]
         data.setdefault(section, {})[field] = value
     cfg = RunConfig.model_validate(data)
     fixes = build_fixes(cfg.fixes, NUM_ENVS, SPEC.num_agents, SPEC.max_obs_dim, cfg.maddpg.gamma)
-    return agents.make(cfg, SPEC, fixes)
+    return agents.make(cfg, SPEC, fixes, GradRecorder())
 
 
 def _obs(rng: np.random.Generator) -> np.ndarray:
@@ -418,13 +419,16 @@ def test_maddpg_update_stats_and_soft_target_update() -> None:
     online_before = algo.critics[0].mlp.out.weight.detach().clone()
     old_target = algo.target_critics[0].mlp.out.weight.detach().clone()
     old_target_actor = algo.target_actors[1].mlp.hidden[0].linear.weight.detach().clone()
-    stats = algo.update()
+    stats = algo.update().scalars
     names = SPEC.agents
-    expected = {f"{k}/{n}" for n in names for k in (
-        "loss/critic", "loss/actor", "grad_norm/critic", "grad_norm/actor",
-        "grad_norm_postclip/critic", "grad_norm_postclip/actor", "q/mean")}
-    assert expected <= set(stats)
+    assert {f"{k}/{n}" for n in names for k in ("loss/critic", "loss/actor", "q/mean")} <= set(stats)
     assert all(math.isfinite(v) for v in stats.values())
+    # Gradient norms leave through the events, each network once: backward -> clip -> step, critic first.
+    ev = algo.events
+    assert set(ev.pre) == set(ev.post) == {f"{k}/{n}" for n in names for k in ("critic", "actor")}
+    assert ev.order[:3] == [("after_backward", "critic/alice"), ("after_clip", "critic/alice"),
+                            ("after_step", "critic/alice")]
+    assert all(math.isfinite(v) and v > 0 for v in ev.pre.values())
     assert stats["health/nonfinite_updates"] == 0.0
     assert algo.updates == 1
     online = algo.critics[0].mlp.out.weight.detach()
@@ -440,17 +444,17 @@ def test_maddpg_update_reports_preclip_norm_and_clips() -> None:
     algo = _maddpg()
     algo.fixes.critic_clip = make_clipper(ClipConfig(mode="global_norm", max=1e-3))
     _fill(algo)
-    stats = algo.update()
+    algo.update()
     for n in SPEC.agents:
-        assert stats[f"grad_norm/critic/{n}"] > 1e-3
-        assert stats[f"grad_norm_postclip/critic/{n}"] <= 1e-3 + 1e-6
+        assert algo.events.pre[f"critic/{n}"] > 1e-3
+        assert algo.events.post[f"critic/{n}"] <= 1e-3 + 1e-6
 
 
 def test_maddpg_nonfinite_critic_loss_skips_the_critic_step() -> None:
     algo = _maddpg(debug__inject_nonfinite_at_update=1)
     _fill(algo)
     critic_before = [[p.detach().clone() for p in c.parameters()] for c in algo.critics]
-    stats = algo.update()
+    stats = algo.update().scalars
     assert stats["health/nonfinite_updates"] >= 1
     for c, before in zip(algo.critics, critic_before):
         for p, b in zip(c.parameters(), before):
