@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -24,6 +25,7 @@ InitScheme = Literal["default", "kaiming", "xavier", "orthogonal"]
 OutputHead = Literal["auto", "linear_clip", "softsign", "softsign_scaled", "tanh", "tanh_scaled"]
 OptimizerName = Literal["adam", "rmsprop", "sgd"]
 ClipMode = Literal["none", "global_norm", "per_tensor", "value"]
+BUILTIN_ALGORITHMS = ("maddpg", "matd3")  # agents.ALGORITHMS (named here so reading a config needs no torch)
 
 
 class _Strict(BaseModel):
@@ -188,8 +190,11 @@ class DebugConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    algo: Literal["maddpg", "matd3"] = Field("maddpg", description="algorithm: maddpg | matd3 (MADDPG + twin critics, "
-                                             "target smoothing, delayed actor updates)")
+    algo: str = Field("maddpg", description="algorithm: maddpg | matd3 (MADDPG + twin critics, target smoothing, "
+                      "delayed actor updates) | package.module:Class (your own agents.base.Algorithm)")
+    algo_params: dict[str, Any] = Field(
+        default_factory=dict, description="free-form hyperparameters of your own algorithm (algo=package.module:Class)"
+    )
     seed: int = Field(0, ge=0, description="seed of everything (torch, numpy, env resets, exploration)")
     env: EnvConfig = Field(default_factory=EnvConfig, description="environment")
     actor: ActorConfig = Field(default_factory=ActorConfig, description="actor network")
@@ -202,6 +207,13 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="budget, evaluation, checkpoints, logging")
     detectors: DetectorConfig = Field(default_factory=DetectorConfig, description="failure detector thresholds")
     debug: DebugConfig = Field(default_factory=DebugConfig, description="test hooks")
+
+    @field_validator("algo")
+    @classmethod
+    def _known_algo(cls, v: str) -> str:
+        if v in BUILTIN_ALGORITHMS or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+            return v
+        raise ValueError(f"unknown algorithm {v!r} ({', '.join(BUILTIN_ALGORITHMS)}, or package.module:Class)")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

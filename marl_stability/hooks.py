@@ -6,21 +6,9 @@ overlapping prefixes, and a hook that writes a tag outside its prefixes gets an 
 Hooks are called in list order (built-in hooks first, then the user's), so a later hook can read what an
 earlier one derived from the same event (``EvaluationEvent.derived``).
 
-A user's hook (``train.hooks: [my_package.my_module:MyHook]`` in config, or ``Trainer(..., hooks=[...])``)::
-
-    class StopWhenSaturated(Hook):
-        name = "stop_when_saturated"
-        prefixes = ("user/saturated_evals",)
-
-        def __init__(self, ctx):                   # the run's context: config, layout, logger, progress
-            self.ctx, self.streak = ctx, 0
-
-        def on_evaluation(self, ev):
-            sat = ev.derived["action_stats"]        # per agent, from the built-in evaluation hook
-            self.streak = self.streak + 1 if min(s.saturation for s in sat.values()) > 0.95 else 0
-            self.ctx.log.record("user/saturated_evals", self.streak, self.ctx.env_steps)
-            if self.streak >= 3:
-                self.ctx.stop("interrupted", "saturation above 0.95 for 3 evaluations")
+A user's hook is such a class (``marl_stability/example_hooks.py`` has one that ends a run whose actions
+stay saturated), listed in config as ``train.hooks: [package.module:Class]`` or passed as
+``Trainer(..., hooks=[...])``; a class is called with the run's :class:`RunContext`.
 """
 
 from __future__ import annotations
