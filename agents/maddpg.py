@@ -50,6 +50,37 @@ def has_mode_dependent_layers(modules: list[torch.nn.Module]) -> bool:
     return any(isinstance(sub, kinds) for m in modules for sub in m.modules())
 
 
+def check_ddpg_layout(name: str, cfg: Any, layout: AgentLayout) -> None:
+    """Continuous agents need finite bounds; continuous-only heads need continuous actions."""
+    low, high = np.asarray(layout.act_low), np.asarray(layout.act_high)
+    unbounded = [n for i, n in enumerate(layout.agents) if not layout.discrete[i]
+                 and not np.isfinite(high[i, : layout.act_dims[i]] - low[i, : layout.act_dims[i]]).all()]
+    if unbounded:
+        raise UserError(f"agents {', '.join(unbounded)} of {cfg.env.id} have unbounded Box actions; {name.upper()} "
+                        "here needs finite bounds (exploration noise and output heads are scaled by the action range)")
+    if any(layout.discrete) and cfg.actor.output in CONTINUOUS_HEADS:
+        bad = [n for n, d in zip(layout.agents, layout.discrete) if d]
+        raise UserError(
+            f"actor.output={cfg.actor.output} needs continuous actions, but {cfg.env.id} has discrete actions "
+            f"for {', '.join(bad)} (use actor.output=auto or env.kwargs.continuous_actions=true)"
+        )
+
+
+def batching_obstacle(sd: AgentLayout, actors: list[Actor], critics: list[Critic]) -> str | None:
+    """Why these agents' networks cannot be evaluated as one stack (None when they can)."""
+    if len(set(sd.obs_dims)) > 1:
+        return f"the agents' observation sizes differ ({dict(zip(sd.agents, sd.obs_dims))})"
+    if len(set(sd.act_dims)) > 1:
+        return f"the agents' action sizes differ ({dict(zip(sd.agents, sd.act_dims))})"
+    if len(set(sd.discrete)) > 1:
+        return "some agents have discrete and some continuous actions"
+    for what, nets in (("actor", actors), ("critic", critics)):
+        reason = stack_incompatibility([m.mlp for m in nets])
+        if reason is not None:
+            return f"the {what}s have {reason}" + (f" ({what}.norm=batchnorm)" if "BatchNorm" in reason else "")
+    return None
+
+
 class TwinCritic(torch.nn.Module):
     """An agent's critics as one network for its optimizer, clipping and gradient statistics (MATD3)."""
 
@@ -122,34 +153,11 @@ class MADDPG(Algorithm):
 
     @classmethod
     def check_layout(cls, cfg: Any, layout: AgentLayout) -> None:
-        """Continuous agents need finite bounds; continuous-only heads need continuous actions."""
-        low, high = np.asarray(layout.act_low), np.asarray(layout.act_high)
-        unbounded = [n for i, n in enumerate(layout.agents) if not layout.discrete[i]
-                     and not np.isfinite(high[i, : layout.act_dims[i]] - low[i, : layout.act_dims[i]]).all()]
-        if unbounded:
-            raise UserError(f"agents {', '.join(unbounded)} of {cfg.env.id} have unbounded Box actions; {cls.name.upper()} "
-                            "here needs finite bounds (exploration noise and output heads are scaled by the action range)")
-        if any(layout.discrete) and cfg.actor.output in CONTINUOUS_HEADS:
-            bad = [n for n, d in zip(layout.agents, layout.discrete) if d]
-            raise UserError(
-                f"actor.output={cfg.actor.output} needs continuous actions, but {cfg.env.id} has discrete actions "
-                f"for {', '.join(bad)} (use actor.output=auto or env.kwargs.continuous_actions=true)"
-            )
+        check_ddpg_layout(cls.name, cfg, layout)
 
     def batching_obstacle(self) -> str | None:
         """Why the agents' networks cannot be evaluated as one stack (None when they can)."""
-        sd = self.spec
-        if len(set(sd.obs_dims)) > 1:
-            return f"the agents' observation sizes differ ({dict(zip(sd.agents, sd.obs_dims))})"
-        if len(set(sd.act_dims)) > 1:
-            return f"the agents' action sizes differ ({dict(zip(sd.agents, sd.act_dims))})"
-        if len(set(sd.discrete)) > 1:
-            return "some agents have discrete and some continuous actions"
-        for what, nets in (("actor", self.actors), ("critic", self.critics)):
-            reason = stack_incompatibility([m.mlp for m in nets])
-            if reason is not None:
-                return f"the {what}s have {reason}" + (f" ({what}.norm=batchnorm)" if "BatchNorm" in reason else "")
-        return None
+        return batching_obstacle(self.spec, self.actors, self.critics)
 
     def _resolve_batched(self, mode: str) -> bool:
         if mode == "off":

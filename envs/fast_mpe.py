@@ -235,7 +235,136 @@ def _as_slice(idx: np.ndarray) -> slice | np.ndarray:
     return idx
 
 
-class FastMPEVectorEnv:
+class _FastMPEStateIO:
+    """The state side of :class:`FastMPEVectorEnv`: the bridge to mpe2 (copy a world in or out, render
+    through mpe2) and checkpoints (``state_dict``/``load_state_dict``, validated before anything changes)."""
+
+    # ------------------------------------------------------------ mpe2 bridge
+    def set_state_from_mpe(self, env_index: int, mpe_env: Any) -> None:
+        """Copy an mpe2 env's world state (any wrapper of the same task) into env ``env_index``.
+
+        Episode returns of that env restart at zero; the step counter is mpe2's.
+        """
+        raw = mpe_env.unwrapped
+        name = raw.metadata.get("name")
+        if name != self.env_id:
+            raise EnvError(f"cannot copy a {name!r} state into a {self.env_id!r} env")
+        world, scn, s, b = raw.world, self._scn, self._s, int(env_index)
+        if len(world.agents) != scn.n_agents or len(world.landmarks) != scn.n_landmarks:
+            raise EnvError("mpe2 world has a different number of agents/landmarks")
+        s.pos[:, :, b] = np.array([e.state.p_pos for e in world.entities], dtype=np.float64).T
+        s.vel[:, :, b] = np.array([a.state.p_vel for a in world.agents], dtype=np.float64).T
+        s.comm[:, :, b] = np.array([a.state.c for a in world.agents], dtype=np.float64)
+        s.goals[:, b] = scn.goals_from_mpe(world)
+        s.steps[b] = int(raw.steps)
+        s.cam_range0[b] = float(raw.original_cam_range)
+        self._agent_returns[b] = 0.0
+        self._team_returns[b] = 0.0
+        if self._obs is None:
+            self._obs = np.zeros(
+                (self.num_envs, scn.n_agents, self.layout.max_obs_dim), dtype=np.float32
+            )
+        self._obs[b] = self._observe()[b]
+
+    def write_state_to_mpe(self, env_index: int, mpe_env: Any) -> None:
+        """Overwrite an mpe2 env's world with env ``env_index``'s state (for rendering)."""
+        raw = mpe_env.unwrapped
+        world, scn, s, b = raw.world, self._scn, self._s, int(env_index)
+        scn.goals_to_mpe(world, s.goals[:, b])
+        for e, entity in enumerate(world.entities):
+            entity.state.p_pos = s.pos[:, e, b].copy()
+            entity.state.p_vel = s.vel[:, e, b].copy() if e < scn.n_agents else np.zeros(2)
+        for i, agent in enumerate(world.agents):
+            agent.state.c = s.comm[i, :, b].copy()
+        raw.steps = int(s.steps[b])
+        raw.original_cam_range = float(s.cam_range0[b])
+
+    def render(self, env_index: int = 0) -> np.ndarray:
+        """RGB frame [700, 700, 3] of env ``env_index``, drawn by a real mpe2 env."""
+        if self._obs is None:
+            raise EnvError("FastMPEVectorEnv.render() called before reset()")
+        if self._render_env is None:
+            module = importlib.import_module(f"mpe2.{self.env_id}")
+            self._render_env = module.raw_env(render_mode="rgb_array", **self.env_kwargs)
+            self._render_env.reset(seed=0)
+        self.write_state_to_mpe(env_index, self._render_env)
+        return self._render_env.render()
+
+    # ---------------------------------------------------------- save/restore
+    def state_dict(self) -> dict[str, Any]:
+        """Exact resumable state: python builtins and ``np.ndarray`` copies only."""
+        s = self._s
+        return {
+            "version": _STATE_VERSION,
+            "kind": "fast_mpe",
+            "env_id": self.env_id,
+            "env_kwargs": dict(self.env_kwargs),
+            "num_envs": self.num_envs,
+            "agents": list(self.layout.agents),
+            "started": self._obs is not None,
+            "rng_state": copy.deepcopy(self._rng.bit_generator.state),
+            # Public layout is env-first: [B, E, 2], [B, N, 2], [B, N, dim_c], [B, G].
+            "pos": s.pos.transpose(2, 1, 0).copy(),
+            "vel": s.vel.transpose(2, 1, 0).copy(),
+            "comm": s.comm.transpose(2, 0, 1).copy(),
+            "goals": s.goals.T.copy(),
+            "steps": s.steps.copy(),
+            "cam_range0": s.cam_range0.copy(),
+            "agent_returns": self._agent_returns.copy(),
+            "team_returns": self._team_returns.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; validates everything before changing anything."""
+        if state.get("version") != _STATE_VERSION or state.get("kind") != "fast_mpe":
+            raise EnvError(
+                f"unsupported fast MPE state (version {state.get('version')!r},"
+                f" kind {state.get('kind')!r})"
+            )
+        if state["env_id"] != self.env_id or dict(state["env_kwargs"]) != self.env_kwargs:
+            raise EnvError(
+                f"state is for {state['env_id']} {state['env_kwargs']},"
+                f" this env is {self.env_id} {self.env_kwargs}"
+            )
+        check_state_matches(state, self.num_envs, self.layout)
+        s = self._s
+        new: dict[str, np.ndarray] = {}
+        for key, like in (
+            ("pos", s.pos.transpose(2, 1, 0)),
+            ("vel", s.vel.transpose(2, 1, 0)),
+            ("comm", s.comm.transpose(2, 0, 1)),
+            ("goals", s.goals.T),
+            ("steps", s.steps),
+            ("cam_range0", s.cam_range0),
+            ("agent_returns", self._agent_returns),
+            ("team_returns", self._team_returns),
+        ):
+            try:
+                arr = np.array(np.asarray(state[key]), dtype=like.dtype)  # state may hold torch tensors after a checkpoint
+            except (KeyError, TypeError, ValueError) as exc:
+                raise EnvError(f"invalid state[{key!r}] in fast MPE state: {exc}") from exc
+            if arr.shape != like.shape:
+                raise EnvError(f"state[{key!r}] has shape {arr.shape}, expected {like.shape}")
+            new[key] = arr
+        rng = np.random.default_rng()
+        try:
+            rng.bit_generator.state = copy.deepcopy(state["rng_state"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise EnvError(f"invalid rng_state in fast MPE state: {exc}") from exc
+        # Commit only once everything validated.
+        self._rng = rng
+        s.pos = np.ascontiguousarray(new["pos"].transpose(2, 1, 0))
+        s.vel = np.ascontiguousarray(new["vel"].transpose(2, 1, 0))
+        s.comm = np.ascontiguousarray(new["comm"].transpose(1, 2, 0))
+        s.goals = np.ascontiguousarray(new["goals"].T)
+        s.steps, s.cam_range0 = new["steps"], new["cam_range0"]
+        self._agent_returns, self._team_returns = new["agent_returns"], new["team_returns"]
+        # The obs to act on is always a function of the (post-autoreset) world state.
+        self._obs = self._observe() if state["started"] else None
+
+
+
+class FastMPEVectorEnv(_FastMPEStateIO):
     """``num_envs`` mpe2 worlds stepped together in numpy, with autoreset.
 
     Same interface and semantics as :class:`envs.vector.SyncVectorEnv` (see
@@ -476,129 +605,6 @@ class FastMPEVectorEnv:
         if self._render_env is not None:
             self._render_env.close()
             self._render_env = None
-
-    # ------------------------------------------------------------ mpe2 bridge
-    def set_state_from_mpe(self, env_index: int, mpe_env: Any) -> None:
-        """Copy an mpe2 env's world state (any wrapper of the same task) into env ``env_index``.
-
-        Episode returns of that env restart at zero; the step counter is mpe2's.
-        """
-        raw = mpe_env.unwrapped
-        name = raw.metadata.get("name")
-        if name != self.env_id:
-            raise EnvError(f"cannot copy a {name!r} state into a {self.env_id!r} env")
-        world, scn, s, b = raw.world, self._scn, self._s, int(env_index)
-        if len(world.agents) != scn.n_agents or len(world.landmarks) != scn.n_landmarks:
-            raise EnvError("mpe2 world has a different number of agents/landmarks")
-        s.pos[:, :, b] = np.array([e.state.p_pos for e in world.entities], dtype=np.float64).T
-        s.vel[:, :, b] = np.array([a.state.p_vel for a in world.agents], dtype=np.float64).T
-        s.comm[:, :, b] = np.array([a.state.c for a in world.agents], dtype=np.float64)
-        s.goals[:, b] = scn.goals_from_mpe(world)
-        s.steps[b] = int(raw.steps)
-        s.cam_range0[b] = float(raw.original_cam_range)
-        self._agent_returns[b] = 0.0
-        self._team_returns[b] = 0.0
-        if self._obs is None:
-            self._obs = np.zeros(
-                (self.num_envs, scn.n_agents, self.layout.max_obs_dim), dtype=np.float32
-            )
-        self._obs[b] = self._observe()[b]
-
-    def write_state_to_mpe(self, env_index: int, mpe_env: Any) -> None:
-        """Overwrite an mpe2 env's world with env ``env_index``'s state (for rendering)."""
-        raw = mpe_env.unwrapped
-        world, scn, s, b = raw.world, self._scn, self._s, int(env_index)
-        scn.goals_to_mpe(world, s.goals[:, b])
-        for e, entity in enumerate(world.entities):
-            entity.state.p_pos = s.pos[:, e, b].copy()
-            entity.state.p_vel = s.vel[:, e, b].copy() if e < scn.n_agents else np.zeros(2)
-        for i, agent in enumerate(world.agents):
-            agent.state.c = s.comm[i, :, b].copy()
-        raw.steps = int(s.steps[b])
-        raw.original_cam_range = float(s.cam_range0[b])
-
-    def render(self, env_index: int = 0) -> np.ndarray:
-        """RGB frame [700, 700, 3] of env ``env_index``, drawn by a real mpe2 env."""
-        if self._obs is None:
-            raise EnvError("FastMPEVectorEnv.render() called before reset()")
-        if self._render_env is None:
-            module = importlib.import_module(f"mpe2.{self.env_id}")
-            self._render_env = module.raw_env(render_mode="rgb_array", **self.env_kwargs)
-            self._render_env.reset(seed=0)
-        self.write_state_to_mpe(env_index, self._render_env)
-        return self._render_env.render()
-
-    # ---------------------------------------------------------- save/restore
-    def state_dict(self) -> dict[str, Any]:
-        """Exact resumable state: python builtins and ``np.ndarray`` copies only."""
-        s = self._s
-        return {
-            "version": _STATE_VERSION,
-            "kind": "fast_mpe",
-            "env_id": self.env_id,
-            "env_kwargs": dict(self.env_kwargs),
-            "num_envs": self.num_envs,
-            "agents": list(self.layout.agents),
-            "started": self._obs is not None,
-            "rng_state": copy.deepcopy(self._rng.bit_generator.state),
-            # Public layout is env-first: [B, E, 2], [B, N, 2], [B, N, dim_c], [B, G].
-            "pos": s.pos.transpose(2, 1, 0).copy(),
-            "vel": s.vel.transpose(2, 1, 0).copy(),
-            "comm": s.comm.transpose(2, 0, 1).copy(),
-            "goals": s.goals.T.copy(),
-            "steps": s.steps.copy(),
-            "cam_range0": s.cam_range0.copy(),
-            "agent_returns": self._agent_returns.copy(),
-            "team_returns": self._team_returns.copy(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; validates everything before changing anything."""
-        if state.get("version") != _STATE_VERSION or state.get("kind") != "fast_mpe":
-            raise EnvError(
-                f"unsupported fast MPE state (version {state.get('version')!r},"
-                f" kind {state.get('kind')!r})"
-            )
-        if state["env_id"] != self.env_id or dict(state["env_kwargs"]) != self.env_kwargs:
-            raise EnvError(
-                f"state is for {state['env_id']} {state['env_kwargs']},"
-                f" this env is {self.env_id} {self.env_kwargs}"
-            )
-        check_state_matches(state, self.num_envs, self.layout)
-        s = self._s
-        new: dict[str, np.ndarray] = {}
-        for key, like in (
-            ("pos", s.pos.transpose(2, 1, 0)),
-            ("vel", s.vel.transpose(2, 1, 0)),
-            ("comm", s.comm.transpose(2, 0, 1)),
-            ("goals", s.goals.T),
-            ("steps", s.steps),
-            ("cam_range0", s.cam_range0),
-            ("agent_returns", self._agent_returns),
-            ("team_returns", self._team_returns),
-        ):
-            try:
-                arr = np.array(np.asarray(state[key]), dtype=like.dtype)  # state may hold torch tensors after a checkpoint
-            except (KeyError, TypeError, ValueError) as exc:
-                raise EnvError(f"invalid state[{key!r}] in fast MPE state: {exc}") from exc
-            if arr.shape != like.shape:
-                raise EnvError(f"state[{key!r}] has shape {arr.shape}, expected {like.shape}")
-            new[key] = arr
-        rng = np.random.default_rng()
-        try:
-            rng.bit_generator.state = copy.deepcopy(state["rng_state"])
-        except (TypeError, ValueError, KeyError) as exc:
-            raise EnvError(f"invalid rng_state in fast MPE state: {exc}") from exc
-        # Commit only once everything validated.
-        self._rng = rng
-        s.pos = np.ascontiguousarray(new["pos"].transpose(2, 1, 0))
-        s.vel = np.ascontiguousarray(new["vel"].transpose(2, 1, 0))
-        s.comm = np.ascontiguousarray(new["comm"].transpose(1, 2, 0))
-        s.goals = np.ascontiguousarray(new["goals"].T)
-        s.steps, s.cam_range0 = new["steps"], new["cam_range0"]
-        self._agent_returns, self._team_returns = new["agent_returns"], new["team_returns"]
-        # The obs to act on is always a function of the (post-autoreset) world state.
-        self._obs = self._observe() if state["started"] else None
 
 
 class FastMPEParallelEnv(ParallelEnv):

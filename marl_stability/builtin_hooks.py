@@ -35,7 +35,6 @@ from marl_stability.events import (EnvStepEvent, EpisodesEvent, EvaluationEvent,
 from marl_stability.hooks import Hook, RunContext
 from marl_stability.summary import AgentActionStats
 
-_RATIO_EPS = 1e-12  # keeps the update ratio finite for an all-zero weight tensor
 
 
 def _every(n: int, k: int) -> bool:
@@ -44,9 +43,10 @@ def _every(n: int, k: int) -> bool:
 
 # --------------------------------------------------------------------------- gradients
 class GradientStatsHook(Hook):
-    """Gradient statistics from the one measurement the clipper used, every update; ``train.log_every``
-    decides which updates are written, ``train.layer_stats_every`` which get per-layer statistics (those
-    need a copy of the weights before the step, so they are sampled)."""
+    """Gradient statistics (``monitor.GradientStats``) from the one measurement the clipper used, every
+    update; ``train.log_every`` decides which updates are written, ``train.layer_stats_every`` which get
+    per-layer statistics and update ratios (those need a copy of the weights before the step, so they are
+    sampled). Also keeps the peak pre-clip norm per network kind for the summary."""
 
     name = "gradients"
     prefixes = ("grad_norm/", "grad_norm_postclip/", "grad_norm_layer/", "weight_norm_layer/", "clip_active/",
@@ -57,9 +57,8 @@ class GradientStatsHook(Hook):
         self.ctx, self.log = ctx, ctx.scoped(self)
         t = ctx.cfg.train
         self.log_every, self.layer_every, self.layer_stats = t.log_every, t.layer_stats_every, t.layer_stats
+        self.stats = monitor.GradientStats()
         self.max_norm: dict[str, float] = {"actor": 0.0, "critic": 0.0}
-        self.clip_counts: dict[str, list[int]] = {}  # model -> [updates, clipped]
-        self._snapshots: dict[str, tuple[list[torch.Tensor], list[float]]] = {}
         self._names: dict[str, list[str]] = {}
 
     def _param_names(self, ev: GradEvent) -> list[str]:
@@ -71,58 +70,31 @@ class GradientStatsHook(Hook):
         return names
 
     def after_backward(self, ev: GradEvent) -> None:
-        pre = ev.norms.total
-        if math.isfinite(pre):
-            self.max_norm[ev.kind] = max(self.max_norm.get(ev.kind, 0.0), pre)
-        step = self.ctx.env_steps
-        if _every(ev.update, self.log_every):
-            bad = sum(1 for v in ev.norms.per_tensor if not math.isfinite(v))
-            self.log.record_dict({f"grad_norm/{ev.model}": pre, f"health/nonfinite_grads/{ev.model}": float(bad)}, step)
-        if self.layer_stats and _every(ev.update, self.layer_every):
-            names, params = self._param_names(ev), ev.norms.params
-            weights = [params[i].detach() for i in ev.norms.with_grad]
-            wnorms = torch.stack(list(torch._foreach_norm(weights))).tolist() if weights else []
-            self._snapshots[ev.model] = ([w.clone() for w in weights], wnorms)
-            values = {}
-            for j, i in enumerate(ev.norms.with_grad):
-                values[f"grad_norm_layer/{ev.model}/{names[i]}"] = ev.norms.per_tensor[j]
-                values[f"weight_norm_layer/{ev.model}/{names[i]}"] = wnorms[j]
-            self.log.record_dict(values, step)
+        if math.isfinite(ev.norms.total):
+            self.max_norm[ev.kind] = max(self.max_norm.get(ev.kind, 0.0), ev.norms.total)
+        layers = self.layer_stats and _every(ev.update, self.layer_every)
+        if layers or _every(ev.update, self.log_every):
+            values = self.stats.backward(ev, self._param_names(ev) if layers else None, snapshot=layers)
+            self.log.record_dict(values, self.ctx.env_steps)
 
     def after_clip(self, ev: GradEvent) -> None:
-        counts = self.clip_counts.setdefault(ev.model, [0, 0])
-        counts[0] += 1
-        counts[1] += int(ev.clip.clipped)
+        values = self.stats.clip(ev)  # the clip fraction counts every update
         if _every(ev.update, self.log_every):
-            self.log.record_dict({f"grad_norm_postclip/{ev.model}": ev.clip.post_norm,
-                                  f"clip_active/{ev.model}": float(ev.clip.clipped),
-                                  f"clip_fraction/{ev.model}": counts[1] / counts[0]}, self.ctx.env_steps)
+            self.log.record_dict(values, self.ctx.env_steps)
 
-    @torch.no_grad()
     def after_step(self, ev: GradEvent) -> None:
-        snap = self._snapshots.pop(ev.model, None)
-        if snap is None:
-            return
-        olds, wnorms = snap
-        params, names = ev.norms.params, self._param_names(ev)
-        news = [params[i].detach() for i in ev.norms.with_grad]
-        diffs = torch.stack(list(torch._foreach_norm(list(torch._foreach_sub(news, olds))))).tolist() if news else []
-        values = {f"update_ratio_layer/{ev.model}/{names[i]}": d / (w + _RATIO_EPS)
-                  for i, d, w in zip(ev.norms.with_grad, diffs, wnorms)}
-        values[f"update_ratio/{ev.model}"] = math.sqrt(math.fsum(d * d for d in diffs)) / (
-            math.sqrt(math.fsum(w * w for w in wnorms)) + _RATIO_EPS)
-        values[f"health/nonfinite_params/{ev.model}"] = float(sum(1 for d in diffs if not math.isfinite(d)))
-        self.log.record_dict(values, self.ctx.env_steps)
+        if self.stats.has_snapshot(ev.model):
+            self.log.record_dict(self.stats.step(ev, self._param_names(ev)), self.ctx.env_steps)
 
     def summary(self) -> dict[str, Any]:
         return {"max_grad_norm": dict(self.max_norm)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"max_norm": dict(self.max_norm), "clip_counts": {k: list(v) for k, v in self.clip_counts.items()}}
+        return {"max_norm": dict(self.max_norm), **self.stats.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.max_norm = {k: float(v) for k, v in state["max_norm"].items()}
-        self.clip_counts = {k: [int(a), int(b)] for k, (a, b) in state["clip_counts"].items()}
+        self.stats.load_state_dict(state)
 
 
 # --------------------------------------------------------------------------- update statistics and episodes

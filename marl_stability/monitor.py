@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -41,6 +40,7 @@ from marl_stability.sinks import Logger, TensorBoardSink
 
 __all__ = [
     "Monitor",
+    "GradientStats",
     "attach",
     "global_grad_norm",
     "saturation_fraction",
@@ -236,25 +236,76 @@ def _make_logger(writer: Any) -> tuple[Logger | None, bool]:
     raise TypeError(f"writer must be None, a path, a SummaryWriter or a Logger, not {type(writer).__name__}")
 
 
+# --------------------------------------------------------------------------- gradient statistics
+class GradientStats:
+    """Gradient statistics of named networks, from the one measurement taken after backward (a ``GradEvent``
+    carrying ``fixes.GradNorms``). One implementation serves the training loop's ``gradients`` hook and
+    :class:`Monitor` in a user's own loop; neither measures the gradients again.
+
+    ``backward``: pre-clip global norm, non-finite gradient count; with ``names`` (per-layer statistics on)
+    also per-layer gradient and weight norms, and a weight snapshot for ``step``. ``clip``: post-clip norm,
+    whether clipping acted, the running clip fraction. ``step``: update-to-weight ratios (needs the
+    snapshot) and the non-finite parameter count.
+    """
+
+    def __init__(self) -> None:
+        self.clip_counts: dict[str, list[int]] = {}  # model -> [clip calls, calls that clipped]
+        self._snapshots: dict[str, tuple[list[int], list[torch.Tensor], list[float]]] = {}
+
+    @torch.no_grad()
+    def backward(self, ev: Any, names: Sequence[str] | None = None, snapshot: bool = True) -> dict[str, float]:
+        g, params = ev.norms, ev.norms.params
+        grads = [params[i].grad for i in g.with_grad]
+        stats = {f"grad_norm/{ev.model}": g.total,
+                 f"health/nonfinite_grads/{ev.model}": float(_count_nonfinite(g.per_tensor, grads))}
+        if snapshot or names is not None:
+            weights = [params[i] for i in g.with_grad]
+            wnorms = _norms(weights)
+            self._snapshots[ev.model] = (list(g.with_grad), _copy(weights), wnorms)
+        if names is not None:
+            for j, i in enumerate(g.with_grad):
+                stats[f"grad_norm_layer/{ev.model}/{names[i]}"] = g.per_tensor[j]
+                stats[f"weight_norm_layer/{ev.model}/{names[i]}"] = wnorms[j]
+        return stats
+
+    def clip(self, ev: Any) -> dict[str, float]:
+        counts = self.clip_counts.setdefault(ev.model, [0, 0])
+        counts[0] += 1
+        counts[1] += int(ev.clip.clipped)
+        return {f"grad_norm_postclip/{ev.model}": ev.clip.post_norm, f"clip_active/{ev.model}": float(ev.clip.clipped),
+                f"clip_fraction/{ev.model}": counts[1] / counts[0]}
+
+    def has_snapshot(self, model: str) -> bool:
+        return model in self._snapshots
+
+    @torch.no_grad()
+    def step(self, ev: Any, names: Sequence[str] | None = None) -> dict[str, float]:
+        params = ev.norms.params
+        snap = self._snapshots.pop(ev.model, None)
+        idx, olds, wnorms = snap if snap is not None else ([], [], [])
+        rest = [i for i in range(len(params)) if i not in set(idx)]  # not snapshotted: checked by their norms
+        diffs = list(torch._foreach_sub([params[i] for i in idx], olds)) if idx else []
+        flat = _norms(diffs + [params[i] for i in rest])
+        dnorms, rnorms = flat[: len(diffs)], flat[len(diffs):]
+        # A NaN/Inf in the new weights makes the difference non-finite too: no extra norm needed.
+        bad = _count_nonfinite(dnorms, [params[i] for i in idx]) + _count_nonfinite(rnorms, [params[i] for i in rest])
+        stats: dict[str, float] = {}
+        if snap is not None:
+            if names is not None:
+                for i, d, w in zip(idx, dnorms, wnorms):
+                    stats[f"update_ratio_layer/{ev.model}/{names[i]}"] = d / (w + _RATIO_EPS)
+            stats[f"update_ratio/{ev.model}"] = _combine(dnorms) / (_combine(wnorms) + _RATIO_EPS)
+        stats[f"health/nonfinite_params/{ev.model}"] = float(bad)
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"clip_counts": {k: list(v) for k, v in self.clip_counts.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.clip_counts = {k: [int(a), int(b)] for k, (a, b) in state["clip_counts"].items()}
+
+
 # --------------------------------------------------------------------------- monitor
-@dataclass
-class _Tracked:
-    """One model: its parameters, precomputed tag strings, and state carried between hooks."""
-
-    name: str
-    param_names: list[str]
-    params: list[nn.Parameter]
-    grad_tags: list[str]
-    weight_tags: list[str]
-    ratio_tags: list[str]
-    pre_norm: float | None = None  # from after_backward, for after_clip
-    snap_idx: list[int] = field(default_factory=list)  # parameters snapshotted (those with a grad)
-    snapshot: list[torch.Tensor] | None = None  # weights at after_backward, for after_step
-    snap_norms: list[float] = field(default_factory=list)
-    clip_calls: int = 0
-    clip_active: int = 0
-
-
 class Monitor:
     """Per-update gradient/weight statistics and per-call action statistics, logged and returned."""
 
@@ -267,16 +318,12 @@ class Monitor:
         self.logger = logger
         self._owns_logger = owns_logger
         self.log_every, self.histogram_every, self.layer_stats = log_every, histogram_every, layer_stats
-        self._models: list[_Tracked] = []
+        self._models: dict[str, tuple[list[str], list[nn.Parameter]]] = {}
         for mname, module in models.items():
             named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-            pnames = [n for n, _ in named]
-            self._models.append(_Tracked(
-                name=mname, param_names=pnames, params=[p for _, p in named],
-                grad_tags=[f"grad_norm_layer/{mname}/{n}" for n in pnames],
-                weight_tags=[f"weight_norm_layer/{mname}/{n}" for n in pnames],
-                ratio_tags=[f"update_ratio_layer/{mname}/{n}" for n in pnames],
-            ))
+            self._models[mname] = ([n for n, _ in named], [p for _, p in named])
+        self.gradients = GradientStats()
+        self._events: dict[str, Any] = {}  # model -> its GradEvent since after_backward
         self._calls: dict[str, int] = defaultdict(int)  # per method (per agent for actions/sensitivity)
         self._prev_actions: dict[str, torch.Tensor] = {}
 
@@ -292,106 +339,48 @@ class Monitor:
             self.logger.record_dict(stats, step)
         return stats
 
+    def _names(self, model: str) -> list[str] | None:
+        return self._models[model][0] if self.layer_stats else None
+
     # ----------------------------------------------------------------- update hooks
-    @torch.no_grad()
     def after_backward(self, step: int) -> dict[str, float]:
         """Pre-clip gradient norms (global and per layer), weight norms, non-finite gradient count.
 
-        Also remembers the pre-clip norm for ``after_clip`` and snapshots the weights for ``after_step``.
+        Also remembers the measurement for ``after_clip`` and snapshots the weights for ``after_step``.
         """
-        # Under no_grad no autograd history is recorded, so parameters/grads need no .detach().
-        grads: list[torch.Tensor] = []
-        weights: list[torch.Tensor] = []
-        for m in self._models:
-            m.snap_idx = [i for i, p in enumerate(m.params) if p.grad is not None]
-            grads.extend(m.params[i].grad for i in m.snap_idx)
-            weights.extend(m.params[i] for i in m.snap_idx)
-        n = len(grads)
-        # One fused norm call and one host transfer for every tensor of every model.
-        flat = _norms(grads + weights)
-        gnorms, wnorms = flat[:n], flat[n:]
-        snaps = _copy(weights)  # these nets are small: a full copy is cheaper than anything clever
+        from marl_stability.events import GradEvent
+        from marl_stability.fixes import measure_grads
 
         stats: dict[str, float] = {}
-        off = 0
-        for m in self._models:
-            k = len(m.snap_idx)
-            g, w = gnorms[off:off + k], wnorms[off:off + k]
-            m.snapshot, m.snap_norms = snaps[off:off + k], w
-            off += k
-            m.pre_norm = _combine(g)
-            stats[f"grad_norm/{m.name}"] = m.pre_norm
-            stats[f"health/nonfinite_grads/{m.name}"] = float(
-                _count_nonfinite(g, [m.params[i].grad for i in m.snap_idx]))
-            if self.layer_stats:
-                for j, i in enumerate(m.snap_idx):
-                    stats[m.grad_tags[i]] = g[j]
-                    stats[m.weight_tags[i]] = w[j]
+        for name, (_, params) in self._models.items():
+            ev = self._events[name] = GradEvent(name, self._calls["after_backward"], measure_grads(params))
+            stats.update(self.gradients.backward(ev, self._names(name)))
         return self._emit("after_backward", stats, step)
 
-    @torch.no_grad()
     def after_clip(self, step: int) -> dict[str, float]:
         """Post-clip global norms, whether clipping acted this call, and the running clip fraction."""
-        grads: list[torch.Tensor] = []
-        counts: list[int] = []
-        for m in self._models:
-            gs = [p.grad for p in m.params if p.grad is not None]
-            grads.extend(gs)
-            counts.append(len(gs))
-        norms = _norms(grads)
+        from marl_stability.fixes import ClipStats, measure_grads
+
         stats: dict[str, float] = {}
-        off = 0
-        for m, k in zip(self._models, counts):
-            post = _combine(norms[off:off + k])
-            off += k
-            stats[f"grad_norm_postclip/{m.name}"] = post
-            if m.pre_norm is None:  # after_backward was not called: nothing to compare against
+        for name, (_, params) in self._models.items():
+            post = measure_grads(params).total
+            ev = self._events.get(name)
+            if ev is None:  # after_backward was not called: nothing to compare against
+                stats[f"grad_norm_postclip/{name}"] = post
                 continue
-            active = post < m.pre_norm * (1.0 - _CLIP_RTOL)
-            m.clip_calls += 1
-            m.clip_active += int(active)
-            stats[f"clip_active/{m.name}"] = float(active)
-            stats[f"clip_fraction/{m.name}"] = m.clip_active / m.clip_calls
+            ev.clip = ClipStats(ev.norms.total, post, post < ev.norms.total * (1.0 - _CLIP_RTOL))
+            stats.update(self.gradients.clip(ev))
         return self._emit("after_clip", stats, step)
 
-    @torch.no_grad()
     def after_step(self, step: int) -> dict[str, float]:
         """Update-to-weight ratios ||w_new - w_old|| / ||w_old|| and non-finite parameter counts."""
-        olds: list[torch.Tensor] = []
-        news: list[torch.Tensor] = []
-        rest: list[torch.Tensor] = []  # parameters not snapshotted: checked for NaN/Inf by their own norm
-        rest_idx: list[list[int]] = []
-        for m in self._models:
-            snapped = set(m.snap_idx) if m.snapshot is not None else set()
-            if m.snapshot is not None:
-                olds.extend(m.snapshot)
-                news.extend(m.params[i] for i in m.snap_idx)
-            idx = [i for i in range(len(m.params)) if i not in snapped]
-            rest_idx.append(idx)
-            rest.extend(m.params[i] for i in idx)
-        diffs = list(torch._foreach_sub(news, olds)) if news else []
-        flat = _norms(diffs + rest)
-        dnorms, rnorms = flat[: len(diffs)], flat[len(diffs):]
+        from marl_stability.events import GradEvent
+        from marl_stability.fixes import GradNorms
 
         stats: dict[str, float] = {}
-        doff = roff = 0
-        for m, idx in zip(self._models, rest_idx):
-            bad = 0
-            if m.snapshot is not None:
-                k = len(m.snap_idx)
-                d = dnorms[doff:doff + k]
-                doff += k
-                if self.layer_stats:
-                    for j, i in enumerate(m.snap_idx):
-                        stats[m.ratio_tags[i]] = d[j] / (m.snap_norms[j] + _RATIO_EPS)
-                stats[f"update_ratio/{m.name}"] = _combine(d) / (_combine(m.snap_norms) + _RATIO_EPS)
-                # A NaN/Inf in the new weights makes the difference non-finite too: no extra norm needed.
-                bad += _count_nonfinite(d, [m.params[i] for i in m.snap_idx])
-                m.snapshot = None  # one ratio per snapshot; a second after_step would be stale
-            r = rnorms[roff:roff + len(idx)]
-            roff += len(idx)
-            bad += _count_nonfinite(r, [m.params[i] for i in idx])
-            stats[f"health/nonfinite_params/{m.name}"] = float(bad)
+        for name, (_, params) in self._models.items():
+            ev = self._events.pop(name, None) or GradEvent(name, 0, GradNorms(params, [], [], 0.0, torch.zeros(())))
+            stats.update(self.gradients.step(ev, self._names(name)))
         return self._emit("after_step", stats, step)
 
     # ----------------------------------------------------------------- actor diagnostics
