@@ -15,7 +15,6 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from marl_stability.detect import DetectorConfig
 from marl_stability.errors import UserError
 
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh"]
@@ -170,6 +169,56 @@ class DebugConfig(_Strict):
     inject_nonfinite_count: Optional[int] = Field(
         None, ge=1, description="test hook: number of consecutive updates made NaN (None = all from then on)"
     )
+
+
+class DetectorConfig(BaseModel):
+    """Thresholds of the online failure detectors (embeddable in the run config as ``detectors:``)."""
+
+    # Unknown keys are errors, like the rest of the run config.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    explosion_ratio: float = Field(
+        10.0, gt=1.0, description="gradient explosion: fire when a norm exceeds this multiple of the running median"
+    )
+    explosion_window: int = Field(100, ge=1, description="gradient explosion: number of previous norms in the median")
+    explosion_min_history: int = Field(
+        20, ge=1, description="gradient explosion: finite norms seen before the ratio test is armed"
+    )
+    explosion_absolute: float = Field(
+        1e4, gt=0, description="gradient explosion: fire when a norm exceeds this bound regardless of history"
+    )
+    explosion_min_norm: float = Field(
+        10.0, ge=0, description="gradient explosion: the ratio test only counts norms above this (a small-init actor's "
+        "gradient growing from 1e-3 to 1e-2 as learning starts is not an explosion)"
+    )
+    repeat_threshold: float = Field(
+        0.9, ge=0, le=1, description="action collapse: repeat (same-action) rate at or above this counts as repetitive"
+    )
+    saturation_threshold: float = Field(
+        0.9, ge=0, le=1, description="action collapse: fraction of action components at a bound counted as saturated"
+    )
+    sensitivity_threshold: float = Field(
+        1e-3, ge=0, description="action collapse: mean Jacobian norm d(action)/d(obs) at or below this is insensitive"
+    )
+    collapse_patience: int = Field(
+        3, ge=1, description="action collapse: consecutive collapsed evaluations before the detector fires"
+    )
+    saturation_margin: float = Field(
+        0.01, gt=0, lt=0.5, description="an action component within this fraction of the range of a bound is saturated"
+    )
+    same_action_atol: float = Field(
+        1e-3, ge=0, description="two actions are the same when every component differs by at most this"
+    )
+    same_action_max_rows: int = Field(
+        256, ge=2, description="at most this many rows (the first ones) enter the pairwise same-action rate"
+    )
+
+    @model_validator(mode="after")
+    def _check_history(self) -> "DetectorConfig":
+        # The history deque never holds more than `window` values, so a larger min_history could never arm.
+        if self.explosion_min_history > self.explosion_window:
+            raise ValueError("explosion_min_history must be <= explosion_window")
+        return self
 
 
 class RunConfig(_Strict):

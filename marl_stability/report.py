@@ -27,6 +27,7 @@ import numpy as np
 
 from marl_stability.checkpoint import atomic_write_bytes, atomic_write_text
 from marl_stability.errors import UserError
+from marl_stability.fmt import fmt_number
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -293,10 +294,6 @@ def effect_sentence(s: ArmStats, ref: ArmStats) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- markdown
-def _fmt(v: float, spec: str = ".2f") -> str:
-    return "n/a" if v is None or not math.isfinite(v) else format(v, spec)
-
-
 def _ci(ci: tuple[float, float], spec: str = ".2f") -> str:
     return "n/a" if not all(math.isfinite(c) for c in ci) else f"[{format(ci[0], spec)}, {format(ci[1], spec)}]"
 
@@ -325,10 +322,10 @@ def render_markdown(trials: Trials, stats: list[ArmStats], figures: list[str], f
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in stats:
-        p = "—" if s.arm == plan.reference else _fmt(s.p_improve)
+        p = "—" if s.arm == plan.reference else fmt_number(s.p_improve)
         pci = "—" if s.arm == plan.reference else _ci(s.p_improve_ci)
         lines.append(
-            f"| `{s.arm}` | {len(s.returns)} | {_fmt(s.iqm)} | {_ci(s.iqm_ci)} | {p} | {pci} | "
+            f"| `{s.arm}` | {len(s.returns)} | {fmt_number(s.iqm)} | {_ci(s.iqm_ci)} | {p} | {pci} | "
             f"{_rate(s.collapses, s.finished, s.collapse_ci)} | {_rate(s.explosions, s.finished, s.explosion_ci)} | "
             f"{s.diverged}/{s.finished} |"
         )

@@ -28,7 +28,6 @@ import numpy as np
 from marl_stability.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from marl_stability.errors import UserError
 from marl_stability.report import FINISHED, _load_json, _mean, _num, _save, bootstrap_ci, collect, write_csv
-from marl_stability.report import _fmt as _fmt_report
 
 DEFAULT_FILE = Path(__file__).resolve().parents[1] / "experiments" / "reproduce.yaml"
 ARMS = ("failure", "fixed")
@@ -498,10 +497,6 @@ def write_episode_media(results: dict[str, ArmResult], folder: Path) -> tuple[li
 
 
 # ---------------------------------------------------------------------------------------------- report
-def _fmt(v: Optional[float], spec: str = ".1f") -> str:
-    return _fmt_report(v, spec)
-
-
 def _range(xs: list[float], spec: str = ".3g") -> str:
     f = [x for x in xs if math.isfinite(x)]
     if not f:
@@ -549,14 +544,14 @@ def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Any, bud
     for a in res.values():
         lo, hi = a.final_return_ci
         lines.append(
-            f"| {a.name} | {a.n} | {_fmt(a.final_return_mean)} [{_fmt(lo)}, {_fmt(hi)}] | {a.collapses}/{a.n} | "
+            f"| {a.name} | {a.n} | {fmt_number(a.final_return_mean, '.1f')} [{fmt_number(lo, '.1f')}, {fmt_number(hi, '.1f')}] | {a.collapses}/{a.n} | "
             f"{_steps(a.collapse_steps)} | {a.explosions}/{a.n} | {_range(a.peak_critic_grad)} | "
-            f"{_fmt(float(np.nanmean(a.repeat)) if a.n else math.nan, '.2f')} | "
-            f"{_fmt(float(np.nanmean(a.saturation)) if a.n else math.nan, '.2f')} | "
-            f"{_fmt(float(np.nanmean(a.sensitivity)) if a.n else math.nan, '.3g')} |")
+            f"{fmt_number(float(np.nanmean(a.repeat)) if a.n else math.nan, '.2f')} | "
+            f"{fmt_number(float(np.nanmean(a.saturation)) if a.n else math.nan, '.2f')} | "
+            f"{fmt_number(float(np.nanmean(a.sensitivity)) if a.n else math.nan, '.3g')} |")
     lines += ["", "Per seed (final team return / collapse onset / peak critic grad norm / peak actor grad norm):", ""]
     for a in res.values():
-        per = "; ".join(f"s{s}: {_fmt(r)} / {c if c is not None else '-'} / {_fmt(g, '.3g')} / {_fmt(ag, '.3g')}"
+        per = "; ".join(f"s{s}: {fmt_number(r, '.1f')} / {c if c is not None else '-'} / {fmt_number(g, '.3g')} / {fmt_number(ag, '.3g')}"
                         for s, r, c, g, ag in zip(a.seeds, a.final_returns, a.collapse_steps, a.peak_critic_grad,
                                                   a.peak_actor_grad))
         lines.append(f"- {a.name}: {per or 'none'}")
@@ -570,7 +565,7 @@ def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Any, bud
             f"{failure.collapses}/{failure.n} seeds, first at {_steps(failure.collapse_steps)} env steps; "
             f"{sum(failure.still_collapsed)}/{failure.collapses} collapsed seeds "
             f"were still collapsed at the end. Return change from the first to the second half of the evaluations "
-            f"after onset: {_fmt(change, '+.1f')} [{_fmt(change_ci[0], '+.1f')}, {_fmt(change_ci[1], '+.1f')}] on "
+            f"after onset: {fmt_number(change, '+.1f')} [{fmt_number(change_ci[0], '+.1f')}, {fmt_number(change_ci[1], '+.1f')}] on "
             f"average (per seed: {', '.join(f'{g:+.1f}' for g in gains) or 'n/a'}). The explosion detector fired in {failure.explosions}/{failure.n}; the critic gradient "
             f"peaked at {_range(failure.peak_critic_grad)} and the actor gradient at "
             f"{_range(failure.peak_actor_grad)}.")
@@ -578,8 +573,8 @@ def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Any, bud
         lo, hi = fixed.final_return_ci
         lines.append(
             f"- **Fixed preset: {'cured' if v['fixed_cured'] else 'NOT cured'}.** Collapse in {fixed.collapses}/"
-            f"{fixed.n} seeds; final team return {_fmt(fixed.final_return_mean)} [{_fmt(lo)}, {_fmt(hi)}] versus "
-            f"random {RANDOM_RETURN} and the failure arm's {_fmt(failure.final_return_mean)}. For scale: EPyMARL's "
+            f"{fixed.n} seeds; final team return {fmt_number(fixed.final_return_mean, '.1f')} [{fmt_number(lo, '.1f')}, {fmt_number(hi, '.1f')}] versus "
+            f"random {RANDOM_RETURN} and the failure arm's {fmt_number(failure.final_return_mean, '.1f')}. For scale: EPyMARL's "
             f"MADDPG reaches about {EPYMARL_MADDPG_RETURN:g} after ~2M env steps (Papoudakis et al. 2021, converted "
             f"to this team-return scale); a hand-coded optimal landmark assignment scores about -20.5.")
     lines += [f"- Criteria: failure — {v['criteria']['failure']}; fixed — {v['criteria']['fixed']}.",
