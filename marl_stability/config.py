@@ -259,13 +259,20 @@ class RunConfig(_Strict):
         return out
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; dict-valued free-form fields (env.kwargs) are flattened too."""
+def flatten(d: dict[str, Any], prefix: str = "", strict: bool = False) -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; dict-valued free-form fields (env.kwargs) are flattened too.
+
+    Keys may themselves be dotted ({'a.b': {'c': 1}} -> {'a.b.c': 1}), so a dict value sets its leaves and never
+    replaces a whole section. ``strict`` (user-written overrides): a key that is not a non-empty dotted name is
+    a UserError.
+    """
     out: dict[str, Any] = {}
     for k, v in d.items():
+        if strict and (not isinstance(k, str) or not k or any(not p for p in k.split("."))):
+            raise UserError(f"bad dotted key {k!r}")
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
+            out.update(flatten(v, key + ".", strict))
         else:
             out[key] = v
     return out
@@ -277,7 +284,8 @@ def config_diff(a: RunConfig, b: RunConfig, ignore: tuple[str, ...] = ()) -> lis
     return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming the first invalid key: ``<source>: a.b: <message> (and N more)``."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "<root>"
     msg = first["msg"]
@@ -362,7 +370,7 @@ def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise UserError(_format_validation_error(e, source)) from None
+        raise UserError(format_validation_error(e, source)) from None
 
 
 def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:
