@@ -79,7 +79,7 @@ def make_plan(path: str | Path, seeds: Optional[int] = None, probe: bool = True,
 def _probe_envs(arms: list[Arm]) -> None:
     """Build and step each distinct environment once: a bad env kwarg fails here, not in every trial."""
     import envs
-    from marl_stability.trainer import probe_env
+    from marl_stability.build import probe_env  # builds envs (and imports torch): only when probing
 
     seen: set[str] = set()
     for a in arms:
