@@ -27,6 +27,7 @@ def ablate_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no final summary"),
 ) -> None:
     """Run a fix-ablation sweep (arms x seeds), then write results.csv, report.md and figures/ into --out."""
+    from marl_stability.report import build_report
     from marl_stability.sweep import load_ablation, run_sweep
 
     if out is None:
@@ -41,14 +42,14 @@ def ablate_cmd(
         print(f"interrupted: unfinished trials stopped at a checkpoint; continue with --resume --out {out}", file=sys.stderr)
         # SystemExit, not typer.Exit: click's standalone_mode=False would turn Exit into a return value (exit 0).
         sys.exit(130)
+    report = build_report(out)
     if not quiet:
         c = outcome.counts
         typer.echo(f"{out}: {c['completed']} completed, {c['diverged']} diverged, {c['failed']} failed, "
                    f"{c['pending'] + c['running']} unfinished ({len(outcome.ran)} run now)")
         for tid, err in outcome.failed.items():
             typer.echo(f"  failed {tid}: {err}")
-        if outcome.report is not None:
-            typer.echo(f"report: {outcome.report['markdown']}  table: {outcome.report['csv']}")
+        typer.echo(f"report: {report['markdown']}  table: {report['csv']}")
 
 
 def report_cmd(

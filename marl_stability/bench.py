@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from marl_stability.report import _fmt
+from marl_stability.fmt import fmt_number
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 PRESET = EXPERIMENTS / "maddpg_spread.yaml"  # the training-rate comparison
@@ -184,9 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         seeds = [0] if args.quick else list(range(args.seeds))
         runs = [full_run(s, 30000 if args.quick else None, Path(tmp)) for s in seeds]
         for r in runs:
-            # _fmt prints n/a for a run that diverged before any evaluation
-            print(f"full run seed {r['seed']} ({r['preset']}): {r['seconds']} s, final {_fmt(r['final_return'], '.1f')},"
-                  f" mean of last 3 evaluations {_fmt(r['last3_mean_return'], '.1f')}, best {_fmt(r['best_return'], '.1f')},"
+            # fmt_number prints n/a for a run that diverged before any evaluation
+            print(f"full run seed {r['seed']} ({r['preset']}): {r['seconds']} s, final {fmt_number(r['final_return'], '.1f')},"
+                  f" mean of last 3 evaluations {fmt_number(r['last3_mean_return'], '.1f')}, best {fmt_number(r['best_return'], '.1f')},"
                   f" first evaluation >= "
                   f"{TARGET_RETURN}: env step {r['target_reached_at_env_step']} at {r['target_reached_at_seconds']} s",
                   flush=True)

@@ -16,7 +16,6 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from marl_stability.detect import DetectorConfig
 from marl_stability.errors import UserError
 
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh"]
@@ -189,6 +188,56 @@ class DebugConfig(_Strict):
     )
 
 
+class DetectorConfig(BaseModel):
+    """Thresholds of the online failure detectors (embeddable in the run config as ``detectors:``)."""
+
+    # Unknown keys are errors, like the rest of the run config.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    explosion_ratio: float = Field(
+        10.0, gt=1.0, description="gradient explosion: fire when a norm exceeds this multiple of the running median"
+    )
+    explosion_window: int = Field(100, ge=1, description="gradient explosion: number of previous norms in the median")
+    explosion_min_history: int = Field(
+        20, ge=1, description="gradient explosion: finite norms seen before the ratio test is armed"
+    )
+    explosion_absolute: float = Field(
+        1e4, gt=0, description="gradient explosion: fire when a norm exceeds this bound regardless of history"
+    )
+    explosion_min_norm: float = Field(
+        10.0, ge=0, description="gradient explosion: the ratio test only counts norms above this (a small-init actor's "
+        "gradient growing from 1e-3 to 1e-2 as learning starts is not an explosion)"
+    )
+    repeat_threshold: float = Field(
+        0.9, ge=0, le=1, description="action collapse: repeat (same-action) rate at or above this counts as repetitive"
+    )
+    saturation_threshold: float = Field(
+        0.9, ge=0, le=1, description="action collapse: fraction of action components at a bound counted as saturated"
+    )
+    sensitivity_threshold: float = Field(
+        1e-3, ge=0, description="action collapse: mean Jacobian norm d(action)/d(obs) at or below this is insensitive"
+    )
+    collapse_patience: int = Field(
+        3, ge=1, description="action collapse: consecutive collapsed evaluations before the detector fires"
+    )
+    saturation_margin: float = Field(
+        0.01, gt=0, lt=0.5, description="an action component within this fraction of the range of a bound is saturated"
+    )
+    same_action_atol: float = Field(
+        1e-3, ge=0, description="two actions are the same when every component differs by at most this"
+    )
+    same_action_max_rows: int = Field(
+        256, ge=2, description="at most this many rows (the first ones) enter the pairwise same-action rate"
+    )
+
+    @model_validator(mode="after")
+    def _check_history(self) -> "DetectorConfig":
+        # The history deque never holds more than `window` values, so a larger min_history could never arm.
+        if self.explosion_min_history > self.explosion_window:
+            raise ValueError("explosion_min_history must be <= explosion_window")
+        return self
+
+
 class RunConfig(_Strict):
     algo: str = Field("maddpg", description="algorithm: maddpg | matd3 (MADDPG + twin critics, target smoothing, "
                       "delayed actor updates) | package.module:Class (your own agents.base.Algorithm)")
@@ -239,13 +288,20 @@ class RunConfig(_Strict):
         return out
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; dict-valued free-form fields (env.kwargs) are flattened too."""
+def flatten(d: dict[str, Any], prefix: str = "", strict: bool = False) -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; dict-valued free-form fields (env.kwargs) are flattened too.
+
+    Keys may themselves be dotted ({'a.b': {'c': 1}} -> {'a.b.c': 1}), so a dict value sets its leaves and never
+    replaces a whole section. ``strict`` (user-written overrides): a key that is not a non-empty dotted name is
+    a UserError.
+    """
     out: dict[str, Any] = {}
     for k, v in d.items():
+        if strict and (not isinstance(k, str) or not k or any(not p for p in k.split("."))):
+            raise UserError(f"bad dotted key {k!r}")
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
+            out.update(flatten(v, key + ".", strict))
         else:
             out[key] = v
     return out
@@ -257,7 +313,8 @@ def config_diff(a: RunConfig, b: RunConfig, ignore: tuple[str, ...] = ()) -> lis
     return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming the first invalid key: ``<source>: a.b: <message> (and N more)``."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "<root>"
     msg = first["msg"]
@@ -342,7 +399,7 @@ def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise UserError(_format_validation_error(e, source)) from None
+        raise UserError(format_validation_error(e, source)) from None
 
 
 def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:

@@ -20,67 +20,14 @@ from collections import deque
 from typing import Any, Callable, Sequence, Union
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# DetectorConfig lives with the run config (config must not import torch); re-exported here.
+from marl_stability.config import DetectorConfig  # noqa: F401
+from marl_stability.fmt import fmt_number
 # The action statistics are the monitor's (one implementation for our trainer and users' loops).
 from marl_stability.monitor import action_sensitivity, batch_same_action_rate, saturation_fraction
 
 Bound = Union[float, Sequence[float], torch.Tensor]
-
-
-class DetectorConfig(BaseModel):
-    """Thresholds of the online failure detectors (embeddable in the run config as ``detectors:``)."""
-
-    # Unknown keys are errors, like the rest of the run config.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    explosion_ratio: float = Field(
-        10.0, gt=1.0, description="gradient explosion: fire when a norm exceeds this multiple of the running median"
-    )
-    explosion_window: int = Field(100, ge=1, description="gradient explosion: number of previous norms in the median")
-    explosion_min_history: int = Field(
-        20, ge=1, description="gradient explosion: finite norms seen before the ratio test is armed"
-    )
-    explosion_absolute: float = Field(
-        1e4, gt=0, description="gradient explosion: fire when a norm exceeds this bound regardless of history"
-    )
-    explosion_min_norm: float = Field(
-        10.0, ge=0, description="gradient explosion: the ratio test only counts norms above this (a small-init actor's "
-        "gradient growing from 1e-3 to 1e-2 as learning starts is not an explosion)"
-    )
-    repeat_threshold: float = Field(
-        0.9, ge=0, le=1, description="action collapse: repeat (same-action) rate at or above this counts as repetitive"
-    )
-    saturation_threshold: float = Field(
-        0.9, ge=0, le=1, description="action collapse: fraction of action components at a bound counted as saturated"
-    )
-    sensitivity_threshold: float = Field(
-        1e-3, ge=0, description="action collapse: mean Jacobian norm d(action)/d(obs) at or below this is insensitive"
-    )
-    collapse_patience: int = Field(
-        3, ge=1, description="action collapse: consecutive collapsed evaluations before the detector fires"
-    )
-    saturation_margin: float = Field(
-        0.01, gt=0, lt=0.5, description="an action component within this fraction of the range of a bound is saturated"
-    )
-    same_action_atol: float = Field(
-        1e-3, ge=0, description="two actions are the same when every component differs by at most this"
-    )
-    same_action_max_rows: int = Field(
-        256, ge=2, description="at most this many rows (the first ones) enter the pairwise same-action rate"
-    )
-
-    @model_validator(mode="after")
-    def _check_history(self) -> "DetectorConfig":
-        # The history deque never holds more than `window` values, so a larger min_history could never arm.
-        if self.explosion_min_history > self.explosion_window:
-            raise ValueError("explosion_min_history must be <= explosion_window")
-        return self
-
-
-def _fmt(x: float) -> str:
-    """Compact number for one-line messages."""
-    return f"{x:.4g}"
 
 
 # --------------------------------------------------------------------------- gradient explosion
@@ -130,15 +77,15 @@ class GradientExplosionDetector:
             return False
         reason: str | None = None
         if norm > self.absolute:
-            reason = f"norm {_fmt(norm)} > absolute bound {_fmt(self.absolute)}"
+            reason = f"norm {fmt_number(norm, '.4g')} > absolute bound {fmt_number(self.absolute, '.4g')}"
         elif len(self.history) >= self.min_history:
             med = self.median()
             # A zero median (e.g. a fully vanished actor gradient) makes any positive norm an "infinite ratio";
             # that is recovery noise, not an explosion, so only the absolute bound applies then.
             if med is not None and med > 0 and norm > self.ratio * med and norm > self.min_norm:
                 reason = (
-                    f"norm {_fmt(norm)} > {_fmt(self.ratio)} x median {_fmt(med)} "
-                    f"of the previous {len(self.history)} ({_fmt(norm / med)}x)"
+                    f"norm {fmt_number(norm, '.4g')} > {fmt_number(self.ratio, '.4g')} x median {fmt_number(med, '.4g')} "
+                    f"of the previous {len(self.history)} ({fmt_number(norm / med, '.4g')}x)"
                 )
         if reason is not None:
             self.first_step = int(step)
@@ -211,9 +158,9 @@ class ActionCollapseDetector:
         self.first_step = self.streak_start
         self.message = (
             f"action collapse [{self.name}] since step {self.first_step} ({self.streak} consecutive evaluations, "
-            f"confirmed at step {int(step)}): repeat {_fmt(r)} >= {_fmt(self.repeat_threshold)}, "
-            f"saturation {_fmt(s)} >= {_fmt(self.saturation_threshold)}, "
-            f"sensitivity {_fmt(g)} <= {_fmt(self.sensitivity_threshold)}"
+            f"confirmed at step {int(step)}): repeat {fmt_number(r, '.4g')} >= {fmt_number(self.repeat_threshold, '.4g')}, "
+            f"saturation {fmt_number(s, '.4g')} >= {fmt_number(self.saturation_threshold, '.4g')}, "
+            f"sensitivity {fmt_number(g, '.4g')} <= {fmt_number(self.sensitivity_threshold, '.4g')}"
         )
         return True
 
@@ -253,7 +200,7 @@ class NonFiniteDetector:
         if not (math.isnan(c) or c > 0):
             return False
         self.first_step = int(step)
-        what = "a NaN count" if math.isnan(c) else f"{_fmt(c)} non-finite values"
+        what = "a NaN count" if math.isnan(c) else f"{fmt_number(c, '.4g')} non-finite values"
         self.message = f"non-finite values [{self.name}] at step {int(step)}: {what}"
         return True
 

@@ -7,7 +7,6 @@ override, and promoted when the run's own data points at it.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import yaml
 
 from marl_stability.errors import UserError
+from marl_stability.summary import RunSummary, read_summary
 
 GROWTH_FACTOR = 10.0  # a layer's gradient "grew" when it exceeds this multiple of its early median
 
@@ -59,26 +59,62 @@ def _last(scalars: dict[str, list[tuple[int, float]]], prefix: str) -> dict[str,
     return {tag[len(prefix):]: s[-1][1] for tag, s in scalars.items() if tag.startswith(prefix) and s}
 
 
+@dataclass
+class Evidence:
+    """What the run's TensorBoard scalars say, beyond the detectors in summary.json."""
+
+    grew: list[tuple[int, float, str]]  # (env step, -growth, layer): per network, the layer whose gradient grew first
+    saturation: dict[str, float]  # agent -> final evaluation's value
+    sensitivity: dict[str, float]
+    repeat: dict[str, float]
+    reward_magnitude: float | None  # median |raw batch reward|
+    max_preactivation: float | None  # largest |actor output pre-activation| seen
+
+
 def diagnose(run_dir: str | Path) -> dict[str, Any]:
     run = Path(run_dir)
+    summary, cfg = _read_run(run)
+    ev = _evidence(read_scalars(run))
+    s = summary if summary is not None else RunSummary(status="")  # no summary.json: nothing fired, no status
+    fixes = [f for f in _candidate_fixes(s, cfg, ev) if not f.applied]
+    # Keep the practitioner's order, but within it the fixes the data points at come first.
+    fixes.sort(key=lambda f: (f.order, not f.evidence))
+    explosion, collapse, nonfinite = s.explosion_step, s.collapse_step, s.nonfinite_step
+    healthy = explosion is None and collapse is None and nonfinite is None
+    return {
+        "verdict": "healthy" if healthy else "unstable",
+        "run": str(run), "status": summary.status if summary is not None else None, "final_return": s.final_return,
+        "explosion_step": explosion, "collapse_step": collapse, "nonfinite_step": nonfinite,
+        "detector_messages": s.detector_messages,
+        "layers_grew_first": [{"layer": layer, "env_step": step, "growth": -neg} for step, neg, layer in ev.grew[:6]],
+        "saturation": ev.saturation, "repeat_rate": ev.repeat, "sensitivity": ev.sensitivity,
+        "max_preactivation": ev.max_preactivation, "reward_magnitude": ev.reward_magnitude,
+        "large_reward": _large_reward(cfg, ev),
+        "fixes": [{"name": f.name, "set": f.overrides, "why": f.why} for f in fixes],
+    }
+
+
+def _read_run(run: Path) -> tuple[RunSummary | None, dict[str, Any]]:
+    """The run's summary (None when it has none yet) and its config as a plain mapping ({} when absent)."""
     if not run.is_dir():
         raise UserError(f"not a run directory: {run}")
     if not any(run.glob("events.out.tfevents.*")):
         raise UserError(f"no TensorBoard events in {run}")
+    summary = None
+    if (run / "summary.json").is_file():
+        summary = read_summary(run / "summary.json")
+        if summary is None:
+            raise UserError(f"corrupt summary.json or config.yaml in {run}")
     try:
-        summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
         config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
-    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError):
+    except (yaml.YAMLError, UnicodeDecodeError):
         raise UserError(f"corrupt summary.json or config.yaml in {run}") from None
-    if not isinstance(summary, dict) or not isinstance(config or {}, dict):
+    if not isinstance(config or {}, dict):
         raise UserError(f"summary.json or config.yaml in {run} is not a mapping")
-    scalars = read_scalars(run)
-    cfg: dict[str, Any] = config or {}
+    return summary, config or {}
 
-    def section(name: str) -> dict[str, Any]:
-        value = cfg.get(name)
-        return value if isinstance(value, dict) else {}
 
+def _evidence(scalars: dict[str, list[tuple[int, float]]]) -> Evidence:
     # Per network ("critic/agent_0"), the layer whose gradient grew first (ties: the one that grew most).
     first_by_net: dict[str, tuple[int, float, str]] = {}
     for tag, series in scalars.items():
@@ -92,24 +128,38 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
         cand = (found[0], -found[1], layer)
         if net not in first_by_net or cand < first_by_net[net]:
             first_by_net[net] = cand
-    grew = sorted(first_by_net.values())
-    saturation = _last(scalars, "eval/saturation/")
-    sensitivity = _last(scalars, "eval/sensitivity/")
-    repeat = _last(scalars, "eval/repeat_rate/")
     raw_reward = [abs(v) for tag, s in scalars.items() if tag.startswith("reward/raw_batch_mean/") for _, v in s]
-    reward_mag = float(np.median(raw_reward)) if raw_reward else None
     preact = [v for tag, s in scalars.items() if tag.startswith("actor/preact_max_abs_batch/") for _, v in s]
-    max_preact = float(np.nanmax(preact)) if preact else None
+    return Evidence(
+        grew=sorted(first_by_net.values()),
+        saturation=_last(scalars, "eval/saturation/"),
+        sensitivity=_last(scalars, "eval/sensitivity/"),
+        repeat=_last(scalars, "eval/repeat_rate/"),
+        reward_magnitude=float(np.median(raw_reward)) if raw_reward else None,
+        max_preactivation=float(np.nanmax(preact)) if preact else None,
+    )
 
-    explosion, collapse, nonfinite = (summary.get(k) for k in ("explosion_step", "collapse_step", "nonfinite_step"))
-    env_cfg, fixes_cfg, actor_cfg = section("env"), section("fixes"), section("actor")
-    lr = section("critic_optim").get("lr")
+
+def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    value = cfg.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _large_reward(cfg: dict[str, Any], ev: Evidence) -> bool:
+    reward_mag = ev.reward_magnitude
+    return (_section(cfg, "env").get("reward_scale", 1.0) or 1.0) > 1.0 or (reward_mag is not None and reward_mag > 10)
+
+
+def _candidate_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence) -> list[Fix]:
+    """Every fix in the practitioner's order, with why this run's data points at it and whether it is applied."""
+    explosion, collapse = s.explosion_step, s.collapse_step
+    env_cfg, fixes_cfg, actor_cfg = _section(cfg, "env"), _section(cfg, "fixes"), _section(cfg, "actor")
+    lr = _section(cfg, "critic_optim").get("lr")
     clip_mode = ((fixes_cfg.get("grad_clip") or {}).get("critic") or {}).get("mode", "none")
     output = actor_cfg.get("output")
-    saturated = bool(saturation) and max(saturation.values()) >= 0.9
-    big_reward = (env_cfg.get("reward_scale", 1.0) or 1.0) > 1.0 or (reward_mag is not None and reward_mag > 10)
-
-    fixes = [
+    saturated = bool(ev.saturation) and max(ev.saturation.values()) >= 0.9
+    big_reward, reward_mag, max_preact = _large_reward(cfg, ev), ev.reward_magnitude, ev.max_preactivation
+    return [
         Fix(1, "clip gradients (global L2 norm)",
             ["fixes.grad_clip.critic.mode=global_norm", "fixes.grad_clip.critic.max=1.0",
              "fixes.grad_clip.actor.mode=global_norm", "fixes.grad_clip.actor.max=1.0"],
@@ -139,22 +189,8 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
             "outputs collapsed into saturation" if saturated and collapse is not None else "",
             saturated and collapse is not None, applied=(fixes_cfg.get("actor_preact_l2", 0.0) or 0.0) > 0),
         Fix(5, "Huber critic loss", ["maddpg.critic_loss=huber"],
-            applied=section("maddpg").get("critic_loss") == "huber"),
+            applied=_section(cfg, "maddpg").get("critic_loss") == "huber"),
     ]
-    # Keep the practitioner's order, but within it the fixes the data points at come first.
-    fixes = [f for f in fixes if not f.applied]
-    fixes.sort(key=lambda f: (f.order, not f.evidence))
-    healthy = explosion is None and collapse is None and nonfinite is None
-    return {
-        "verdict": "healthy" if healthy else "unstable",
-        "run": str(run), "status": summary.get("status"), "final_return": summary.get("final_return"),
-        "explosion_step": explosion, "collapse_step": collapse, "nonfinite_step": nonfinite,
-        "detector_messages": summary.get("detector_messages", []),
-        "layers_grew_first": [{"layer": layer, "env_step": step, "growth": -neg} for step, neg, layer in grew[:6]],
-        "saturation": saturation, "repeat_rate": repeat, "sensitivity": sensitivity,
-        "max_preactivation": max_preact, "reward_magnitude": reward_mag, "large_reward": big_reward,
-        "fixes": [{"name": f.name, "set": f.overrides, "why": f.why} for f in fixes],
-    }
 
 
 def render(d: dict[str, Any]) -> str:

@@ -27,12 +27,14 @@ import numpy as np
 
 from marl_stability.checkpoint import atomic_write_bytes, atomic_write_text
 from marl_stability.errors import UserError
+from marl_stability.fmt import fmt_number
+from marl_stability.summary import RunSummary, read_summary
+from marl_stability.sweep.layout import FINAL_STATUSES, Arm, Plan, read_plan, run_dir_of, trial_id
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0  # fixed: rebuilding a report gives the same intervals
 Z95 = 1.959963984540054  # standard normal quantile at 0.975
-FINISHED = ("completed", "diverged")
 
 COLUMNS = [
     "arm", "seed", "status", "final_return", "best_return", "collapse_step", "explosion_step", "nonfinite_step",
@@ -118,16 +120,6 @@ def _mean(x: Any, axis: int = -1) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _num(v: Any) -> Optional[float]:
-    """JSON number (or the strings "nan"/"inf" that non-finite values are written as) -> float or None."""
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
 def _load_json(path: Path) -> Optional[dict[str, Any]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -141,65 +133,62 @@ class Trials:
     """What the report needs from a sweep directory."""
 
     out: Path
-    plan: Any  # sweep.Plan
+    plan: Plan
     rows: list[dict[str, Any]]
     curves: dict[str, list[list[tuple[int, float]]]]  # arm -> one eval history per finished trial
     factor_columns: dict[str, str] = field(default_factory=dict)  # factor -> its CSV column
+    summaries: dict[str, RunSummary] = field(default_factory=dict)  # run_dir (relative) -> summary, finished trials
 
 
 def collect(out: Path) -> Trials:
     """One row per planned trial (finished, failed or missing), from the index and each run's summary.json."""
-    from marl_stability.sweep import FINAL_STATUSES, read_plan, run_dir_of, trial_id
-
     out = Path(out)
     if not out.is_dir():
         raise UserError(f"{out} is not a directory")
     plan = read_plan(out)
     index = _load_json(out / "index.json") or {"trials": {}}
     entries = index.get("trials", {}) if isinstance(index.get("trials"), dict) else {}
-    factor_columns = {f: (f if f not in COLUMNS else f"factor_{f}") for f in plan.factors}
+    trials = Trials(out, plan, [], {a.name: [] for a in plan.arms},
+                    {f: (f if f not in COLUMNS else f"factor_{f}") for f in plan.factors})
     # Trials come from the plan (arms x seeds) plus any the index knows about (a sweep extended with more seeds).
     seeds = sorted(set(plan.seeds) | {int(e["seed"]) for e in entries.values() if isinstance(e, dict) and "seed" in e})
-    rows, curves = [], {a.name: [] for a in plan.arms}
     for arm in plan.arms:
         for seed in seeds:
-            tid = trial_id(arm.name, seed)
-            entry = entries.get(tid)
+            entry = entries.get(trial_id(arm.name, seed))
             if entry is None and seed not in plan.seeds:
                 continue
-            run_dir = run_dir_of(out, arm.name, seed)
-            summary = _load_json(run_dir / "summary.json")
-            row: dict[str, Any] = {c: None for c in COLUMNS}
-            row.update(arm=arm.name, seed=seed, run_dir=str(run_dir.relative_to(out)))
-            if summary is not None and summary.get("status") in FINAL_STATUSES:
-                grads = summary.get("max_grad_norm") or {}
-                row.update(
-                    status=summary["status"],
-                    final_return=_num(summary.get("final_return")),
-                    best_return=_num(summary.get("best_return")),
-                    collapse_step=summary.get("collapse_step"),
-                    explosion_step=summary.get("explosion_step"),
-                    nonfinite_step=summary.get("nonfinite_step"),
-                    max_critic_grad_norm=_num(grads.get("critic")),
-                    max_actor_grad_norm=_num(grads.get("actor")),
-                    repeated_action_rate=_num(summary.get("repeated_action_rate")),
-                    saturation_rate=_num(summary.get("saturation_rate")),
-                    action_sensitivity=_num(summary.get("action_sensitivity")),
-                    env_steps=summary.get("env_steps"),
-                    updates=summary.get("updates"),
-                    wall_seconds=_num(summary.get("wall_seconds")),
-                )
-                hist = [(int(h["env_steps"]), float(h["team_return"])) for h in summary.get("eval_history") or []
-                        if _num(h.get("team_return")) is not None and math.isfinite(float(h["team_return"]))]
-                curves[arm.name].append(hist)
-            elif entry is not None and entry.get("state") == "failed":
-                row.update(status="failed", error=entry.get("error"))
-            else:
-                row.update(status="missing", error=(entry or {}).get("error"))
-            for f, col in factor_columns.items():
-                row[col] = arm.levels.get(f)
-            rows.append(row)
-    return Trials(out, plan, rows, curves, factor_columns)
+            trials.rows.append(_row(trials, arm, seed, entry))
+    return trials
+
+
+def _row(trials: Trials, arm: Arm, seed: int, entry: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The CSV row of one trial; a finished trial's summary and evaluation curve are kept in ``trials``."""
+    run_dir = run_dir_of(trials.out, arm.name, seed)
+    summary = read_summary(run_dir)
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update(arm=arm.name, seed=seed, run_dir=str(run_dir.relative_to(trials.out)))
+    if summary is not None and summary.status in FINAL_STATUSES:
+        row.update(_summary_columns(summary))
+        trials.summaries[row["run_dir"]] = summary
+        trials.curves[arm.name].append(summary.returns())
+    elif entry is not None and entry.get("state") == "failed":
+        row.update(status="failed", error=entry.get("error"))
+    else:
+        row.update(status="missing", error=(entry or {}).get("error"))
+    for f, col in trials.factor_columns.items():
+        row[col] = arm.levels.get(f)
+    return row
+
+
+def _summary_columns(s: RunSummary) -> dict[str, Any]:
+    return {
+        "status": s.status, "final_return": s.final_return, "best_return": s.best_return,
+        "collapse_step": s.collapse_step, "explosion_step": s.explosion_step, "nonfinite_step": s.nonfinite_step,
+        "max_critic_grad_norm": s.grad_peak("critic"), "max_actor_grad_norm": s.grad_peak("actor"),
+        "repeated_action_rate": s.repeated_action_rate, "saturation_rate": s.saturation_rate,
+        "action_sensitivity": s.action_sensitivity, "env_steps": s.env_steps, "updates": s.updates,
+        "wall_seconds": s.wall_seconds,
+    }
 
 
 def _csv_value(v: Any) -> str:
@@ -251,7 +240,7 @@ def arm_stats(trials: Trials) -> list[ArmStats]:
         by_arm.setdefault(r["arm"], []).append(r)
     for arm in trials.plan.arms:
         rows = by_arm.get(arm.name, [])
-        fin = [r for r in rows if r["status"] in FINISHED]
+        fin = [r for r in rows if r["status"] in FINAL_STATUSES]
         # A diverged run keeps its last evaluation's return; one that never evaluated has none and is left out.
         rets = [r["final_return"] for r in fin if r["final_return"] is not None and math.isfinite(r["final_return"])]
         k_col = sum(r["collapse_step"] is not None for r in fin)
@@ -293,10 +282,6 @@ def effect_sentence(s: ArmStats, ref: ArmStats) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- markdown
-def _fmt(v: float, spec: str = ".2f") -> str:
-    return "n/a" if v is None or not math.isfinite(v) else format(v, spec)
-
-
 def _ci(ci: tuple[float, float], spec: str = ".2f") -> str:
     return "n/a" if not all(math.isfinite(c) for c in ci) else f"[{format(ci[0], spec)}, {format(ci[1], spec)}]"
 
@@ -307,7 +292,6 @@ def _rate(k: int, n: int, ci: tuple[float, float]) -> str:
 
 def render_markdown(trials: Trials, stats: list[ArmStats], figures: list[str], figure_note: str = "") -> str:
     plan = trials.plan
-    ref = next((s for s in stats if s.arm == plan.reference), None)
     counts = {k: sum(r["status"] == k for r in trials.rows) for k in ("completed", "diverged", "failed", "missing")}
     lines = [f"# Ablation `{plan.name}`", ""]
     if plan.description:
@@ -319,49 +303,72 @@ def render_markdown(trials: Trials, stats: list[ArmStats], figures: list[str], f
         f"Trials: {len(trials.rows)} ({counts['completed']} completed, {counts['diverged']} diverged, "
         f"{counts['failed']} failed, {counts['missing']} missing).",
         "",
-        "## Final team return and failure rates",
-        "",
-        f"| arm | n | IQM final return | 95% CI | P(arm > `{plan.reference}`) | 95% CI | collapse | explosion | diverged |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for s in stats:
-        p = "—" if s.arm == plan.reference else _fmt(s.p_improve)
-        pci = "—" if s.arm == plan.reference else _ci(s.p_improve_ci)
-        lines.append(
-            f"| `{s.arm}` | {len(s.returns)} | {_fmt(s.iqm)} | {_ci(s.iqm_ci)} | {p} | {pci} | "
-            f"{_rate(s.collapses, s.finished, s.collapse_ci)} | {_rate(s.explosions, s.finished, s.explosion_ci)} | "
-            f"{s.diverged}/{s.finished} |"
-        )
-    lines += [
-        "",
-        "n: finished trials with a final return. Collapse/explosion: trials where that detector fired, with a 95% "
-        "Wilson interval.",
-        "",
-        f"## Effects vs `{plan.reference}`",
-        "",
-    ]
-    if ref is None or not ref.returns:
-        lines.append(f"No finished trial of the reference arm `{plan.reference}`: no comparison is possible.")
-    else:
-        for s in stats:
-            if s.arm != ref.arm:
-                lines.append("- " + (effect_sentence(s, ref) if s.returns else f"`{s.arm}`: no finished trial."))
-        small = min([len(s.returns) for s in stats if s.returns] or [0])
-        lines += ["", f"With {small} seed(s) in the smallest arm these intervals are rough: percentile bootstrap "
-                      "intervals from few seeds are too narrow, so a difference that only just excludes zero is a "
-                      "hint, not a finding. More seeds (`--resume --seeds N`) tighten them."]
-    bad = [r for r in trials.rows if r["status"] in ("failed", "missing")]
-    if bad:
-        lines += ["", "## Failed or missing trials", ""]
-        for r in bad:
-            why = f": {r['error']}" if r.get("error") else ""
-            lines.append(f"- `{r['arm']}/seed_{r['seed']}` {r['status']}{why}")
+    lines += _arms_table(plan.reference, stats)
+    lines += _effects_section(plan.reference, stats)
+    lines += _unfinished_section(trials.rows)
     lines += ["", "## Figures", ""]
     if figures:
         lines += [f"![{Path(f).stem}]({f})" for f in figures]
     if figure_note:
         lines.append(figure_note)
-    lines += [
+    lines += _method_section(trials.out)
+    return "\n".join(lines)
+
+
+def _arms_table(reference: str, stats: list[ArmStats]) -> list[str]:
+    """Final return (IQM, CI, P(improvement)) and failure rates, one row per arm."""
+    lines = [
+        "## Final team return and failure rates",
+        "",
+        f"| arm | n | IQM final return | 95% CI | P(arm > `{reference}`) | 95% CI | collapse | explosion | diverged |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in stats:
+        p = "—" if s.arm == reference else fmt_number(s.p_improve)
+        pci = "—" if s.arm == reference else _ci(s.p_improve_ci)
+        lines.append(
+            f"| `{s.arm}` | {len(s.returns)} | {fmt_number(s.iqm)} | {_ci(s.iqm_ci)} | {p} | {pci} | "
+            f"{_rate(s.collapses, s.finished, s.collapse_ci)} | {_rate(s.explosions, s.finished, s.explosion_ci)} | "
+            f"{s.diverged}/{s.finished} |"
+        )
+    return lines + [
+        "",
+        "n: finished trials with a final return. Collapse/explosion: trials where that detector fired, with a 95% "
+        "Wilson interval.",
+    ]
+
+
+def _effects_section(reference: str, stats: list[ArmStats]) -> list[str]:
+    """One sentence per arm on its effect against the reference, and how rough the intervals are."""
+    lines = ["", f"## Effects vs `{reference}`", ""]
+    ref = next((s for s in stats if s.arm == reference), None)
+    if ref is None or not ref.returns:
+        lines.append(f"No finished trial of the reference arm `{reference}`: no comparison is possible.")
+        return lines
+    for s in stats:
+        if s.arm != ref.arm:
+            lines.append("- " + (effect_sentence(s, ref) if s.returns else f"`{s.arm}`: no finished trial."))
+    small = min([len(s.returns) for s in stats if s.returns] or [0])
+    lines += ["", f"With {small} seed(s) in the smallest arm these intervals are rough: percentile bootstrap "
+                  "intervals from few seeds are too narrow, so a difference that only just excludes zero is a "
+                  "hint, not a finding. More seeds (`--resume --seeds N`) tighten them."]
+    return lines
+
+
+def _unfinished_section(rows: list[dict[str, Any]]) -> list[str]:
+    bad = [r for r in rows if r["status"] in ("failed", "missing")]
+    if not bad:
+        return []
+    lines = ["", "## Failed or missing trials", ""]
+    for r in bad:
+        why = f": {r['error']}" if r.get("error") else ""
+        lines.append(f"- `{r['arm']}/seed_{r['seed']}` {r['status']}{why}")
+    return lines
+
+
+def _method_section(out: Path) -> list[str]:
+    return [
         "",
         "## Method",
         "",
@@ -369,11 +376,10 @@ def render_markdown(trials: Trials, stats: list[ArmStats], figures: list[str], f
         f"of seeds (scipy `trim_mean(x, 0.25)`). Intervals: {int(CONFIDENCE * 100)}% percentile bootstrap, "
         f"{N_RESAMPLES} resamples with a fixed seed, seeds resampled within each arm. P(improvement): mean over "
         "pairs of 1[x > y] + 0.5·1[x = y]. Per-trial numbers: `results.csv`. Compare arms in TensorBoard with "
-        f"`tensorboard --logdir {trials.out / 'runs'}` (runs are named `<arm>/seed_<n>`; the HParams tab has every "
+        f"`tensorboard --logdir {out / 'runs'}` (runs are named `<arm>/seed_<n>`; the HParams tab has every "
         "config key).",
         "",
     ]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -398,12 +404,20 @@ def _curve(histories: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.nda
 
 def make_figures(trials: Trials, stats: list[ArmStats], folder: Path) -> list[str]:
     """learning_curves.png, final_return.png (forest plot), failure_rates.png; paths relative to the sweep dir."""
-    from matplotlib.figure import Figure
-
+    colors = {s.arm: f"C{i % 10}" for i, s in enumerate(stats)}
+    figures = {
+        "learning_curves": _learning_curves_figure(trials, [s.arm for s in stats], colors),
+        "final_return": _final_return_figure(trials.plan.reference, stats, colors),
+        "failure_rates": _failure_rates_figure(stats),
+    }
     folder.mkdir(parents=True, exist_ok=True)
-    names = [s.arm for s in stats]
-    colors = {a: f"C{i % 10}" for i, a in enumerate(names)}
-    written = []
+    for name, fig in figures.items():
+        _save(fig, folder / f"{name}.png")
+    return [f"figures/{name}.png" for name in figures]
+
+
+def _learning_curves_figure(trials: Trials, names: list[str], colors: dict[str, str]) -> Any:
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
@@ -423,12 +437,16 @@ def make_figures(trials: Trials, stats: list[ArmStats], folder: Path) -> list[st
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    _save(fig, folder / "learning_curves.png")
-    written.append("figures/learning_curves.png")
+    return fig
 
-    fig = Figure(figsize=(7, 0.5 * len(names) + 1.5))
+
+def _final_return_figure(reference: str, stats: list[ArmStats], colors: dict[str, str]) -> Any:
+    """Forest plot: each arm's IQM with its CI, and every seed's final return as a dot."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 0.5 * len(stats) + 1.5))
     ax = fig.add_subplot()
-    ys = np.arange(len(names))[::-1]
+    ys = np.arange(len(stats))[::-1]
     for y, s in zip(ys, stats):
         if not math.isfinite(s.iqm):
             continue
@@ -436,16 +454,20 @@ def make_figures(trials: Trials, stats: list[ArmStats], folder: Path) -> list[st
             ax.plot(s.iqm_ci, [y, y], color=colors[s.arm], linewidth=2)
         ax.plot([s.iqm], [y], "o", color=colors[s.arm])
         ax.scatter(s.returns, [y] * len(s.returns), s=10, color="k", alpha=0.4, zorder=3)
-    ref = next((s for s in stats if s.arm == trials.plan.reference), None)
+    ref = next((s for s in stats if s.arm == reference), None)
     if ref is not None and math.isfinite(ref.iqm):
         ax.axvline(ref.iqm, color="gray", linestyle="--", linewidth=1)
     ax.set_yticks(ys)
     ax.set_yticklabels([f"{s.arm} (n={len(s.returns)})" for s in stats])
     ax.set_xlabel("final eval team return: IQM and 95% bootstrap CI (dots: seeds)")
     ax.grid(axis="x", alpha=0.3)
-    _save(fig, folder / "final_return.png")
-    written.append("figures/final_return.png")
+    return fig
 
+
+def _failure_rates_figure(stats: list[ArmStats]) -> Any:
+    from matplotlib.figure import Figure
+
+    names = [s.arm for s in stats]
     fig = Figure(figsize=(max(5, 0.9 * len(names) + 2), 4))
     ax = fig.add_subplot()
     x = np.arange(len(names))
@@ -467,9 +489,7 @@ def make_figures(trials: Trials, stats: list[ArmStats], folder: Path) -> list[st
     ax.set_ylabel("fraction of finished trials")
     ax.set_title("collapse and explosion rates (95% Wilson intervals)")
     ax.legend()
-    _save(fig, folder / "failure_rates.png")
-    written.append("figures/failure_rates.png")
-    return written
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -27,8 +27,10 @@ import numpy as np
 
 from marl_stability.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from marl_stability.errors import UserError
-from marl_stability.report import FINISHED, _load_json, _mean, _num, _save, bootstrap_ci, collect, write_csv
-from marl_stability.report import _fmt as _fmt_report
+from marl_stability.fmt import fmt_number
+from marl_stability.report import Trials, _mean, _save, bootstrap_ci, collect, write_csv
+from marl_stability.summary import RunSummary
+from marl_stability.sweep import FINAL_STATUSES, Plan, load_ablation, make_plan, read_plan, run_sweep
 
 DEFAULT_FILE = Path(__file__).resolve().parents[1] / "experiments" / "reproduce.yaml"
 ARMS = ("failure", "fixed")
@@ -59,8 +61,6 @@ def run_reproduce(out: Path, seeds: Optional[int] = None, quick: bool = False, w
                   address: Optional[str] = None, resume: bool = False, overwrite: bool = False, quiet: bool = False,
                   config: Optional[Path] = None, render: bool = True) -> dict[str, Any]:
     """Run (or continue) the failure-vs-fixed sweep in ``out`` and write its report; returns the summary."""
-    from marl_stability.sweep import read_plan, run_sweep
-
     config = Path(config) if config is not None else DEFAULT_FILE
     if not resume and not config.is_file():
         raise UserError(f"reproduce config {config} not found")
@@ -76,8 +76,6 @@ def run_reproduce(out: Path, seeds: Optional[int] = None, quick: bool = False, w
     if seeds is not None and seeds < 1:
         raise UserError("--seeds must be >= 1")
     if not resume:
-        from marl_stability.sweep import make_plan
-
         plan = make_plan(config, seeds, probe=False, extra=QUICK if quick else None)
         missing = [a for a in ARMS if a not in {x.name for x in plan.arms}]
         if missing:
@@ -85,7 +83,7 @@ def run_reproduce(out: Path, seeds: Optional[int] = None, quick: bool = False, w
         if overwrite and out.exists():
             shutil.rmtree(out)
     run_sweep(None if resume else config, out, seeds=seeds, workers=workers, backend=backend, address=address,
-              resume=resume, quiet=quiet, report=False, extra=None if resume else (QUICK if quick else None))
+              resume=resume, quiet=quiet, extra=None if resume else (QUICK if quick else None))
     return build_reproduction_report(out, render=render)
 
 
@@ -94,7 +92,7 @@ def run_reproduce(out: Path, seeds: Optional[int] = None, quick: bool = False, w
 class RunData:
     seed: int
     run_dir: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     scalars: dict[str, list[tuple[int, float]]]
     histograms: dict[str, list[tuple[int, np.ndarray, np.ndarray]]]  # tag -> (step, bucket edges, counts)
 
@@ -114,15 +112,14 @@ def _read_events(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dic
     return scalars, hists
 
 
-def _load_runs(out: Path, trials: Any) -> dict[str, list[RunData]]:
+def _load_runs(out: Path, trials: Trials) -> dict[str, list[RunData]]:
     runs: dict[str, list[RunData]] = {a.name: [] for a in trials.plan.arms}
     for row in trials.rows:
-        if row["status"] not in FINISHED:
+        if row["status"] not in FINAL_STATUSES:
             continue
         run_dir = out / row["run_dir"]
-        summary = _load_json(run_dir / "summary.json") or {}
         scalars, hists = _read_events(run_dir)
-        runs[row["arm"]].append(RunData(int(row["seed"]), run_dir, summary, scalars, hists))
+        runs[row["arm"]].append(RunData(int(row["seed"]), run_dir, trials.summaries[row["run_dir"]], scalars, hists))
     return runs
 
 
@@ -137,13 +134,8 @@ def _combine(scalars: dict[str, list[tuple[int, float]]], prefix: str, how: str)
     return [(s, float(f(v))) for s, v in sorted(by_step.items())]
 
 
-def _team_return(r: RunData) -> list[tuple[int, float]]:
-    return [(int(h["env_steps"]), float(h["team_return"])) for h in r.summary.get("eval_history") or []
-            if h.get("team_return") is not None and math.isfinite(float(h["team_return"]))]
-
-
 SERIES = {
-    "team_return": _team_return,
+    "team_return": lambda r: r.summary.returns(),
     "critic_grad": lambda r: _combine(r.scalars, "grad_norm/critic", "max"),
     "actor_grad": lambda r: _combine(r.scalars, "grad_norm/actor", "max"),
     "saturation": lambda r: _combine(r.scalars, "eval/saturation", "mean"),
@@ -213,31 +205,30 @@ def _post_collapse(history: list[tuple[int, float]], onset: int) -> Optional[flo
     return float(np.mean(after[-h:]) - np.mean(after[:h]))
 
 
-def _f(v: Any) -> float:
-    """A summary.json number as a float; NaN where it is missing or not a number."""
-    x = _num(v)
-    return math.nan if x is None else x
+def _f(v: Optional[float]) -> float:
+    """A summary.json number as a float; NaN where it is missing."""
+    return math.nan if v is None else float(v)
 
 
 def arm_result(name: str, preset: str, runs: list[RunData], unfinished: list[str]) -> ArmResult:
     runs = sorted(runs, key=lambda r: r.seed)
-    rets = [_f(r.summary.get("final_return")) for r in runs]
+    rets = [_f(r.summary.final_return) for r in runs]
     finite = [x for x in rets if math.isfinite(x)]
     res = ArmResult(
         name=name, preset=preset, seeds=[r.seed for r in runs], runs=[str(r.run_dir) for r in runs],
         final_returns=rets, final_return_mean=float(np.mean(finite)) if finite else math.nan,
         final_return_ci=bootstrap_ci((finite,), _mean),
-        collapse_steps=[r.summary.get("collapse_step") for r in runs],
-        explosion_steps=[r.summary.get("explosion_step") for r in runs],
-        peak_critic_grad=[_f((r.summary.get("max_grad_norm") or {}).get("critic")) for r in runs],
-        peak_actor_grad=[_f((r.summary.get("max_grad_norm") or {}).get("actor")) for r in runs],
-        repeat=[_f(r.summary.get("repeated_action_rate")) for r in runs],
-        saturation=[_f(r.summary.get("saturation_rate")) for r in runs],
-        sensitivity=[_f(r.summary.get("action_sensitivity")) for r in runs],
+        collapse_steps=[r.summary.collapse_step for r in runs],
+        explosion_steps=[r.summary.explosion_step for r in runs],
+        peak_critic_grad=[_f(r.summary.grad_peak("critic")) for r in runs],
+        peak_actor_grad=[_f(r.summary.grad_peak("actor")) for r in runs],
+        repeat=[_f(r.summary.repeated_action_rate) for r in runs],
+        saturation=[_f(r.summary.saturation_rate) for r in runs],
+        sensitivity=[_f(r.summary.action_sensitivity) for r in runs],
         unfinished=unfinished,
     )
     for r, onset, rep, sat in zip(runs, res.collapse_steps, res.repeat, res.saturation):
-        res.post_collapse_gain.append(None if onset is None else _post_collapse(_team_return(r), int(onset)))
+        res.post_collapse_gain.append(None if onset is None else _post_collapse(r.summary.returns(), int(onset)))
         res.still_collapsed.append(onset is not None and rep >= COLLAPSE_REPEAT and sat >= COLLAPSE_SATURATION)
     return res
 
@@ -498,10 +489,6 @@ def write_episode_media(results: dict[str, ArmResult], folder: Path) -> tuple[li
 
 
 # ---------------------------------------------------------------------------------------------- report
-def _fmt(v: Optional[float], spec: str = ".1f") -> str:
-    return _fmt_report(v, spec)
-
-
 def _range(xs: list[float], spec: str = ".3g") -> str:
     f = [x for x in xs if math.isfinite(x)]
     if not f:
@@ -516,53 +503,74 @@ def _steps(xs: list[Optional[int]]) -> str:
     return f"{int(np.median(fired))} (median; {fired[0]} .. {fired[-1]})" if len(fired) > 1 else str(fired[0])
 
 
-def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Any, budget: dict[str, int], quick: bool,
+def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Plan, budget: dict[str, int], quick: bool,
                     figures: list[str], episodes: dict[str, Any], notes: list[str], tb_dir: str) -> str:
-    failure, fixed = res["failure"], res["fixed"]
-    episodes_per_eval = plan.arm("failure").config["train"]["eval_episodes"]
     lines = ["# Reproduction: the repeated-action failure and its fix", ""]
     if quick:
         lines += ["**Quick smoke version** (`--quick`): short budget, shorter warm-up, 5 evaluation episodes. The "
                   "failure shows; the fixed arm has too few updates to learn much. Run without `--quick` for the "
                   "calibrated result.", ""]
     lines += ["## What ran", ""]
-    for arm in res.values():
-        cfg = plan.arm(arm.name).config
-        fx = cfg["fixes"]
-        lines.append(
-            f"- **{arm.name}** (`{arm.preset}`): {cfg['env']['id']}, {budget[arm.name]:,} env steps, seeds "
-            f"{', '.join(map(str, arm.seeds)) or 'none finished'}; actor output `{cfg['actor']['output']}`, last-layer "
-            f"init {cfg['actor']['last_layer_init'] or 'PyTorch default'}, Adam lr {cfg['actor_optim']['lr']:g}/"
-            f"{cfg['critic_optim']['lr']:g}, reward x{cfg['env']['reward_scale']:g}, reward transform "
-            f"`{fx['reward']['mode']}`, obs norm {'on' if fx['obs_norm']['enabled'] else 'off'}, gradient clip "
-            f"actor `{fx['grad_clip']['actor']['mode']}` / critic `{fx['grad_clip']['critic']['mode']}`"
-            + (f" (max {fx['grad_clip']['critic']['max']:g})" if fx['grad_clip']['critic']['mode'] != 'none' else "")
-            + ".")
-    lines += ["", "## Results", "",
-              f"Final team return: the last evaluation ({episodes_per_eval} greedy episodes), mean over seeds with a "
-              "95% percentile bootstrap CI. Detector columns: seeds where it fired, and the env step it fired at. "
-              "Action columns: the final evaluation, mean over seeds (sensitivity = standardized ‖∂a/∂obs‖; "
-              "0 = the action ignores the observation).", "",
-              "| arm | seeds | final team return | collapse | collapse onset | explosion | peak critic grad norm | "
-              "final repeat rate | final saturation | final sensitivity |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [_what_ran(arm, plan.arm(arm.name).config, budget[arm.name]) for arm in res.values()]
+    lines += _results_section(res, plan.arm("failure").config["train"]["eval_episodes"])
+    lines += _verdict_section(res["failure"], res["fixed"], v)
+    lines += [f"- {n}" for n in notes]
+    lines += _figures_section(figures, episodes, tb_dir)
+    return "\n".join(lines)
+
+
+def _what_ran(arm: ArmResult, cfg: dict[str, Any], budget: int) -> str:
+    """One bullet: an arm's preset, budget, seeds and the settings that make it fail or not."""
+    fx = cfg["fixes"]
+    return (
+        f"- **{arm.name}** (`{arm.preset}`): {cfg['env']['id']}, {budget:,} env steps, seeds "
+        f"{', '.join(map(str, arm.seeds)) or 'none finished'}; actor output `{cfg['actor']['output']}`, last-layer "
+        f"init {cfg['actor']['last_layer_init'] or 'PyTorch default'}, Adam lr {cfg['actor_optim']['lr']:g}/"
+        f"{cfg['critic_optim']['lr']:g}, reward x{cfg['env']['reward_scale']:g}, reward transform "
+        f"`{fx['reward']['mode']}`, obs norm {'on' if fx['obs_norm']['enabled'] else 'off'}, gradient clip "
+        f"actor `{fx['grad_clip']['actor']['mode']}` / critic `{fx['grad_clip']['critic']['mode']}`"
+        + (f" (max {fx['grad_clip']['critic']['max']:g})" if fx['grad_clip']['critic']['mode'] != 'none' else "")
+        + ".")
+
+
+def _nanmean(xs: list[float], n: int) -> float:
+    return float(np.nanmean(xs)) if n else math.nan
+
+
+def _results_section(res: dict[str, ArmResult], episodes_per_eval: int) -> list[str]:
+    """The per-arm table and the per-seed numbers."""
+    lines = ["", "## Results", "",
+             f"Final team return: the last evaluation ({episodes_per_eval} greedy episodes), mean over seeds with a "
+             "95% percentile bootstrap CI. Detector columns: seeds where it fired, and the env step it fired at. "
+             "Action columns: the final evaluation, mean over seeds (sensitivity = standardized ‖∂a/∂obs‖; "
+             "0 = the action ignores the observation).", "",
+             "| arm | seeds | final team return | collapse | collapse onset | explosion | peak critic grad norm | "
+             "final repeat rate | final saturation | final sensitivity |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for a in res.values():
         lo, hi = a.final_return_ci
         lines.append(
-            f"| {a.name} | {a.n} | {_fmt(a.final_return_mean)} [{_fmt(lo)}, {_fmt(hi)}] | {a.collapses}/{a.n} | "
+            f"| {a.name} | {a.n} | {fmt_number(a.final_return_mean, '.1f')} [{fmt_number(lo, '.1f')}, "
+            f"{fmt_number(hi, '.1f')}] | {a.collapses}/{a.n} | "
             f"{_steps(a.collapse_steps)} | {a.explosions}/{a.n} | {_range(a.peak_critic_grad)} | "
-            f"{_fmt(float(np.nanmean(a.repeat)) if a.n else math.nan, '.2f')} | "
-            f"{_fmt(float(np.nanmean(a.saturation)) if a.n else math.nan, '.2f')} | "
-            f"{_fmt(float(np.nanmean(a.sensitivity)) if a.n else math.nan, '.3g')} |")
+            f"{fmt_number(_nanmean(a.repeat, a.n), '.2f')} | "
+            f"{fmt_number(_nanmean(a.saturation, a.n), '.2f')} | "
+            f"{fmt_number(_nanmean(a.sensitivity, a.n), '.3g')} |")
     lines += ["", "Per seed (final team return / collapse onset / peak critic grad norm / peak actor grad norm):", ""]
     for a in res.values():
-        per = "; ".join(f"s{s}: {_fmt(r)} / {c if c is not None else '-'} / {_fmt(g, '.3g')} / {_fmt(ag, '.3g')}"
+        per = "; ".join(f"s{s}: {fmt_number(r, '.1f')} / {c if c is not None else '-'} / {fmt_number(g, '.3g')} / "
+                        f"{fmt_number(ag, '.3g')}"
                         for s, r, c, g, ag in zip(a.seeds, a.final_returns, a.collapse_steps, a.peak_critic_grad,
                                                   a.peak_actor_grad))
         lines.append(f"- {a.name}: {per or 'none'}")
+    return lines
+
+
+def _verdict_section(failure: ArmResult, fixed: ArmResult, v: dict[str, Any]) -> list[str]:
+    """The verdict on each arm, in words, with the criteria it was judged by."""
     gains = [g for g in failure.post_collapse_gain if g is not None]
     change, change_ci = post_collapse_change(failure)
-    lines += ["", "## Verdict", ""]
+    lines = ["", "## Verdict", ""]
     if failure.n:
         lines.append(
             f"- **Failure preset: {'reproduced' if v['failure_reproduced'] else 'NOT reproduced'}.** The collapse "
@@ -570,22 +578,30 @@ def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Any, bud
             f"{failure.collapses}/{failure.n} seeds, first at {_steps(failure.collapse_steps)} env steps; "
             f"{sum(failure.still_collapsed)}/{failure.collapses} collapsed seeds "
             f"were still collapsed at the end. Return change from the first to the second half of the evaluations "
-            f"after onset: {_fmt(change, '+.1f')} [{_fmt(change_ci[0], '+.1f')}, {_fmt(change_ci[1], '+.1f')}] on "
-            f"average (per seed: {', '.join(f'{g:+.1f}' for g in gains) or 'n/a'}). The explosion detector fired in {failure.explosions}/{failure.n}; the critic gradient "
+            f"after onset: {fmt_number(change, '+.1f')} [{fmt_number(change_ci[0], '+.1f')}, "
+            f"{fmt_number(change_ci[1], '+.1f')}] on "
+            f"average (per seed: {', '.join(f'{g:+.1f}' for g in gains) or 'n/a'}). The explosion detector fired in "
+            f"{failure.explosions}/{failure.n}; the critic gradient "
             f"peaked at {_range(failure.peak_critic_grad)} and the actor gradient at "
             f"{_range(failure.peak_actor_grad)}.")
     if fixed.n:
         lo, hi = fixed.final_return_ci
         lines.append(
             f"- **Fixed preset: {'cured' if v['fixed_cured'] else 'NOT cured'}.** Collapse in {fixed.collapses}/"
-            f"{fixed.n} seeds; final team return {_fmt(fixed.final_return_mean)} [{_fmt(lo)}, {_fmt(hi)}] versus "
-            f"random {RANDOM_RETURN} and the failure arm's {_fmt(failure.final_return_mean)}. For scale: EPyMARL's "
+            f"{fixed.n} seeds; final team return {fmt_number(fixed.final_return_mean, '.1f')} [{fmt_number(lo, '.1f')}, "
+            f"{fmt_number(hi, '.1f')}] versus "
+            f"random {RANDOM_RETURN} and the failure arm's {fmt_number(failure.final_return_mean, '.1f')}. For scale: "
+            f"EPyMARL's "
             f"MADDPG reaches about {EPYMARL_MADDPG_RETURN:g} after ~2M env steps (Papoudakis et al. 2021, converted "
             f"to this team-return scale); a hand-coded optimal landmark assignment scores about -20.5.")
     lines += [f"- Criteria: failure — {v['criteria']['failure']}; fixed — {v['criteria']['fixed']}.",
               "- A collapsed policy's return does not always look bad: saturated components can cancel "
               "(standing still scores about -76). The actions, not the return, show the failure."]
-    lines += [f"- {n}" for n in notes]
+    return lines
+
+
+def _figures_section(figures: list[str], episodes: dict[str, Any], tb_dir: str) -> list[str]:
+    lines: list[str] = []
     if figures:
         lines += ["", "## Figures", ""]
         for f in figures:
@@ -596,7 +612,7 @@ def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Any, bud
                   + "; ".join(f"{arm}: team return {e['team_return']:.1f}" for arm, e in episodes.items()) + "."]
     lines += ["", f"TensorBoard: `tensorboard --logdir {tb_dir}` shows every arm x seed side by side (run names "
               "`<arm>/seed_<n>`; the Custom Scalars tab has the gradient, critic, action and reward dashboards).", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str, Any]:
@@ -612,7 +628,7 @@ def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str,
     write_csv(trials, out / "results.csv")
     runs = _load_runs(out, trials)
     unfinished = {a.name: [f"{r['arm']}/seed_{r['seed']}" for r in trials.rows
-                           if r["arm"] == a.name and r["status"] not in FINISHED] for a in plan.arms}
+                           if r["arm"] == a.name and r["status"] not in FINAL_STATUSES] for a in plan.arms}
     presets = {a.name: _preset_of(out, a.name) for a in plan.arms}
     results = {name: arm_result(name, presets[name], runs[name], unfinished[name]) for name in ARMS}
     v = verdict(results["failure"], results["fixed"])
@@ -650,8 +666,6 @@ def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str,
 
 def _preset_of(out: Path, arm: str) -> str:
     """The preset file an arm started from, as written in the saved ablation file (for the report)."""
-    from marl_stability.sweep import load_ablation
-
     try:
         ab = load_ablation(out / "ablation.yaml")
     except UserError:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ import pytest
 from marl_stability.config import RunConfig, config_diff, describe_schema, load_config
 from marl_stability.errors import UserError
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
 FIX_PRESETS = sorted(EXPERIMENTS.glob("fix_*.yaml"))
 
 
@@ -87,3 +90,13 @@ def test_schema_lists_every_section_with_descriptions() -> None:
     # every leaf line carries a description comment
     leaves = [l for l in text.splitlines() if not l.rstrip().endswith(":") and "#" not in l.split(":", 1)[0]]
     assert all("  # " in l for l in leaves)
+
+
+def test_config_module_does_not_import_torch() -> None:
+    """The config sits at the bottom of the import graph: reading or validating a config (report, doctor,
+    ``config`` command) must not load torch. A fresh interpreter, so earlier tests' imports do not count."""
+    code = ("import sys, marl_stability.config, marl_stability.summary, marl_stability.fmt; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -111,3 +111,19 @@ def test_real_collapse_is_detected_and_diagnosed(tmp_path: Path, capsys: pytest.
     names = [f["name"] for f in d["fixes"]]
     assert "tanh output scaled to the action bounds" not in names  # already applied in this run
     assert names[:2] == ["clip gradients (global L2 norm)", "lower the learning rate"]
+
+
+def test_doctor_reads_summary_json_through_the_run_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A corrupt or foreign summary.json is one error line (exit 2); a run without one yet is still diagnosed."""
+    run = tmp_path / "collapsed"
+    make_collapsed_run(run)
+    for text in ("{not json", "[1, 2]", json.dumps({"final_return": -1.0})):  # the last lacks a status
+        (run / "summary.json").write_text(text)
+        code, _, err = run_cli(["doctor", str(run)], capsys)
+        assert code == 2 and err.startswith("error: corrupt summary.json") and err.count("\n") == 1
+    (run / "summary.json").unlink()
+    code, out, err = run_cli(["doctor", str(run), "--json"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["status"] is None and d["collapse_step"] is None and d["detector_messages"] == []
+    assert d["layers_grew_first"][0]["layer"] == "critic/agent_0/mlp.out.weight"  # the events still speak

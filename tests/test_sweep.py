@@ -1,5 +1,6 @@
 """Ablation sweeps: design expansion, up-front validation, a tiny sweep end to end on the local process pool,
-a failing trial, and resume after ``kill -9`` of the sweep process."""
+a failing trial, and resume after ``kill -9`` of the sweep process. The runner builds no report; these tests
+build it afterwards with ``report.build_report``, as the ``ablate`` command does."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 
 from marl_stability import sweep
+from marl_stability.report import build_report
 from marl_stability.ablate_cli import main as ablate_main
 from marl_stability.errors import UserError
 
@@ -174,8 +177,8 @@ def summary_files(out: Path) -> dict[str, tuple[int, bytes]]:
     """trial id -> (mtime_ns, bytes) of every summary.json with a final status."""
     found = {}
     for p in sorted((out / "runs").glob("*/seed_*/summary.json")):
-        data = sweep.read_summary(p.parent)
-        if data and data.get("status") in sweep.FINAL_STATUSES:
+        summary = sweep.read_summary(p.parent)
+        if summary is not None and summary.status in sweep.FINAL_STATUSES:
             found[f"{p.parent.parent.name}/{p.parent.name}"] = (p.stat().st_mtime_ns, p.read_bytes())
     return found
 
@@ -189,6 +192,7 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         first = sweep.run_sweep(TINY, out, workers=2, quiet=True)
     finally:
         del os.environ[sweep.FAIL_ENV_VAR]
+    build_report(out)
     state = {
         "first": first,
         "index": json.loads((out / "index.json").read_text()),
@@ -197,6 +201,7 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "summaries": summary_files(out),
     }
     state["second"] = sweep.run_sweep(None, out, workers=2, resume=True, quiet=True)
+    build_report(out)
     state["out"] = out
     return state
 
@@ -274,6 +279,20 @@ def test_existing_sweep_is_never_overwritten(tiny_sweep: dict[str, Any]) -> None
         sweep.run_sweep(other, out, resume=True, workers=1, quiet=True)
 
 
+def test_ablate_command_builds_the_report(tiny_sweep: dict[str, Any], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``ablate`` (not the runner) writes the report: on a finished sweep, --resume runs nothing and rebuilds it."""
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_sweep["out"], out)
+    for name in ("report.md", "results.csv"):
+        (out / name).unlink()
+    ablate_main(["ablate", "--out", str(out), "--resume"])
+    printed = capsys.readouterr().out
+    assert "4 completed" in printed and "(0 run now)" in printed and f"report: {out / 'report.md'}" in printed
+    assert read_csv(out / "results.csv") == read_csv(tiny_sweep["out"] / "results.csv")
+    assert "| `+grad_clip` | 2 |" in (out / "report.md").read_text()
+
+
 def test_resume_after_kill_9(tiny_sweep: dict[str, Any], tmp_path: Path) -> None:
     """kill -9 the sweep after its first trial ends; --resume runs only the rest and gives the same table."""
     out = tmp_path / "killed"
@@ -297,6 +316,7 @@ def test_resume_after_kill_9(tiny_sweep: dict[str, Any], tmp_path: Path) -> None
     assert any(e["state"] in ("running", "pending") for e in index["trials"].values())
 
     resumed = sweep.run_sweep(None, out, workers=2, resume=True, quiet=True)
+    build_report(out)
     assert set(resumed.ran) == ALL_TINY - set(done)
     assert resumed.counts["completed"] == 4
     after = summary_files(out)
@@ -314,7 +334,7 @@ def test_dead_worker_process_is_retried_then_failed(tmp_path: Path, monkeypatch:
     path.write_text(TINY.read_text().replace("seeds: 2", "seeds: 1").replace("config: no_fix_baseline.yaml",
                                                                            f"config: {BASELINE}"))
     monkeypatch.setenv(sweep.FAIL_ENV_VAR, "crash:+grad_clip/seed_0")
-    outcome = sweep.run_sweep(path, tmp_path / "sweep", workers=1, quiet=True, report=False)
+    outcome = sweep.run_sweep(path, tmp_path / "sweep", workers=1, quiet=True)
     index = json.loads((tmp_path / "sweep" / "index.json").read_text())["trials"]
     assert index["+grad_clip/seed_0"]["state"] == "failed"
     assert index["+grad_clip/seed_0"]["error"] == f"worker process died ({sweep.MAX_ATTEMPTS} attempts)"
@@ -329,6 +349,7 @@ def test_tiny_ablation_on_a_local_ray_instance(tiny_sweep: dict[str, Any], tmp_p
 
     out = tmp_path / "ray_sweep"
     outcome = sweep.run_sweep(TINY, out, workers=2, backend="ray", quiet=True)
+    build_report(out)
     assert not ray.is_initialized()  # the backend shut down the instance it started
     assert outcome.counts["completed"] == 4 and outcome.counts["failed"] == 0
     drop = ("wall_seconds",)
