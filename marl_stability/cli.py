@@ -103,6 +103,8 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no final summary print"),
 ) -> None:
     """Train one run; writes config.yaml, TensorBoard events, checkpoints/ and summary.json to <logdir>/<name>/."""
+    from marl_stability.fmt import fmt_number
+    from marl_stability.summary import RunSummary
     from marl_stability.trainer import Trainer
 
     if resume and overwrite:
@@ -129,14 +131,13 @@ def train_cmd(
     trainer = Trainer(cfg, run_dir, quiet=quiet)  # builds env and agents: fails before touching the disk
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
-    summary = trainer.run(resume=resume)
+    s = RunSummary.model_validate(trainer.run(resume=resume))
     if not quiet:
-        ret = summary["final_return"]
         typer.echo(
-            f"{summary['status']}: {run_dir}  env_steps={summary['env_steps']} updates={summary['updates']} "
-            f"final_return={'n/a' if ret is None else f'{ret:.2f}'} "
-            f"max_grad_norm(actor/critic)={summary['max_grad_norm']['actor']:.3g}/{summary['max_grad_norm']['critic']:.3g} "
-            f"nonfinite={summary['nonfinite_events']}"
+            f"{s.status}: {run_dir}  env_steps={s.env_steps} updates={s.updates} "
+            f"final_return={fmt_number(s.final_return, '.2f')} "
+            f"max_grad_norm(actor/critic)={fmt_number(s.grad_peak('actor'), '.3g')}/{fmt_number(s.grad_peak('critic'), '.3g')} "
+            f"nonfinite={s.nonfinite_events}"
         )
 
 

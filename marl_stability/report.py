@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from marl_stability.checkpoint import atomic_write_bytes, atomic_write_text
+from marl_stability.atomic import atomic_write_bytes, atomic_write_text
 from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.summary import RunSummary, read_summary

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from marl_stability.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
+from marl_stability.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.report import Trials, _mean, _save, bootstrap_ci, collect, write_csv
@@ -394,24 +394,19 @@ def _action_histograms(runs: dict[str, list[RunData]], warmup: dict[str, int]) -
 # ---------------------------------------------------------------------------------------------- episodes
 def load_policy(run_dir: Path) -> tuple[Any, Any]:
     """(config, algorithm) of a finished run, restored from its last checkpoint."""
-    import agents
+    from marl_stability.build import build_run
     from marl_stability.checkpoint import load_checkpoint
     from marl_stability.config import RunConfig
-    from marl_stability.fixes import build_fixes
-    from marl_stability.trainer import make_venv
 
     path = run_dir / "checkpoints" / "last.pt"
     if not path.is_file():
         raise UserError(f"{run_dir} has no checkpoint to render from")
     state = load_checkpoint(path)
     cfg = RunConfig.model_validate(state["config"])
-    venv = make_venv(cfg, 1, cfg.seed)
-    spec = venv.layout
-    venv.close()
-    fixes = build_fixes(cfg.fixes, cfg.env.num_envs, spec.num_agents, spec.max_obs_dim, cfg.maddpg.gamma)
-    algo = agents.make(cfg, spec, fixes)
-    algo.load_state_dict(state["algo"])
-    return cfg, algo
+    parts = build_run(cfg, probe=False)  # the same construction as the trainer's
+    parts.close()
+    parts.algorithm.load_state_dict(state["algo"])
+    return cfg, parts.algorithm
 
 
 def render_episode(run_dir: Path, seed: int = 12345) -> tuple[list[np.ndarray], float]:

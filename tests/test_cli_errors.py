@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
 
 from marl_stability.cli import main
 from marl_stability.config import dump_yaml, load_config

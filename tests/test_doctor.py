@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from marl_stability.cli import main
 from marl_stability.config import dump_yaml, load_config

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from agents.networks import MLP
-from marl_stability.config import ClipConfig, FixesConfig, ObsNormConfig, RewardFixConfig
+from marl_stability.config import ClipConfig, FixesConfig, ObsNormConfig
 from marl_stability.fixes import (
     ClipStats,
     GlobalNormClip,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from marl_stability.checkpoint import atomic_write_json, atomic_write_text
+from marl_stability.atomic import atomic_write_json, atomic_write_text
 from marl_stability.errors import UserError
 from marl_stability.sweep.backends import Backend, WorkerLost, make_backend
 from marl_stability.sweep.layout import (
