@@ -31,3 +31,27 @@ def test_readme_monitor_example_runs(tmp_path: Path, capsys) -> None:  # type: i
     for tag in ("grad_norm/critic/shared", "clip_fraction/actor/agent_0", "update_ratio/critic/shared",
                 "grad_norm_layer/actor/agent_2/2.weight", "actor/saturation/agent_1", "actor/sensitivity/agent_0"):
         assert tag in tags, tag
+
+
+def test_readme_hook_example_stops_a_saturated_run() -> None:
+    from marl_stability.config import RunConfig
+    from marl_stability.events import EvaluationEvent
+    from marl_stability.hooks import RunContext
+    from marl_stability.sinks import Logger, MemorySink
+    from marl_stability.summary import AgentActionStats
+
+    block = re.search(r"<!-- hook-example.*?-->\n```python\n(.*?)```", README.read_text(), re.S)
+    assert block, "hook example block missing from README"
+    namespace: dict = {}
+    exec(compile(block.group(1), "README.md", "exec"), namespace)
+    sink = MemorySink()
+    ctx = RunContext(cfg=RunConfig(), run_dir=Path("."), layout=None, algorithm=None, logger=Logger([sink]))
+    hook = namespace["StopWhenSaturated"](ctx)
+    for step, saturation in enumerate([0.99, 0.5, 0.99, 0.99, 0.99]):
+        ctx.env_steps = step
+        ev = EvaluationEvent(step, [], [], [], [])
+        ev.derived["action_stats"] = {a: AgentActionStats(repeat_rate=1.0, saturation=saturation, batch_same_action=1.0,
+                                                          sensitivity=0.0) for a in ("a", "b")}
+        hook.on_evaluation(ev)
+        assert ctx.status == ("interrupted" if step == 4 else "running")
+    assert [v for _, v in sink.scalars["user/saturated_streak"]] == [1, 0, 1, 2, 3]
