@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from marl_stability.config import DetectorConfig
 from marl_stability.errors import UserError
 from marl_stability.summary import RunSummary, read_summary
 
@@ -157,7 +158,9 @@ def _candidate_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence) -> list[F
     lr = _section(cfg, "critic_optim").get("lr")
     clip_mode = ((fixes_cfg.get("grad_clip") or {}).get("critic") or {}).get("mode", "none")
     output = actor_cfg.get("output")
-    saturated = bool(ev.saturation) and max(ev.saturation.values()) >= 0.9
+    # The run's own collapse threshold (detectors.saturation_threshold), not a second constant.
+    threshold = _section(cfg, "detectors").get("saturation_threshold", DetectorConfig().saturation_threshold)
+    saturated = bool(ev.saturation) and max(ev.saturation.values()) >= threshold
     big_reward, reward_mag, max_preact = _large_reward(cfg, ev), ev.reward_magnitude, ev.max_preactivation
     return [
         Fix(1, "clip gradients (global L2 norm)",

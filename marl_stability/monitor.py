@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from marl_stability.events import GradEvent
+from marl_stability.fixes import ClipStats, GradNorms, measure_grads
 from marl_stability.sinks import Logger, TensorBoardSink
 
 __all__ = [
@@ -120,9 +122,9 @@ def _copy(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def global_grad_norm(module: nn.Module) -> float:
-    """Global L2 norm of all gradients of ``module`` (0.0 if none has a gradient)."""
-    with torch.no_grad():
-        return _combine(_norms([p.grad.detach() for p in module.parameters() if p.grad is not None]))
+    """Global L2 norm of all gradients of ``module`` (0.0 if none has a gradient): the measurement the
+    clippers use (``fixes.measure_grads``)."""
+    return measure_grads(module.parameters()).total
 
 
 def saturation_fraction(actions: ArrayLike, low: ArrayLike, high: ArrayLike, margin: float = 0.01) -> float:
@@ -348,9 +350,6 @@ class Monitor:
 
         Also remembers the measurement for ``after_clip`` and snapshots the weights for ``after_step``.
         """
-        from marl_stability.events import GradEvent
-        from marl_stability.fixes import measure_grads
-
         stats: dict[str, float] = {}
         for name, (_, params) in self._models.items():
             ev = self._events[name] = GradEvent(name, self._calls["after_backward"], measure_grads(params))
@@ -359,8 +358,6 @@ class Monitor:
 
     def after_clip(self, step: int) -> dict[str, float]:
         """Post-clip global norms, whether clipping acted this call, and the running clip fraction."""
-        from marl_stability.fixes import ClipStats, measure_grads
-
         stats: dict[str, float] = {}
         for name, (_, params) in self._models.items():
             post = measure_grads(params).total
@@ -374,9 +371,6 @@ class Monitor:
 
     def after_step(self, step: int) -> dict[str, float]:
         """Update-to-weight ratios ||w_new - w_old|| / ||w_old|| and non-finite parameter counts."""
-        from marl_stability.events import GradEvent
-        from marl_stability.fixes import GradNorms
-
         stats: dict[str, float] = {}
         for name, (_, params) in self._models.items():
             ev = self._events.pop(name, None) or GradEvent(name, 0, GradNorms(params, [], [], 0.0, torch.zeros(())))

@@ -26,12 +26,14 @@ from typing import Any, Optional
 import numpy as np
 
 from marl_stability.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from marl_stability.config import DetectorConfig
 from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.report import Trials, _mean, _save, bootstrap_ci, collect, write_csv
 from marl_stability.summary import RunSummary
 from marl_stability.sweep import FINAL_STATUSES, Plan, load_ablation, make_plan, read_plan, run_sweep
 
+_DETECTORS = DetectorConfig()
 DEFAULT_FILE = Path(__file__).resolve().parents[1] / "experiments" / "reproduce.yaml"
 ARMS = ("failure", "fixed")
 # --quick: a few-minute smoke version. The failure still shows (it sets in within a few hundred updates
@@ -53,7 +55,6 @@ EPYMARL_MADDPG_RETURN = -33.0
 # seeds, stays below this margin (a third of the ~29-unit gap between random and the fixed preset at 150k).
 NO_GAIN_MARGIN = 10.0
 # The collapse must also still hold at the end of training (no recovery): the final evaluation's rates.
-COLLAPSE_REPEAT, COLLAPSE_SATURATION = 0.9, 0.9
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -229,7 +230,9 @@ def arm_result(name: str, preset: str, runs: list[RunData], unfinished: list[str
     )
     for r, onset, rep, sat in zip(runs, res.collapse_steps, res.repeat, res.saturation):
         res.post_collapse_gain.append(None if onset is None else _post_collapse(r.summary.returns(), int(onset)))
-        res.still_collapsed.append(onset is not None and rep >= COLLAPSE_REPEAT and sat >= COLLAPSE_SATURATION)
+        # "still collapsed at the end": the collapse detector's repeat and saturation thresholds (defaults)
+        res.still_collapsed.append(onset is not None and rep >= _DETECTORS.repeat_threshold
+                                   and sat >= _DETECTORS.saturation_threshold)
     return res
 
 
