@@ -212,7 +212,8 @@ class MADDPG(Algorithm):
         """Q_i(o, mu(o)) for every agent at a batch of joint observations [B, N, D] -> [B, N]."""
         return self.strategy.q_values(self.fixes.obs(torch.as_tensor(obs, dtype=torch.float32)))
 
-    value_estimates = q_values
+    def value_estimates(self, obs: np.ndarray) -> np.ndarray:
+        return self.q_values(obs)
 
     def preactivations(self, i: int, obs_i: torch.Tensor) -> torch.Tensor:
         self.set_mode(self.actors[i], False)

@@ -56,7 +56,8 @@ class GradientStepper:
         self.nonfinite = 0
 
     def begin(self, update: int, batch: dict[str, torch.Tensor]) -> None:
-        """Start an update: its index and its sampled batch."""
+        """Start an update (required before its first ``step``): its index (1-based; the logging and sampling
+        rates count it) and its batch (the evidence of a non-finite step). Resets the non-finite count."""
         self.update, self.batch, self.evidence, self.nonfinite = update, batch, None, 0
 
     def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
@@ -80,12 +81,14 @@ class GradientStepper:
                       clipper: GradClipper, model: str) -> tuple[ClipStats, bool]:
         """After this network's backward: measure (once) -> after_backward -> clip -> after_clip -> step ->
         after_step; a non-finite gradient is recorded and its step skipped."""
-        ev = GradEvent(model, self.update, measure_grads(params))
-        self.events.after_backward(ev)
+        if self.update < 1:
+            raise RuntimeError("GradientStepper: call begin(update_index, batch) at the start of every update")
+        norms = measure_grads(params)
+        ev = GradEvent(model, self.update, norms, finite=math.isfinite(norms.total))
+        self.events.after_backward(ev)  # hooks read the gradients here; they must not change them
         clip = clipper.clip(ev.norms)
         ev.clip = clip
-        if not math.isfinite(clip.pre_norm):
-            ev.finite = False
+        if not ev.finite:
             self.record(model, "gradient", loss)
             opt.zero_grad(set_to_none=True)
             return clip, False

@@ -155,18 +155,20 @@ class TrainConfig(_Strict):
     eval_episodes: int = Field(10, ge=1, description="episodes per evaluation (no exploration noise)")
     checkpoint_every: int = Field(50_000, ge=1, description="env steps between checkpoints")
     log_every: int = Field(10, ge=1, description="log update stats every N updates")
-    layer_stats: bool = Field(True, description="attach the monitor to every network (per-layer norms, update ratios)")
+    layer_stats: bool = Field(True, description="per-layer gradient/weight norms and update ratios of every network "
+                              "(the gradients hook)")
     layer_stats_every: int = Field(
-        50, ge=1, description="run the monitor (per-layer gradient/weight norms, update ratios, clip fraction) every N "
-        "updates; the clip fraction is over these sampled updates"
+        50, ge=1, description="write per-layer gradient/weight norms and update ratios every N updates (they need a "
+        "copy of the weights before the step); global norms and the clip fraction cover every update"
     )
-    histogram_every: int = Field(100, ge=1, description="log histograms every N update rounds")
+
+    histogram_every: int = Field(100, ge=1, description="log histograms of the training actions every N updates")
     max_nonfinite: int = Field(10, ge=1, description="non-finite updates tolerated before status=diverged (on_nonfinite=stop)")
     on_nonfinite: Literal["stop", "rollback"] = Field(
         "stop", description="stop: skip non-finite updates, diverge after max_nonfinite; rollback: restore the last good "
         "in-memory snapshot of networks and optimizers and continue"
     )
-    snapshot_every: int = Field(50, ge=1, description="update rounds between in-memory snapshots (on_nonfinite=rollback)")
+    snapshot_every: int = Field(50, ge=1, description="updates between in-memory snapshots (on_nonfinite=rollback)")
     max_rollbacks: int = Field(5, ge=0, description="rollbacks tolerated before status=diverged")
     forensic_history: int = Field(50, ge=1, description="recent update stats kept for the forensic bundle")
     hooks: list[str] = Field(

@@ -146,10 +146,12 @@ class ForensicsHook(Hook):
         atomic_write_text(folder / "config.yaml", dump_yaml(self.ctx.cfg))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"written": self.written}
+        return {"written": self.written, "history": list(self.history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.written = bool(state["written"])
+        self.history.clear()
+        self.history.extend(dict(h) for h in state["history"])
 
 
 # --------------------------------------------------------------------------- TensorBoard
@@ -230,8 +232,13 @@ class TensorBoardHook(Hook):
             sink.custom_scalars(dashboard(self.ctx.algorithm.stat_prefixes))
             sink.hparams(hparams_of(self.ctx.cfg), {"eval/team_return": float("nan")})
 
+    def before_checkpoint(self) -> None:
+        # Flushed before the checkpoint: a kill -9 later loses nothing that the resumed run will not rewrite.
+        self.ctx.logger.flush()
+
     def on_end(self, summary: RunSummary) -> None:
-        self.log.text("summary", f"status: {summary.status}, final_return: {summary.final_return}", self.ctx.env_steps)
+        why = f" ({self.ctx.stop_reason})" if self.ctx.stop_reason else ""
+        self.log.text("summary", f"status: {summary.status}{why}, final_return: {summary.final_return}", self.ctx.env_steps)
 
 
 # --------------------------------------------------------------------------- progress

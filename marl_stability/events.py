@@ -7,7 +7,7 @@ clipper used (``fixes.GradNorms``), so logs, detectors and clipping agree on the
 event              emitted by                             when
 =================  =====================================  ==========================================
 ``on_start``       loop                                   once, after env/algorithm/hooks are built
-``after_backward`` algorithm (``GradientStep``)           a network's gradients exist, before clipping
+``after_backward`` algorithm (``GradientStepper``)           a network's gradients exist, before clipping
 ``after_clip``     algorithm                              gradients clipped (finite ones only)
 ``after_step``     algorithm                              optimizer step taken
 ``on_env_step``    loop                                   one batched env step (actions taken)

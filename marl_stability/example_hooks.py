@@ -36,7 +36,7 @@ class StopWhenSaturated(Hook):
             self.ctx.stop("interrupted", f"saturation above {self.threshold} for {self.streak} evaluations")
 
     def summary(self) -> dict[str, Any]:
-        return {}
+        return {"saturated_streak": self.streak}  # summary.json: hooks.stop_when_saturated.saturated_streak
 
     def state_dict(self) -> dict[str, Any]:
         return {"streak": self.streak}  # a resumed run continues the streak

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from marl_stability.sinks import Logger
     from marl_stability.summary import RunSummary
 
+BUILTIN_MODULES = ("marl_stability.builtin_hooks", "marl_stability.control_hooks")
 EVENTS = ("on_start", "after_backward", "after_clip", "after_step", "on_env_step", "on_update", "on_episodes",
           "on_evaluation", "on_nonfinite", "before_checkpoint", "on_end")
 
@@ -40,6 +41,11 @@ class Hook:
 
     name: str = ""
     prefixes: tuple[str, ...] = ()
+
+    def __init__(self, ctx: Optional["RunContext"] = None) -> None:
+        """Keep the run context (``self.ctx``) and a logger limited to this hook's prefixes (``self.log``)."""
+        self.ctx = ctx
+        self.log = ctx.scoped(self) if ctx is not None else None
 
     def on_start(self, resumed: bool) -> None: ...
     def after_backward(self, ev: GradEvent) -> None: ...
@@ -118,7 +124,10 @@ class RunContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stop(self, status: str, reason: str = "") -> None:
-        """End the run after the current event with this status (diverged, interrupted, ...)."""
+        """End the run after the current event: ``interrupted`` (resumable: checkpoint and summary written) or
+        ``diverged`` (final). The reason goes into the run's summary text."""
+        if status not in ("interrupted", "diverged"):
+            raise ValueError(f"ctx.stop: status must be interrupted or diverged, not {status!r}")
         if self.status == "running":
             self.status, self.stop_reason = status, reason
 
@@ -130,6 +139,9 @@ def check_claims(hooks: Sequence[Hook]) -> None:
     """Every tag prefix has one owner: no two hooks may claim the same or nested prefixes; names are unique."""
     names: dict[str, Hook] = {}
     for h in hooks:
+        if isinstance(h.prefixes, str) or not all(isinstance(p, str) and p for p in h.prefixes):
+            raise UserError(f"hook {type(h).__name__}: prefixes must be a tuple of non-empty strings, "
+                            f"not {h.prefixes!r}")
         if not h.name:
             raise UserError(f"hook {type(h).__name__} has no name")
         if h.name in names:
@@ -158,9 +170,15 @@ class HookBus:
             setattr(self, event, _fanout(overriding))
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        """The built-in hooks' summary fields, plus ``hooks``: each user hook's own fields under its name (so
+        a user's hook can never overwrite a field of the run)."""
+        out: dict[str, Any] = {"hooks": {}}
         for h in self.hooks:
-            out.update(h.summary())
+            fields = h.summary()
+            if type(h).__module__ in BUILTIN_MODULES:
+                out.update(fields)
+            elif fields:
+                out["hooks"][h.name] = dict(fields)
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -221,11 +239,19 @@ def build_hooks(ctx: RunContext, user_hooks: Sequence[Any] = ()) -> list[Hook]:
 
     hooks = builtin_hooks(ctx)
     for item in [*(load_hook_class(s) for s in ctx.cfg.train.hooks), *user_hooks]:
-        hook = item(ctx) if isinstance(item, type) else item
+        hook = _construct(item, ctx) if isinstance(item, type) else item
         if not hasattr(hook, "name") or not hook.name:
             hook.name = type(hook).__name__
         hooks.append(_complete(hook))
     return hooks
+
+
+def _construct(cls: type, ctx: RunContext) -> Any:
+    try:
+        return cls(ctx)
+    except Exception as e:  # noqa: BLE001 -- a user's hook that cannot be built is a one-line error
+        raise UserError(f"hook {cls.__module__}:{cls.__name__} could not be built with the run context: "
+                        f"{e.__class__.__name__}: {e}") from None
 
 
 def _complete(hook: Any) -> Any:

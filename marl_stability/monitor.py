@@ -260,7 +260,7 @@ class GradientStats:
         grads = [params[i].grad for i in g.with_grad]
         stats = {f"grad_norm/{ev.model}": g.total,
                  f"health/nonfinite_grads/{ev.model}": float(_count_nonfinite(g.per_tensor, grads))}
-        if snapshot or names is not None:
+        if (snapshot or names is not None) and math.isfinite(g.total):  # a NaN step is skipped: no ratio
             weights = [params[i] for i in g.with_grad]
             wnorms = _norms(weights)
             self._snapshots[ev.model] = (list(g.with_grad), _copy(weights), wnorms)

@@ -67,6 +67,7 @@ class RunSummary(BaseModel):
     agents: list[str] = Field(default_factory=list)
     wall_seconds: float = 0.0
     env_steps_per_second: Optional[float] = None
+    hooks: dict[str, dict[str, Any]] = Field(default_factory=dict, description="what users' hooks add, by hook name")
 
     @property
     def finished(self) -> bool:
@@ -83,7 +84,10 @@ class RunSummary(BaseModel):
                 if p.team_return is not None and p.team_return == p.team_return and abs(p.team_return) != float("inf")]
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="python")
+        out = self.model_dump(mode="python")
+        if not out["hooks"]:  # runs without users' hooks keep the summary.json they always had
+            del out["hooks"]
+        return out
 
 
 def read_summary(path: str | Path) -> Optional[RunSummary]:

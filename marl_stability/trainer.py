@@ -232,13 +232,15 @@ class Trainer:
         self.progress.wall_seconds = self._elapsed()
         if self.status == "running":  # an exception escaped: still leave an honest summary
             self.ctx.status = "crashed"
-        summary = self._summary()
+        summary: Optional[RunSummary] = None
         try:
+            summary = self._summary()
             self.bus.on_end(summary)
         finally:
             self.logger.flush()
             self.logger.close()
-            atomic_write_json(self.run_dir / "summary.json", summary.to_json())
+            if summary is not None:
+                atomic_write_json(self.run_dir / "summary.json", summary.to_json())
             self.venv.close()
         return summary.to_json()
 
@@ -246,6 +248,7 @@ class Trainer:
         try:
             obs = self._begin(resume)
         except BaseException:
+            self.logger.close()
             self.venv.close()
             raise
         old_handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}

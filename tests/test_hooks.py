@@ -64,6 +64,9 @@ class CountingHook(Hook):
         self._count("on_end")
         self.ctx.extra["counts"] = dict(self.counts)
 
+    def summary(self) -> dict[str, Any]:
+        return {"updates_seen": self.counts.get("on_update", 0), "status": "hijacked?"}
+
 
 def _owners(hooks: list[Any], tag: str) -> list[str]:
     return [h.name for h in hooks if any(tag.startswith(p) for p in h.prefixes)]
@@ -88,6 +91,9 @@ def test_every_logged_tag_has_exactly_one_owner(tmp_path: Path) -> None:
     # 3 agents x (critic + actor) gradient steps per update, each emitted once
     assert counts["after_backward"] == counts["after_step"] == 6 * summary["updates"]
     assert memory.last("user/counts/updates") == summary["updates"]
+    # A user's hook adds to the summary under its own name; it cannot overwrite the run's fields.
+    assert summary["status"] == "completed"
+    assert summary["hooks"] == {"counting": {"updates_seen": summary["updates"], "status": "hijacked?"}}
 
 
 class Squatter(Hook):
@@ -116,6 +122,37 @@ def test_a_hook_writing_outside_its_prefixes_is_stopped(tmp_path: Path) -> None:
     with pytest.raises(TagOwnershipError, match="trespasser.*loss/critic/agent_0"):
         Trainer(tiny(), tmp_path / "run", quiet=True, hooks=[Trespasser]).run()
     assert (tmp_path / "run" / "summary.json").is_file()  # the run still left an honest summary
+
+
+class Broken(Hook):
+    name = "broken"
+
+    def __init__(self, ctx: Any, needs: int) -> None:  # wrong signature: hooks are built with the context only
+        pass
+
+
+class Stringy(Hook):
+    name = "stringy"
+    prefixes = "user/"  # type: ignore[assignment]  -- a string, not a tuple
+
+
+@pytest.mark.parametrize("hook,message", [(Broken, "could not be built with the run context: TypeError"),
+                                          (Stringy, "prefixes must be a tuple")])
+def test_malformed_user_hooks_are_user_errors(tmp_path: Path, hook: type, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        Trainer(tiny(), tmp_path / "run", quiet=True, hooks=[hook])
+    assert not (tmp_path / "run").exists()
+
+
+def test_stop_takes_only_resumable_or_final_statuses() -> None:
+    from marl_stability.hooks import RunContext
+
+    ctx = RunContext(cfg=tiny(), run_dir=Path("."), layout=None, algorithm=None, logger=MemorySinkLogger())
+    with pytest.raises(ValueError, match="interrupted or diverged"):
+        ctx.stop("completed")
+    ctx.stop("diverged", "why")
+    ctx.stop("interrupted", "later")  # the first stop wins
+    assert (ctx.status, ctx.stop_reason) == ("diverged", "why")
 
 
 def test_user_hook_from_config(tmp_path: Path) -> None:
