@@ -100,7 +100,9 @@ class PerAgentUpdate:
             if actor_step:
                 row.update(self._actor_step(i, name, b, obs, joint_obs))
             rows.append(row)
-        stats = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+        keys = list(rows[0])
+        table = torch.stack([torch.stack([r[k] for k in keys]) for r in rows])  # [N, K]: few small kernels
+        stats = {k: table[:, j] for j, k in enumerate(keys)}
         stats.update(_reward_stats(b["rew"], rew))
         return stats
 
