@@ -260,10 +260,11 @@ class GradientStats:
         grads = [params[i].grad for i in g.with_grad]
         stats = {f"grad_norm/{ev.model}": g.total,
                  f"health/nonfinite_grads/{ev.model}": float(_count_nonfinite(g.per_tensor, grads))}
-        if (snapshot or names is not None) and math.isfinite(g.total):  # a NaN step is skipped: no ratio
+        if snapshot or names is not None:
             weights = [params[i] for i in g.with_grad]
             wnorms = _norms(weights)
-            self._snapshots[ev.model] = (list(g.with_grad), _copy(weights), wnorms)
+            if ev.finite:  # a step the trainer skips (non-finite gradient) gets no update ratio
+                self._snapshots[ev.model] = (list(g.with_grad), _copy(weights), wnorms)
         if names is not None:
             for j, i in enumerate(g.with_grad):
                 stats[f"grad_norm_layer/{ev.model}/{names[i]}"] = g.per_tensor[j]
