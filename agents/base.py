@@ -54,6 +54,11 @@ class Algorithm(ABC):
     def layout(self) -> Any:
         return self.spec
 
+    @property
+    def gamma(self) -> float:
+        """The discount of the learner's returns (the evaluation's value check discounts with it)."""
+        return float(self.cfg.maddpg.gamma)
+
     @classmethod
     def check_layout(cls, cfg: Any, layout: Any) -> None:
         """Raise ``UserError`` when this algorithm cannot train these agents with this config."""

@@ -49,7 +49,7 @@ def _run_episodes(cfg: RunConfig, algorithm: Any, fixes: Any, venv: Any, n: int,
         counted.append(live & ~fresh)  # a consecutive pair (t-1, t) inside one first episode
         learner_reward = fixes.reward(torch.as_tensor(step.reward)).numpy()
         mc_return += np.where(live[:, None], discount[:, None] * learner_reward, 0.0)
-        discount *= cfg.maddpg.gamma
+        discount *= algorithm.gamma
         fresh = step.done.copy()
         for ep in step.episodes:
             first.setdefault(int(ep["env_index"]), ep)
