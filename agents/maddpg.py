@@ -288,7 +288,7 @@ class MADDPG(Algorithm):
         scalars = agent_stats(self.spec.agents, values)
         scalars["health/nonfinite_updates"] = float(self.stepper.nonfinite)
         scalars["reward/learner_scale"] = self.fixes.reward.scale()
-        return UpdateStats(scalars, self.stepper.nonfinite, self.stepper.evidence)
+        return self.stepper.result(scalars)
 
     # ------------------------------------------------------------------ checkpointing
     def _groups(self) -> dict[str, list[Any]]:

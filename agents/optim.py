@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from marl_stability.config import OptimConfig
-from marl_stability.events import GradEvent
+from marl_stability.events import GradEvent, UpdateStats
 from marl_stability.fixes import ClipStats, GradClipper, measure_grads
 
 _NAN_CLIP = ClipStats(float("nan"), float("nan"), False)
@@ -54,11 +54,16 @@ class GradientStepper:
         self.batch: dict[str, torch.Tensor] = {}
         self.evidence: Optional[dict[str, Any]] = None
         self.nonfinite = 0
+        self.steps: list[GradEvent] = []
 
     def begin(self, update: int, batch: dict[str, torch.Tensor]) -> None:
         """Start an update (required before its first ``step``): its index (1-based; the logging and sampling
-        rates count it) and its batch (the evidence of a non-finite step). Resets the non-finite count."""
-        self.update, self.batch, self.evidence, self.nonfinite = update, batch, None, 0
+        rates count it) and its batch (the evidence of a non-finite step). Resets the update's records."""
+        self.update, self.batch, self.evidence, self.nonfinite, self.steps = update, batch, None, 0, []
+
+    def result(self, scalars: dict[str, float]) -> UpdateStats:
+        """The update's record for the loop: the algorithm's scalars plus what the stepper saw."""
+        return UpdateStats(scalars, self.nonfinite, self.evidence, self.steps)
 
     def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
              clipper: GradClipper, model: str) -> tuple[ClipStats, bool]:
@@ -85,6 +90,7 @@ class GradientStepper:
             raise RuntimeError("GradientStepper: call begin(update_index, batch) at the start of every update")
         norms = measure_grads(params)
         ev = GradEvent(model, self.update, norms, finite=math.isfinite(norms.total))
+        self.steps.append(ev)
         self.events.after_backward(ev)  # hooks read the gradients here; they must not change them
         clip = clipper.clip(ev.norms)
         ev.clip = clip

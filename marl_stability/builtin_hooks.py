@@ -58,7 +58,6 @@ class GradientStatsHook(Hook):
         self.log_every, self.layer_every, self.layer_stats = t.log_every, t.layer_stats_every, t.layer_stats
         self.stats = monitor.GradientStats()
         self.max_norm: dict[str, float] = {"actor": 0.0, "critic": 0.0}
-        self._pending: list[tuple[str, float]] = []  # this update's finite pre-clip norms, counted once it completes
         self._names: dict[str, list[str]] = {}
 
     def _param_names(self, ev: GradEvent) -> list[str]:
@@ -70,21 +69,15 @@ class GradientStatsHook(Hook):
         return names
 
     def after_backward(self, ev: GradEvent) -> None:
-        if ev.finite:
-            self._pending.append((ev.kind, ev.norms.total))
         layers = self.layer_stats and _every(ev.update, self.layer_every)
         if layers or _every(ev.update, self.log_every):
             values = self.stats.backward(ev, self._param_names(ev) if layers else None, snapshot=layers)
             self.log.record_dict(values, self.ctx.env_steps)
 
     def on_update(self, ev: UpdateEvent) -> None:
-        for kind, norm in self._pending:
-            self.max_norm[kind] = max(self.max_norm.get(kind, 0.0), norm)
-        self._pending = []
-
-    def on_nonfinite(self, ev: NonFiniteEvent) -> None:
-        if ev.fatal:  # the update did not complete (NaN parameters): its norms are not counted, as before
-            self._pending = []
+        for step in ev.stats.steps:  # a completed update's steps only (one that raised never gets here)
+            if step.finite:
+                self.max_norm[step.kind] = max(self.max_norm.get(step.kind, 0.0), step.norms.total)
 
     def after_clip(self, ev: GradEvent) -> None:
         values = self.stats.clip(ev)  # the clip fraction counts every update
@@ -257,20 +250,15 @@ class DetectorHook(Hook):
     def __init__(self, ctx: RunContext) -> None:
         self.ctx, self.log = ctx, ctx.scoped(self)
         self.detectors = Detectors(ctx.cfg.detectors)
-        self._pending: list[tuple[str, float]] = []  # this update's finite pre-clip norms, fed once it completes
 
     def _flush(self) -> None:
         for name, at, message in self.detectors.fired_events():
             self.log.text(f"detectors/{name}", f"env step {at}: {message}", self.ctx.env_steps)
 
-    def after_backward(self, ev: GradEvent) -> None:
-        if ev.finite:
-            self._pending.append((ev.model, ev.norms.total))
-
     def on_update(self, ev: UpdateEvent) -> None:
-        for model, norm in self._pending:
-            self.detectors.update_grad_norm(model, norm, self.ctx.env_steps)
-        self._pending = []
+        for step in ev.stats.steps:  # every finite pre-clip norm of a completed update
+            if step.finite:
+                self.detectors.update_grad_norm(step.model, step.norms.total, self.ctx.env_steps)
         self._flush()
 
     def on_evaluation(self, ev: EvaluationEvent) -> None:
@@ -279,8 +267,6 @@ class DetectorHook(Hook):
         self._flush()
 
     def on_nonfinite(self, ev: NonFiniteEvent) -> None:
-        if ev.fatal:  # an update that raised never completed: its norms are not fed, as before
-            self._pending = []
         self.detectors.update_nonfinite(ev.count, self.ctx.env_steps)
         self._flush()
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from marl_stability.checkpoint import atomic_write_json, atomic_write_text, save_checkpoint
 from marl_stability.config import dump_yaml, flatten
-from marl_stability.events import EnvStepEvent, EvaluationEvent, GradEvent, NonFiniteEvent, UpdateEvent
+from marl_stability.events import EnvStepEvent, EvaluationEvent, NonFiniteEvent, UpdateEvent
 from marl_stability.hooks import Hook, RunContext
 from marl_stability.sinks import TensorBoardSink
 from marl_stability.summary import RunSummary
@@ -120,16 +120,11 @@ class ForensicsHook(Hook):
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self.history: collections.deque[dict[str, float]] = collections.deque(maxlen=ctx.cfg.train.forensic_history)
-        self._norms: dict[str, float] = {}
         self.written = False
 
-    def after_backward(self, ev: GradEvent) -> None:
-        self._norms[f"grad_norm/{ev.model}"] = ev.norms.total
-
     def on_update(self, ev: UpdateEvent) -> None:
-        self.history.append({"env_steps": self.ctx.env_steps, "update": ev.update, **self._norms,
-                             **ev.stats.scalars})
-        self._norms = {}
+        norms = {f"grad_norm/{s.model}": s.norms.total for s in ev.stats.steps}  # the last step per network
+        self.history.append({"env_steps": self.ctx.env_steps, "update": ev.update, **norms, **ev.stats.scalars})
 
     def on_nonfinite(self, ev: NonFiniteEvent) -> None:
         if self.written:

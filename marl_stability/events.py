@@ -50,11 +50,15 @@ class GradEvent:
 @dataclass
 class UpdateStats:
     """What one ``algorithm.update()`` returns: scalars to log (tags under the algorithm's declared
-    prefixes) and how many of its gradient steps were skipped as non-finite (with the first one's evidence)."""
+    prefixes), how many of its gradient steps were skipped as non-finite (with the first one's evidence),
+    and its measured gradient steps (``GradientStepper.result`` fills all but the scalars). Hooks that count
+    completed updates (peak norms, the explosion detector, forensics) read the steps here: an update that
+    raised never reaches ``on_update``, so its norms are never counted."""
 
     scalars: dict[str, float]
     nonfinite: int = 0
     evidence: Optional[dict[str, Any]] = None
+    steps: list[GradEvent] = field(default_factory=list)
 
 
 @dataclass

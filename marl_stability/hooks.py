@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from marl_stability.errors import UserError
 from marl_stability.events import (EnvStepEvent, EpisodesEvent, EvaluationEvent, GradEvent, NonFiniteEvent,

@@ -265,8 +265,7 @@ class TinyOnPolicy(Algorithm):
                                   f"actor/{name}")
                 losses.append(float(loss.detach()))
         self.rollout = []
-        return UpdateStats({"loss/policy/last": losses[-1], "onpolicy/epochs": float(self.EPOCHS)},
-                           self.stepper.nonfinite, self.stepper.evidence)
+        return self.stepper.result({"loss/policy/last": losses[-1], "onpolicy/epochs": float(self.EPOCHS)})
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {f"actor/{n}": a for n, a in zip(self.spec.agents, self.actors)}
