@@ -51,10 +51,6 @@ class Algorithm(ABC):
         self.updates = 0
 
     @property
-    def layout(self) -> Any:
-        return self.spec
-
-    @property
     def gamma(self) -> float:
         """The discount of the learner's returns (the evaluation's value check discounts with it)."""
         return float(self.cfg.maddpg.gamma)

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 STAT_KEYS = ("loss/critic", "loss/actor", "q/mean", "q/min", "q/max", "q/target_mean", "critic/td_error_mean",
              "critic/td_error_max", "critic/dq_da_norm", "actor/preact_max_abs_batch", "reward/raw_batch_mean",
              "reward/learner_batch_mean", "reward/raw_batch_std", "reward/learner_batch_std")
-ACTOR_KEYS = ("loss/actor", "critic/dq_da_norm", "actor/preact_max_abs_batch")
 
 
 def agent_stats(names: Sequence[str], values: dict[str, torch.Tensor]) -> dict[str, float]:
