@@ -119,9 +119,9 @@ def _evidence(scalars: dict[str, list[tuple[int, float]]]) -> Evidence:
     # Per network ("critic/agent_0"), the layer whose gradient grew first (ties: the one that grew most).
     first_by_net: dict[str, tuple[int, float, str]] = {}
     for tag, series in scalars.items():
-        if not tag.startswith("grad_norm_layer/"):
+        if not tag.startswith("layers/grad_norm/"):
             continue
-        layer = tag[len("grad_norm_layer/"):]
+        layer = tag[len("layers/grad_norm/"):]
         found = _first_growth(series)
         if found is None:
             continue
@@ -130,7 +130,7 @@ def _evidence(scalars: dict[str, list[tuple[int, float]]]) -> Evidence:
         if net not in first_by_net or cand < first_by_net[net]:
             first_by_net[net] = cand
     raw_reward = [abs(v) for tag, s in scalars.items() if tag.startswith("reward/raw_batch_mean/") for _, v in s]
-    preact = [v for tag, s in scalars.items() if tag.startswith("actor/preact_max_abs_batch/") for _, v in s]
+    preact = [v for tag, s in scalars.items() if tag.startswith("policy/preact_max_abs_batch/") for _, v in s]
     return Evidence(
         grew=sorted(first_by_net.values()),
         saturation=_last(scalars, "eval/saturation/"),
