@@ -161,7 +161,7 @@ def summary_text(summary: RunSummary, stop_reason: str = "") -> str:
         ("peak grad norm (critic / actor)",
          f"{fmt_number(summary.grad_peak('critic'), '.3g')} / {fmt_number(summary.grad_peak('actor'), '.3g')}"),
     ]
-    lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    lines = ["| run | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     if summary.action_stats:
         lines += ["", "final evaluation | repeat rate | saturation | same action | sensitivity",
                   "---|---|---|---|---"]

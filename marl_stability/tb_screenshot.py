@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         report["run_colours"] = run_colours(_chromium(browser, link, "--dump-dom"))
         _shot(browser, link, args.out / "story.png")
         report["hparams"] = hparams_table(base)
-        for page in ("hparams", "text", "custom_scalars"):
-            _shot(browser, f"{base}/#{page}", args.out / f"{page}.png")
+        for page in ("hparams", "text&tagFilter=^summary", "custom_scalars"):
+            _shot(browser, f"{base}/#{page}", args.out / f"{page.split('&')[0]}.png")
         checks = _checks(report)
         report["checks"] = [{"ok": ok, "what": what} for ok, what in checks]
         (args.out / "report.json").write_text(json.dumps(report, indent=2))
