@@ -18,6 +18,7 @@ import yaml
 from marl_stability.config import DetectorConfig
 from marl_stability.errors import UserError
 from marl_stability.summary import RunSummary, read_summary
+from marl_stability.tb_run import current_tag
 
 GROWTH_FACTOR = 10.0  # a layer's gradient "grew" when it exceeds this multiple of its early median
 
@@ -37,7 +38,7 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return {current_tag(tag): [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def _first_growth(series: list[tuple[int, float]]) -> tuple[int, float] | None:

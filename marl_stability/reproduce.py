@@ -32,7 +32,7 @@ from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.report import Trials, _mean, _save, bootstrap_ci, collect, write_csv
 from marl_stability.summary import RunSummary
-from marl_stability.tb_run import first_agent, tensorboard_link
+from marl_stability.tb_run import current_tag, first_agent, tensorboard_link
 from marl_stability.sweep import FINAL_STATUSES, Plan, load_ablation, make_plan, read_plan, run_sweep
 
 _DETECTORS = DetectorConfig()
@@ -107,11 +107,11 @@ def _read_events(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dic
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
-    scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags.get("scalars", [])}
+    scalars = {current_tag(t): [(e.step, e.value) for e in acc.Scalars(t)] for t in tags.get("scalars", [])}
     hists: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for t in tags.get("histograms", []):
-        if t.startswith("hist/eval_actions/"):
-            hists[t] = [(e.step, np.asarray(e.histogram_value.bucket_limit), np.asarray(e.histogram_value.bucket))
+        if current_tag(t).startswith("hist/eval_actions/"):
+            hists[current_tag(t)] = [(e.step, np.asarray(e.histogram_value.bucket_limit), np.asarray(e.histogram_value.bucket))
                         for e in acc.Histograms(t)]
     return scalars, hists
 

@@ -157,3 +157,22 @@ def test_sweep_marks_the_varying_columns() -> None:
     differs = {i.name for i in exp.hparam_infos if i.differs}
     assert {"arm", "seed", "actor.last_layer_init"} <= differs
     assert "critic_optim.name" not in differs
+
+
+@pytest.mark.parametrize("old,new", [
+    ("grad_norm_layer/critic/agent_0/mlp.out.weight", "layers/grad_norm/critic/agent_0/mlp.out.weight"),
+    ("grad_norm_postclip/actor/agent_1", "optim/grad_norm_postclip/actor/agent_1"),
+    ("update_ratio/critic/agent_0", "optim/update_ratio/critic/agent_0"),
+    ("eval/actions/agent_0/dim2", "hist/eval_actions/agent_0/dim2"),
+    ("critic/q_initial/agent_0", "q/initial/agent_0"),
+    ("critic/td_error_max/agent_2", "q/td_error_max/agent_2"),
+    ("actor/preact_max_abs_batch/agent_0", "policy/preact_max_abs_batch/agent_0"),
+    ("episode/team_return", "rollout/team_return"),
+    ("grad_norm/critic/agent_0", "grad_norm/critic/agent_0"),  # current tags are left alone
+    ("optim/update_ratio/critic/agent_0", "optim/update_ratio/critic/agent_0"),
+    ("hist/eval_actions/agent_0/dim0", "hist/eval_actions/agent_0/dim0"),
+])
+def test_runs_written_before_the_regrouping_still_read(old: str, new: str) -> None:
+    from marl_stability.tb_run import current_tag
+
+    assert current_tag(old) == new
