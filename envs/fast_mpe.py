@@ -62,17 +62,14 @@ import gymnasium.spaces
 import numpy as np
 from pettingzoo.utils.env import ParallelEnv
 
-from envs.fast_mpe_scenarios import (
+from envs.fast_mpe_tasks import TASKS
+from envs.fast_mpe_tasks.base import (
     CONTACT_FORCE,
     CONTACT_MARGIN,
     DAMPING,
     DT,
     MOVE_DIM,
-    SENSITIVITY,
-    ReferenceScenario,
     Scenario,
-    SpeakerListenerScenario,
-    SpreadScenario,
     WorldState,
 )
 from envs.registry import EnvError
@@ -83,44 +80,10 @@ __all__ = ["SUPPORTED_ENV_IDS", "FastMPEVectorEnv", "FastMPEParallelEnv", "make_
 _STATE_VERSION = 1
 _SEED_BOUND = 2**31 - 1
 
-# kwargs each task really supports, with mpe2's defaults.
-_SUPPORTED: dict[str, dict[str, Any]] = {
-    "simple_spread_v3": {
-        "N": 3,
-        "local_ratio": 0.5,
-        "max_cycles": 25,
-        "continuous_actions": False,
-        "dynamic_rescaling": True,
-    },
-    "simple_reference_v3": {
-        "local_ratio": 0.5,
-        "max_cycles": 25,
-        "continuous_actions": False,
-        "dynamic_rescaling": True,
-    },
-    "simple_speaker_listener_v4": {
-        "max_cycles": 25,
-        "continuous_actions": False,
-        "dynamic_rescaling": True,
-    },
-}
-# kwargs mpe2 accepts that only change behaviour we do not port: allowed at their default.
-_DEFAULT_ONLY: dict[str, dict[str, Any]] = {
-    "simple_spread_v3": {
-        "render_mode": None,
-        "benchmark_data": False,
-        "curriculum": False,
-        "terminate_on_success": False,
-        "num_agent_neighbors": None,
-        "num_landmark_neighbors": None,
-    },
-    "simple_reference_v3": {"render_mode": None, "benchmark_data": False},
-    "simple_speaker_listener_v4": {"render_mode": None, "benchmark_data": False},
-}
-SUPPORTED_ENV_IDS: tuple[str, ...] = tuple(_SUPPORTED)
+SUPPORTED_ENV_IDS: tuple[str, ...] = tuple(TASKS)
 
-# Discrete movement index -> force (mpe2: u[axis] = +-1.0, then u *= sensitivity).
-_MOVE_TABLE_T = np.array([[0.0, -1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0, 1.0]]) * SENSITIVITY
+# Discrete movement index -> unit force (mpe2: u[axis] = +-1.0, then u *= the agent's sensitivity).
+_MOVE_TABLE_T = np.array([[0.0, -1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0, 1.0]])
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -137,11 +100,11 @@ def _check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def _check_ratio(value: Any) -> float:
+def _check_ratio(name: str, value: Any) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise EnvError(f"local_ratio must be a number, got {value!r}")
+        raise EnvError(f"{name} must be a number, got {value!r}")
     if not 0.0 <= float(value) <= 1.0:
-        raise EnvError(f"local_ratio is a proportion and must be in [0, 1], got {value!r}")
+        raise EnvError(f"{name} is a proportion and must be in [0, 1], got {value!r}")
     return float(value)
 
 
@@ -149,20 +112,21 @@ def make_scenario(
     env_id: str, env_kwargs: dict[str, Any] | None
 ) -> tuple[Scenario, dict[str, Any]]:
     """Validate ``env_kwargs`` for ``env_id``; return the scenario and the full kwargs."""
-    if env_id not in _SUPPORTED:
+    if env_id not in TASKS:
         raise EnvError(
             f"fast MPE does not support env id {env_id!r}"
             f" (supported: {', '.join(SUPPORTED_ENV_IDS)})"
         )
-    kwargs = dict(env_kwargs or {})
-    cfg = dict(_SUPPORTED[env_id])
-    for key, value in kwargs.items():
+    spec = TASKS[env_id]
+    default_only = spec.default_only or {}
+    cfg = dict(spec.params)
+    for key, value in dict(env_kwargs or {}).items():
         if key in cfg:
             cfg[key] = value
         elif key == "render_mode" and value in (None, "rgb_array"):
             continue  # render() always works; the mode is not part of the dynamics
-        elif key in _DEFAULT_ONLY[env_id]:
-            default = _DEFAULT_ONLY[env_id][key]
+        elif key in default_only:
+            default = default_only[key]
             if value != default or type(value) is not type(default):
                 raise EnvError(
                     f"fast MPE supports {key}={default!r} only for {env_id}, got {value!r}"
@@ -172,20 +136,13 @@ def make_scenario(
                 f"unknown keyword argument for fast {env_id}: {key!r}"
                 f" (accepted: {', '.join(cfg)})"
             )
-    cfg["max_cycles"] = _check_int("max_cycles", cfg["max_cycles"], 1)
+    for key, minimum in spec.int_min.items():
+        cfg[key] = _check_int(key, cfg[key], minimum)
+    for key in spec.ratios:
+        cfg[key] = _check_ratio(key, cfg[key])
     cfg["continuous_actions"] = _check_bool("continuous_actions", cfg["continuous_actions"])
     cfg["dynamic_rescaling"] = _check_bool("dynamic_rescaling", cfg["dynamic_rescaling"])
-    scenario: Scenario
-    if env_id == "simple_spread_v3":
-        cfg["N"] = _check_int("N", cfg["N"], 1)
-        cfg["local_ratio"] = _check_ratio(cfg["local_ratio"])
-        scenario = SpreadScenario(cfg["N"], cfg["local_ratio"])
-    elif env_id == "simple_reference_v3":
-        cfg["local_ratio"] = _check_ratio(cfg["local_ratio"])
-        scenario = ReferenceScenario(cfg["local_ratio"])
-    else:
-        scenario = SpeakerListenerScenario()
-    return scenario, cfg
+    return spec.build(cfg), cfg
 
 
 def _spaces_for(
@@ -256,6 +213,8 @@ class _FastMPEStateIO:
         s.vel[:, :, b] = np.array([a.state.p_vel for a in world.agents], dtype=np.float64).T
         s.comm[:, :, b] = np.array([a.state.c for a in world.agents], dtype=np.float64)
         s.goals[:, b] = scn.goals_from_mpe(world)
+        for key, value in scn.aux_from_mpe(raw).items():
+            s.aux[key][..., b] = value
         s.steps[b] = int(raw.steps)
         s.cam_range0[b] = float(raw.original_cam_range)
         self._agent_returns[b] = 0.0
@@ -276,6 +235,7 @@ class _FastMPEStateIO:
             entity.state.p_vel = s.vel[:, e, b].copy() if e < scn.n_agents else np.zeros(2)
         for i, agent in enumerate(world.agents):
             agent.state.c = s.comm[i, :, b].copy()
+        scn.aux_to_mpe(raw, {key: value[..., b] for key, value in s.aux.items()})
         raw.steps = int(s.steps[b])
         raw.original_cam_range = float(s.cam_range0[b])
 
@@ -312,7 +272,26 @@ class _FastMPEStateIO:
             "cam_range0": s.cam_range0.copy(),
             "agent_returns": self._agent_returns.copy(),
             "team_returns": self._team_returns.copy(),
+            # Scenario-specific arrays (e.g. collect_treasure's treasures), env axis first.
+            "aux": {key: np.moveaxis(value, -1, 0).copy() for key, value in s.aux.items()},
         }
+
+    def _check_aux(self, saved: Any) -> dict[str, np.ndarray]:
+        """Validated scenario-specific arrays of a state dict, converted to the internal env-last layout."""
+        if not isinstance(saved, dict) or set(saved) != set(self._s.aux):
+            got = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+            raise EnvError(f"fast MPE state has aux {got}, expected {sorted(self._s.aux)}")
+        out: dict[str, np.ndarray] = {}
+        for key, like in self._s.aux.items():
+            try:
+                arr = np.array(np.asarray(saved[key]), dtype=like.dtype)
+            except (TypeError, ValueError) as exc:
+                raise EnvError(f"invalid state['aux'][{key!r}] in fast MPE state: {exc}") from exc
+            expected = (like.shape[-1],) + like.shape[:-1]
+            if arr.shape != expected:
+                raise EnvError(f"state['aux'][{key!r}] has shape {arr.shape}, expected {expected}")
+            out[key] = np.ascontiguousarray(np.moveaxis(arr, 0, -1))
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; validates everything before changing anything."""
@@ -346,6 +325,7 @@ class _FastMPEStateIO:
             if arr.shape != like.shape:
                 raise EnvError(f"state[{key!r}] has shape {arr.shape}, expected {like.shape}")
             new[key] = arr
+        aux = self._check_aux(state.get("aux", {}))
         rng = np.random.default_rng()
         try:
             rng.bit_generator.state = copy.deepcopy(state["rng_state"])
@@ -359,6 +339,7 @@ class _FastMPEStateIO:
         s.goals = np.ascontiguousarray(new["goals"].T)
         s.steps, s.cam_range0 = new["steps"], new["cam_range0"]
         self._agent_returns, self._team_returns = new["agent_returns"], new["team_returns"]
+        s.aux = aux
         # The obs to act on is always a function of the (post-autoreset) world state.
         self._obs = self._observe() if state["started"] else None
 
@@ -398,6 +379,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             goals=np.zeros((scn.n_goals, b), dtype=np.int64),
             steps=np.zeros(b, dtype=np.int64),
             cam_range0=np.zeros(b),
+            aux={key: np.zeros(shape + (b,), dtype=dtype) for key, (shape, dtype) in scn.aux_spec().items()},
         )
         self._agent_returns = np.zeros((b, n))  # float64, like EpisodeStatistics
         self._team_returns = np.zeros(b)
@@ -436,6 +418,20 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         sizes = np.concatenate([scn.agent_size, scn.landmark_size])[coll]
         self._pair_dist_min = (sizes[ia] + sizes[ib])[:, None]
         self._has_collisions = ia.size > 0 and coll_mov.size > 0
+        assert scn.accel is not None and scn.max_speed is not None and scn.mass is not None
+        mov = scn.movable
+        self._accel = scn.accel[mov][None, :, None]  # [1, Nmov, 1]: mpe2's per-agent sensitivity
+        # mpe2 divides the force by the mass; x / 1.0 == x, so only other masses cost a division.
+        self._mass = None if np.all(scn.mass[mov] == 1.0) else scn.mass[mov][None, :, None]
+        limited = np.flatnonzero(np.isfinite(scn.max_speed) & mov)
+        self._speed_rows = _as_slice(limited)
+        self._max_speed = scn.max_speed[limited][:, None]  # [K, 1]
+        self._has_speed_limit = limited.size > 0
+
+    @property
+    def scenario(self) -> Scenario:
+        """The task's batched scenario (static description, reset/observation/reward maths)."""
+        return self._scn
 
     # --------------------------------------------------------------- helpers
     def seed(self, seed: int | None) -> None:
@@ -444,16 +440,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
 
     def _reset_envs(self, idx: np.ndarray) -> None:
         """Fresh initial states for envs ``idx`` (mpe2's distributions, our stream)."""
-        k, s, scn = idx.size, self._s, self._scn
-        # Same draw order as mpe2's reset_world: goals, then agent and landmark positions.
-        goals = scn.sample_goals(self._rng, k)  # [k, G]
-        pos = self._rng.uniform(-1.0, 1.0, size=(k, scn.n_entities, 2))
-        s.goals[:, idx] = goals.T
-        s.pos[:, :, idx] = pos.transpose(2, 1, 0)
-        s.vel[:, :, idx] = 0.0
-        s.comm[:, :, idx] = 0.0
-        s.steps[idx] = 0
-        s.cam_range0[idx] = np.abs(pos).reshape(k, -1).max(axis=1)
+        self._scn.reset_envs(self._s, idx, self._rng)
         self._agent_returns[idx] = 0.0
         self._team_returns[idx] = 0.0
 
@@ -463,18 +450,13 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         n = scn.n_agents
         out = np.zeros((n, self.layout.max_obs_dim, self.num_envs), dtype=np.float32)
         rel = s.pos[:, None, :, :] - s.pos[:, :n, None, :]  # [2, N, E, B] entity - agent
-        scn.observe(s, rel, out)
+        sq = rel * rel
+        dist = np.sqrt(sq[0] + sq[1])  # [N, E, B]; mpe2 sums x^2 + y^2 in this order
+        scn.observe(s, rel, dist, out)
         obs = np.ascontiguousarray(out.transpose(2, 0, 1))
         if not rewards:
             return obs, None
-        sq = rel * rel
-        dist = np.sqrt(sq[0] + sq[1])  # [N, E, B]; mpe2 sums x^2 + y^2 in this order
-        agent_rew = scn.agent_rewards(s, dist)
-        if scn.local_ratio is None:
-            return obs, agent_rew
-        g = scn.global_reward(s, dist, agent_rew)
-        lr = scn.local_ratio
-        return obs, g * (1 - lr) + agent_rew * lr
+        return obs, scn.rewards(s, dist)
 
     def _observe(self) -> np.ndarray:
         """Observations [B, N, D] float32 of the current state."""
@@ -487,12 +469,12 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             a = np.clip(batch.astype(np.float32), self.layout.act_low, self.layout.act_high)
             am = a[:, self._mov, :MOVE_DIM].transpose(2, 1, 0)  # [5, Nmov, B]
             # mpe2: u[0] += a[2] - a[1]; u[1] += a[4] - a[3] (difference taken in float32).
-            u = (am[2:5:2] - am[1:4:2]).astype(np.float64) * SENSITIVITY
+            u = (am[2:5:2] - am[1:4:2]).astype(np.float64) * self._accel
             msg = a[:, self._talk_rows, self._talk_cols].transpose(1, 2, 0).astype(np.float64)
             return u, msg
         masked = np.where(self._act_valid, batch, -np.inf)
         k = np.argmax(masked, axis=2).T  # [N, B], first max like np.argmax per agent
-        u = _MOVE_TABLE_T[:, k[self._mov] % MOVE_DIM]
+        u = _MOVE_TABLE_T[:, k[self._mov] % MOVE_DIM] * self._accel
         kt = k[self._talk]
         # mpe2: movable speakers encode move + MOVE_DIM * message.
         words = np.where(self._talk_moves, kt // MOVE_DIM, kt)
@@ -526,8 +508,16 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             force[:, self._coll_mov_force] = acc
         mov = self._mov
         s.pos[:, mov] += s.vel[:, mov] * DT
-        # mass is 1.0 for every entity: force / mass == force exactly.
+        if self._mass is not None:
+            force = force / self._mass
         s.vel[:, mov] = s.vel[:, mov] * (1 - DAMPING) + force * DT
+        if self._has_speed_limit:
+            # mpe2: if |v| > max_speed: v = v / |v| * max_speed (|v| from np.square, same rounding).
+            v = s.vel[:, self._speed_rows]
+            speed = np.sqrt(v[0] * v[0] + v[1] * v[1])
+            with np.errstate(divide="ignore", invalid="ignore"):  # speed 0 is never over the limit
+                capped = v / speed * self._max_speed
+            s.vel[:, self._speed_rows] = np.where(speed > self._max_speed, capped, v)
         if self._talk.size:
             s.comm[self._talk] = msg  # silent agents keep zeros
         s.steps += 1
@@ -542,6 +532,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         batch = check_action_batch(actions, self.num_envs, self.layout)
         u, msg = self._decode(batch)
         self._physics(u, msg)
+        self._scn.post_step(self._s, self._rng)
         next_obs, rew_t = self._observe_and_reward()
         assert rew_t is not None
         rew = rew_t.T  # [B, N]
