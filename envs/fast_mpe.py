@@ -138,6 +138,9 @@ def make_scenario(
             )
     for key, minimum in spec.int_min.items():
         cfg[key] = _check_int(key, cfg[key], minimum)
+    for key, maximum in (spec.int_max or {}).items():
+        if cfg[key] > maximum:
+            raise EnvError(f"{key} must be <= {maximum} for {env_id}, got {cfg[key]!r}")
     for key in spec.ratios:
         cfg[key] = _check_ratio(key, cfg[key])
     cfg["continuous_actions"] = _check_bool("continuous_actions", cfg["continuous_actions"])

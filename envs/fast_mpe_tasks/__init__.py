@@ -30,20 +30,23 @@ _NO_PARTIAL_OBS = {"num_agent_neighbors": None, "num_landmark_neighbors": None}
 @dataclass(frozen=True)
 class TaskSpec:
     """One task's kwargs: ``params`` (ported, with mpe2's defaults), ``int_min`` (the integer ones and their
-    minimum), ``ratios`` (proportions in [0, 1]), ``default_only`` (accepted at mpe2's default only) and
-    the scenario builder, called with the validated kwargs."""
+    minimum), ``int_max`` (upper bounds mpe2 enforces), ``ratios`` (proportions in [0, 1]),
+    ``default_only`` (accepted at mpe2's default only) and the scenario builder, called with the
+    validated kwargs."""
 
     params: dict[str, Any]
     build: Callable[[dict[str, Any]], Scenario]
     int_min: dict[str, int]
     ratios: tuple[str, ...] = ()
     default_only: dict[str, Any] | None = None
+    int_max: dict[str, int] | None = None
 
 
 def _spec(params: dict[str, Any], build: Callable[[dict[str, Any]], Scenario], int_min: dict[str, int] | None = None,
-          ratios: tuple[str, ...] = (), default_only: dict[str, Any] | None = None) -> TaskSpec:
+          ratios: tuple[str, ...] = (), default_only: dict[str, Any] | None = None,
+          int_max: dict[str, int] | None = None) -> TaskSpec:
     return TaskSpec({**params, **_COMMON}, build, {"max_cycles": 1, **(int_min or {})}, ratios,
-                    {"render_mode": None, "benchmark_data": False, **(default_only or {})})
+                    {"render_mode": None, "benchmark_data": False, **(default_only or {})}, int_max)
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -75,5 +78,6 @@ TASKS: dict[str, TaskSpec] = {
     "collect_treasure_v1": _spec(
         {"num_collectors": 6, "num_deposits": 2, "num_treasures": 6},
         lambda k: CollectTreasureScenario(k["num_collectors"], k["num_deposits"], k["num_treasures"]),
-        {"num_collectors": 1, "num_deposits": 1, "num_treasures": 1}),
+        {"num_collectors": 1, "num_deposits": 1, "num_treasures": 1},
+        int_max={"num_deposits": 6}),  # mpe2's colour palette has 6 treasure types
 }
