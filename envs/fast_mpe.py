@@ -404,6 +404,8 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         # Discrete: argmax over the first act_dim entries only (padding -> -inf).
         self._act_valid = np.arange(lay.max_act_dim)[None, :] < np.array(lay.act_dims)[:, None]
         self._eye_c = np.eye(scn.dim_c)
+        self._act_low = lay.act_low.astype(np.float32)
+        self._act_high = lay.act_high.astype(np.float32)
         # Collisions: colliding entities, and which of them are movable agents.
         collide = np.concatenate([scn.agent_collide, scn.landmark_collide])
         coll = np.flatnonzero(collide)
@@ -452,9 +454,11 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         s, scn = self._s, self._scn
         n = scn.n_agents
         out = np.zeros((n, self.layout.max_obs_dim, self.num_envs), dtype=np.float32)
-        rel = s.pos[:, None, :, :] - s.pos[:, :n, None, :]  # [2, N, E, B] entity - agent
-        sq = rel * rel
-        dist = np.sqrt(sq[0] + sq[1])  # [N, E, B]; mpe2 sums x^2 + y^2 in this order
+        rel = dist = None
+        if scn.uses_geometry:
+            rel = s.pos[:, None, :, :] - s.pos[:, :n, None, :]  # [2, N, E, B] entity - agent
+            sq = rel * rel
+            dist = np.sqrt(sq[0] + sq[1])  # [N, E, B]; mpe2 sums x^2 + y^2 in this order
         scn.observe(s, rel, dist, out)
         obs = np.ascontiguousarray(out.transpose(2, 0, 1))
         if not rewards:
@@ -469,7 +473,8 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         """Actions -> (move force u [2, Nmov, B] f64, messages [Ntalk, dim_c, B] f64)."""
         if self.continuous:
             # Cast to the Box dtype and clip, like SyncVectorEnv + ClipOutOfBoundsWrapper.
-            a = np.clip(batch.astype(np.float32), self.layout.act_low, self.layout.act_high)
+            # (minimum/maximum == np.clip for the finite actions check_action_batch lets through)
+            a = np.minimum(np.maximum(batch.astype(np.float32, copy=False), self._act_low), self._act_high)
             am = a[:, self._mov, :MOVE_DIM].transpose(2, 1, 0)  # [5, Nmov, B]
             # mpe2: u[0] += a[2] - a[1]; u[1] += a[4] - a[3] (difference taken in float32).
             u = (am[2:5:2] - am[1:4:2]).astype(np.float64) * self._accel
@@ -558,6 +563,22 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             raise EnvError("FastMPEVectorEnv has not been reset")
         return self._obs.copy()
 
+    def _episode_records(self, idx: np.ndarray) -> list[dict[str, Any]]:
+        """One record per finished env ``idx`` (python floats/ints, converted in bulk)."""
+        agents = self.layout.agents
+        team = self._team_returns[idx].tolist()
+        per_agent = self._agent_returns[idx].tolist()
+        lengths = self._s.steps[idx].tolist()
+        return [
+            {
+                "team_return": team[k],
+                "agent_returns": dict(zip(agents, per_agent[k])),
+                "length": lengths[k],
+                "env_index": b,
+            }
+            for k, b in enumerate(idx.tolist())
+        ]
+
     def step(self, actions: Any) -> StepResult:
         """Step all envs with ``actions [B, N, max_act_dim]``; finished envs autoreset."""
         next_obs, rew, term, trunc = self._transition(actions)
@@ -569,18 +590,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         obs_out = next_obs
         if done.any():
             idx = np.flatnonzero(done)
-            agents = self.layout.agents
-            for b in idx:
-                episodes.append(
-                    {
-                        "team_return": float(self._team_returns[b]),
-                        "agent_returns": {
-                            a: float(self._agent_returns[b, i]) for i, a in enumerate(agents)
-                        },
-                        "length": int(self._s.steps[b]),
-                        "env_index": int(b),
-                    }
-                )
+            episodes = self._episode_records(idx)
             self._reset_envs(idx)
             fresh = self._observe()
             obs_out = np.where(done[:, None, None], fresh, next_obs)

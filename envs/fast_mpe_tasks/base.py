@@ -133,6 +133,8 @@ class Scenario:
     max_speed: np.ndarray | None = None  # [N] float64, default inf (no limit)
     mass: np.ndarray | None = None  # [N] float64, default 1.0
     landmark_range: float = 1.0  # landmarks start uniform in [-r, r]^2
+    # False: observations and rewards do not depend on positions (rel and dist are passed as None).
+    uses_geometry: bool = True
 
     def __post_init__(self) -> None:
         n = len(self.agent_names)

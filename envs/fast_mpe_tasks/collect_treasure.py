@@ -119,44 +119,51 @@ class CollectTreasureScenario(Scenario):
         dep = np.broadcast_to(self._deposit_enc.T[:, :, None], (2 * d, d, b))
         return np.concatenate([coll, dep], axis=1)
 
-    def _sorted_others(self, s: WorldState, rel: np.ndarray, dist: np.ndarray) -> np.ndarray:
-        """[N, (N-1) * (4 + 2D), B]: every other agent (closest first, stable): rel pos, vel, encoding."""
-        n = self.n_agents
-        b = dist.shape[2]
-        rows, cols = np.arange(n)[:, None, None], np.arange(b)[None, None, :]
+    def _sorted_others(self, s: WorldState, rel: np.ndarray, dist: np.ndarray, view: np.ndarray) -> None:
+        """Write every other agent (closest first, stable sort like ``sorted``) into ``view``
+        [N, N-1, 4 + 2D, B]: relative position, velocity, encoding."""
+        n, b = self.n_agents, dist.shape[2]
         key = dist[np.arange(n)[:, None], self._oth]  # [N, N-1, B]
         order = np.argsort(key, axis=1, kind="stable")
         other = np.take_along_axis(np.broadcast_to(self._oth[:, :, None], key.shape), order, axis=1)
-        parts = [rel[:, rows, other, cols], s.vel[:, other, cols], self._encodings(s)[:, other, cols]]
-        block = np.concatenate(parts).transpose(1, 2, 0, 3)  # [N, N-1, F, B]
-        return block.reshape(n, -1, b)
+        flat = other * b + np.arange(b)  # [N, N-1, B] index into a flattened [N, B] array
+        observer = (np.arange(n) * (n + self.n_landmarks) * b)[:, None, None]
+        view[:, :, 0:2] = np.take(rel.reshape(2, -1), observer + flat, axis=1).transpose(1, 2, 0, 3)
+        view[:, :, 2:4] = np.take(s.vel.reshape(2, -1), flat, axis=1).transpose(1, 2, 0, 3)
+        enc = self._encodings(s)
+        view[:, :, 4:] = np.take(enc.reshape(enc.shape[0], -1), flat, axis=1).transpose(1, 2, 0, 3)
 
-    def _sorted_treasures(self, s: WorldState, rel: np.ndarray, dist: np.ndarray) -> np.ndarray:
-        """[N, T * (2 + D), B]: alive treasures closest first, then dead ones as zeros."""
-        n, t = self.n_agents, self.n_landmarks
-        b = dist.shape[2]
-        rows, cols = np.arange(n)[:, None, None], np.arange(b)[None, None, :]
+    def _sorted_treasures(self, s: WorldState, rel: np.ndarray, dist: np.ndarray, view: np.ndarray) -> None:
+        """Write the treasures into ``view`` [N, T, 2 + D, B]: alive ones closest first, dead ones as zeros."""
+        n, b = self.n_agents, dist.shape[2]
         alive = s.aux["alive"]
         key = np.where(alive[None], dist[:, n:], _DEAD_KEY)  # [N, T, B]
         order = np.argsort(key, axis=1, kind="stable")
-        seen = alive[order, cols]  # [N, T, B]
-        pos = np.where(seen, rel[:, rows, n + order, cols], 0.0)  # [2, N, T, B]
-        kind = (s.aux["ttype"][order, cols][None] == self._types[:, :, :, None]) & seen  # [D, N, T, B]
-        block = np.concatenate([pos, kind.astype(np.float64)]).transpose(1, 2, 0, 3)
-        return block.reshape(n, -1, b)
+        flat = order * b + np.arange(b)  # into a flattened [T, B] array
+        seen = np.take(alive, flat)  # [N, T, B]
+        observer = (np.arange(n) * (n + self.n_landmarks) * b + n * b)[:, None, None]
+        pos = np.take(rel.reshape(2, -1), observer + flat, axis=1)  # [2, N, T, B]
+        view[:, :, 0:2] = np.where(seen, pos, 0.0).transpose(1, 2, 0, 3)
+        kind = (np.take(s.aux["ttype"], flat)[None] == self._types[:, :, :, None]) & seen  # [D, N, T, B]
+        view[:, :, 2:] = kind.transpose(1, 2, 0, 3)
 
     def observe(self, s: WorldState, rel: np.ndarray, dist: np.ndarray, out: np.ndarray) -> None:
-        c, d, n = self.num_collectors, self.num_deposits, self.n_agents
+        c, d, n, t = self.num_collectors, self.num_deposits, self.n_agents, self.n_landmarks
+        b = out.shape[2]
         # [pos, vel, (collectors: holding one-hot), others sorted, treasures sorted]
         out[:, 0:2] = s.pos[:, :n].transpose(1, 0, 2)
         out[:, 2:4] = s.vel.transpose(1, 0, 2)
         out[:c, 4 : 4 + d] = (s.aux["holding"][:, None] == np.arange(d)[None, :, None])
-        others = self._sorted_others(s, rel, dist)
-        treasures = self._sorted_treasures(s, rel, dist)
-        width = others.shape[1] + treasures.shape[1]
+        f_other, f_treasure = 4 + 2 * d, 2 + d
+        # Build the sorted blocks once for every agent, then copy them after each row's prefix.
+        others = np.empty((n, n - 1, f_other, b), dtype=np.float32)
+        treasures = np.empty((n, t, f_treasure, b), dtype=np.float32)
+        self._sorted_others(s, rel, dist, others)
+        self._sorted_treasures(s, rel, dist, treasures)
+        width_o, width_t = (n - 1) * f_other, t * f_treasure
         for rows, col in ((slice(0, c), 4 + d), (slice(c, n), 4)):
-            out[rows, col : col + others.shape[1]] = others[rows]
-            out[rows, col + others.shape[1] : col + width] = treasures[rows]
+            out[rows, col : col + width_o] = others[rows].reshape(-1, width_o, b)
+            out[rows, col + width_o : col + width_o + width_t] = treasures[rows].reshape(-1, width_t, b)
 
     # ---------------------------------------------------------------- rewards
     def agent_rewards(self, s: WorldState, dist: np.ndarray) -> np.ndarray:

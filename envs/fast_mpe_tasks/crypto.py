@@ -31,6 +31,7 @@ class CryptoScenario(Scenario):
             n_goals=2,  # goals[0] = the goal landmark, goals[1] = the key landmark
             local_ratio=None,
             obs_dims=(4, 8, 8),
+            uses_geometry=False,  # nobody moves; only messages, goal and key matter
         )
         self._colors_t = np.ascontiguousarray(self.landmark_colors.T)  # [dim_c, L]
 
