@@ -1,53 +1,57 @@
 """Fast batched numpy port of mpe2's particle-world physics (drop-in for ``SyncVectorEnv``).
 
-Supported tasks: ``simple_spread_v3``, ``simple_reference_v3`` and
-``simple_speaker_listener_v4``, with continuous or discrete actions.
-:class:`FastMPEVectorEnv` steps B worlds with a handful of numpy calls per
-step and has the same interface as :class:`envs.vector.SyncVectorEnv`
-(``layout``, ``num_envs``, ``reset``, ``step -> StepResult``, ``state_dict``,
-``load_state_dict``, ``render``, ``close``). :class:`FastMPEParallelEnv` is a
-single-env PettingZoo ``ParallelEnv`` view of it.
+Supported tasks: every mpe2 task (``SUPPORTED_ENV_IDS``: simple, simple_adversary, simple_crypto,
+simple_push, simple_reference, simple_speaker_listener, simple_spread, simple_tag, simple_world_comm,
+simple_formation, simple_line, collect_treasure), with continuous or discrete actions. The scenarios live
+in :mod:`envs.fast_mpe_tasks` (one module per task). :class:`FastMPEVectorEnv` steps B worlds with a
+handful of numpy calls per step and has the same interface as :class:`envs.vector.SyncVectorEnv`
+(``layout``, ``num_envs``, ``reset``, ``step -> StepResult``, ``state_dict``, ``load_state_dict``,
+``render``, ``close``). :class:`FastMPEParallelEnv` is a single-env PettingZoo ``ParallelEnv`` view of it.
 
-Given the same state and actions, observations, rewards, terminations and
-truncations equal mpe2's (float64 maths in mpe2's operation order; observations
-cast to float32 at the end, rewards to float32 in ``StepResult`` exactly like
-``SyncVectorEnv``; episode returns are float64 sums of the float64 rewards).
+Given the same state and actions, observations, rewards, terminations and truncations equal mpe2's
+bit for bit (float64 maths in mpe2's operation order; observations cast to float32 at the end, rewards
+to float32 in ``StepResult`` exactly like ``SyncVectorEnv``; episode returns are float64 sums of the
+float64 rewards). ``tests/test_fast_mpe_lockstep.py`` checks this with no tolerance: 20 seeds per task
+and action type over whole episodes, plus crowded starts where contacts and events happen.
 
 Deliberate differences from mpe2 (+ SyncVectorEnv):
 
-* Reset randomness: initial positions (uniform in [-1, 1]^2) and goal
-  landmarks (uniform) are drawn from the same distributions as mpe2, but from
-  one batched ``np.random.Generator`` owned by the vector env, not from each
-  env's ``np_random`` stream; ``reset(seed=s)`` therefore gives a different
-  (equally distributed) initial state than ``mpe2.reset(seed=s)``, and the
-  state an env gets depends on the batch size and on how many resets came
-  before. Use :meth:`FastMPEVectorEnv.set_state_from_mpe` to copy a state.
-* Only the kwargs ``N`` (spread), ``local_ratio`` (spread, reference),
-  ``max_cycles``, ``continuous_actions`` and ``dynamic_rescaling`` are
-  supported. ``render_mode`` (None or "rgb_array"), ``benchmark_data=False``,
-  ``curriculum=False``, ``terminate_on_success=False`` and
-  ``num_*_neighbors=None`` are accepted because they are mpe2's defaults;
-  any other value (or kwarg, or env id) raises ``EnvError``. So there is no
-  early termination: every env ends by truncation at ``max_cycles``.
-  ``max_cycles`` must be >= 1 and ``N`` >= 1 (mpe2 does not check these).
-* No motor/communication noise and no ``max_speed``/``accel`` handling: none
-  of the supported scenarios sets them (mpe2 defaults: noise off, speed
-  unlimited, sensitivity 5.0).
-* Landmarks never move and have no stored velocity (never movable here).
-* Infos are empty (no ``benchmark_data``); rendering is only available as
-  ``rgb_array`` and goes through a real mpe2 env whose state is overwritten
-  with ours (``dynamic_rescaling`` affects rendering only, as in mpe2).
-* Sum order: collision forces are accumulated per agent in entity order,
-  exactly like mpe2's pair loop, so results are normally bit-identical; the
-  only expected differences are signs of zero and possible last-ulp
-  differences of numpy's vectorised ``logaddexp``/``sqrt`` loops vs. its
-  scalar ones (well below the 1e-5 tolerance that the tests assert).
-* State save/restore stores the world state itself (positions, velocities,
-  communication, goals, step counters, returns, RNG state) instead of
+* Reset randomness: initial positions and goals are drawn from the same distributions as mpe2, but
+  from one batched ``np.random.Generator`` owned by the vector env, not from each env's ``np_random``
+  stream; ``reset(seed=s)`` therefore gives a different (equally distributed) initial state than
+  ``mpe2.reset(seed=s)``, and the state an env gets depends on the batch size and on how many resets
+  came before. Use :meth:`FastMPEVectorEnv.set_state_from_mpe` to copy a state. The same holds for
+  collect_treasure's respawns (position and type of a treasure picked up on the previous step): drawn
+  from the vector env's generator (``CollectTreasureScenario.draw_respawns``), not from mpe2's copy of
+  the env stream.
+* Task kwargs: each task's own size/ratio kwargs are supported (``N``, ``local_ratio``, ``num_good``,
+  ``num_adversaries``, ``num_obstacles``, ``num_food``, ``num_forests``, ``num_collectors``,
+  ``num_deposits``, ``num_treasures``, see :data:`envs.fast_mpe_tasks.TASKS`) with ``max_cycles``,
+  ``continuous_actions`` and ``dynamic_rescaling``. ``render_mode`` (None or "rgb_array"),
+  ``benchmark_data=False``, ``curriculum=False``, ``terminate_on_success=False`` and
+  ``num_*_neighbors=None`` (partial observability) are accepted because they are mpe2's defaults; any
+  other value (or kwarg, or env id) raises ``EnvError``. So there is no early termination: every env
+  ends by truncation at ``max_cycles``. Integer kwargs are checked (``max_cycles`` >= 1, counts >= 1 or
+  >= 0 for obstacles/forests) where mpe2 would fail later or not at all.
+* No motor/communication noise: no mpe2 task turns it on. ``accel`` (the action sensitivity),
+  ``max_speed`` (simple_tag, simple_world_comm, collect_treasure) and ``mass`` (collect_treasure's
+  deposits) are ported with mpe2's arithmetic.
+* Landmarks have no stored velocity (never movable in mpe2's tasks); collect_treasure teleports them.
+* simple_formation / simple_line match agents to targets with an optimal assignment: the port scores
+  every permutation (N <= 7; scipy above), mpe2 calls scipy's ``linear_sum_assignment``. For positions
+  in general position the optimum is unique and the rewards are identical; two assignments whose
+  summed distances tie to the last bit could be resolved differently (a rounding-level reward change).
+* Infos are empty (no ``benchmark_data``); rendering is only available as ``rgb_array`` and goes
+  through a real mpe2 env whose state is overwritten with ours (``dynamic_rescaling`` affects
+  rendering only, as in mpe2).
+* Sum order: collision forces are accumulated per agent in entity order, exactly like mpe2's pair
+  loop; reductions (sums, means, minima) follow numpy's order for mpe2's array sizes, and Python's
+  ``rew += ...`` loops are replayed one addition at a time. Only the sign of a zero can differ.
+* State save/restore stores the world state itself (positions, velocities, communication, goals,
+  scenario arrays such as collect_treasure's treasures, step counters, returns, RNG state) instead of
   SyncVectorEnv's reset-seed + action-log replay.
-* ``FastMPEParallelEnv.reset(seed=s)`` re-seeds the internal generator with
-  ``s`` (reproducible, but not mpe2's stream, see the first point); its
-  ``metadata["render_modes"]`` is ``["rgb_array"]`` only.
+* ``FastMPEParallelEnv.reset(seed=s)`` re-seeds the internal generator with ``s`` (reproducible, but
+  not mpe2's stream, see the first point); its ``metadata["render_modes"]`` is ``["rgb_array"]`` only.
 """
 
 from __future__ import annotations
@@ -172,6 +176,26 @@ def _spaces_for(
             dtype=np.float32,
         )
     return obs_spaces, act_spaces
+
+
+def _episode_records(
+    agents: tuple[str, ...],
+    team_returns: np.ndarray,
+    agent_returns: np.ndarray,
+    steps: np.ndarray,
+    idx: np.ndarray,
+) -> list[dict[str, Any]]:
+    """One record per finished env ``idx`` (python floats/ints, converted in bulk)."""
+    team, per_agent, lengths = team_returns[idx].tolist(), agent_returns[idx].tolist(), steps[idx].tolist()
+    return [
+        {
+            "team_return": team[k],
+            "agent_returns": dict(zip(agents, per_agent[k])),
+            "length": lengths[k],
+            "env_index": b,
+        }
+        for k, b in enumerate(idx.tolist())
+    ]
 
 
 class _SpacesView:
@@ -563,22 +587,6 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             raise EnvError("FastMPEVectorEnv has not been reset")
         return self._obs.copy()
 
-    def _episode_records(self, idx: np.ndarray) -> list[dict[str, Any]]:
-        """One record per finished env ``idx`` (python floats/ints, converted in bulk)."""
-        agents = self.layout.agents
-        team = self._team_returns[idx].tolist()
-        per_agent = self._agent_returns[idx].tolist()
-        lengths = self._s.steps[idx].tolist()
-        return [
-            {
-                "team_return": team[k],
-                "agent_returns": dict(zip(agents, per_agent[k])),
-                "length": lengths[k],
-                "env_index": b,
-            }
-            for k, b in enumerate(idx.tolist())
-        ]
-
     def step(self, actions: Any) -> StepResult:
         """Step all envs with ``actions [B, N, max_act_dim]``; finished envs autoreset."""
         next_obs, rew, term, trunc = self._transition(actions)
@@ -590,7 +598,9 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         obs_out = next_obs
         if done.any():
             idx = np.flatnonzero(done)
-            episodes = self._episode_records(idx)
+            episodes = _episode_records(
+                self.layout.agents, self._team_returns, self._agent_returns, self._s.steps, idx
+            )
             self._reset_envs(idx)
             fresh = self._observe()
             obs_out = np.where(done[:, None, None], fresh, next_obs)
