@@ -428,6 +428,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         # Discrete: argmax over the first act_dim entries only (padding -> -inf).
         self._act_valid = np.arange(lay.max_act_dim)[None, :] < np.array(lay.act_dims)[:, None]
         self._eye_c = np.eye(scn.dim_c)
+        self._obs_scratch = np.zeros((scn.n_agents, lay.max_obs_dim, self.num_envs), dtype=np.float32)
         self._act_low = lay.act_low.astype(np.float32)
         self._act_high = lay.act_high.astype(np.float32)
         # Collisions: colliding entities, and which of them are movable agents.
@@ -447,6 +448,16 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         sizes = np.concatenate([scn.agent_size, scn.landmark_size])[coll]
         self._pair_dist_min = (sizes[ia] + sizes[ib])[:, None]
         self._has_collisions = ia.size > 0 and coll_mov.size > 0
+        # For each colliding movable agent, its pairs in increasing partner order (the order in which
+        # mpe2's pair loop adds their forces to it) and the sign of the pair force it gets (+ as a, - as b).
+        pair_of = {(int(a), int(b)): p for p, (a, b) in enumerate(zip(ia, ib))}
+        partners = [[j for j in range(self._n_coll) if j != i] for i in coll_mov]
+        self._partner_pair = np.array(
+            [[pair_of[(min(i, j), max(i, j))] for j in js] for i, js in zip(coll_mov, partners)], dtype=np.intp
+        ).reshape(coll_mov.size, max(self._n_coll - 1, 0))
+        self._partner_sign = np.array(
+            [[1.0 if i < j else -1.0 for j in js] for i, js in zip(coll_mov, partners)]
+        ).reshape(self._partner_pair.shape)[:, :, None]
         assert scn.accel is not None and scn.max_speed is not None and scn.mass is not None
         mov = scn.movable
         self._accel = scn.accel[mov][None, :, None]  # [1, Nmov, 1]: mpe2's per-agent sensitivity
@@ -477,14 +488,14 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         """(obs [B,N,D] float32, rewards [N,B] float64 or None) of the current state."""
         s, scn = self._s, self._scn
         n = scn.n_agents
-        out = np.zeros((n, self.layout.max_obs_dim, self.num_envs), dtype=np.float32)
+        out = self._obs_scratch  # scenarios write every non-padding entry; padding stays zero
         rel = dist = None
         if scn.uses_geometry:
             rel = s.pos[:, None, :, :] - s.pos[:, :n, None, :]  # [2, N, E, B] entity - agent
             sq = rel * rel
             dist = np.sqrt(sq[0] + sq[1])  # [N, E, B]; mpe2 sums x^2 + y^2 in this order
         scn.observe(s, rel, dist, out)
-        obs = np.ascontiguousarray(out.transpose(2, 0, 1))
+        obs = out.transpose(2, 0, 1).copy()  # always a copy: out is a reused scratch buffer
         if not rewards:
             return obs, None
         return obs, scn.rewards(s, dist)
@@ -525,17 +536,13 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             k = CONTACT_MARGIN
             pen = np.logaddexp(0.0, -(dist - self._pair_dist_min) / k) * k
             f = CONTACT_FORCE * delta / dist * pen  # force on a; b gets -f
-            c = self._n_coll
-            full = np.zeros((2, c, c, f.shape[2]))
-            full[:, ia, ib] = f
-            full[:, ib, ia] = -f
-            # mpe2 loops over pairs (a<b) adding to both; for agent i that adds
-            # its partners j in increasing order, which is what this loop does
-            # (the zero self-term is an exact no-op).
+            # mpe2 loops over pairs (a<b) adding f_a = +f to a and f_b = -f to b, p_force = f + p_force:
+            # for agent i that adds its partners' forces in increasing partner order, as here
+            # (multiplying by the sign +-1.0 is exact).
             acc = force[:, self._coll_mov_force]
-            rows = self._coll_mov
-            for j in range(c):
-                acc = full[:, rows, j] + acc
+            pairs, signs = self._partner_pair, self._partner_sign
+            for k in range(pairs.shape[1]):
+                acc = f[:, pairs[:, k]] * signs[:, k] + acc
             force = force.copy()
             force[:, self._coll_mov_force] = acc
         mov = self._mov

@@ -136,7 +136,8 @@ def run_env_speed(quick: bool) -> dict[str, Any]:
 
 def write_env_only(sections: dict[str, Any], path: Path, quick: bool) -> None:
     """Write the env-speed sections into ``path``, keeping the other sections of an existing bench.json
-    (the training benchmarks take an hour to remeasure)."""
+    (the training benchmarks take an hour to remeasure), including the spread-only keys of the full run
+    they belong to."""
     previous = json.loads(path.read_text()) if path.is_file() else {}
     previous.update({k: v for k, v in sections.items() if k != "quick"})
     previous["env_speed_quick"] = quick
@@ -237,11 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     out: dict[str, Any] = {"quick": args.quick, "machine": {"python": sys.version.split()[0]}}
 
     env = run_env_speed(args.quick)
+    if args.env_only:
+        write_env_only(env, Path(args.out), args.quick)
+        return
     out.update(_spread_keys(env))
     out.update(env)
-    if args.env_only:
-        write_env_only(out, Path(args.out), args.quick)
-        return
 
     train_steps = 6000 if args.quick else 20000
     rounds = 1 if args.quick else 2
