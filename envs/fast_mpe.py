@@ -178,6 +178,21 @@ def _spaces_for(
     return obs_spaces, act_spaces
 
 
+def _partner_order(
+    coll_mov: np.ndarray, n_coll: int, ia: np.ndarray, ib: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each colliding movable agent (collider index ``coll_mov``), the index of its pairs (a < b:
+    ``ia``, ``ib``) in increasing partner order, the order in which mpe2's pair loop adds their forces to
+    it, and the sign of the pair force it gets (+1 as a, -1 as b): ``[M, C-1]`` and ``[M, C-1, 1]``."""
+    pair_of = {(int(a), int(b)): p for p, (a, b) in enumerate(zip(ia, ib))}
+    partners = [[j for j in range(n_coll) if j != i] for i in coll_mov]
+    pairs = np.array(
+        [[pair_of[(min(i, j), max(i, j))] for j in js] for i, js in zip(coll_mov, partners)], dtype=np.intp
+    ).reshape(coll_mov.size, max(n_coll - 1, 0))
+    signs = np.array([[1.0 if i < j else -1.0 for j in js] for i, js in zip(coll_mov, partners)])
+    return pairs, signs.reshape(pairs.shape)[:, :, None]
+
+
 def _episode_records(
     agents: tuple[str, ...],
     team_returns: np.ndarray,
@@ -448,16 +463,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         sizes = np.concatenate([scn.agent_size, scn.landmark_size])[coll]
         self._pair_dist_min = (sizes[ia] + sizes[ib])[:, None]
         self._has_collisions = ia.size > 0 and coll_mov.size > 0
-        # For each colliding movable agent, its pairs in increasing partner order (the order in which
-        # mpe2's pair loop adds their forces to it) and the sign of the pair force it gets (+ as a, - as b).
-        pair_of = {(int(a), int(b)): p for p, (a, b) in enumerate(zip(ia, ib))}
-        partners = [[j for j in range(self._n_coll) if j != i] for i in coll_mov]
-        self._partner_pair = np.array(
-            [[pair_of[(min(i, j), max(i, j))] for j in js] for i, js in zip(coll_mov, partners)], dtype=np.intp
-        ).reshape(coll_mov.size, max(self._n_coll - 1, 0))
-        self._partner_sign = np.array(
-            [[1.0 if i < j else -1.0 for j in js] for i, js in zip(coll_mov, partners)]
-        ).reshape(self._partner_pair.shape)[:, :, None]
+        self._partner_pair, self._partner_sign = _partner_order(coll_mov, self._n_coll, ia, ib)
         assert scn.accel is not None and scn.max_speed is not None and scn.mass is not None
         mov = scn.movable
         self._accel = scn.accel[mov][None, :, None]  # [1, Nmov, 1]: mpe2's per-agent sensitivity
