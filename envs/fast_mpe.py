@@ -27,12 +27,13 @@ Deliberate differences from mpe2 (+ SyncVectorEnv):
 * Task kwargs: each task's own size/ratio kwargs are supported (``N``, ``local_ratio``, ``num_good``,
   ``num_adversaries``, ``num_obstacles``, ``num_food``, ``num_forests``, ``num_collectors``,
   ``num_deposits``, ``num_treasures``, see :data:`envs.fast_mpe_tasks.TASKS`) with ``max_cycles``,
-  ``continuous_actions`` and ``dynamic_rescaling``. ``render_mode`` (None or "rgb_array"),
-  ``benchmark_data=False``, ``curriculum=False``, ``terminate_on_success=False`` and
-  ``num_*_neighbors=None`` (partial observability) are accepted because they are mpe2's defaults; any
-  other value (or kwarg, or env id) raises ``EnvError``. So there is no early termination: every env
-  ends by truncation at ``max_cycles``. Integer kwargs are checked (``max_cycles`` >= 1, counts >= 1 or
-  >= 0 for obstacles/forests) where mpe2 would fail later or not at all.
+  ``continuous_actions``, ``dynamic_rescaling`` and ``terminate_on_success`` (simple_spread,
+  simple_tag, simple_formation, simple_line: mpe2's termination on success, checked after the step's
+  rewards; truncation at ``max_cycles`` wins, as in mpe2). ``render_mode`` (None or "rgb_array"),
+  ``benchmark_data=False``, ``curriculum=False`` and ``num_*_neighbors=None`` (partial observability)
+  are accepted because they are mpe2's defaults; any other value (or kwarg, or env id) raises
+  ``EnvError``. Integer kwargs are checked (``max_cycles`` >= 1, counts >= 1 or >= 0 for
+  obstacles/forests) where mpe2 would fail later or not at all.
 * No motor/communication noise: no mpe2 task turns it on. ``accel`` (the action sensitivity),
   ``max_speed`` (simple_tag, simple_world_comm, collect_treasure) and ``mass`` (collect_treasure's
   deposits) are ported with mpe2's arithmetic.
@@ -147,6 +148,8 @@ def make_scenario(
             raise EnvError(f"{key} must be <= {maximum} for {env_id}, got {cfg[key]!r}")
     for key in spec.ratios:
         cfg[key] = _check_ratio(key, cfg[key])
+    for key in spec.flags:
+        cfg[key] = _check_bool(key, cfg[key])
     cfg["continuous_actions"] = _check_bool("continuous_actions", cfg["continuous_actions"])
     cfg["dynamic_rescaling"] = _check_bool("dynamic_rescaling", cfg["dynamic_rescaling"])
     return spec.build(cfg), cfg
@@ -490,8 +493,11 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         self._agent_returns[idx] = 0.0
         self._team_returns[idx] = 0.0
 
-    def _observe_and_reward(self, rewards: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """(obs [B,N,D] float32, rewards [N,B] float64 or None) of the current state."""
+    def _observe_and_reward(
+        self, rewards: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(obs [B,N,D] float32, rewards [N,B] float64 or None, success [B] bool or None: the task's
+        ``terminate_on_success`` condition) of the current state."""
         s, scn = self._s, self._scn
         n = scn.n_agents
         out = self._obs_scratch  # scenarios write every non-padding entry; padding stays zero
@@ -503,8 +509,9 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         scn.observe(s, rel, dist, out)
         obs = out.transpose(2, 0, 1).copy()  # always a copy: out is a reused scratch buffer
         if not rewards:
-            return obs, None
-        return obs, scn.rewards(s, dist)
+            return obs, None, None
+        rew = scn.rewards(s, dist)  # before terminal(): formation/line reuse its assignment, like mpe2
+        return obs, rew, scn.terminal(s, dist)
 
     def _observe(self) -> np.ndarray:
         """Observations [B, N, D] float32 of the current state."""
@@ -578,12 +585,16 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         u, msg = self._decode(batch)
         self._physics(u, msg)
         self._scn.post_step(self._s, self._rng)
-        next_obs, rew_t = self._observe_and_reward()
+        next_obs, rew_t, success = self._observe_and_reward()
         assert rew_t is not None
         rew = rew_t.T  # [B, N]
         n = self.layout.num_agents
-        trunc = np.repeat((self._s.steps >= self.max_cycles)[:, None], n, axis=1)
-        term = np.zeros_like(trunc)  # no terminal condition in the supported tasks
+        out_of_time = self._s.steps >= self.max_cycles
+        trunc = np.repeat(out_of_time[:, None], n, axis=1)
+        if success is None:
+            term = np.zeros_like(trunc)
+        else:  # mpe2: truncation at max_cycles, else termination on success
+            term = np.repeat((success & ~out_of_time)[:, None], n, axis=1)
         self._obs = next_obs
         return next_obs, rew, term, trunc
 

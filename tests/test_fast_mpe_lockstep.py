@@ -135,15 +135,20 @@ def _mpe_step(mpe: Any, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict
     return obs, rewards, terms, truncs
 
 
-def _lockstep(env_id: str, kwargs: dict[str, Any], seeds: range, crowd: bool, seen: Counter) -> None:
-    """Run whole episodes of len(seeds) mpe2 envs and one batched port side by side; assert equality."""
+def _lockstep(env_id: str, kwargs: dict[str, Any], seeds: range, crowd: bool, seen: Counter,
+              arrange: Any = None) -> None:
+    """Run whole episodes of len(seeds) mpe2 envs and one batched port side by side; assert equality.
+
+    ``arrange(raw_env, rng)`` may edit each mpe2 state before it is copied. An env whose episode ends
+    early (``terminate_on_success``) is checked at that step and then left out (the port autoresets it).
+    """
     module = importlib.import_module(f"mpe2.{env_id}")
     mpes = [module.parallel_env(**kwargs) for _ in seeds]
     obs_m = []
     for seed, mpe in zip(seeds, mpes):
         obs, _ = mpe.reset(seed=seed)
-        if crowd:
-            _crowd(mpe.unwrapped, np.random.default_rng(seed + 777))
+        if crowd or arrange is not None:
+            (arrange or _crowd)(mpe.unwrapped, np.random.default_rng(seed + 777))
             obs = {a: mpe.unwrapped.observe(a) for a in mpe.possible_agents}
         obs_m.append(obs)
     fast = FastMPEVectorEnv(env_id, kwargs, len(seeds), 0)
@@ -155,35 +160,42 @@ def _lockstep(env_id: str, kwargs: dict[str, Any], seeds: range, crowd: bool, se
         replay = _Replay(mpes, fast.scenario.num_deposits)  # type: ignore[attr-defined]
         fast.scenario.draw_respawns = replay  # type: ignore[method-assign]
     lay = fast.layout
-    _assert_obs(env_id, -1, lay, fast.current_obs(), obs_m)
+    live = list(range(len(seeds)))
+    _assert_obs(env_id, -1, lay, fast.current_obs(), obs_m, live)
     returns = np.zeros((len(seeds), lay.num_agents))
     rng = np.random.default_rng(4242)
-    steps = kwargs.get("max_cycles", 25)
-    for t in range(steps):
+    for t in range(kwargs.get("max_cycles", 25)):
         acts = _actions(rng, lay, len(seeds))
         if replay is not None:
             replay.snapshot()
         res = fast.step(acts)
-        for b, mpe in enumerate(mpes):
-            obs, rew, term, trunc = _mpe_step(mpe, _mpe_actions(lay, acts[b]))
+        for b in live:
+            obs, rew, term, trunc = _mpe_step(mpes[b], _mpe_actions(lay, acts[b]))
             obs_m[b] = obs
-            _coverage(mpe.unwrapped, rew, seen)
+            _coverage(mpes[b].unwrapped, rew, seen)
             for i, agent in enumerate(lay.agents):
                 assert res.reward[b, i] == np.float32(rew[agent]), (env_id, b, t, agent)
                 returns[b, i] = returns[b, i] + rew[agent]
                 assert bool(res.terminated[b, i]) == term[agent] and bool(res.truncated[b, i]) == trunc[agent]
-        _assert_obs(env_id, t, lay, res.next_obs, obs_m)
-        assert res.done.all() == (t == steps - 1) and not (res.done.any() and t < steps - 1)
-    assert all(not mpe.agents for mpe in mpes)
-    for ep in res.episodes:  # float64 sums of float64 rewards, in the same order: equal too
-        b = ep["env_index"]
-        assert [ep["agent_returns"][a] for a in lay.agents] == returns[b].tolist()
+            seen["terminated"] += int(all(term.values()))
+            assert bool(res.done[b]) == (not mpes[b].agents)
+        _assert_obs(env_id, t, lay, res.next_obs, obs_m, live)
+        for ep in res.episodes:  # float64 sums of float64 rewards, in the same order: equal too
+            b = ep["env_index"]
+            if b not in live:
+                continue  # the port's next episode of an env whose mpe2 twin has finished
+            assert [ep["agent_returns"][a] for a in lay.agents] == returns[b].tolist()
+            assert ep["length"] == t + 1
+        live = [b for b in live if not res.done[b]]
+    assert not live and all(not mpe.agents for mpe in mpes)
     for mpe in mpes:
         mpe.close()
 
 
-def _assert_obs(env_id: str, t: int, lay: AgentLayout, ours: np.ndarray, theirs: list[dict[str, Any]]) -> None:
-    for b, obs in enumerate(theirs):
+def _assert_obs(env_id: str, t: int, lay: AgentLayout, ours: np.ndarray, theirs: list[dict[str, Any]],
+                live: list[int]) -> None:
+    for b in live:
+        obs = theirs[b]
         for i, agent in enumerate(lay.agents):
             dim = lay.obs_dims[i]
             assert obs[agent].dtype == np.float32
@@ -222,3 +234,40 @@ def test_lockstep_with_mpe2(env_id: str, continuous: bool) -> None:
 def test_lockstep_task_options(env_id: str, kwargs: dict[str, Any]) -> None:
     for continuous in (True, False):
         _lockstep(env_id, {**kwargs, "continuous_actions": continuous}, range(6), crowd=True, seen=Counter())
+
+
+def _on_target(raw: Any, rng: np.random.Generator) -> None:
+    """Put the episode one step from mpe2's success test (positions do not change on the first step:
+    mpe2 moves by the velocity before the update, and velocities start at zero)."""
+    world, name = raw.world, raw.metadata["name"]
+    agents, jitter = world.agents, rng.uniform(-0.01, 0.01, (len(world.agents), 2))
+    if name == "simple_spread_v3":
+        for agent, lm, d in zip(agents, world.landmarks, jitter):
+            agent.state.p_pos = lm.state.p_pos + d
+    elif name == "simple_tag_v3":
+        good = [a for a in agents if not a.adversary]
+        for prey, d in zip(good, jitter):
+            prey.state.p_pos = agents[0].state.p_pos + d
+    elif name == "simple_formation_v1":
+        centre, n = world.landmarks[0].state.p_pos, len(agents)
+        for i, (agent, d) in enumerate(zip(agents, jitter)):
+            angle = 0.3 + i * 2 * np.pi / n
+            agent.state.p_pos = centre + 0.5 * np.array([np.cos(angle), np.sin(angle)]) + d
+    else:  # simple_line_v1
+        for agent, target, d in zip(agents, raw.scenario._expected_positions, jitter):
+            agent.state.p_pos = target + d
+
+
+@pytest.mark.parametrize("env_id", ["simple_spread_v3", "simple_tag_v3", "simple_formation_v1", "simple_line_v1"])
+def test_lockstep_terminate_on_success(env_id: str) -> None:
+    """mpe2's ``terminate_on_success``: episodes started on target end by termination after one step in
+    both; plain starts (tag: crowded, where captures end episodes) run on to success or truncation."""
+    for continuous in (True, False):
+        kwargs = {"continuous_actions": continuous, "terminate_on_success": True, "max_cycles": 12}
+        on_target: Counter = Counter()
+        _lockstep(env_id, kwargs, range(6), crowd=False, seen=on_target, arrange=_on_target)
+        assert on_target["terminated"] == 6, dict(on_target)  # every env started on target
+        plain: Counter = Counter()
+        _lockstep(env_id, kwargs, range(6, 14), crowd=env_id == "simple_tag_v3", seen=plain)
+        if env_id == "simple_tag_v3":
+            assert plain["terminated"] > 0, dict(plain)  # some crowded episodes ended by capture

@@ -135,6 +135,7 @@ class Scenario:
     landmark_range: float = 1.0  # landmarks start uniform in [-r, r]^2
     # False: observations and rewards do not depend on positions (rel and dist are passed as None).
     uses_geometry: bool = True
+    terminate_on_success: bool = False  # mpe2's option: end the episode (termination) on success
 
     def __post_init__(self) -> None:
         n = len(self.agent_names)
@@ -215,6 +216,10 @@ class Scenario:
         g = self.global_reward(s, dist, agent_rew)
         lr = self.local_ratio
         return g * (1 - lr) + agent_rew * lr
+
+    def terminal(self, s: WorldState, dist: np.ndarray) -> np.ndarray | None:
+        """[B] mpe2's ``is_terminal`` after this step's rewards, or None when the task never terminates."""
+        return None
 
     # ------------------------------------------------------------ mpe2 bridge
     def goals_from_mpe(self, world: Any) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.fast_mpe_tasks.assignment import matched_distance_reward
+from envs.fast_mpe_tasks.assignment import DIST_THRESHOLD, matched_distance_reward
 from envs.fast_mpe_tasks.base import Scenario, WorldState, put_pairs
 
 TARGET_RADIUS = 0.5
@@ -14,7 +14,7 @@ class FormationScenario(Scenario):
     """simple_formation_v1 (kwarg ``N``); mpe2 runs it with ``local_ratio=0``: every agent gets the
     shared reward."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, terminate_on_success: bool = False) -> None:
         super().__init__(
             name="simple_formation_v1",
             agent_names=tuple(f"agent_{i}" for i in range(n)),
@@ -31,7 +31,9 @@ class FormationScenario(Scenario):
             local_ratio=None,
             obs_dims=(6,) * n,
             landmark_range=0.5,
+            terminate_on_success=terminate_on_success,
         )
+        self._matched: np.ndarray | None = None  # this step's assigned distances (mpe2's _delta_dists)
 
     def observe(self, s: WorldState, rel: np.ndarray, dist: np.ndarray, out: np.ndarray) -> None:
         n = self.n_agents
@@ -49,6 +51,12 @@ class FormationScenario(Scenario):
         theta_min = angle.min(axis=0)  # [B]
         phase = theta_min[None, :] + np.arange(n)[:, None] * ((2 * np.pi) / n)  # [N, B]
         targets = centre[:, None] + TARGET_RADIUS * np.stack([np.cos(phase), np.sin(phase)])
-        shared = matched_distance_reward(s.pos[:, :n], targets)
+        shared, self._matched = matched_distance_reward(s.pos[:, :n], targets)
         # mpe2: global * (1 - 0) + agent * 0 with agent == 0.0: exactly the shared reward.
         return np.broadcast_to(shared, (n, shared.shape[0])).copy()
+
+    def terminal(self, s: WorldState, dist: np.ndarray) -> np.ndarray | None:
+        """mpe2: every assigned distance below 0.05, from the assignment this step's reward made."""
+        if not self.terminate_on_success or self._matched is None:
+            return None
+        return (self._matched < DIST_THRESHOLD).all(axis=0)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.fast_mpe_tasks.assignment import matched_distance_reward
+from envs.fast_mpe_tasks.assignment import DIST_THRESHOLD, matched_distance_reward
 from envs.fast_mpe_tasks.base import AuxSpec, Scenario, WorldState, put_pairs
 
 TOTAL_SEP = 1.25
@@ -15,7 +15,7 @@ TOTAL_SEP = 1.25
 class LineScenario(Scenario):
     """simple_line_v1 (kwarg ``N``); the target positions are fixed at reset (state ``targets``)."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, terminate_on_success: bool = False) -> None:
         super().__init__(
             name="simple_line_v1",
             agent_names=tuple(f"agent_{i}" for i in range(n)),
@@ -31,7 +31,9 @@ class LineScenario(Scenario):
             n_goals=0,
             local_ratio=None,
             obs_dims=(8,) * n,
+            terminate_on_success=terminate_on_success,
         )
+        self._matched: np.ndarray | None = None  # this step's assigned distances (mpe2's _delta_dists)
         self._ideal_sep = TOTAL_SEP / (n - 1) if n > 1 else 0.0
 
     def aux_spec(self) -> AuxSpec:
@@ -68,9 +70,15 @@ class LineScenario(Scenario):
 
     def agent_rewards(self, s: WorldState, dist: np.ndarray) -> np.ndarray:
         n = self.n_agents
-        shared = matched_distance_reward(s.pos[:, :n], s.aux["targets"])
+        shared, self._matched = matched_distance_reward(s.pos[:, :n], s.aux["targets"])
         return np.broadcast_to(shared, (n, shared.shape[0])).copy()
 
     def aux_from_mpe(self, raw_env: Any) -> dict[str, np.ndarray]:
         expected = raw_env.scenario._expected_positions
         return {"targets": np.array(expected, dtype=np.float64).reshape(self.n_agents, 2).T}
+
+    def terminal(self, s: WorldState, dist: np.ndarray) -> np.ndarray | None:
+        """mpe2: every assigned distance below 0.05, from the assignment this step's reward made."""
+        if not self.terminate_on_success or self._matched is None:
+            return None
+        return (self._matched < DIST_THRESHOLD).all(axis=0)

@@ -10,7 +10,9 @@ from envs.fast_mpe_tasks.base import Scenario, WorldState, put_pairs
 class SpreadScenario(Scenario):
     """simple_spread_v3 (kwargs ``N``, ``local_ratio``)."""
 
-    def __init__(self, n: int, local_ratio: float) -> None:
+    CAPTURE_RADIUS = 0.1  # mpe2's success test: every landmark has an agent closer than this
+
+    def __init__(self, n: int, local_ratio: float, terminate_on_success: bool = False) -> None:
         super().__init__(
             name="simple_spread_v3",
             agent_names=tuple(f"agent_{i}" for i in range(n)),
@@ -26,6 +28,7 @@ class SpreadScenario(Scenario):
             n_goals=0,
             local_ratio=float(local_ratio),
             obs_dims=(6 * n,) * n,
+            terminate_on_success=terminate_on_success,
         )
         self._oth = self._others()
         self._rows = np.arange(n)[:, None]
@@ -48,6 +51,11 @@ class SpreadScenario(Scenario):
         # -1 per other agent closer than size_a + size_b (all agents collide here).
         hits = (dist[:, :n] < self._coll_dist) & self._offdiag
         return -hits.sum(axis=1, dtype=np.float64)
+
+    def terminal(self, s: WorldState, dist: np.ndarray) -> np.ndarray | None:
+        if not self.terminate_on_success:
+            return None
+        return (dist[:, self.n_agents :].min(axis=0) < self.CAPTURE_RADIUS).all(axis=0)
 
     def global_reward(self, s: WorldState, dist: np.ndarray, agent_rew: np.ndarray) -> np.ndarray:
         mins = dist[:, self.n_agents :].min(axis=0)  # [L, B] closest agent per landmark

@@ -10,7 +10,8 @@ from envs.fast_mpe_tasks.base import Scenario, WorldState, boundary_penalty, col
 class TagScenario(Scenario):
     """simple_tag_v3 (kwargs ``num_good``, ``num_adversaries``, ``num_obstacles``); adversaries first."""
 
-    def __init__(self, num_good: int, num_adversaries: int, num_obstacles: int) -> None:
+    def __init__(self, num_good: int, num_adversaries: int, num_obstacles: int,
+                 terminate_on_success: bool = False) -> None:
         g, a, o = num_good, num_adversaries, num_obstacles
         n = a + g
         adversary = np.arange(n) < a
@@ -32,6 +33,7 @@ class TagScenario(Scenario):
             accel=np.where(adversary, 3.0, 4.0),
             max_speed=np.where(adversary, 1.0, 1.3),
             landmark_range=0.9,
+            terminate_on_success=terminate_on_success,
         )
         self.num_adversaries = a
         self._oth = self._others()
@@ -52,10 +54,19 @@ class TagScenario(Scenario):
         for i in range(a, n):  # a good agent sees the other good agents' velocities
             put_pairs(out, slice(i, i + 1), col, s.vel[:, None, self._good_oth[i]])
 
+    def _caught(self, dist: np.ndarray) -> np.ndarray:
+        """[G, A, B]: good agent a+g collides with adversary k."""
+        a, n = self.num_adversaries, self.n_agents
+        return collisions(dist[a:n, :a], self.agent_size[a:], self.agent_size[:a])
+
+    def terminal(self, s: WorldState, dist: np.ndarray) -> np.ndarray | None:
+        if not self.terminate_on_success:
+            return None
+        return self._caught(dist).any(axis=1).all(axis=0)  # every prey touches an adversary
+
     def agent_rewards(self, s: WorldState, dist: np.ndarray) -> np.ndarray:
         a, n = self.num_adversaries, self.n_agents
-        # caught[g, k]: good agent a+g collides with adversary k
-        caught = collisions(dist[a:n, :a], self.agent_size[a:], self.agent_size[:a])
+        caught = self._caught(dist)
         good = np.zeros((n - a, dist.shape[2]))
         for k in range(a):  # rew -= 10 per adversary touching it, in adversary order
             good = good - np.where(caught[:, k], 10.0, 0.0)
