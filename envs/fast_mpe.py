@@ -196,6 +196,14 @@ def _partner_order(
     return pairs, signs.reshape(pairs.shape)[:, :, None]
 
 
+def _end_flags(out_of_time: np.ndarray, success: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(terminated, truncated) [B, N]: mpe2 truncates at max_cycles, else terminates on success."""
+    trunc = np.repeat(out_of_time[:, None], n, axis=1)
+    if success is None:
+        return np.zeros_like(trunc), trunc
+    return np.repeat((success & ~out_of_time)[:, None], n, axis=1), trunc
+
+
 def _episode_records(
     agents: tuple[str, ...],
     team_returns: np.ndarray,
@@ -589,12 +597,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         assert rew_t is not None
         rew = rew_t.T  # [B, N]
         n = self.layout.num_agents
-        out_of_time = self._s.steps >= self.max_cycles
-        trunc = np.repeat(out_of_time[:, None], n, axis=1)
-        if success is None:
-            term = np.zeros_like(trunc)
-        else:  # mpe2: truncation at max_cycles, else termination on success
-            term = np.repeat((success & ~out_of_time)[:, None], n, axis=1)
+        term, trunc = _end_flags(self._s.steps >= self.max_cycles, success, n)
         self._obs = next_obs
         return next_obs, rew, term, trunc
 
