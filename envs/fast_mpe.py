@@ -1,53 +1,58 @@
 """Fast batched numpy port of mpe2's particle-world physics (drop-in for ``SyncVectorEnv``).
 
-Supported tasks: ``simple_spread_v3``, ``simple_reference_v3`` and
-``simple_speaker_listener_v4``, with continuous or discrete actions.
-:class:`FastMPEVectorEnv` steps B worlds with a handful of numpy calls per
-step and has the same interface as :class:`envs.vector.SyncVectorEnv`
-(``layout``, ``num_envs``, ``reset``, ``step -> StepResult``, ``state_dict``,
-``load_state_dict``, ``render``, ``close``). :class:`FastMPEParallelEnv` is a
-single-env PettingZoo ``ParallelEnv`` view of it.
+Supported tasks: every mpe2 task (``SUPPORTED_ENV_IDS``: simple, simple_adversary, simple_crypto,
+simple_push, simple_reference, simple_speaker_listener, simple_spread, simple_tag, simple_world_comm,
+simple_formation, simple_line, collect_treasure), with continuous or discrete actions. The scenarios live
+in :mod:`envs.fast_mpe_tasks` (one module per task). :class:`FastMPEVectorEnv` steps B worlds with a
+handful of numpy calls per step and has the same interface as :class:`envs.vector.SyncVectorEnv`
+(``layout``, ``num_envs``, ``reset``, ``step -> StepResult``, ``state_dict``, ``load_state_dict``,
+``render``, ``close``). :class:`FastMPEParallelEnv` is a single-env PettingZoo ``ParallelEnv`` view of it.
 
-Given the same state and actions, observations, rewards, terminations and
-truncations equal mpe2's (float64 maths in mpe2's operation order; observations
-cast to float32 at the end, rewards to float32 in ``StepResult`` exactly like
-``SyncVectorEnv``; episode returns are float64 sums of the float64 rewards).
+Given the same state and actions, observations, rewards, terminations and truncations equal mpe2's
+bit for bit (float64 maths in mpe2's operation order; observations cast to float32 at the end, rewards
+to float32 in ``StepResult`` exactly like ``SyncVectorEnv``; episode returns are float64 sums of the
+float64 rewards). ``tests/test_fast_mpe_lockstep.py`` checks this with no tolerance: 20 seeds per task
+and action type over whole episodes, plus crowded starts where contacts and events happen.
 
 Deliberate differences from mpe2 (+ SyncVectorEnv):
 
-* Reset randomness: initial positions (uniform in [-1, 1]^2) and goal
-  landmarks (uniform) are drawn from the same distributions as mpe2, but from
-  one batched ``np.random.Generator`` owned by the vector env, not from each
-  env's ``np_random`` stream; ``reset(seed=s)`` therefore gives a different
-  (equally distributed) initial state than ``mpe2.reset(seed=s)``, and the
-  state an env gets depends on the batch size and on how many resets came
-  before. Use :meth:`FastMPEVectorEnv.set_state_from_mpe` to copy a state.
-* Only the kwargs ``N`` (spread), ``local_ratio`` (spread, reference),
-  ``max_cycles``, ``continuous_actions`` and ``dynamic_rescaling`` are
-  supported. ``render_mode`` (None or "rgb_array"), ``benchmark_data=False``,
-  ``curriculum=False``, ``terminate_on_success=False`` and
-  ``num_*_neighbors=None`` are accepted because they are mpe2's defaults;
-  any other value (or kwarg, or env id) raises ``EnvError``. So there is no
-  early termination: every env ends by truncation at ``max_cycles``.
-  ``max_cycles`` must be >= 1 and ``N`` >= 1 (mpe2 does not check these).
-* No motor/communication noise and no ``max_speed``/``accel`` handling: none
-  of the supported scenarios sets them (mpe2 defaults: noise off, speed
-  unlimited, sensitivity 5.0).
-* Landmarks never move and have no stored velocity (never movable here).
-* Infos are empty (no ``benchmark_data``); rendering is only available as
-  ``rgb_array`` and goes through a real mpe2 env whose state is overwritten
-  with ours (``dynamic_rescaling`` affects rendering only, as in mpe2).
-* Sum order: collision forces are accumulated per agent in entity order,
-  exactly like mpe2's pair loop, so results are normally bit-identical; the
-  only expected differences are signs of zero and possible last-ulp
-  differences of numpy's vectorised ``logaddexp``/``sqrt`` loops vs. its
-  scalar ones (well below the 1e-5 tolerance that the tests assert).
-* State save/restore stores the world state itself (positions, velocities,
-  communication, goals, step counters, returns, RNG state) instead of
+* Reset randomness: initial positions and goals are drawn from the same distributions as mpe2, but
+  from one batched ``np.random.Generator`` owned by the vector env, not from each env's ``np_random``
+  stream; ``reset(seed=s)`` therefore gives a different (equally distributed) initial state than
+  ``mpe2.reset(seed=s)``, and the state an env gets depends on the batch size and on how many resets
+  came before. Use :meth:`FastMPEVectorEnv.set_state_from_mpe` to copy a state. The same holds for
+  collect_treasure's respawns (position and type of a treasure picked up on the previous step): drawn
+  from the vector env's generator (``CollectTreasureScenario.draw_respawns``), not from mpe2's copy of
+  the env stream.
+* Task kwargs: each task's own size/ratio kwargs are supported (``N``, ``local_ratio``, ``num_good``,
+  ``num_adversaries``, ``num_obstacles``, ``num_food``, ``num_forests``, ``num_collectors``,
+  ``num_deposits``, ``num_treasures``, see :data:`envs.fast_mpe_tasks.TASKS`) with ``max_cycles``,
+  ``continuous_actions``, ``dynamic_rescaling`` and ``terminate_on_success`` (simple_spread,
+  simple_tag, simple_formation, simple_line: mpe2's termination on success, checked after the step's
+  rewards; truncation at ``max_cycles`` wins, as in mpe2). ``render_mode`` (None or "rgb_array"),
+  ``benchmark_data=False``, ``curriculum=False`` and ``num_*_neighbors=None`` (partial observability)
+  are accepted because they are mpe2's defaults; any other value (or kwarg, or env id) raises
+  ``EnvError``. Integer kwargs are checked (``max_cycles`` >= 1, counts >= 1 or >= 0 for
+  obstacles/forests) where mpe2 would fail later or not at all.
+* No motor/communication noise: no mpe2 task turns it on. ``accel`` (the action sensitivity),
+  ``max_speed`` (simple_tag, simple_world_comm, collect_treasure) and ``mass`` (collect_treasure's
+  deposits) are ported with mpe2's arithmetic.
+* Landmarks have no stored velocity (never movable in mpe2's tasks); collect_treasure teleports them.
+* simple_formation / simple_line match agents to targets with an optimal assignment: the port scores
+  every permutation (N <= 7; scipy above), mpe2 calls scipy's ``linear_sum_assignment``. For positions
+  in general position the optimum is unique and the rewards are identical; two assignments whose
+  summed distances tie to the last bit could be resolved differently (a rounding-level reward change).
+* Infos are empty (no ``benchmark_data``); rendering is only available as ``rgb_array`` and goes
+  through a real mpe2 env whose state is overwritten with ours (``dynamic_rescaling`` affects
+  rendering only, as in mpe2).
+* Sum order: collision forces are accumulated per agent in entity order, exactly like mpe2's pair
+  loop; reductions (sums, means, minima) follow numpy's order for mpe2's array sizes, and Python's
+  ``rew += ...`` loops are replayed one addition at a time. Only the sign of a zero can differ.
+* State save/restore stores the world state itself (positions, velocities, communication, goals,
+  scenario arrays such as collect_treasure's treasures, step counters, returns, RNG state) instead of
   SyncVectorEnv's reset-seed + action-log replay.
-* ``FastMPEParallelEnv.reset(seed=s)`` re-seeds the internal generator with
-  ``s`` (reproducible, but not mpe2's stream, see the first point); its
-  ``metadata["render_modes"]`` is ``["rgb_array"]`` only.
+* ``FastMPEParallelEnv.reset(seed=s)`` re-seeds the internal generator with ``s`` (reproducible, but
+  not mpe2's stream, see the first point); its ``metadata["render_modes"]`` is ``["rgb_array"]`` only.
 """
 
 from __future__ import annotations
@@ -62,17 +67,14 @@ import gymnasium.spaces
 import numpy as np
 from pettingzoo.utils.env import ParallelEnv
 
-from envs.fast_mpe_scenarios import (
+from envs.fast_mpe_tasks import TASKS
+from envs.fast_mpe_tasks.base import (
     CONTACT_FORCE,
     CONTACT_MARGIN,
     DAMPING,
     DT,
     MOVE_DIM,
-    SENSITIVITY,
-    ReferenceScenario,
     Scenario,
-    SpeakerListenerScenario,
-    SpreadScenario,
     WorldState,
 )
 from envs.registry import EnvError
@@ -83,44 +85,10 @@ __all__ = ["SUPPORTED_ENV_IDS", "FastMPEVectorEnv", "FastMPEParallelEnv", "make_
 _STATE_VERSION = 1
 _SEED_BOUND = 2**31 - 1
 
-# kwargs each task really supports, with mpe2's defaults.
-_SUPPORTED: dict[str, dict[str, Any]] = {
-    "simple_spread_v3": {
-        "N": 3,
-        "local_ratio": 0.5,
-        "max_cycles": 25,
-        "continuous_actions": False,
-        "dynamic_rescaling": True,
-    },
-    "simple_reference_v3": {
-        "local_ratio": 0.5,
-        "max_cycles": 25,
-        "continuous_actions": False,
-        "dynamic_rescaling": True,
-    },
-    "simple_speaker_listener_v4": {
-        "max_cycles": 25,
-        "continuous_actions": False,
-        "dynamic_rescaling": True,
-    },
-}
-# kwargs mpe2 accepts that only change behaviour we do not port: allowed at their default.
-_DEFAULT_ONLY: dict[str, dict[str, Any]] = {
-    "simple_spread_v3": {
-        "render_mode": None,
-        "benchmark_data": False,
-        "curriculum": False,
-        "terminate_on_success": False,
-        "num_agent_neighbors": None,
-        "num_landmark_neighbors": None,
-    },
-    "simple_reference_v3": {"render_mode": None, "benchmark_data": False},
-    "simple_speaker_listener_v4": {"render_mode": None, "benchmark_data": False},
-}
-SUPPORTED_ENV_IDS: tuple[str, ...] = tuple(_SUPPORTED)
+SUPPORTED_ENV_IDS: tuple[str, ...] = tuple(TASKS)
 
-# Discrete movement index -> force (mpe2: u[axis] = +-1.0, then u *= sensitivity).
-_MOVE_TABLE_T = np.array([[0.0, -1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0, 1.0]]) * SENSITIVITY
+# Discrete movement index -> unit force (mpe2: u[axis] = +-1.0, then u *= the agent's sensitivity).
+_MOVE_TABLE_T = np.array([[0.0, -1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0, 1.0]])
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -137,11 +105,11 @@ def _check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def _check_ratio(value: Any) -> float:
+def _check_ratio(name: str, value: Any) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise EnvError(f"local_ratio must be a number, got {value!r}")
+        raise EnvError(f"{name} must be a number, got {value!r}")
     if not 0.0 <= float(value) <= 1.0:
-        raise EnvError(f"local_ratio is a proportion and must be in [0, 1], got {value!r}")
+        raise EnvError(f"{name} is a proportion and must be in [0, 1], got {value!r}")
     return float(value)
 
 
@@ -149,20 +117,21 @@ def make_scenario(
     env_id: str, env_kwargs: dict[str, Any] | None
 ) -> tuple[Scenario, dict[str, Any]]:
     """Validate ``env_kwargs`` for ``env_id``; return the scenario and the full kwargs."""
-    if env_id not in _SUPPORTED:
+    if env_id not in TASKS:
         raise EnvError(
             f"fast MPE does not support env id {env_id!r}"
             f" (supported: {', '.join(SUPPORTED_ENV_IDS)})"
         )
-    kwargs = dict(env_kwargs or {})
-    cfg = dict(_SUPPORTED[env_id])
-    for key, value in kwargs.items():
+    spec = TASKS[env_id]
+    default_only = spec.default_only or {}
+    cfg = dict(spec.params)
+    for key, value in dict(env_kwargs or {}).items():
         if key in cfg:
             cfg[key] = value
         elif key == "render_mode" and value in (None, "rgb_array"):
             continue  # render() always works; the mode is not part of the dynamics
-        elif key in _DEFAULT_ONLY[env_id]:
-            default = _DEFAULT_ONLY[env_id][key]
+        elif key in default_only:
+            default = default_only[key]
             if value != default or type(value) is not type(default):
                 raise EnvError(
                     f"fast MPE supports {key}={default!r} only for {env_id}, got {value!r}"
@@ -172,20 +141,18 @@ def make_scenario(
                 f"unknown keyword argument for fast {env_id}: {key!r}"
                 f" (accepted: {', '.join(cfg)})"
             )
-    cfg["max_cycles"] = _check_int("max_cycles", cfg["max_cycles"], 1)
+    for key, minimum in spec.int_min.items():
+        cfg[key] = _check_int(key, cfg[key], minimum)
+    for key, maximum in (spec.int_max or {}).items():
+        if cfg[key] > maximum:
+            raise EnvError(f"{key} must be <= {maximum} for {env_id}, got {cfg[key]!r}")
+    for key in spec.ratios:
+        cfg[key] = _check_ratio(key, cfg[key])
+    for key in spec.flags:
+        cfg[key] = _check_bool(key, cfg[key])
     cfg["continuous_actions"] = _check_bool("continuous_actions", cfg["continuous_actions"])
     cfg["dynamic_rescaling"] = _check_bool("dynamic_rescaling", cfg["dynamic_rescaling"])
-    scenario: Scenario
-    if env_id == "simple_spread_v3":
-        cfg["N"] = _check_int("N", cfg["N"], 1)
-        cfg["local_ratio"] = _check_ratio(cfg["local_ratio"])
-        scenario = SpreadScenario(cfg["N"], cfg["local_ratio"])
-    elif env_id == "simple_reference_v3":
-        cfg["local_ratio"] = _check_ratio(cfg["local_ratio"])
-        scenario = ReferenceScenario(cfg["local_ratio"])
-    else:
-        scenario = SpeakerListenerScenario()
-    return scenario, cfg
+    return spec.build(cfg), cfg
 
 
 def _spaces_for(
@@ -212,6 +179,49 @@ def _spaces_for(
             dtype=np.float32,
         )
     return obs_spaces, act_spaces
+
+
+def _partner_order(
+    coll_mov: np.ndarray, n_coll: int, ia: np.ndarray, ib: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each colliding movable agent (collider index ``coll_mov``), the index of its pairs (a < b:
+    ``ia``, ``ib``) in increasing partner order, the order in which mpe2's pair loop adds their forces to
+    it, and the sign of the pair force it gets (+1 as a, -1 as b): ``[M, C-1]`` and ``[M, C-1, 1]``."""
+    pair_of = {(int(a), int(b)): p for p, (a, b) in enumerate(zip(ia, ib))}
+    partners = [[j for j in range(n_coll) if j != i] for i in coll_mov]
+    pairs = np.array(
+        [[pair_of[(min(i, j), max(i, j))] for j in js] for i, js in zip(coll_mov, partners)], dtype=np.intp
+    ).reshape(coll_mov.size, max(n_coll - 1, 0))
+    signs = np.array([[1.0 if i < j else -1.0 for j in js] for i, js in zip(coll_mov, partners)])
+    return pairs, signs.reshape(pairs.shape)[:, :, None]
+
+
+def _end_flags(out_of_time: np.ndarray, success: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(terminated, truncated) [B, N]: mpe2 truncates at max_cycles, else terminates on success."""
+    trunc = np.repeat(out_of_time[:, None], n, axis=1)
+    if success is None:
+        return np.zeros_like(trunc), trunc
+    return np.repeat((success & ~out_of_time)[:, None], n, axis=1), trunc
+
+
+def _episode_records(
+    agents: tuple[str, ...],
+    team_returns: np.ndarray,
+    agent_returns: np.ndarray,
+    steps: np.ndarray,
+    idx: np.ndarray,
+) -> list[dict[str, Any]]:
+    """One record per finished env ``idx`` (python floats/ints, converted in bulk)."""
+    team, per_agent, lengths = team_returns[idx].tolist(), agent_returns[idx].tolist(), steps[idx].tolist()
+    return [
+        {
+            "team_return": team[k],
+            "agent_returns": dict(zip(agents, per_agent[k])),
+            "length": lengths[k],
+            "env_index": b,
+        }
+        for k, b in enumerate(idx.tolist())
+    ]
 
 
 class _SpacesView:
@@ -256,6 +266,8 @@ class _FastMPEStateIO:
         s.vel[:, :, b] = np.array([a.state.p_vel for a in world.agents], dtype=np.float64).T
         s.comm[:, :, b] = np.array([a.state.c for a in world.agents], dtype=np.float64)
         s.goals[:, b] = scn.goals_from_mpe(world)
+        for key, value in scn.aux_from_mpe(raw).items():
+            s.aux[key][..., b] = value
         s.steps[b] = int(raw.steps)
         s.cam_range0[b] = float(raw.original_cam_range)
         self._agent_returns[b] = 0.0
@@ -276,6 +288,7 @@ class _FastMPEStateIO:
             entity.state.p_vel = s.vel[:, e, b].copy() if e < scn.n_agents else np.zeros(2)
         for i, agent in enumerate(world.agents):
             agent.state.c = s.comm[i, :, b].copy()
+        scn.aux_to_mpe(raw, {key: value[..., b] for key, value in s.aux.items()})
         raw.steps = int(s.steps[b])
         raw.original_cam_range = float(s.cam_range0[b])
 
@@ -312,7 +325,26 @@ class _FastMPEStateIO:
             "cam_range0": s.cam_range0.copy(),
             "agent_returns": self._agent_returns.copy(),
             "team_returns": self._team_returns.copy(),
+            # Scenario-specific arrays (e.g. collect_treasure's treasures), env axis first.
+            "aux": {key: np.moveaxis(value, -1, 0).copy() for key, value in s.aux.items()},
         }
+
+    def _check_aux(self, saved: Any) -> dict[str, np.ndarray]:
+        """Validated scenario-specific arrays of a state dict, converted to the internal env-last layout."""
+        if not isinstance(saved, dict) or set(saved) != set(self._s.aux):
+            got = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+            raise EnvError(f"fast MPE state has aux {got}, expected {sorted(self._s.aux)}")
+        out: dict[str, np.ndarray] = {}
+        for key, like in self._s.aux.items():
+            try:
+                arr = np.array(np.asarray(saved[key]), dtype=like.dtype)
+            except (TypeError, ValueError) as exc:
+                raise EnvError(f"invalid state['aux'][{key!r}] in fast MPE state: {exc}") from exc
+            expected = (like.shape[-1],) + like.shape[:-1]
+            if arr.shape != expected:
+                raise EnvError(f"state['aux'][{key!r}] has shape {arr.shape}, expected {expected}")
+            out[key] = np.ascontiguousarray(np.moveaxis(arr, 0, -1))
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; validates everything before changing anything."""
@@ -346,6 +378,7 @@ class _FastMPEStateIO:
             if arr.shape != like.shape:
                 raise EnvError(f"state[{key!r}] has shape {arr.shape}, expected {like.shape}")
             new[key] = arr
+        aux = self._check_aux(state.get("aux", {}))
         rng = np.random.default_rng()
         try:
             rng.bit_generator.state = copy.deepcopy(state["rng_state"])
@@ -359,6 +392,7 @@ class _FastMPEStateIO:
         s.goals = np.ascontiguousarray(new["goals"].T)
         s.steps, s.cam_range0 = new["steps"], new["cam_range0"]
         self._agent_returns, self._team_returns = new["agent_returns"], new["team_returns"]
+        s.aux = aux
         # The obs to act on is always a function of the (post-autoreset) world state.
         self._obs = self._observe() if state["started"] else None
 
@@ -398,6 +432,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             goals=np.zeros((scn.n_goals, b), dtype=np.int64),
             steps=np.zeros(b, dtype=np.int64),
             cam_range0=np.zeros(b),
+            aux={key: np.zeros(shape + (b,), dtype=dtype) for key, (shape, dtype) in scn.aux_spec().items()},
         )
         self._agent_returns = np.zeros((b, n))  # float64, like EpisodeStatistics
         self._team_returns = np.zeros(b)
@@ -419,6 +454,9 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         # Discrete: argmax over the first act_dim entries only (padding -> -inf).
         self._act_valid = np.arange(lay.max_act_dim)[None, :] < np.array(lay.act_dims)[:, None]
         self._eye_c = np.eye(scn.dim_c)
+        self._obs_scratch = np.zeros((scn.n_agents, lay.max_obs_dim, self.num_envs), dtype=np.float32)
+        self._act_low = lay.act_low.astype(np.float32)
+        self._act_high = lay.act_high.astype(np.float32)
         # Collisions: colliding entities, and which of them are movable agents.
         collide = np.concatenate([scn.agent_collide, scn.landmark_collide])
         coll = np.flatnonzero(collide)
@@ -436,6 +474,21 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         sizes = np.concatenate([scn.agent_size, scn.landmark_size])[coll]
         self._pair_dist_min = (sizes[ia] + sizes[ib])[:, None]
         self._has_collisions = ia.size > 0 and coll_mov.size > 0
+        self._partner_pair, self._partner_sign = _partner_order(coll_mov, self._n_coll, ia, ib)
+        assert scn.accel is not None and scn.max_speed is not None and scn.mass is not None
+        mov = scn.movable
+        self._accel = scn.accel[mov][None, :, None]  # [1, Nmov, 1]: mpe2's per-agent sensitivity
+        # mpe2 divides the force by the mass; x / 1.0 == x, so only other masses cost a division.
+        self._mass = None if np.all(scn.mass[mov] == 1.0) else scn.mass[mov][None, :, None]
+        limited = np.flatnonzero(np.isfinite(scn.max_speed) & mov)
+        self._speed_rows = _as_slice(limited)
+        self._max_speed = scn.max_speed[limited][:, None]  # [K, 1]
+        self._has_speed_limit = limited.size > 0
+
+    @property
+    def scenario(self) -> Scenario:
+        """The task's batched scenario (static description, reset/observation/reward maths)."""
+        return self._scn
 
     # --------------------------------------------------------------- helpers
     def seed(self, seed: int | None) -> None:
@@ -444,37 +497,29 @@ class FastMPEVectorEnv(_FastMPEStateIO):
 
     def _reset_envs(self, idx: np.ndarray) -> None:
         """Fresh initial states for envs ``idx`` (mpe2's distributions, our stream)."""
-        k, s, scn = idx.size, self._s, self._scn
-        # Same draw order as mpe2's reset_world: goals, then agent and landmark positions.
-        goals = scn.sample_goals(self._rng, k)  # [k, G]
-        pos = self._rng.uniform(-1.0, 1.0, size=(k, scn.n_entities, 2))
-        s.goals[:, idx] = goals.T
-        s.pos[:, :, idx] = pos.transpose(2, 1, 0)
-        s.vel[:, :, idx] = 0.0
-        s.comm[:, :, idx] = 0.0
-        s.steps[idx] = 0
-        s.cam_range0[idx] = np.abs(pos).reshape(k, -1).max(axis=1)
+        self._scn.reset_envs(self._s, idx, self._rng)
         self._agent_returns[idx] = 0.0
         self._team_returns[idx] = 0.0
 
-    def _observe_and_reward(self, rewards: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """(obs [B,N,D] float32, rewards [N,B] float64 or None) of the current state."""
+    def _observe_and_reward(
+        self, rewards: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(obs [B,N,D] float32, rewards [N,B] float64 or None, success [B] bool or None: the task's
+        ``terminate_on_success`` condition) of the current state."""
         s, scn = self._s, self._scn
         n = scn.n_agents
-        out = np.zeros((n, self.layout.max_obs_dim, self.num_envs), dtype=np.float32)
-        rel = s.pos[:, None, :, :] - s.pos[:, :n, None, :]  # [2, N, E, B] entity - agent
-        scn.observe(s, rel, out)
-        obs = np.ascontiguousarray(out.transpose(2, 0, 1))
+        out = self._obs_scratch  # scenarios write every non-padding entry; padding stays zero
+        rel = dist = None
+        if scn.uses_geometry:
+            rel = s.pos[:, None, :, :] - s.pos[:, :n, None, :]  # [2, N, E, B] entity - agent
+            sq = rel * rel
+            dist = np.sqrt(sq[0] + sq[1])  # [N, E, B]; mpe2 sums x^2 + y^2 in this order
+        scn.observe(s, rel, dist, out)
+        obs = out.transpose(2, 0, 1).copy()  # always a copy: out is a reused scratch buffer
         if not rewards:
-            return obs, None
-        sq = rel * rel
-        dist = np.sqrt(sq[0] + sq[1])  # [N, E, B]; mpe2 sums x^2 + y^2 in this order
-        agent_rew = scn.agent_rewards(s, dist)
-        if scn.local_ratio is None:
-            return obs, agent_rew
-        g = scn.global_reward(s, dist, agent_rew)
-        lr = scn.local_ratio
-        return obs, g * (1 - lr) + agent_rew * lr
+            return obs, None, None
+        rew = scn.rewards(s, dist)  # before terminal(): formation/line reuse its assignment, like mpe2
+        return obs, rew, scn.terminal(s, dist)
 
     def _observe(self) -> np.ndarray:
         """Observations [B, N, D] float32 of the current state."""
@@ -484,15 +529,16 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         """Actions -> (move force u [2, Nmov, B] f64, messages [Ntalk, dim_c, B] f64)."""
         if self.continuous:
             # Cast to the Box dtype and clip, like SyncVectorEnv + ClipOutOfBoundsWrapper.
-            a = np.clip(batch.astype(np.float32), self.layout.act_low, self.layout.act_high)
+            # (minimum/maximum == np.clip for the finite actions check_action_batch lets through)
+            a = np.minimum(np.maximum(batch.astype(np.float32, copy=False), self._act_low), self._act_high)
             am = a[:, self._mov, :MOVE_DIM].transpose(2, 1, 0)  # [5, Nmov, B]
             # mpe2: u[0] += a[2] - a[1]; u[1] += a[4] - a[3] (difference taken in float32).
-            u = (am[2:5:2] - am[1:4:2]).astype(np.float64) * SENSITIVITY
+            u = (am[2:5:2] - am[1:4:2]).astype(np.float64) * self._accel
             msg = a[:, self._talk_rows, self._talk_cols].transpose(1, 2, 0).astype(np.float64)
             return u, msg
         masked = np.where(self._act_valid, batch, -np.inf)
         k = np.argmax(masked, axis=2).T  # [N, B], first max like np.argmax per agent
-        u = _MOVE_TABLE_T[:, k[self._mov] % MOVE_DIM]
+        u = _MOVE_TABLE_T[:, k[self._mov] % MOVE_DIM] * self._accel
         kt = k[self._talk]
         # mpe2: movable speakers encode move + MOVE_DIM * message.
         words = np.where(self._talk_moves, kt // MOVE_DIM, kt)
@@ -511,23 +557,27 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             k = CONTACT_MARGIN
             pen = np.logaddexp(0.0, -(dist - self._pair_dist_min) / k) * k
             f = CONTACT_FORCE * delta / dist * pen  # force on a; b gets -f
-            c = self._n_coll
-            full = np.zeros((2, c, c, f.shape[2]))
-            full[:, ia, ib] = f
-            full[:, ib, ia] = -f
-            # mpe2 loops over pairs (a<b) adding to both; for agent i that adds
-            # its partners j in increasing order, which is what this loop does
-            # (the zero self-term is an exact no-op).
+            # mpe2 loops over pairs (a<b) adding f_a = +f to a and f_b = -f to b, p_force = f + p_force:
+            # for agent i that adds its partners' forces in increasing partner order, as here
+            # (multiplying by the sign +-1.0 is exact).
             acc = force[:, self._coll_mov_force]
-            rows = self._coll_mov
-            for j in range(c):
-                acc = full[:, rows, j] + acc
+            pairs, signs = self._partner_pair, self._partner_sign
+            for k in range(pairs.shape[1]):
+                acc = f[:, pairs[:, k]] * signs[:, k] + acc
             force = force.copy()
             force[:, self._coll_mov_force] = acc
         mov = self._mov
         s.pos[:, mov] += s.vel[:, mov] * DT
-        # mass is 1.0 for every entity: force / mass == force exactly.
+        if self._mass is not None:
+            force = force / self._mass
         s.vel[:, mov] = s.vel[:, mov] * (1 - DAMPING) + force * DT
+        if self._has_speed_limit:
+            # mpe2: if |v| > max_speed: v = v / |v| * max_speed (|v| from np.square, same rounding).
+            v = s.vel[:, self._speed_rows]
+            speed = np.sqrt(v[0] * v[0] + v[1] * v[1])
+            with np.errstate(divide="ignore", invalid="ignore"):  # speed 0 is never over the limit
+                capped = v / speed * self._max_speed
+            s.vel[:, self._speed_rows] = np.where(speed > self._max_speed, capped, v)
         if self._talk.size:
             s.comm[self._talk] = msg  # silent agents keep zeros
         s.steps += 1
@@ -542,12 +592,12 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         batch = check_action_batch(actions, self.num_envs, self.layout)
         u, msg = self._decode(batch)
         self._physics(u, msg)
-        next_obs, rew_t = self._observe_and_reward()
+        self._scn.post_step(self._s, self._rng)
+        next_obs, rew_t, success = self._observe_and_reward()
         assert rew_t is not None
         rew = rew_t.T  # [B, N]
         n = self.layout.num_agents
-        trunc = np.repeat((self._s.steps >= self.max_cycles)[:, None], n, axis=1)
-        term = np.zeros_like(trunc)  # no terminal condition in the supported tasks
+        term, trunc = _end_flags(self._s.steps >= self.max_cycles, success, n)
         self._obs = next_obs
         return next_obs, rew, term, trunc
 
@@ -575,18 +625,9 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         obs_out = next_obs
         if done.any():
             idx = np.flatnonzero(done)
-            agents = self.layout.agents
-            for b in idx:
-                episodes.append(
-                    {
-                        "team_return": float(self._team_returns[b]),
-                        "agent_returns": {
-                            a: float(self._agent_returns[b, i]) for i, a in enumerate(agents)
-                        },
-                        "length": int(self._s.steps[b]),
-                        "env_index": int(b),
-                    }
-                )
+            episodes = _episode_records(
+                self.layout.agents, self._team_returns, self._agent_returns, self._s.steps, idx
+            )
             self._reset_envs(idx)
             fresh = self._observe()
             obs_out = np.where(done[:, None, None], fresh, next_obs)

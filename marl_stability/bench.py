@@ -1,9 +1,10 @@
 """Benchmarks: ratios measured in one run (the machines are shared and noisy), written to bench.json.
 
-    python -m marl_stability.bench [--quick] [--out bench.json] [--seeds 5]
+    python -m marl_stability.bench [--quick] [--out bench.json] [--seeds 5] [--env-only]
 
-1. env steps/s of the batched numpy port vs mpe2 itself on simple_spread_v3 (continuous), B in {1, 16,
-   256, 1024}: mpe2 is one ParallelEnv stepped with random actions (its best case, no vector overhead).
+1. env steps/s of the batched numpy port vs mpe2 itself on every mpe2 task (continuous actions), B in
+   {1, 16, 256, 1024}: mpe2 is one ParallelEnv stepped with random actions (its best case, no vector
+   overhead); per task the arms are interleaved, three rounds, medians. ``--env-only`` runs just this part.
 2. training env-steps/s at a fixed update-to-data ratio: the trainer on the fast port with 8 env copies and
    batched agents (maddpg.batched_agents=auto) vs the same algorithm on mpe2 with one env copy and the
    per-agent loop (per-env, per-agent loops), both from the preset experiments/maddpg_spread.yaml, the arms
@@ -41,34 +42,117 @@ TARGET_RETURN = round(SPREAD_RANDOM + TARGET_NORMALIZED * (SPREAD_ASSIGNMENT - S
 BATCHED, LOOP = "maddpg.batched_agents=auto", "maddpg.batched_agents=off"
 
 
-def env_steps_per_second_mpe2(seconds: float) -> float:
-    from mpe2 import simple_spread_v3
+ENV_BATCHES = (1, 16, 256, 1024)
 
-    env = simple_spread_v3.parallel_env(N=3, max_cycles=25, continuous_actions=True)
+
+def _env_kwargs(env_id: str, env_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """Continuous actions and mpe2's default episode length unless given (spread keeps its historic N=3)."""
+    base: dict[str, Any] = {"max_cycles": 25, "continuous_actions": True}
+    if env_id == "simple_spread_v3":
+        base["N"] = 3
+    return {**base, **(env_kwargs or {})}
+
+
+def env_steps_per_second_mpe2(seconds: float, env_id: str = "simple_spread_v3",
+                              env_kwargs: dict[str, Any] | None = None) -> float:
+    """mpe2 itself: one ParallelEnv stepped with uniform random actions (its best case, no vector overhead)."""
+    import importlib
+
+    env = importlib.import_module(f"mpe2.{env_id}").parallel_env(**_env_kwargs(env_id, env_kwargs))
     env.reset(seed=0)
     rng = np.random.default_rng(0)
+    dims = {a: env.action_space(a).shape for a in env.possible_agents}
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        actions = {a: rng.random(5, dtype=np.float32) for a in env.agents}
+        actions = {a: rng.random(dims[a], dtype=np.float32) for a in env.agents}
         _, _, term, trunc, _ = env.step(actions)
         steps += 1
         if any(term.values()) or any(trunc.values()):
             env.reset()
+    env.close()
     return steps / (time.perf_counter() - t0)
 
 
-def env_steps_per_second_fast(num_envs: int, seconds: float) -> float:
+def env_steps_per_second_fast(num_envs: int, seconds: float, env_id: str = "simple_spread_v3",
+                              env_kwargs: dict[str, Any] | None = None) -> float:
+    """The batched numpy port with ``num_envs`` copies (env steps summed over copies), random actions."""
     from envs.fast_mpe import FastMPEVectorEnv
 
-    venv = FastMPEVectorEnv("simple_spread_v3", {"N": 3, "max_cycles": 25, "continuous_actions": True}, num_envs, 0)
+    venv = FastMPEVectorEnv(env_id, _env_kwargs(env_id, env_kwargs), num_envs, 0)
     venv.reset()
-    rng = np.random.default_rng(0)
-    actions = rng.random((16, num_envs, 3, 5), dtype=np.float32)
+    lay = venv.layout
+    actions = np.random.default_rng(0).random((16, num_envs, lay.num_agents, lay.max_act_dim), dtype=np.float32)
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         venv.step(actions[steps % 16])
         steps += 1
     return steps * num_envs / (time.perf_counter() - t0)
+
+
+def env_speed_table(seconds: float, rounds: int, tasks: tuple[str, ...] | None = None,
+                    batches: tuple[int, ...] = ENV_BATCHES) -> dict[str, dict[str, Any]]:
+    """Per task: env steps/s of mpe2 and of the port at each batch size, and the ratios. The arms of a task
+    are interleaved and repeated ``rounds`` times (medians), so a load change on a shared machine hits
+    mpe2 and the port alike."""
+    from envs.fast_mpe import SUPPORTED_ENV_IDS
+
+    table: dict[str, dict[str, Any]] = {}
+    for env_id in tasks or SUPPORTED_ENV_IDS:
+        rates: dict[str, list[float]] = {"mpe2": [], **{f"fast_B{b}": [] for b in batches}}
+        for _ in range(rounds):
+            rates["mpe2"].append(env_steps_per_second_mpe2(seconds, env_id))
+            for b in batches:
+                rates[f"fast_B{b}"].append(env_steps_per_second_fast(b, seconds, env_id))
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        row = {"steps_per_second": {k: round(v) for k, v in med.items()},
+               "speedup": {str(b): round(med[f"fast_B{b}"] / med["mpe2"], 1) for b in batches}}
+        table[env_id] = row
+        ratios = "  ".join(f"B={b}: x{row['speedup'][str(b)]:,.1f}" for b in batches)
+        print(f"env  {env_id:27s} mpe2 {med['mpe2']:8,.0f} steps/s   {ratios}", flush=True)
+    return table
+
+
+def env_speed_markdown(table: dict[str, dict[str, Any]], batches: tuple[int, ...] = ENV_BATCHES) -> str:
+    """The README's env-speed table: one row per task, port steps/s and ratio to mpe2 per batch size."""
+    head = "| task | mpe2 steps/s | " + " | ".join(f"B = {b}" for b in batches) + " |"
+    lines = [head, "|---" * (2 + len(batches)) + "|"]
+    for env_id, row in table.items():
+        sps = row["steps_per_second"]
+        cells = [f"{sps[f'fast_B{b}']:,} (×{row['speedup'][str(b)]:,.0f})" for b in batches]
+        lines.append(f"| `{env_id}` | {sps['mpe2']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_env_speed(quick: bool) -> dict[str, Any]:
+    """The env-speed section of bench.json: every task at every batch size, with the machine's load."""
+    import os
+
+    seconds, rounds = (0.3, 1) if quick else (1.0, 3)
+    load = os.getloadavg()
+    table = env_speed_table(seconds, rounds)
+    print(env_speed_markdown(table), flush=True)
+    return {"env_speed": table, "env_speed_setup": {
+        "seconds_per_measurement": seconds, "rounds": rounds, "cpus": os.cpu_count(),
+        "load_average_1min_at_start": round(load[0], 2), "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        "actions": "uniform random continuous", "mpe2": "one ParallelEnv, no vector wrapper"}}
+
+
+def write_env_only(sections: dict[str, Any], path: Path, quick: bool) -> None:
+    """Write the env-speed sections into ``path``, keeping the other sections of an existing bench.json
+    (the training benchmarks take an hour to remeasure), including the spread-only keys of the full run
+    they belong to."""
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    previous.update({k: v for k, v in sections.items() if k != "quick"})
+    previous["env_speed_quick"] = quick
+    path.write_text(json.dumps(previous, indent=2) + "\n")
+    print(f"wrote the env-speed sections of {path}")
+
+
+def _spread_keys(env: dict[str, Any]) -> dict[str, Any]:
+    """The historic spread-only keys, from the spread row of the env-speed table."""
+    row = env["env_speed"]["simple_spread_v3"]
+    sps = row["steps_per_second"]
+    return {"env_steps_per_second": sps, "env_speedup": row["speedup"]}
 
 
 def timed_run(overrides: list[str], steps: int, root: Path, tag: str, warmup: int) -> tuple[float, dict[str, Any]]:
@@ -163,23 +247,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="a few minutes: short timings, 1 seed, 30k-step full run")
     ap.add_argument("--out", default="bench.json", help="where to write the numbers")
     ap.add_argument("--seeds", type=int, default=5, help="full runs (ignored with --quick: 1)")
+    ap.add_argument("--env-only", action="store_true",
+                    help="only the env-speed table (every task, B = 1/16/256/1024 vs mpe2); updates just those "
+                         "sections of --out if it exists")
     ap.add_argument("--targets", type=Path, default=None,
                     help="only print when each full run of this bench.json first reached the target return")
     args = ap.parse_args(argv)
     if args.targets is not None:
         print_targets(json.loads(args.targets.read_text()))
         return
-    secs = 1.0 if args.quick else 3.0
     out: dict[str, Any] = {"quick": args.quick, "machine": {"python": sys.version.split()[0]}}
 
-    mpe2_rate = env_steps_per_second_mpe2(secs)
-    out["env_steps_per_second"] = {"mpe2": round(mpe2_rate)}
-    out["env_speedup"] = {}
-    for b in (1, 16, 256, 1024):
-        rate = env_steps_per_second_fast(b, secs)
-        out["env_steps_per_second"][f"fast_B{b}"] = round(rate)
-        out["env_speedup"][str(b)] = round(rate / mpe2_rate, 1)
-        print(f"env  B={b:5d}: fast {rate:11,.0f} steps/s   mpe2 {mpe2_rate:7,.0f}   x{rate / mpe2_rate:7.1f}", flush=True)
+    env = run_env_speed(args.quick)
+    if args.env_only:
+        write_env_only(env, Path(args.out), args.quick)
+        return
+    out.update(_spread_keys(env))
+    out.update(env)
 
     train_steps = 6000 if args.quick else 20000
     rounds = 1 if args.quick else 2

@@ -40,8 +40,8 @@ class EnvConfig(_Strict):
     )
     num_envs: int = Field(1, ge=1, le=4096, description="environment copies stepped in lockstep")
     backend: Literal["auto", "fast", "pettingzoo"] = Field(
-        "auto", description="auto: the batched numpy port of mpe2 for simple_spread/reference/speaker_listener "
-        "(identical dynamics, ~300x faster), PettingZoo (mpe2 itself) otherwise; pettingzoo forces mpe2"
+        "auto", description="auto: the batched numpy port of mpe2 for every mpe2 task (identical dynamics, "
+        "~300x faster), PettingZoo otherwise (a module:callable env); pettingzoo forces mpe2 itself"
     )
     reward_scale: float = Field(1.0, description="multiply env rewards (an env wrapper; >1 induces the failure)")
     obs_scale: float = Field(1.0, description="multiply observations (an env wrapper that induces badly scaled inputs)")
