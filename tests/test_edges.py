@@ -170,6 +170,8 @@ def test_failing_user_env_ends_as_env_error(tmp_path: Path, capsys: pytest.Captu
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["progress"]["env_steps"] == 100
     assert (run / "config.yaml").is_file() and list(run.glob("events.out.tfevents.*"))
+    code, out, _ = run_cli(["doctor", run], capsys)  # says the env failed, not that the run was healthy
+    assert code == 0 and f"the environment failed: {line}\nverdict: no training instability; fix the environment" in out
 
 
 def test_env_failing_in_evaluation_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
