@@ -32,4 +32,5 @@ def make_vector_env(env_id: str, env_kwargs: dict[str, Any], num_envs: int, seed
         if (reward_scale, obs_scale, obs_offset) != (1.0, 1.0, 0.0):
             venv = VectorAffine(venv, reward_scale, obs_scale, obs_offset)
         return venv
-    return SyncVectorEnv(pettingzoo_env_fn(env_id, env_kwargs, reward_scale, obs_scale, obs_offset), num_envs, seed)
+    return SyncVectorEnv(pettingzoo_env_fn(env_id, env_kwargs, reward_scale, obs_scale, obs_offset), num_envs, seed,
+                         name=env_id)

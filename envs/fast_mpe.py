@@ -78,7 +78,7 @@ from envs.fast_mpe_tasks.base import (
     WorldState,
 )
 from envs.registry import EnvError
-from envs.vector import AgentLayout, StepResult, check_action_batch, check_state_matches
+from envs.vector import AgentLayout, StepResult, check_action_batch, check_finite_outputs, check_state_matches
 
 __all__ = ["SUPPORTED_ENV_IDS", "FastMPEVectorEnv", "FastMPEParallelEnv", "make_scenario"]
 
@@ -605,7 +605,9 @@ class FastMPEVectorEnv(_FastMPEStateIO):
     def reset(self) -> np.ndarray:
         """Reset every env; returns obs ``[B, N, D]`` float32."""
         self._reset_envs(np.arange(self.num_envs))
-        self._obs = self._observe()
+        obs = self._observe()
+        check_finite_outputs(self.env_id, self.layout.agents, self._s.steps, observation=obs)
+        self._obs = obs
         return self._obs.copy()
 
     def current_obs(self) -> np.ndarray:
@@ -617,6 +619,10 @@ class FastMPEVectorEnv(_FastMPEStateIO):
     def step(self, actions: Any) -> StepResult:
         """Step all envs with ``actions [B, N, max_act_dim]``; finished envs autoreset."""
         next_obs, rew, term, trunc = self._transition(actions)
+        reward = rew.astype(np.float32)
+        # The boundary check every vector env makes (one np.isfinite per array): a NaN from the physics or a
+        # scenario is the env's failure, reported with env copy, agent and episode step.
+        check_finite_outputs(self.env_id, self.layout.agents, self._s.steps, observation=next_obs, reward=reward)
         self._agent_returns += rew
         for i in range(self.layout.num_agents):  # EpisodeStatistics' summation order
             self._team_returns += rew[:, i]
@@ -630,12 +636,13 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             )
             self._reset_envs(idx)
             fresh = self._observe()
+            check_finite_outputs(self.env_id, self.layout.agents, self._s.steps, observation=fresh)  # new episodes' obs
             obs_out = np.where(done[:, None, None], fresh, next_obs)
             self._obs = obs_out
         return StepResult(
             obs_out.copy(),
             next_obs.copy(),
-            rew.astype(np.float32),
+            reward,
             term,
             trunc,
             done,

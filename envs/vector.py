@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import gymnasium.spaces
 import numpy as np
@@ -24,7 +24,7 @@ from pettingzoo.utils.env import ParallelEnv
 from envs.registry import EnvError
 from envs.wrappers import EpisodeStatistics
 
-__all__ = ["NonFiniteActionError", "AgentLayout", "StepResult", "SyncVectorEnv"]
+__all__ = ["NonFiniteActionError", "EnvOutputError", "AgentLayout", "StepResult", "SyncVectorEnv", "check_finite_outputs"]
 
 _STATE_VERSION = 1
 # Episode seeds are drawn below 2**31 so every env/seeding backend accepts them.
@@ -33,6 +33,54 @@ _SEED_BOUND = 2**31 - 1
 
 class NonFiniteActionError(EnvError):
     """An action batch contained NaN or inf; nothing was sent to any env."""
+
+
+class EnvOutputError(EnvError):
+    """The environment itself failed at the vector env's boundary: it returned a non-finite (or malformed)
+    observation or reward, or raised in ``reset``/``step``. Not a bug of ours and not a learning outcome.
+
+    It records where: ``env_id``, ``env_index`` (the env copy), ``agent``, ``field`` (``observation``,
+    ``reward``, or None when the env raised) and ``episode_step`` (steps since that copy's last reset). The
+    trainer adds the run's ``env_step`` and a ``context`` (e.g. ``evaluation 3``); ``str()`` is always one line.
+    """
+
+    def __init__(self, env_id: str, problem: str, env_index: int, agent: Optional[str] = None,
+                 field: Optional[str] = None, episode_step: Optional[int] = None, detail: str = "") -> None:
+        self.env_id, self.problem, self.env_index, self.agent = env_id, problem, int(env_index), agent
+        self.field, self.episode_step, self.detail = field, episode_step, detail
+        self.env_step: Optional[int] = None
+        self.context = ""
+        super().__init__(problem)
+
+    def __str__(self) -> str:
+        agent = f" for agent {self.agent}" if self.agent is not None else ""
+        at = f" at env step {self.env_step}" if self.env_step is not None else ""
+        where = [self.context] if self.context else []
+        where.append(f"env copy {self.env_index}")
+        if self.episode_step is not None:
+            where.append(f"episode step {self.episode_step}")
+        detail = f": {self.detail}" if self.detail else ""
+        return " ".join(f"env {self.env_id} {self.problem}{agent}{at} ({', '.join(where)}){detail}".split())
+
+
+def _one_line(e: BaseException) -> str:
+    """``Type: first line of the message`` of an exception raised by a user's environment."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def check_finite_outputs(env_id: str, agents: Sequence[str], episode_steps: Any, **fields: np.ndarray) -> None:
+    """Raise :class:`EnvOutputError` naming the first non-finite value of each ``[B, N, ...]`` array (keyword:
+    the field's name, e.g. ``observation=obs``). One ``np.isfinite`` per array: cheap enough for every step."""
+    for name, values in fields.items():
+        finite = np.isfinite(values)
+        if finite.all():
+            continue
+        bad = np.argwhere(~finite)[0]
+        b, i = int(bad[0]), int(bad[1])
+        value = values[tuple(bad)]
+        raise EnvOutputError(env_id, f"returned a non-finite {name} ({value})", b, agents[i], name,
+                             int(episode_steps[b]))
 
 
 def _readonly_f32(x: Any) -> np.ndarray:
@@ -226,6 +274,34 @@ def check_action_batch(actions: Any, num_envs: int, layout: AgentLayout) -> np.n
     return batch
 
 
+def _obs_row(env_id: str, layout: AgentLayout, b: int, obs: dict[str, Any], episode_step: int,
+             live: list[str] | None = None) -> np.ndarray:
+    """[N, D] float32 row of env copy ``b``; agents absent from ``obs`` (or not live) are zeros. An observation
+    that is not numeric or not of its space's size is an :class:`EnvOutputError`."""
+    row = np.zeros((layout.num_agents, layout.max_obs_dim), dtype=np.float32)
+    for i, agent in enumerate(layout.agents):
+        if agent in obs and (live is None or agent in live):
+            try:
+                values = np.asarray(obs[agent], dtype=np.float32).reshape(-1)
+            except (TypeError, ValueError) as e:
+                raise EnvOutputError(env_id, "returned a malformed observation", b, agent, "observation", episode_step,
+                                     _one_line(e)) from None
+            if values.shape[0] != layout.obs_dims[i]:
+                raise EnvOutputError(env_id, f"returned an observation of size {values.shape[0]} (its space has "
+                                     f"{layout.obs_dims[i]})", b, agent, "observation", episode_step)
+            row[i, : values.shape[0]] = values
+    return row
+
+
+def _reward(env_id: str, b: int, agent: str, value: Any, episode_step: int) -> float:
+    """One agent's reward as a float (a value that is not a number is an :class:`EnvOutputError`)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError) as e:
+        raise EnvOutputError(env_id, "returned a malformed reward", b, agent, "reward", episode_step,
+                             _one_line(e)) from None
+
+
 class SyncVectorEnv:
     """Step ``num_envs`` copies of a ParallelEnv in lock-step with autoreset.
 
@@ -236,12 +312,16 @@ class SyncVectorEnv:
     Continuous actions are cast to the Box dtype and clipped to its bounds
     before reaching the env (mpe2 warns on out-of-range actions). Any
     non-finite value in the action batch, padding included, raises
-    :class:`NonFiniteActionError` before any env is stepped. An env
-    without an :class:`EpisodeStatistics` wrapper gets one as the outermost
-    wrapper so that episode records are always available.
+    :class:`NonFiniteActionError` before any env is stepped. What comes back
+    is checked too: a non-finite or malformed observation or reward, or an
+    exception raised by an env's ``reset``/``step``, raises
+    :class:`EnvOutputError` naming ``name`` (the env id), the env copy, the
+    agent and the episode step; the vector env must not be stepped after it.
+    An env without an :class:`EpisodeStatistics` wrapper gets one as the
+    outermost wrapper so that episode records are always available.
     """
 
-    def __init__(self, env_fn: Callable[[], ParallelEnv], num_envs: int, seed: int) -> None:
+    def __init__(self, env_fn: Callable[[], ParallelEnv], num_envs: int, seed: int, name: Optional[str] = None) -> None:
         if int(num_envs) < 1:
             raise EnvError(f"num_envs must be >= 1, got {num_envs}")
         self.num_envs: int = int(num_envs)
@@ -256,6 +336,8 @@ class SyncVectorEnv:
                 env = stats = EpisodeStatistics(env)
             self.envs.append(env)
             self._stats.append(stats)
+        unwrapped = getattr(self.envs[0], "unwrapped", self.envs[0])
+        self.env_id: str = name or str((getattr(unwrapped, "metadata", None) or {}).get("name") or type(unwrapped).__name__)
         self.layout: AgentLayout = AgentLayout.from_env(self.envs[0])
         for env in self.envs[1:]:
             if AgentLayout.from_env(env) != self.layout:
@@ -272,21 +354,15 @@ class SyncVectorEnv:
         self._obs: np.ndarray | None = None
 
     # ------------------------------------------------------------------ helpers
-    def _obs_row(self, obs: dict[str, Any], live: list[str] | None = None) -> np.ndarray:
-        """[N, D] float32 row; agents absent from ``obs`` (or not live) are zeros."""
-        row = np.zeros((self.layout.num_agents, self.layout.max_obs_dim), dtype=np.float32)
-        for i, agent in enumerate(self.layout.agents):
-            if agent in obs and (live is None or agent in live):
-                values = np.asarray(obs[agent], dtype=np.float32).reshape(-1)
-                row[i, : values.shape[0]] = values
-        return row
-
     def _reset_env(self, b: int, seed: int) -> np.ndarray:
         """Reset env ``b`` with ``seed`` and clear its action log."""
-        obs, _ = self.envs[b].reset(seed=seed)
+        try:
+            obs, _ = self.envs[b].reset(seed=seed)
+        except Exception as e:  # the user's env: its failure is reported, with the seed that reproduces it
+            raise EnvOutputError(self.env_id, f"raised in reset(seed={seed})", b, detail=_one_line(e)) from e
         self._episode_seeds[b] = seed
         self._action_logs[b] = []
-        return self._obs_row(obs)
+        return _obs_row(self.env_id, self.layout, b, obs, 0)
 
     def _draw_seed(self) -> int:
         return int(self._rng.integers(0, _SEED_BOUND))
@@ -309,28 +385,34 @@ class SyncVectorEnv:
                 actions[agent] = np.clip(act, space.low, space.high).astype(space.dtype)
         return actions
 
-    def _step_env(self, b: int, actions: dict[str, Any]) -> _EnvStep:
-        """Step env ``b`` and convert its dict outputs into padded rows."""
+    def _step_env(self, b: int, actions: dict[str, Any], episode_step: int) -> _EnvStep:
+        """Step env ``b`` (its ``episode_step``-th step since reset) and convert its dict outputs into padded rows."""
         env = self.envs[b]
         live_before = list(env.agents)
-        obs, rewards, terminated, truncated, infos = env.step(actions)
+        try:
+            obs, rewards, terminated, truncated, infos = env.step(actions)
+        except Exception as e:  # the user's env: reported as its failure, not as a crash of the run
+            raise EnvOutputError(self.env_id, "raised in step", b, episode_step=episode_step, detail=_one_line(e)) from e
         n = self.layout.num_agents
         reward = np.zeros(n, dtype=np.float32)
         term = np.ones(n, dtype=bool)  # dropped-out agents count as terminated
         trunc = np.zeros(n, dtype=bool)
         for i, agent in enumerate(self.layout.agents):
             if agent in live_before:
-                reward[i] = float(rewards.get(agent, 0.0))
+                reward[i] = _reward(self.env_id, b, agent, rewards.get(agent, 0.0), episode_step)
                 term[i] = bool(terminated.get(agent, False))
                 trunc[i] = bool(truncated.get(agent, False))
         live_idx = [i for i, a in enumerate(self.layout.agents) if a in live_before]
         done = not env.agents or bool(np.all(term[live_idx] | trunc[live_idx]))
-        return _EnvStep(self._obs_row(obs, live_before), reward, term, trunc, done, infos)
+        row = _obs_row(self.env_id, self.layout, b, obs, episode_step, live_before)
+        return _EnvStep(row, reward, term, trunc, done, infos)
 
     # --------------------------------------------------------------- public API
     def reset(self) -> np.ndarray:
         """Reset every env with fresh seeds; returns obs ``[B, N, D]``."""
-        self._obs = np.stack([self._reset_env(b, self._draw_seed()) for b in range(self.num_envs)])
+        obs = np.stack([self._reset_env(b, self._draw_seed()) for b in range(self.num_envs)])
+        check_finite_outputs(self.env_id, self.layout.agents, np.zeros(self.num_envs, int), observation=obs)
+        self._obs = obs
         return self._obs.copy()
 
     def step(self, actions: np.ndarray) -> StepResult:
@@ -348,10 +430,12 @@ class SyncVectorEnv:
         terminated = np.zeros((b_n, n), dtype=bool)
         truncated = np.zeros((b_n, n), dtype=bool)
         done = np.zeros(b_n, dtype=bool)
+        episode_steps = np.zeros(b_n, dtype=int)
         episodes: list[dict[str, Any]] = []
         for b in range(self.num_envs):
             self._action_logs[b].append(env_actions[b])
-            res = self._step_env(b, env_actions[b])
+            episode_steps[b] = len(self._action_logs[b])
+            res = self._step_env(b, env_actions[b], int(episode_steps[b]))
             next_obs[b], reward[b] = res.obs, res.reward
             terminated[b], truncated[b], done[b] = res.terminated, res.truncated, res.done
             if res.done:
@@ -361,6 +445,10 @@ class SyncVectorEnv:
                 obs_out[b] = self._reset_env(b, self._draw_seed())
             else:
                 obs_out[b] = res.obs
+        agents = self.layout.agents
+        check_finite_outputs(self.env_id, agents, episode_steps, observation=next_obs, reward=reward)
+        if done.any():  # the first observations of the episodes that autoreset (the other rows are next_obs)
+            check_finite_outputs(self.env_id, agents, np.where(done, 0, episode_steps), observation=obs_out)
         self._obs = obs_out
         return StepResult(obs_out.copy(), next_obs, reward, terminated, truncated, done, episodes)
 
@@ -436,8 +524,8 @@ class SyncVectorEnv:
         for b, env_state in enumerate(state["envs"]):
             row = self._reset_env(b, int(env_state["episode_seed"]))
             log = [self._log_from_plain(e) for e in env_state["actions"]]
-            for actions in log:
-                res = self._step_env(b, actions)
+            for t, actions in enumerate(log, start=1):
+                res = self._step_env(b, actions, t)
                 if res.done:
                     raise EnvError(
                         "environment is not deterministic under reset(seed) + action replay;"

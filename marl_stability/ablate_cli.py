@@ -18,7 +18,8 @@ from marl_stability.tb_run import tensorboard_hint
 
 
 def ablate_cmd(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="ablation file (optional with --resume)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="ablation file or preset name, e.g. "
+                                          "ablation_spread (optional with --resume)"),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds 0..N-1 (default: the file's seeds; with --resume adds seeds)"),
     workers: int = typer.Option(1, "--workers", "-j", help="trials run in parallel (one CPU each)"),
     backend: str = typer.Option("local", "--backend", help="local (process pool) or ray"),
@@ -28,9 +29,11 @@ def ablate_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no final summary"),
 ) -> None:
     """Run a fix-ablation sweep (arms x seeds), then write results.csv, report.md and figures/ into --out."""
+    from marl_stability.config import resolve_preset
     from marl_stability.report import build_report
     from marl_stability.sweep import load_ablation, run_sweep
 
+    config = resolve_preset(config) if config is not None else None
     if out is None:
         if config is None:
             raise UserError("--out is required with --resume and no --config")
@@ -76,7 +79,8 @@ def reproduce_cmd(
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted reproduction in --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="delete a previous reproduction in --out first"),
     report_only: bool = typer.Option(False, "--report-only", help="only rebuild report.md, summary.json and figures/"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="failure-vs-fixed sweep file (default: experiments/reproduce.yaml)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="failure-vs-fixed sweep file or preset name "
+                                          "(default: reproduce, i.e. experiments/reproduce.yaml)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no final summary"),
 ) -> None:
     """Reproduce the repeated-action failure and its fix: the failure and fixed presets over several seeds,

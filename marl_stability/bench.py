@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 
 from marl_stability.anchors import SPREAD_ASSIGNMENT, SPREAD_RANDOM
+from marl_stability.config import presets_dir
 from marl_stability.fmt import fmt_number
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = presets_dir() or Path(__file__).resolve().parents[1] / "experiments"  # also from a wheel install
 PRESET = EXPERIMENTS / "maddpg_spread.yaml"  # the training-rate comparison
 FULL_RUN_PRESET = EXPERIMENTS / "maddpg_spread_fast.yaml"  # the full runs toward the target return
 TARGET_NORMALIZED = 0.7

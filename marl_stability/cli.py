@@ -50,16 +50,24 @@ def envs_cmd(
 
 @app.command("config")
 def config_cmd(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="show this preset resolved instead of the defaults"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="show this preset resolved instead of the "
+                                          "defaults: a YAML file or a preset name (e.g. maddpg_spread)"),
     set_: list[str] = typer.Option([], "--set", help="override a dotted key, e.g. --set actor_optim.lr=1e-3"),
 ) -> None:
     """Print the config schema with defaults and descriptions, or a preset resolved."""
-    from marl_stability.config import describe_schema, dump_yaml, load_config
+    from marl_stability.config import describe_schema, dump_yaml, load_config, resolve_preset
 
     if config is None and not set_:
         typer.echo(describe_schema())
     else:
-        typer.echo(dump_yaml(load_config(config, set_)), nl=False)
+        typer.echo(dump_yaml(load_config(resolve_preset(config) if config is not None else None, set_)), nl=False)
+
+
+def resolve_config_option(config: Optional[Path]) -> Path:
+    """``train --config``: a YAML file or a preset name; absent, the default preset (maddpg_spread)."""
+    from marl_stability.config import DEFAULT_PRESET, resolve_preset
+
+    return resolve_preset(DEFAULT_PRESET if config is None else config)
 
 
 def _resolve_config(config: Optional[Path], run_dir: Path, resume: bool, env: Optional[str], steps: Optional[int],
@@ -68,11 +76,10 @@ def _resolve_config(config: Optional[Path], run_dir: Path, resume: bool, env: Op
 
     overrides = list(set_)
     if config is None and resume and (run_dir / "config.yaml").is_file():
-        config = run_dir / "config.yaml"
-    if config is None:
-        raise UserError("--config is required (or --resume with an existing run directory)")
+        config = run_dir / "config.yaml"  # a resumed run keeps its own config
+    config = resolve_config_option(config)
     if env is not None:
-        base_env = read_preset(config).get("env", {}) if config else {}
+        base_env = read_preset(config).get("env", {})
         if not isinstance(base_env, dict):
             base_env = {}
         if env != base_env.get("id", "simple_spread_v3"):
@@ -91,7 +98,10 @@ def _resolve_config(config: Optional[Path], run_dir: Path, resume: bool, env: Op
 
 @app.command("train")
 def train_cmd(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML preset (see experiments/)"),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML file or preset name (experiments/: maddpg_spread, no_fix_baseline, "
+        "repeated_action_failure, ...); default: maddpg_spread, the sensible settings (with --resume: the run's "
+        "own config.yaml)"),
     env: Optional[str] = typer.Option(None, "--env", help="environment ID (replaces env.id; keeps only shared mpe2 kwargs)"),
     steps: Optional[int] = typer.Option(None, "--steps", help="total env steps (train.steps)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed (seed)"),
@@ -102,7 +112,10 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="delete an existing run directory of the same name first"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no final summary print"),
 ) -> None:
-    """Train one run; writes config.yaml, TensorBoard events, checkpoints/ and summary.json to <logdir>/<name>/."""
+    """Train one run; writes config.yaml, TensorBoard events, checkpoints/ and summary.json to <logdir>/<name>/.
+
+    Without --config it trains the maddpg_spread preset (MADDPG on simple_spread_v3 with the sensible settings).
+    """
     from marl_stability.fmt import fmt_number
     from marl_stability.summary import RunSummary
     from marl_stability.trainer import Trainer
@@ -118,7 +131,7 @@ def train_cmd(
     run_dir = logdir / name if name else None
     cfg = _resolve_config(config, run_dir or Path("."), resume, env, steps, seed, set_)
     if run_dir is None:
-        preset = config.stem if config else "run"
+        preset = resolve_config_option(config).stem
         run_dir = logdir / f"{preset}_{cfg.env.id.replace(':', '_').replace('.', '_')}_s{cfg.seed}"
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} exists and is not a directory")

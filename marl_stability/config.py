@@ -373,6 +373,50 @@ def read_preset(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     return deep_merge(read_preset(base_path, _seen + (p.resolve(),)), data)
 
 
+# ---------------------------------------------------------------------------------------------- preset lookup
+# experiments/*.yaml are the presets. A wheel ships them as marl_stability/presets/ (pyproject.toml maps that
+# package folder onto experiments/); a source checkout, and the editable install `make setup` makes, reads
+# experiments/ itself. `--config NAME` finds them from any working directory.
+DEFAULT_PRESET = "maddpg_spread"  # `train` without --config: the README's "sensible settings" preset
+PRESET_DIR_NAME = "experiments"
+
+
+def presets_dir() -> Optional[Path]:
+    """The folder holding the presets: the packaged copy of an installed wheel, or ``experiments/`` of the
+    source checkout this module runs from (None when neither exists)."""
+    package = Path(__file__).resolve().parent
+    for candidate, marker in ((package / "presets", None), (package.parent / PRESET_DIR_NAME, "pyproject.toml")):
+        if candidate.is_dir() and (marker is None or (package.parent / marker).is_file()):
+            return candidate
+    return None
+
+
+def preset_names() -> list[str]:
+    """Names of the presets (file stems), sorted."""
+    folder = presets_dir()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder is not None else []
+
+
+def resolve_preset(name: str | Path) -> Path:
+    """A ``--config`` value -> the preset file: an existing path first, then a packaged preset by name
+    (``maddpg_spread``, ``maddpg_spread.yaml``, or ``experiments/maddpg_spread.yaml`` run outside the repository).
+    Anything else is a UserError listing the presets."""
+    path = Path(name)
+    if path.exists():  # a folder or an unreadable file is read_yaml's one-line error
+        return path
+    parts = path.parts
+    bare = len(parts) == 1 or (len(parts) == 2 and parts[0] == PRESET_DIR_NAME)
+    folder = presets_dir()
+    if bare and folder is not None and path.name not in ("", ".", ".."):
+        stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
+        candidate = folder / f"{stem}.yaml"
+        if candidate.is_file():
+            return candidate
+    names = preset_names()
+    listing = f"; presets: {', '.join(names)}" if names else "; no packaged presets found"
+    raise UserError(f"config file not found: {path} (not a file, nor a preset name{listing})")
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (so 1e-3, true, [64, 64] work)."""
     if "=" not in assignment:

@@ -86,6 +86,7 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
     return {
         "verdict": "healthy" if healthy else "unstable",
         "run": str(run), "status": summary.status if summary is not None else None, "final_return": s.final_return,
+        "error": s.error,
         "explosion_step": explosion, "collapse_step": collapse, "nonfinite_step": nonfinite,
         "detector_messages": s.detector_messages,
         "layers_grew_first": [{"layer": layer, "env_step": step, "growth": -neg} for step, neg, layer in ev.grew[:6]],
@@ -205,8 +206,11 @@ def render(d: dict[str, Any]) -> str:
         lines += [f"  - {m}" for m in d["detector_messages"]]
     else:
         lines.append("no detector fired: no gradient explosion, no action collapse, no non-finite values")
+    if d["status"] == "env_error":  # the env failed (summary.json error): not something a learning fix cures
+        lines.append(f"the environment failed: {d['error']}")
     if d["verdict"] == "healthy":
-        lines.append("verdict: healthy; nothing in this run calls for a fix")
+        lines.append("verdict: healthy; nothing in this run calls for a fix" if d["status"] != "env_error" else
+                     "verdict: no training instability; fix the environment, then continue the run with --resume")
         return "\n".join(lines)
     if d["layers_grew_first"]:
         lines.append(f"networks whose gradients grew >{GROWTH_FACTOR:g}x their early level, earliest first (with the layer that grew first):")

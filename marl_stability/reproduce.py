@@ -27,7 +27,7 @@ import numpy as np
 
 from marl_stability.anchors import SPREAD_ASSIGNMENT, SPREAD_DO_NOTHING, SPREAD_RANDOM
 from marl_stability.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from marl_stability.config import DetectorConfig
+from marl_stability.config import DetectorConfig, resolve_preset
 from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.report import Trials, _mean, _save, bootstrap_ci, collect, write_csv
@@ -36,7 +36,7 @@ from marl_stability.tb_run import current_tag, first_agent, tensorboard_link
 from marl_stability.sweep import FINAL_STATUSES, Plan, load_ablation, make_plan, read_plan, run_sweep
 
 _DETECTORS = DetectorConfig()
-DEFAULT_FILE = Path(__file__).resolve().parents[1] / "experiments" / "reproduce.yaml"
+DEFAULT_CONFIG = "reproduce"  # experiments/reproduce.yaml, found as a preset (from a source checkout or a wheel)
 ARMS = ("failure", "fixed")
 # --quick: a few-minute smoke version. The failure still shows (it sets in within a few hundred updates
 # after warm-up); the fixed arm has too few updates to learn much, and the report says so.
@@ -65,9 +65,7 @@ def run_reproduce(out: Path, seeds: Optional[int] = None, quick: bool = False, w
                   address: Optional[str] = None, resume: bool = False, overwrite: bool = False, quiet: bool = False,
                   config: Optional[Path] = None, render: bool = True) -> dict[str, Any]:
     """Run (or continue) the failure-vs-fixed sweep in ``out`` and write its report; returns the summary."""
-    config = Path(config) if config is not None else DEFAULT_FILE
-    if not resume and not config.is_file():
-        raise UserError(f"reproduce config {config} not found")
+    config = resolve_preset(config if config is not None else DEFAULT_CONFIG) if not resume else None
     if overwrite and resume:
         raise UserError("--overwrite and --resume exclude each other")
     if overwrite and out.exists():

@@ -13,9 +13,10 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-# How a run ended. ``crashed`` is reserved for a bug of ours (an exception escaped the loop).
-STATUSES = ("running", "completed", "interrupted", "diverged", "crashed")
-FINAL_STATUSES = ("completed", "diverged", "interrupted")
+# How a run ended. ``env_error``: the environment failed (a non-finite observation or reward, or an exception in
+# its reset/step; ``error`` says where). ``crashed`` is reserved for a bug of ours (an exception escaped the loop).
+STATUSES = ("running", "completed", "interrupted", "diverged", "env_error", "crashed")
+FINAL_STATUSES = ("completed", "diverged", "interrupted", "env_error")
 TIMING_KEYS = ("wall_seconds", "env_steps_per_second")
 
 
@@ -68,6 +69,8 @@ class RunSummary(BaseModel):
     wall_seconds: float = 0.0
     env_steps_per_second: Optional[float] = None
     hooks: dict[str, dict[str, Any]] = Field(default_factory=dict, description="what users' hooks add, by hook name")
+    error: Optional[str] = Field(None, description="env_error: the environment's failure (env, agent, field, env step); "
+                                 "crashed: the exception")
 
     @property
     def finished(self) -> bool:
@@ -85,8 +88,9 @@ class RunSummary(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         out = self.model_dump(mode="python")
-        if not out["hooks"]:  # runs without users' hooks keep the summary.json they always had
-            del out["hooks"]
+        for key in ("hooks", "error"):  # runs without users' hooks or errors keep the summary.json they always had
+            if not out[key]:
+                del out[key]
         return out
 
 

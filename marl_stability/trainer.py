@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from agents.base import NonFiniteParameters
+from envs.vector import EnvOutputError
 from marl_stability.build import build_run, check_compatible, make_venv, probe_env
 from marl_stability.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 from marl_stability.config import RunConfig, config_diff, dump_yaml, flatten
@@ -53,6 +54,10 @@ def _crossed(before: int, after: int, every: int) -> bool:
 class Trainer:
     """One run: ``Trainer(cfg, run_dir).run()`` -> the summary (also written to ``summary.json``).
 
+    An environment that fails (a non-finite observation or reward, or an exception in its reset/step) ends the
+    run with status ``env_error``: summary.json (its ``error`` says where) and the last checkpoint are kept, and
+    ``run`` raises the :class:`envs.vector.EnvOutputError` (one line: env, agent, field, env step).
+
     ``extra_sinks``: more metric sinks (e.g. ``MemorySink``); ``hooks``: more hooks (objects, or classes
     called with the run context) after the built-in ones and those of ``train.hooks``.
     """
@@ -76,6 +81,7 @@ class Trainer:
             raise
         self._stop_requested = False
         self._wall = (0.0, 0.0)  # (wall seconds before this session, perf_counter at its start)
+        self._error: Optional[str] = None  # what ended the run when it did not end by itself (summary.json error)
 
     @property
     def status(self) -> str:
@@ -124,6 +130,8 @@ class Trainer:
             p = state["progress"]
             self.progress = Progress(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in p.items()})
             return np.asarray(state["obs"])
+        except EnvOutputError:
+            raise  # the env failed while its episode was replayed: its own one-line error, not a checkpoint problem
         except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as e:
             raise UserError(f"checkpoint {self.checkpoint_path} does not match this run: "
                             f"{e.__class__.__name__}: {e}") from None
@@ -141,6 +149,7 @@ class Trainer:
             "eval_history": list(p.eval_history), "agents": list(self.spec.agents),
             "wall_seconds": round(p.wall_seconds, 3),
             "env_steps_per_second": round(p.env_steps / p.wall_seconds, 1) if p.wall_seconds > 0 else None,
+            "error": self._error,
         }
         return RunSummary.model_validate({**fields, **self.bus.summary()})
 
@@ -150,7 +159,11 @@ class Trainer:
 
     def _evaluate(self) -> None:
         p = self.progress
-        ev = evaluate(self.cfg, self.algo, self.fixes, p.evaluations + 1)
+        try:
+            ev = evaluate(self.cfg, self.algo, self.fixes, p.evaluations + 1)
+        except EnvOutputError as e:
+            e.context = f"evaluation {p.evaluations + 1}"
+            raise
         p.evaluations += 1
         p.final_return = ev.team_return
         p.best_return = ev.team_return if p.best_return is None else max(p.best_return, ev.team_return)
@@ -209,12 +222,14 @@ class Trainer:
                 self.ctx.stop("interrupted", "SIGINT/SIGTERM")
         return obs
 
-    def _begin(self, resume: bool) -> np.ndarray:
+    def _begin(self, resume: bool) -> Optional[np.ndarray]:
+        """Restore a checkpoint, or write the config of a new run (whose envs ``run`` resets: an env failing in
+        its first reset ends the run as env_error like any later failure)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        obs = None
         if resume:
             obs = self._restore()
         else:
-            obs = self.venv.reset()
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
         self.ctx.env_steps = self.progress.env_steps
         self._wall = (self.progress.wall_seconds, time.perf_counter())
@@ -254,10 +269,28 @@ class Trainer:
             self.venv.close()
             raise
         old_handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        env_failure: Optional[EnvOutputError] = None
         try:
-            self._complete(self._train(obs))
+            self._complete(self._train(self.venv.reset() if obs is None else obs))
+        except EnvOutputError as e:
+            env_failure = self._env_failed(e)
+        except Exception as e:
+            text = str(e).strip()
+            self._error = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+            raise
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
             summary = self._finish()
+        if env_failure is not None:
+            raise env_failure
         return summary
+
+    def _env_failed(self, e: EnvOutputError) -> EnvOutputError:
+        """The environment failed (not the learner, not our code): status env_error, no new checkpoint (the last
+        one holds the state before the failure), the one-line reason in summary.json and the summary text."""
+        if e.env_step is None:
+            e.env_step = self.progress.env_steps
+        self.ctx.status, self.ctx.stop_reason = "env_error", str(e)
+        self._error = str(e)
+        return e

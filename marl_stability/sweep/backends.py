@@ -96,13 +96,15 @@ class LocalBackend:
 
 
 class RayBackend:
-    """Ray tasks (one CPU each, retried twice if their worker dies) on a cluster or a local Ray instance.
+    """Ray tasks (retried twice if their worker dies) on a cluster or a local Ray instance. Each task reserves as
+    many CPUs as its trial runs torch threads (one unless the ablation file's threads_per_worker allows more);
+    a local instance gets ``workers x threads`` CPUs, so ``workers`` trials run at once.
 
     On a cluster every node must see the project installed and the sweep directory at the same path
     (a shared file system): workers write their run directories themselves.
     """
 
-    def __init__(self, workers: int, address: Optional[str] = None) -> None:
+    def __init__(self, workers: int, address: Optional[str] = None, threads: int = 1) -> None:
         try:
             import ray
         except ImportError:
@@ -122,13 +124,13 @@ class RayBackend:
                 if address:
                     ray.init(address=address, log_to_driver=False)
                 else:
-                    ray.init(num_cpus=workers, log_to_driver=False, include_dashboard=False)
+                    ray.init(num_cpus=workers * max(1, threads), log_to_driver=False, include_dashboard=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise UserError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {one_line(e)}") from None
         self._task = ray.remote(num_cpus=1, max_retries=2)(_ray_trial)
 
     def submit(self, trial: Trial) -> Any:
-        return self._task.remote(trial)
+        return self._task.options(num_cpus=trial.threads).remote(trial)
 
     def wait(self, handles: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
         if not handles:
@@ -152,19 +154,19 @@ class RayBackend:
 
 
 def _ray_trial(trial: Trial) -> TrialResult:
-    # Ray workers are long-lived processes: set the thread count per task (cheap) rather than per process.
-    import torch
-
-    torch.set_num_threads(1)
+    # Ray workers are long-lived processes (a previous task may have changed the count): run_trial sets this
+    # trial's thread count, as in the process pool.
     return run_trial(trial)
 
 
-def make_backend(name: str, workers: int, address: Optional[str] = None) -> Backend:
+def make_backend(name: str, workers: int, address: Optional[str] = None, threads: int = 1) -> Backend:
+    """The backend for ``--backend``; ``threads``: torch threads per trial (the plan's largest), which a local Ray
+    instance reserves CPUs for (the process pool needs no reservation: run_trial sets each trial's count)."""
     if name == "local":
         if address:
             raise UserError("--address only goes with --backend ray")
         return LocalBackend(workers)
     if name == "ray":
-        return RayBackend(workers, address)
+        return RayBackend(workers, address, threads)
     raise UserError(f"unknown backend {name!r} (local or ray)")
 

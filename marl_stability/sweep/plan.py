@@ -62,7 +62,7 @@ def make_plan(path: str | Path, seeds: Optional[int] = None, probe: bool = True,
                               override_strings(spec.overrides))
         except UserError as e:
             raise UserError(f"arm {spec.name}: {e}") from None
-        d = cfg.to_dict()
+        d = _cap_threads(spec.name, spec.overrides, cfg.to_dict(), ab.threads_per_worker)
         levels = spec.levels if ab.design != "arms" else _levels_by_matching(ab, flatten(d))
         arms.append(Arm(spec.name, levels, spec.overrides, d))
     if probe:
@@ -74,6 +74,18 @@ def make_plan(path: str | Path, seeds: Optional[int] = None, probe: bool = True,
         name=ab.name or path.stem, design=ab.design, reference=reference, factors=list(ab.factors),
         seeds=seed_list, arms=arms, description=(ab.description or "").strip(), base_config=str(ab.base.config),
     )
+
+
+def _cap_threads(arm: str, overrides: dict[str, Any], config: dict[str, Any], threads: int) -> dict[str, Any]:
+    """One torch thread per worker unless the file's ``threads_per_worker`` allows more: a preset's own
+    ``train.torch_threads`` is capped (recorded in the arm's resolved config, so every trial's config.yaml says
+    what ran); an override in the ablation file asking for more than the cap is an error, not silently lowered."""
+    asked = overrides.get("train.torch_threads")
+    if asked is not None and isinstance(asked, int) and asked > threads:
+        raise UserError(f"arm {arm}: train.torch_threads={asked} is above threads_per_worker={threads}; "
+                        f"set threads_per_worker: {asked} in the ablation file to run {asked} threads per trial")
+    config["train"]["torch_threads"] = min(int(config["train"]["torch_threads"]), threads)
+    return config
 
 
 def _probe_envs(arms: list[Arm]) -> None:

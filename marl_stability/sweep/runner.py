@@ -20,7 +20,7 @@ from marl_stability.sweep.layout import (
     FINAL_STATUSES, INDEX_FORMAT, Plan, count_states, new_entry, read_index, read_plan, reconcile, trial_id,
 )
 from marl_stability.sweep.plan import make_plan
-from marl_stability.sweep.trial import Trial, TrialResult
+from marl_stability.sweep.trial import Trial, TrialResult, torch_threads
 
 MAX_ATTEMPTS = 3  # a trial whose worker process dies this many times is recorded as failed
 BackendFactory = Callable[[str, int, Optional[str]], Backend]
@@ -144,7 +144,10 @@ def run_sweep(
         todo = [e for e in index["trials"].values() if e["state"] == "pending"]
         outcome = SweepOutcome(out=out, counts=count_states(index))
         if todo:
-            be = (backend_factory or make_backend)(backend, workers, address)
+            if backend_factory is not None:
+                be = backend_factory(backend, workers, address)
+            else:
+                be = make_backend(backend, workers, address, max(torch_threads(a.config) for a in plan.arms))
             _execute(plan, out, index, todo, outcome, be, quiet)
         outcome.counts = count_states(index)
         outcome.failed = {k: e["error"] for k, e in index["trials"].items() if e["state"] == "failed"}

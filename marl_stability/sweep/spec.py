@@ -77,6 +77,10 @@ class AblationFile(_Forbid):
     reference: Optional[str] = Field(None, description="arm every other arm is compared with (default per design)")
     seeds: Union[int, list[int]] = Field(5, description="number of seeds (0..n-1) or an explicit list")
     steps: Optional[int] = Field(None, ge=1, description="env steps per trial (train.steps)")
+    threads_per_worker: int = Field(
+        1, ge=1, le=256, description="torch threads a trial may use: every arm's train.torch_threads is capped to it, "
+        "so --workers N runs N threads (a preset's 2 threads would make N workers run 2N); raise it to let presets "
+        "that ask for more threads have them")
 
     @model_validator(mode="before")
     @classmethod

@@ -41,6 +41,16 @@ class Trial:
     def id(self) -> str:
         return trial_id(self.arm, self.seed)
 
+    @property
+    def threads(self) -> int:
+        """The torch threads this trial runs (its config's train.torch_threads, capped by the plan)."""
+        return torch_threads(self.config)
+
+
+def torch_threads(config: dict[str, Any]) -> int:
+    """``train.torch_threads`` of a resolved run config (a plain dict, as it travels to workers)."""
+    return int(config.get("train", {}).get("torch_threads", 1))
+
 
 @dataclass
 class TrialResult:
@@ -101,7 +111,9 @@ def run_trial(trial: Trial) -> TrialResult:
     run_dir = Path(trial.run_dir)
     resumed = False
     try:
-        torch.set_num_threads(1)  # one trial per core; the trainer also applies train.torch_threads
+        # The plan capped train.torch_threads at the ablation file's threads_per_worker (1 unless it says more);
+        # the trainer sets the same number again when it starts.
+        torch.set_num_threads(trial.threads)
         with _trial_lock(run_dir):
             done = read_summary(run_dir)
             if done is not None and done.status in FINAL_STATUSES:
