@@ -250,6 +250,15 @@ class _FastMPEStateIO:
     through mpe2) and checkpoints (``state_dict``/``load_state_dict``, validated before anything changes)."""
 
     # ------------------------------------------------------------ mpe2 bridge
+    @property
+    def scenario(self) -> Scenario:
+        """The task's batched scenario (static description, reset/observation/reward maths)."""
+        return self._scn
+
+    def seed(self, seed: int | None) -> None:
+        """Re-seed the generator used for resets."""
+        self._rng = np.random.default_rng(seed)
+
     def set_state_from_mpe(self, env_index: int, mpe_env: Any) -> None:
         """Copy an mpe2 env's world state (any wrapper of the same task) into env ``env_index``.
 
@@ -485,16 +494,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         self._max_speed = scn.max_speed[limited][:, None]  # [K, 1]
         self._has_speed_limit = limited.size > 0
 
-    @property
-    def scenario(self) -> Scenario:
-        """The task's batched scenario (static description, reset/observation/reward maths)."""
-        return self._scn
-
     # --------------------------------------------------------------- helpers
-    def seed(self, seed: int | None) -> None:
-        """Re-seed the generator used for resets."""
-        self._rng = np.random.default_rng(seed)
-
     def _reset_envs(self, idx: np.ndarray) -> None:
         """Fresh initial states for envs ``idx`` (mpe2's distributions, our stream)."""
         self._scn.reset_envs(self._s, idx, self._rng)

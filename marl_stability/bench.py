@@ -243,7 +243,7 @@ def print_targets(bench: dict[str, Any], target: float = TARGET_RETURN) -> list[
     return hits
 
 
-def main(argv: list[str] | None = None) -> None:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="marl-stability benchmarks (ratios measured in one run)")
     ap.add_argument("--quick", action="store_true", help="a few minutes: short timings, 1 seed, 30k-step full run")
     ap.add_argument("--out", default="bench.json", help="where to write the numbers")
@@ -253,7 +253,11 @@ def main(argv: list[str] | None = None) -> None:
                          "sections of --out if it exists")
     ap.add_argument("--targets", type=Path, default=None,
                     help="only print when each full run of this bench.json first reached the target return")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _args(argv)
     if args.targets is not None:
         print_targets(json.loads(args.targets.read_text()))
         return
