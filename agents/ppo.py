@@ -18,9 +18,10 @@ import torch
 
 from agents.base import Algorithm, NonFiniteParameters
 from agents.distributions import ActionHead
-from agents.ppo_losses import UpdateAccumulator, explained_variance, policy_loss, value_loss
+from agents.ppo_losses import UpdateAccumulator
 from agents.ppo_networks import PolicyGroup, PolicyNet, ValueNet, ValueNormalizer
-from agents.ppo_rollout import Rollout, gae
+from agents.ppo_rollout import Rollout
+from agents.ppo_update import PPOUpdate
 from agents.optim import GradientStepper, all_finite, make_optimizer, nonfinite_evidence
 from agents.ddpg_updates import agent_stats
 from envs.vector import AgentLayout
@@ -61,6 +62,7 @@ class PPO(Algorithm):
                                spec.max_act_dim)
         self._pending: Optional[dict[str, np.ndarray]] = None  # what act(explore=True) chose, for observe
         self.env_steps = 0
+        self.learner = PPOUpdate(self)
 
     @property
     def gamma(self) -> float:
@@ -178,56 +180,10 @@ class PPO(Algorithm):
         return dbg.inject_nonfinite_at_update is not None and self.updates >= dbg.inject_nonfinite_at_update and (
             dbg.inject_nonfinite_count is None or self.updates < dbg.inject_nonfinite_at_update + dbg.inject_nonfinite_count)
 
-    def _prepare(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The rollout as one flat batch [T * E, N, ...] with advantages and returns, and the per-agent
-        statistics known before the epochs (advantage mean/std before normalization, explained variance,
-        rewards)."""
-        d = self.rollout.tensors()
-        learner_reward = self.fixes.reward(d["reward"])
-        adv, ret = gae(learner_reward, d["values"], d["next_values"], d["terminated"], d["done"].unsqueeze(-1),
-                       self.hp.gamma, self.hp.gae_lambda)
-        n = self.spec.num_agents
-        stats = {"advantage/mean": adv.reshape(-1, n).mean(0), "advantage/std": adv.reshape(-1, n).std(0),
-                 "value/explained_variance": explained_variance(d["values"], ret),
-                 "reward/raw_batch_mean": d["reward"].reshape(-1, n).mean(0),
-                 "reward/learner_batch_mean": learner_reward.reshape(-1, n).mean(0),
-                 "reward/raw_batch_std": d["reward"].reshape(-1, n).std(0),
-                 "reward/learner_batch_std": learner_reward.reshape(-1, n).std(0)}
-        for g in self.groups:
-            if g.value_norm is not None:
-                g.value_norm.update(ret[..., g.index])
-        if self.hp.advantage_norm:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731 -- [T, E, ...] -> [T * E, ...]
-        batch = {"obs": flat(d["obs"]), "actions": flat(d["actions"]), "log_prob": flat(d["log_prob"]),
-                 "values_norm": flat(d["values_norm"]), "returns": flat(ret), "advantages": flat(adv)}
-        return batch, stats
-
-    def _group_step(self, g: PolicyGroup, b: dict[str, torch.Tensor], acc: UpdateAccumulator, inject: bool) -> None:
-        """One clipped-surrogate step of the group's actor and one value step of its critic on a minibatch."""
-        hp, idx = self.hp, g.index
-        dist, _ = g.actor.dist(self.actor_input(g, b["obs"]))
-        stored = b["actions"][:, idx, : g.stored_dim].reshape(-1, g.stored_dim)
-        surrogate, diag = policy_loss(dist.log_prob(stored), b["log_prob"][:, idx].reshape(-1),
-                                      b["advantages"][:, idx].reshape(-1), hp.clip)
-        entropy = dist.entropy(self.gen)
-        loss = surrogate.mean() - hp.entropy_coef * entropy.mean()
-        self.stepper.step(loss, g.actor_opt, g.actor_params, self.fixes.actor_clip, f"actor/{g.name}")
-        pred = g.critic(self.critic_input(g, b["obs"]))
-        target = b["returns"][:, idx].reshape(-1)
-        if g.value_norm is not None:
-            target = g.value_norm.normalize(target)
-        v_loss = value_loss(pred, target, b["values_norm"][:, idx].reshape(-1), hp.value_loss, hp.huber_delta,
-                            hp.value_clip)
-        critic_loss = hp.value_loss_coef * v_loss.mean() * (float("nan") if inject else 1.0)
-        self.stepper.step(critic_loss, g.critic_opt, g.critic_params, self.fixes.critic_clip, f"critic/{g.name}")
-        acc.add(idx, {"loss/policy": surrogate, "loss/value": v_loss, "policy/entropy": g.actor.head.entropy_per_dim(entropy),
-                      "policy/approx_kl": diag["approx_kl"], "policy/clip_fraction": diag["clipped"]}, diag["ratio"])
-
     def update(self) -> UpdateStats:
         """GAE over the full rollout, then epochs x minibatches of PPO steps; the rollout starts anew."""
         self.updates += 1
-        batch, stats = self._prepare()
+        batch, stats = self.learner.prepare()
         self.stepper.begin(self.updates, batch)
         acc, inject, m = UpdateAccumulator(self.spec.num_agents), self._inject_nonfinite(), batch["obs"].shape[0]
         for _ in range(self.hp.epochs):
@@ -235,47 +191,19 @@ class PPO(Algorithm):
             for rows in perm.chunk(self.hp.minibatches):
                 mb = {k: v[rows] for k, v in batch.items()}
                 for g in self.groups:
-                    self._group_step(g, mb, acc, inject)
+                    self.learner.group_step(g, mb, acc, inject)
         if not all_finite([p for g in self.groups for p in g.actor_params + g.critic_params]):
             evidence = self.stepper.evidence or nonfinite_evidence(self._modules, self.updates, "all", "parameters",
                                                                    torch.tensor(float("nan")), batch)
             raise NonFiniteParameters(f"non-finite parameters after update {self.updates}", evidence)
         stats.update(acc.result())
-        stats.update(self._policy_stats(batch["obs"]))
+        stats.update(self.learner.policy_stats(batch["obs"]))
         scalars = agent_stats(self.spec.agents, stats)
-        scalars.update(self._group_scalars())
+        scalars.update(self.learner.group_scalars())
         scalars["health/nonfinite_updates"] = float(self.stepper.nonfinite)
         scalars["reward/learner_scale"] = self.fixes.reward.scale()
         self.rollout.clear()
         return self.stepper.result(scalars)
-
-    @torch.no_grad()
-    def _policy_stats(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """After the epochs, on the rollout's observations: the actors' max |pre-activation| and log-std
-        mean/min/max (in units of half the action range; Gaussian heads only) per agent."""
-        n, m = self.spec.num_agents, obs.shape[0]
-        nan = torch.full((n,), float("nan"))
-        out = {"actor/preact_max_abs_batch": nan.clone()}
-        with_std = any(g.actor.head.uses_log_std for g in self.groups)
-        if with_std:
-            out.update({k: nan.clone() for k in ("policy/log_std_mean", "policy/log_std_min", "policy/log_std_max")})
-        for g in self.groups:
-            raw = g.actor(self.actor_input(g, obs)).reshape(m, len(g.agents), -1)
-            out["actor/preact_max_abs_batch"][g.index] = raw.abs().flatten(2).amax(dim=(0, 2))
-            log_std = g.actor.head.log_std(raw)
-            if log_std is not None:
-                ls = log_std.expand(m, len(g.agents), g.act_dim)
-                out["policy/log_std_mean"][g.index] = ls.mean(dim=(0, 2))
-                out["policy/log_std_min"][g.index] = ls.amin(dim=(0, 2))
-                out["policy/log_std_max"][g.index] = ls.amax(dim=(0, 2))
-        return out
-
-    def _group_scalars(self) -> dict[str, float]:
-        out = {}
-        for g in self.groups:
-            if g.value_norm is not None:
-                out[f"value/norm_mean/{g.name}"], out[f"value/norm_std/{g.name}"] = g.value_norm.mean, g.value_norm.std
-        return out
 
     # ------------------------------------------------------------------ evaluation and instrumentation
     def modules(self) -> dict[str, torch.nn.Module]:
