@@ -434,6 +434,69 @@ def test_bad_input_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert not (tmp_path / "bad").exists()
 
 
+# --------------------------------------------------------------------------- doctor
+def make_unstable_mappo_run(run: Path) -> None:
+    """A MAPPO run as the on-policy failure leaves it: the approx KL and clip fraction spike at 30k, the log-std
+    grows past 0, the actions end at the bounds; no value normalization, MSE value loss, reward x10."""
+    from marl_stability.config import dump_yaml
+    from marl_stability.sinks import TensorBoardSink
+
+    cfg = load_config(PRESET, ["ppo.value_norm=false", "ppo.value_loss=mse", "env.reward_scale=10", "fixes.grad_clip.actor.mode=none",
+                               "fixes.grad_clip.critic.mode=none", "actor_optim.eps=1e-8", "actor_optim.lr=0.005"])
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    sink = TensorBoardSink(run)
+    for step in range(3200, 64001, 3200):
+        late = step >= 30000
+        sink.scalar("policy/approx_kl/agent_0", 0.8 if late else 0.01, step)
+        sink.scalar("policy/clip_fraction/agent_0", 0.6 if late else 0.05, step)
+        sink.scalar("policy/log_std_max/agent_0", 1.5 if late else -1.0, step)
+        sink.scalar("policy/entropy/agent_0", 0.5, step)
+        sink.scalar("loss/value/agent_0", 400.0 if late else 50.0, step)
+        sink.scalar("value/explained_variance/agent_0", 0.05, step)
+        sink.scalar("reward/raw_batch_mean/agent_0", -30.0, step)
+        sink.scalar("eval/saturation/agent_0", 1.0 if late else 0.3, step)
+    sink.close()
+    (run / "summary.json").write_text(json.dumps({
+        "status": "diverged", "algo": "mappo", "final_return": -150.0, "kl_spike_step": 32000, "nonfinite_step": 40000,
+        "detector_messages": ["KL spike [kl_spike/agent_0] at step 32000: approx KL 0.8 > 10 x median 0.01"]}))
+
+
+def test_doctor_gives_on_policy_advice_ranked_with_its_evidence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from marl_stability.doctor import diagnose, render
+
+    run = tmp_path / "unstable"
+    make_unstable_mappo_run(run)
+    d = diagnose(run)
+    assert d["verdict"] == "unstable" and d["kl_spike_step"] == 32000 and d["nonfinite_step"] == 40000
+    names = [f["name"] for f in d["fixes"]]
+    assert names[0] == "lower the learning rate and raise Adam's eps"
+    first = d["fixes"][0]
+    assert "approx KL spiked at env step 32000 (peak 0.8)" in first["why"] and "clip fraction reached 0.60" in first["why"]
+    assert "actor_optim.eps=1e-05" in first["set"]
+    # every fix the data points at comes with its evidence line, before any fix without one
+    whys = [bool(f["why"]) for f in d["fixes"]]
+    assert whys == sorted(whys, reverse=True) and sum(whys) >= 6
+    by_name = {f["name"]: f for f in d["fixes"]}
+    assert "value loss peaked at 400" in by_name["value normalization"]["why"]
+    assert "log-std reached 1.5" in by_name["bound the log-std"]["why"]
+    assert "saturation 1.00" in by_name["a bounded action distribution (Beta on the bounds)"]["why"]
+    assert "reward_scale 10" in by_name["scale or normalize the reward"]["why"]
+    assert "explained variance 0.05" in by_name["Huber value loss and value clipping"]["why"]
+    assert "advantage normalization" not in by_name  # already on in this run
+    text = render(d)
+    assert "kl_spike at env step 32000" in text and "--set ppo.value_norm=true" in text and "max approx KL 0.8" in text
+
+
+def test_doctor_on_a_healthy_mappo_run(tmp_path: Path) -> None:
+    from marl_stability.doctor import diagnose
+
+    Trainer(tiny(200), tmp_path / "ok", quiet=True).run()
+    d = diagnose(tmp_path / "ok")
+    assert d["verdict"] == "healthy" and d["kl_spike_step"] is None and d["entropy_collapse_step"] is None
+    assert d["on_policy"]["max approx KL"] is not None and 0 < d["on_policy"]["max approx KL"] < 0.05
+
+
 # --------------------------------------------------------------------------- learning
 @pytest.mark.slow
 def test_mappo_learns_simple_spread(tmp_path: Path) -> None:
