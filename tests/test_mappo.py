@@ -275,7 +275,7 @@ def test_run_writes_on_policy_tags_and_dashboard(tmp_path: Path) -> None:
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path: Path) -> None:
     sinks = [MemorySink(), MemorySink(), MemorySink()]
-    runs = [Trainer(tiny(400, extra), tmp_path / name, quiet=True, extra_sinks=[sink]).run()
+    runs = [Trainer(tiny(200, extra), tmp_path / name, quiet=True, extra_sinks=[sink]).run()
             for name, extra, sink in (("a", [], sinks[0]), ("b", [], sinks[1]), ("c", ["seed=1"], sinks[2]))]
     assert without_timing(runs[0]) == without_timing(runs[1])
     for tag in ("loss/value/agent_0", "policy/approx_kl/agent_2", "grad_norm/actor/shared"):
@@ -437,11 +437,13 @@ def test_bad_input_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixtu
 # --------------------------------------------------------------------------- doctor
 def make_unstable_mappo_run(run: Path) -> None:
     """A MAPPO run as the on-policy failure leaves it: the approx KL and clip fraction spike at 30k, the log-std
-    grows past 0, the actions end at the bounds; no value normalization, MSE value loss, reward x10."""
+    grows past 0, the actions end at the bounds; no value normalization, MSE value loss, unbounded log-std,
+    reward x10."""
     from marl_stability.config import dump_yaml
     from marl_stability.sinks import TensorBoardSink
 
-    cfg = load_config(PRESET, ["ppo.value_norm=false", "ppo.value_loss=mse", "env.reward_scale=10", "fixes.grad_clip.actor.mode=none",
+    cfg = load_config(PRESET, ["ppo.value_norm=false", "ppo.value_loss=mse", "ppo.log_std_bounds=null",
+                               "env.reward_scale=10", "fixes.grad_clip.actor.mode=none",
                                "fixes.grad_clip.critic.mode=none", "actor_optim.eps=1e-8", "actor_optim.lr=0.005"])
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(dump_yaml(cfg))
