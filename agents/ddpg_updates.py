@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from agents.maddpg import MADDPG
 
 # Per-agent statistics of every update, in this order (the critic's Q is the first critic's).
-STAT_KEYS = ("loss/critic", "loss/actor", "q/mean", "q/min", "q/max", "q/target_mean", "critic/td_error_mean",
-             "critic/td_error_max", "critic/dq_da_norm", "actor/preact_max_abs_batch", "reward/raw_batch_mean",
+STAT_KEYS = ("loss/critic", "loss/actor", "q/mean", "q/min", "q/max", "q/target_mean", "q/td_error_mean",
+             "q/td_error_max", "q/dq_da_norm", "policy/preact_max_abs_batch", "reward/raw_batch_mean",
              "reward/learner_batch_mean", "reward/raw_batch_std", "reward/learner_batch_std")
 
 
@@ -120,7 +120,7 @@ class PerAgentUpdate:
         q_d = qs[0].detach()
         td = (q_d - y).abs()
         out = {"loss/critic": loss.detach(), "q/mean": q_d.mean(), "q/min": q_d.min(), "q/max": q_d.max(),
-               "q/target_mean": y.mean(), "critic/td_error_mean": td.mean(), "critic/td_error_max": td.max()}
+               "q/target_mean": y.mean(), "q/td_error_mean": td.mean(), "q/td_error_max": td.max()}
         if len(qs) > 1:
             out["q/twin_gap"] = (qs[0].detach() - qs[1].detach()).abs().mean()
         return out
@@ -142,7 +142,7 @@ class PerAgentUpdate:
         a.stepper.step(loss, a.actor_opts[i], a.actor_params[i], a.fixes.actor_clip, f"actor/{name}")
         a.critic_units[i].zero_grad(set_to_none=True)  # the actor loss also reached the critic's parameters
         dq_da = out.grad.norm(dim=-1).mean() * out.shape[0] if out.grad is not None else torch.tensor(float("nan"))
-        return {"loss/actor": loss.detach(), "critic/dq_da_norm": dq_da, "actor/preact_max_abs_batch": pre.detach().abs().max()}
+        return {"loss/actor": loss.detach(), "q/dq_da_norm": dq_da, "policy/preact_max_abs_batch": pre.detach().abs().max()}
 
 
 class StackedUpdate:
@@ -236,7 +236,7 @@ class StackedUpdate:
         first = q_d if groups == 1 else q_d[0]
         td = (first - y).abs()
         out = {"loss/critic": losses.detach(), "q/mean": first.mean(1), "q/min": first.amin(1), "q/max": first.amax(1),
-               "q/target_mean": y.mean(1), "critic/td_error_mean": td.mean(1), "critic/td_error_max": td.amax(1)}
+               "q/target_mean": y.mean(1), "q/td_error_mean": td.mean(1), "q/td_error_max": td.amax(1)}
         if groups > 1:
             out["q/twin_gap"] = (q_d[0] - q_d[1]).abs().mean(1)
         return out
@@ -274,8 +274,8 @@ class StackedUpdate:
         nan = torch.full((n,), float("nan"))
         dq_da = out.grad.norm(dim=-1).mean(dim=1) * batch if out.grad is not None else nan
         dq_da = torch.where(torch.tensor(finite), dq_da, nan)  # no backward for that agent: as in the loop
-        return {"loss/actor": losses.detach(), "critic/dq_da_norm": dq_da,
-                "actor/preact_max_abs_batch": pre.detach().abs().flatten(1).amax(1)}
+        return {"loss/actor": losses.detach(), "q/dq_da_norm": dq_da,
+                "policy/preact_max_abs_batch": pre.detach().abs().flatten(1).amax(1)}
 
     def _step_all(self, losses: torch.Tensor, opts: list[torch.optim.Optimizer], params: list[list[torch.nn.Parameter]],
                   clipper: Any, kind: str) -> list[bool]:

@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from marl_stability.errors import UserError
+from marl_stability.tb_run import tensorboard_hint
 
 
 def ablate_cmd(
@@ -50,6 +51,7 @@ def ablate_cmd(
         for tid, err in outcome.failed.items():
             typer.echo(f"  failed {tid}: {err}")
         typer.echo(f"report: {report['markdown']}  table: {report['csv']}")
+        typer.echo(tensorboard_hint(Path(out) / "runs"))
 
 
 def report_cmd(
@@ -105,6 +107,7 @@ def reproduce_cmd(
         v = s["verdict"]
         typer.echo(f"failure reproduced: {v['failure_reproduced']}  fixed cured: {v['fixed_cured']}")
         typer.echo(f"report: {result['report']}")
+        typer.echo(tensorboard_hint(Path(out) / "runs"))
 
 
 def register(app: typer.Typer) -> None:

@@ -48,8 +48,8 @@ class GradientStatsHook(Hook):
     sampled). Also keeps the peak pre-clip norm per network kind for the summary."""
 
     name = "gradients"
-    prefixes = ("grad_norm/", "grad_norm_postclip/", "grad_norm_layer/", "weight_norm_layer/", "clip_active/",
-                "clip_fraction/", "update_ratio/", "update_ratio_layer/", "health/nonfinite_grads/",
+    prefixes = ("grad_norm/", "optim/grad_norm_postclip/", "layers/grad_norm/", "layers/weight_norm/", "optim/clip_active/",
+                "optim/clip_fraction/", "optim/update_ratio/", "layers/update_ratio/", "health/nonfinite_grads/",
                 "health/nonfinite_params/")
 
     def __init__(self, ctx: RunContext) -> None:
@@ -117,17 +117,17 @@ class UpdateStatsHook(Hook):
 
 class EpisodeHook(Hook):
     name = "episodes"
-    prefixes = ("episode/",)
+    prefixes = ("rollout/",)
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx, self.log = ctx, ctx.scoped(self)
 
     def on_episodes(self, ev: EpisodesEvent) -> None:
         eps = ev.episodes
-        values = {"episode/team_return": float(np.mean([e["team_return"] for e in eps])),
-                  "episode/length": float(np.mean([e["length"] for e in eps]))}
+        values = {"rollout/team_return": float(np.mean([e["team_return"] for e in eps])),
+                  "rollout/length": float(np.mean([e["length"] for e in eps]))}
         for a in self.ctx.layout.agents:
-            values[f"episode/agent_return/{a}"] = float(np.mean([e["agent_returns"][a] for e in eps]))
+            values[f"rollout/agent_return/{a}"] = float(np.mean([e["agent_returns"][a] for e in eps]))
         self.log.record_dict(values, self.ctx.env_steps)
 
 
@@ -135,7 +135,7 @@ class TrainActionsHook(Hook):
     """Histograms of the (exploring) actions of the last env steps, every ``train.histogram_every`` updates."""
 
     name = "train_actions"
-    prefixes = ("actions/",)
+    prefixes = ("hist/train_actions/",)
     WINDOW = 64  # env steps kept (bounded memory when updates are rare)
 
     def __init__(self, ctx: RunContext) -> None:
@@ -158,7 +158,7 @@ class TrainActionsHook(Hook):
         acts = np.concatenate(list(self.window), axis=0)  # [T*B, N, A]
         lay = self.ctx.layout
         for i, a in enumerate(lay.agents):
-            self.log.histogram(f"actions/{a}", acts[:, i, : lay.act_dims[i]], self.ctx.env_steps)
+            self.log.histogram(f"hist/train_actions/{a}", acts[:, i, : lay.act_dims[i]], self.ctx.env_steps)
         self.window.clear()
 
 
@@ -169,7 +169,7 @@ class EvaluationHook(Hook):
     to the event (``derived["action_stats"]``) for the detectors and users' hooks."""
 
     name = "evaluation"
-    prefixes = ("eval/", "critic/q_initial/", "critic/mc_return/", "critic/overestimation/", "actor/preact/")
+    prefixes = ("eval/", "q/initial/", "q/mc_return/", "q/overestimation/", "hist/eval_actions/", "hist/eval_preact/")
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx, self.log, self.det = ctx, ctx.scoped(self), ctx.cfg.detectors
@@ -215,12 +215,12 @@ class EvaluationHook(Hook):
         if ev.value_initial is not None:
             for i, agent in enumerate(lay.agents):
                 q0, g0 = float(ev.value_initial[:, i].mean()), float(ev.value_return[:, i].mean())
-                self.log.record_dict({f"critic/q_initial/{agent}": q0, f"critic/mc_return/{agent}": g0,
-                                      f"critic/overestimation/{agent}": q0 - g0}, step)
+                self.log.record_dict({f"q/initial/{agent}": q0, f"q/mc_return/{agent}": g0,
+                                      f"q/overestimation/{agent}": q0 - g0}, step)
         for agent, (acts, pre) in samples.items():
             for k in range(acts.shape[1]):
-                self.log.histogram(f"eval/actions/{agent}/dim{k}", acts[:, k], step)
-            self.log.histogram(f"actor/preact/{agent}", pre, step)
+                self.log.histogram(f"hist/eval_actions/{agent}/dim{k}", acts[:, k], step)
+            self.log.histogram(f"hist/eval_preact/{agent}", pre, step)
             self.log.record(f"eval/preact_max_abs/{agent}", float(np.abs(pre).max()), step)
         self.log.record("eval/team_return", ev.team_return, step)
         for a in lay.agents:

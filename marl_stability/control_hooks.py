@@ -12,11 +12,12 @@ from typing import Any, Optional
 from tqdm import tqdm
 
 from marl_stability.checkpoint import atomic_write_json, atomic_write_text, save_checkpoint
-from marl_stability.config import dump_yaml, flatten
+from marl_stability.config import dump_yaml
 from marl_stability.events import EnvStepEvent, EvaluationEvent, NonFiniteEvent, UpdateEvent
 from marl_stability.hooks import Hook, RunContext
 from marl_stability.sinks import TensorBoardSink
 from marl_stability.summary import RunSummary
+from marl_stability.tb_run import METRICS, hparams_of, metric_values, summary_text
 
 FORENSICS_FORMAT = 1
 
@@ -155,27 +156,27 @@ DASHBOARD = {
     "Gradients": {
         "critic grad norm (pre-clip)": ["Multiline", [r"grad_norm/critic/.*"]],
         "actor grad norm (pre-clip)": ["Multiline", [r"grad_norm/actor/.*"]],
-        "grad norm after clipping": ["Multiline", [r"grad_norm_postclip/.*"]],
-        "clip fraction": ["Multiline", [r"clip_fraction/.*"]],
-        "update/weight ratio": ["Multiline", [r"update_ratio/.*"]],
+        "grad norm after clipping": ["Multiline", [r"optim/grad_norm_postclip/.*"]],
+        "clip fraction": ["Multiline", [r"optim/clip_fraction/.*"]],
+        "update/weight ratio": ["Multiline", [r"optim/update_ratio/.*"]],
     },
     "Critic": {
         "critic loss": ["Multiline", [r"loss/critic/.*"]],
         "Q mean / target": ["Multiline", [r"q/mean/.*", r"q/target_mean/.*"]],
         "Q range": ["Multiline", [r"q/min/.*", r"q/max/.*"]],
-        "TD error": ["Multiline", [r"critic/td_error_.*"]],
-        "dQ/da (pull on the actor)": ["Multiline", [r"critic/dq_da_norm/.*"]],
+        "TD error": ["Multiline", [r"q/td_error_.*"]],
+        "dQ/da (pull on the actor)": ["Multiline", [r"q/dq_da_norm/.*"]],
     },
     "Actor outputs": {
         "saturation": ["Multiline", [r"eval/saturation/.*"]],
         "repeated-action rate": ["Multiline", [r"eval/repeat_rate/.*"]],
         "same action for different states": ["Multiline", [r"eval/batch_same_action/.*"]],
         "sensitivity |da/dobs|": ["Multiline", [r"eval/sensitivity/.*"]],
-        "max |pre-activation|": ["Multiline", [r"actor/preact_max_abs_batch/.*"]],
+        "max |pre-activation|": ["Multiline", [r"policy/preact_max_abs_batch/.*"]],
         "actor loss": ["Multiline", [r"loss/actor/.*"]],
     },
     "Rewards": {
-        "team return (eval, train)": ["Multiline", [r"eval/team_return", r"episode/team_return"]],
+        "team return (eval, train)": ["Multiline", [r"eval/team_return", r"rollout/team_return"]],
         "raw vs learner reward": ["Multiline", [r"reward/raw_batch_mean/.*", r"reward/learner_batch_mean/.*"]],
         "learner reward scale": ["Multiline", [r"reward/learner_scale"]],
     },
@@ -212,27 +213,18 @@ def dashboard(stat_prefixes: tuple[str, ...]) -> dict[str, dict[str, list[Any]]]
     return layout
 
 
-def hparams_of(cfg: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in flatten(cfg.to_dict()).items():
-        if v is None:
-            out[k] = "none"
-        elif isinstance(v, (bool, int, float, str)):
-            out[k] = v
-        else:
-            out[k] = str(v)
-    return out
-
-
 class TensorBoardHook(Hook):
     """The TensorBoard sink: opened at start (a resumed run hides what a killed run wrote after its last
     checkpoint), with the dashboard layout and hparams on a new run, and the summary text at the end."""
 
     name = "tensorboard"
-    prefixes = ("summary",)
+    prefixes = ("summary", "hparams/")
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx, self.log = ctx, ctx.scoped(self)
+        # HParams labels: a sweep's trials name their arm; a single run is its own arm (its folder's name).
+        self.labels = dict(ctx.extra.get("labels") or {"arm": ctx.run_dir.name})
+        self.varying = tuple(ctx.extra.get("hparams_varying", ()))
 
     def on_start(self, resumed: bool) -> None:
         # Events logged at the checkpoint step itself were written before the checkpoint: keep them.
@@ -240,15 +232,15 @@ class TensorBoardHook(Hook):
         self.ctx.logger.sinks.insert(0, sink)
         if not resumed:
             sink.custom_scalars(dashboard(self.ctx.algorithm.stat_prefixes))
-            sink.hparams(hparams_of(self.ctx.cfg), {"eval/team_return": float("nan")})
+            sink.hparams(hparams_of(self.ctx.cfg, self.labels), METRICS, self.varying)
 
     def before_checkpoint(self) -> None:
         # Flushed before the checkpoint: a kill -9 later loses nothing that the resumed run will not rewrite.
         self.ctx.logger.flush()
 
     def on_end(self, summary: RunSummary) -> None:
-        why = f" ({self.ctx.stop_reason})" if self.ctx.stop_reason else ""
-        self.log.text("summary", f"status: {summary.status}{why}, final_return: {summary.final_return}", self.ctx.env_steps)
+        self.log.record_dict(metric_values(summary), self.ctx.env_steps)
+        self.log.text("summary", summary_text(summary, self.ctx.stop_reason), self.ctx.env_steps)
 
 
 # --------------------------------------------------------------------------- progress

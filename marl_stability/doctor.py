@@ -18,6 +18,7 @@ import yaml
 from marl_stability.config import ON_POLICY_ALGORITHMS, DetectorConfig
 from marl_stability.errors import UserError
 from marl_stability.summary import RunSummary, read_summary
+from marl_stability.tb_run import current_tag
 
 GROWTH_FACTOR = 10.0  # a layer's gradient "grew" when it exceeds this multiple of its early median
 
@@ -37,7 +38,7 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return {current_tag(tag): [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def _first_growth(series: list[tuple[int, float]]) -> tuple[int, float] | None:
@@ -122,9 +123,9 @@ def _evidence(scalars: dict[str, list[tuple[int, float]]]) -> Evidence:
     # Per network ("critic/agent_0"), the layer whose gradient grew first (ties: the one that grew most).
     first_by_net: dict[str, tuple[int, float, str]] = {}
     for tag, series in scalars.items():
-        if not tag.startswith("grad_norm_layer/"):
+        if not tag.startswith("layers/grad_norm/"):
             continue
-        layer = tag[len("grad_norm_layer/"):]
+        layer = tag[len("layers/grad_norm/"):]
         found = _first_growth(series)
         if found is None:
             continue
@@ -133,7 +134,7 @@ def _evidence(scalars: dict[str, list[tuple[int, float]]]) -> Evidence:
         if net not in first_by_net or cand < first_by_net[net]:
             first_by_net[net] = cand
     raw_reward = [abs(v) for tag, s in scalars.items() if tag.startswith("reward/raw_batch_mean/") for _, v in s]
-    preact = [v for tag, s in scalars.items() if tag.startswith("actor/preact_max_abs_batch/") for _, v in s]
+    preact = [v for tag, s in scalars.items() if tag.startswith("policy/preact_max_abs_batch/") for _, v in s]
     return Evidence(
         grew=sorted(first_by_net.values()),
         saturation=_last(scalars, "eval/saturation/"),

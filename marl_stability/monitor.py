@@ -14,15 +14,15 @@ Usage::
 
 Tag names (stable; our trainer and detectors use the same ones):
 
-- ``grad_norm/<model>``, ``grad_norm_layer/<model>/<param>``, ``weight_norm_layer/<model>/<param>``,
+- ``grad_norm/<model>``, ``layers/grad_norm/<model>/<param>``, ``layers/weight_norm/<model>/<param>``,
   ``health/nonfinite_grads/<model>``  (after_backward)
-- ``grad_norm_postclip/<model>``, ``clip_active/<model>``, ``clip_fraction/<model>``  (after_clip)
-- ``update_ratio/<model>``, ``update_ratio_layer/<model>/<param>``, ``health/nonfinite_params/<model>``
+- ``optim/grad_norm_postclip/<model>``, ``optim/clip_active/<model>``, ``optim/clip_fraction/<model>``  (after_clip)
+- ``optim/update_ratio/<model>``, ``layers/update_ratio/<model>/<param>``, ``health/nonfinite_params/<model>``
   (after_step)
-- ``actor/saturation/<agent>``, ``actor/repeat_rate/<agent>``, ``actor/batch_same_action/<agent>``,
-  ``actor/preact_max_abs/<agent>``, ``actor/preact_mean_abs/<agent>``; histograms ``actions/<agent>/dim<k>``
-  and ``actor/preact/<agent>``  (actions)
-- ``actor/sensitivity/<agent>``  (sensitivity)
+- ``policy/saturation/<agent>``, ``policy/repeat_rate/<agent>``, ``policy/batch_same_action/<agent>``,
+  ``policy/preact_max_abs/<agent>``, ``policy/preact_mean_abs/<agent>``; histograms ``hist/actions/<agent>/dim<k>``
+  and ``hist/preact/<agent>``  (actions)
+- ``policy/sensitivity/<agent>``  (sensitivity)
 """
 
 from __future__ import annotations
@@ -267,16 +267,16 @@ class GradientStats:
                 self._snapshots[ev.model] = (list(g.with_grad), _copy(weights), wnorms)
         if names is not None:
             for j, i in enumerate(g.with_grad):
-                stats[f"grad_norm_layer/{ev.model}/{names[i]}"] = g.per_tensor[j]
-                stats[f"weight_norm_layer/{ev.model}/{names[i]}"] = wnorms[j]
+                stats[f"layers/grad_norm/{ev.model}/{names[i]}"] = g.per_tensor[j]
+                stats[f"layers/weight_norm/{ev.model}/{names[i]}"] = wnorms[j]
         return stats
 
     def clip(self, ev: Any) -> dict[str, float]:
         counts = self.clip_counts.setdefault(ev.model, [0, 0])
         counts[0] += 1
         counts[1] += int(ev.clip.clipped)
-        return {f"grad_norm_postclip/{ev.model}": ev.clip.post_norm, f"clip_active/{ev.model}": float(ev.clip.clipped),
-                f"clip_fraction/{ev.model}": counts[1] / counts[0]}
+        return {f"optim/grad_norm_postclip/{ev.model}": ev.clip.post_norm, f"optim/clip_active/{ev.model}": float(ev.clip.clipped),
+                f"optim/clip_fraction/{ev.model}": counts[1] / counts[0]}
 
     def has_snapshot(self, model: str) -> bool:
         return model in self._snapshots
@@ -296,8 +296,8 @@ class GradientStats:
         if snap is not None:
             if names is not None:
                 for i, d, w in zip(idx, dnorms, wnorms):
-                    stats[f"update_ratio_layer/{ev.model}/{names[i]}"] = d / (w + _RATIO_EPS)
-            stats[f"update_ratio/{ev.model}"] = _combine(dnorms) / (_combine(wnorms) + _RATIO_EPS)
+                    stats[f"layers/update_ratio/{ev.model}/{names[i]}"] = d / (w + _RATIO_EPS)
+            stats[f"optim/update_ratio/{ev.model}"] = _combine(dnorms) / (_combine(wnorms) + _RATIO_EPS)
         stats[f"health/nonfinite_params/{ev.model}"] = float(bad)
         return stats
 
@@ -364,7 +364,7 @@ class Monitor:
             post = measure_grads(params).total
             ev = self._events.get(name)
             if ev is None:  # after_backward was not called: nothing to compare against
-                stats[f"grad_norm_postclip/{name}"] = post
+                stats[f"optim/grad_norm_postclip/{name}"] = post
                 continue
             ev.clip = ClipStats(ev.norms.total, post, post < ev.norms.total * (1.0 - _CLIP_RTOL))
             stats.update(self.gradients.clip(ev))
@@ -391,20 +391,20 @@ class Monitor:
         a = _as_2d(actions)
         stats: dict[str, float] = {}
         if low is not None and high is not None:
-            stats[f"actor/saturation/{agent}"] = saturation_fraction(a, low, high)
+            stats[f"policy/saturation/{agent}"] = saturation_fraction(a, low, high)
         elif squashed is not None:
-            stats[f"actor/saturation/{agent}"] = squashed_saturation(squashed)
+            stats[f"policy/saturation/{agent}"] = squashed_saturation(squashed)
         prev = self._prev_actions.get(agent)
         if prev is not None:
-            stats[f"actor/repeat_rate/{agent}"] = repeated_action_rate(prev, a, atol)
+            stats[f"policy/repeat_rate/{agent}"] = repeated_action_rate(prev, a, atol)
         self._prev_actions[agent] = a.clone()  # the caller may reuse/mutate its buffer
         if a.shape[0] >= 2:
-            stats[f"actor/batch_same_action/{agent}"] = batch_same_action_rate(a, atol)
+            stats[f"policy/batch_same_action/{agent}"] = batch_same_action_rate(a, atol)
         pre = _as_tensor(preact) if preact is not None else None
         if pre is not None and pre.numel():
             mx, mean = torch.stack([pre.abs().amax(), pre.abs().mean()]).tolist()
-            stats[f"actor/preact_max_abs/{agent}"] = mx
-            stats[f"actor/preact_mean_abs/{agent}"] = mean
+            stats[f"policy/preact_max_abs/{agent}"] = mx
+            stats[f"policy/preact_mean_abs/{agent}"] = mean
 
         key = f"actions/{agent}"
         n = self._calls[key]
@@ -412,16 +412,16 @@ class Monitor:
         if n % self.histogram_every == 0 and self.logger is not None:
             cols = a.to(torch.float64).cpu().numpy()
             for k in range(cols.shape[1]):
-                self.logger.histogram(f"actions/{agent}/dim{k}", cols[:, k], step)
+                self.logger.histogram(f"hist/actions/{agent}/dim{k}", cols[:, k], step)
             if pre is not None and pre.numel():
-                self.logger.histogram(f"actor/preact/{agent}", pre.to(torch.float64).cpu().numpy().ravel(), step)
+                self.logger.histogram(f"hist/preact/{agent}", pre.to(torch.float64).cpu().numpy().ravel(), step)
         return stats
 
     def sensitivity(self, policy: Callable[[torch.Tensor], torch.Tensor], obs: torch.Tensor, step: int,
                     agent: str) -> float:
-        """``actor/sensitivity/<agent>``: mean per-sample Frobenius norm of d action / d obs."""
+        """``policy/sensitivity/<agent>``: mean per-sample Frobenius norm of d action / d obs."""
         value = action_sensitivity(policy, obs)
-        self._emit(f"sensitivity/{agent}", {f"actor/sensitivity/{agent}": value}, step)
+        self._emit(f"sensitivity/{agent}", {f"policy/sensitivity/{agent}": value}, step)
         return value
 
     # ----------------------------------------------------------------- lifecycle

@@ -29,6 +29,7 @@ from marl_stability.atomic import atomic_write_bytes, atomic_write_text
 from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.summary import RunSummary, read_summary
+from marl_stability.tb_run import first_agent, tensorboard_link
 from marl_stability.sweep.layout import FINAL_STATUSES, Arm, Plan, read_plan, run_dir_of, trial_id
 
 CONFIDENCE = 0.95
@@ -377,7 +378,9 @@ def _method_section(out: Path) -> list[str]:
         f"{N_RESAMPLES} resamples with a fixed seed, seeds resampled within each arm. P(improvement): mean over "
         "pairs of 1[x > y] + 0.5·1[x = y]. Per-trial numbers: `results.csv`. Compare arms in TensorBoard with "
         f"`tensorboard --logdir {out / 'runs'}` (runs are named `<arm>/seed_<n>`; the HParams tab has every "
-        "config key).",
+        "config key and the outcome metrics). [This link]"
+        f"({tensorboard_link(first_agent(out / 'runs'))}) opens Time Series with one colour per arm and the story cards "
+        "pinned.",
         "",
     ]
 

@@ -25,12 +25,14 @@ from typing import Any, Optional
 
 import numpy as np
 
+from marl_stability.anchors import SPREAD_ASSIGNMENT, SPREAD_DO_NOTHING, SPREAD_RANDOM
 from marl_stability.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from marl_stability.config import DetectorConfig
 from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.report import Trials, _mean, _save, bootstrap_ci, collect, write_csv
 from marl_stability.summary import RunSummary
+from marl_stability.tb_run import current_tag, first_agent, tensorboard_link
 from marl_stability.sweep import FINAL_STATUSES, Plan, load_ablation, make_plan, read_plan, run_sweep
 
 _DETECTORS = DetectorConfig()
@@ -45,11 +47,10 @@ QUICK = {
     "train.eval_episodes": 5,
     "train.checkpoint_every": 20_000,
 }
-# Reference points on simple_spread_v3 (team return; ../shared/reference.md).
-RANDOM_RETURN = -77.5
-# Measured anchors on simple_spread_v3 (N=3, 25 steps; team return, 200 episodes each): see the README.
-OPTIMAL_RETURN = -20.5  # a hand-coded optimal landmark assignment
-DO_NOTHING_RETURN = -76.5  # all-zero actions (saturated components that cancel score the same)
+# Measured anchors on simple_spread_v3 (N=3, 25 steps; team return; `python -m marl_stability.anchors`).
+RANDOM_RETURN = SPREAD_RANDOM
+OPTIMAL_RETURN = SPREAD_ASSIGNMENT  # a hand-coded optimal landmark assignment controller
+DO_NOTHING_RETURN = SPREAD_DO_NOTHING  # all-zero actions (saturated components that cancel score the same)
 # A collapsed policy's eval return is noisy only through the random initial states: a 10-episode eval of a
 # fixed policy has a standard error of about 23 / sqrt(10) ~ 7 team-return units. The change after collapse
 # is the mean of the second half of the evaluations after onset minus the mean of the first half; "the return
@@ -106,11 +107,11 @@ def _read_events(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dic
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
-    scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags.get("scalars", [])}
+    scalars = {current_tag(t): [(e.step, e.value) for e in acc.Scalars(t)] for t in tags.get("scalars", [])}
     hists: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for t in tags.get("histograms", []):
-        if t.startswith("eval/actions/"):
-            hists[t] = [(e.step, np.asarray(e.histogram_value.bucket_limit), np.asarray(e.histogram_value.bucket))
+        if current_tag(t).startswith("hist/eval_actions/"):
+            hists[current_tag(t)] = [(e.step, np.asarray(e.histogram_value.bucket_limit), np.asarray(e.histogram_value.bucket))
                         for e in acc.Histograms(t)]
     return scalars, hists
 
@@ -591,11 +592,11 @@ def _verdict_section(failure: ArmResult, fixed: ArmResult, v: dict[str, Any]) ->
             f"{fixed.n} seeds; final team return {fmt_number(fixed.final_return_mean, '.1f')} [{fmt_number(lo, '.1f')}, "
             f"{fmt_number(hi, '.1f')}] versus "
             f"random {RANDOM_RETURN} and the failure arm's {fmt_number(failure.final_return_mean, '.1f')}. For scale "
-            f"(measured here, 200 episodes): doing nothing scores {DO_NOTHING_RETURN:g}, a hand-coded optimal "
-            f"landmark assignment {OPTIMAL_RETURN:g}.")
+            f"(measured here, `python -m marl_stability.anchors`, 1000 episodes): doing nothing scores "
+            f"{DO_NOTHING_RETURN:g}, a hand-coded optimal landmark assignment controller {OPTIMAL_RETURN:g}.")
     lines += [f"- Criteria: failure — {v['criteria']['failure']}; fixed — {v['criteria']['fixed']}.",
               "- A collapsed policy's return does not always look bad: saturated components can cancel "
-              "(standing still scores about -76). The actions, not the return, show the failure."]
+              f"(standing still scores about {DO_NOTHING_RETURN:g}). The actions, not the return, show the failure."]
     return lines
 
 
@@ -610,7 +611,9 @@ def _figures_section(figures: list[str], episodes: dict[str, Any], tb_dir: str) 
         lines += ["Episodes rendered from the first seed of each arm's final checkpoint (greedy, env seed 12345): "
                   + "; ".join(f"{arm}: team return {e['team_return']:.1f}" for arm, e in episodes.items()) + "."]
     lines += ["", f"TensorBoard: `tensorboard --logdir {tb_dir}` shows every arm x seed side by side (run names "
-              "`<arm>/seed_<n>`; the Custom Scalars tab has the gradient, critic, action and reward dashboards).", ""]
+              "`<arm>/seed_<n>`; the Custom Scalars tab has the gradient, critic, action and reward dashboards; "
+              f"[this link]({tensorboard_link(first_agent(Path(tb_dir)))}) opens Time Series with one colour per arm and the story "
+              "cards pinned).", ""]
     return lines
 
 

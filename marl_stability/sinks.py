@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 
@@ -86,12 +86,12 @@ class TensorBoardSink:
         if hasattr(self.writer, "add_text"):
             self.writer.add_text(tag, text, step)
 
-    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
-        """HParams plugin entry in this run's own event file (add_hparams would create a sub-run)."""
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
+    def hparams(self, hparams: dict[str, Any], metrics: Iterable[tuple[str, str]], varying: Iterable[str] = ()) -> None:
+        """HParams plugin entry in this run's own event file (add_hparams would create a sub-run); values
+        keep their types (``bool`` stays a boolean, see :mod:`marl_stability.tb_run`)."""
+        from marl_stability.tb_run import hparams_summaries
 
-        exp, ssi, sei = hparams_summary(hparams, metrics)
-        for s in (exp, ssi, sei):
+        for s in hparams_summaries(hparams, metrics, varying):
             self.writer.file_writer.add_summary(s)
 
     def custom_scalars(self, layout: dict[str, dict[str, list[Any]]]) -> None:

@@ -58,7 +58,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, quiet: bool = False, extra_sinks: list[Any] | None = None,
-                 hooks: Sequence[Any] = ()) -> None:
+                 hooks: Sequence[Any] = (), extra: Optional[dict[str, Any]] = None) -> None:
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
         torch.set_num_threads(cfg.train.torch_threads)
         self.bus = HookBus()
@@ -67,6 +67,8 @@ class Trainer:
         self.progress = Progress()
         self.logger = Logger(list(extra_sinks or []))
         self.ctx = RunContext(cfg, self.run_dir, self.spec, self.algo, self.logger, quiet)
+        # what the caller knows about the run, for hooks (a sweep trial: its HParams labels and varying keys)
+        self.ctx.extra.update(extra or {})
         try:
             self.bus.install(build_hooks(self.ctx, hooks))
         except BaseException:

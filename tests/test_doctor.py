@@ -48,11 +48,11 @@ def make_collapsed_run(run: Path) -> None:
     sink = TensorBoardSink(run)
     for step in range(1000, 40001, 1000):
         late = step >= 20000
-        sink.scalar("grad_norm_layer/critic/agent_0/mlp.out.weight", 5.0 * (1000 if late else 1), step)
-        sink.scalar("grad_norm_layer/critic/agent_0/mlp.hidden.0.linear.weight", 2.0 * (50 if step >= 25000 else 1), step)
-        sink.scalar("grad_norm_layer/actor/agent_0/mlp.out.weight", 0.1, step)
+        sink.scalar("layers/grad_norm/critic/agent_0/mlp.out.weight", 5.0 * (1000 if late else 1), step)
+        sink.scalar("layers/grad_norm/critic/agent_0/mlp.hidden.0.linear.weight", 2.0 * (50 if step >= 25000 else 1), step)
+        sink.scalar("layers/grad_norm/actor/agent_0/mlp.out.weight", 0.1, step)
         sink.scalar("reward/raw_batch_mean/agent_0", -30.0, step)
-        sink.scalar("actor/preact_max_abs_batch/agent_0", 500.0 if late else 2.0, step)
+        sink.scalar("policy/preact_max_abs_batch/agent_0", 500.0 if late else 2.0, step)
         sink.scalar("eval/saturation/agent_0", 1.0 if late else 0.3, step)
         sink.scalar("eval/repeat_rate/agent_0", 1.0 if late else 0.2, step)
         sink.scalar("eval/sensitivity/agent_0", 0.0 if late else 2.0, step)

@@ -85,7 +85,7 @@ def test_every_logged_tag_has_exactly_one_owner(tmp_path: Path) -> None:
         assert len(_owners(hooks, tag)) == 1, (tag, _owners(hooks, tag))
     # Gradient statistics every update, written at the logging rate: log_every=1 -> one point per update.
     assert len(memory.scalars["grad_norm/critic/agent_0"]) == summary["updates"]
-    assert len(memory.scalars["update_ratio/critic/agent_0"]) == summary["updates"] // 5
+    assert len(memory.scalars["optim/update_ratio/critic/agent_0"]) == summary["updates"] // 5
     counts = trainer.ctx.extra["counts"]
     assert counts["on_update"] == summary["updates"] and counts["on_evaluation"] == 2 and counts["on_end"] == 1
     # 3 agents x (critic + actor) gradient steps per update, each emitted once
@@ -306,10 +306,10 @@ def test_an_on_policy_algorithm_runs_through_the_same_loop(tmp_path: Path) -> No
     assert summary["updates"] == 1200 // (2 * TinyOnPolicy.T)  # one update per full rollout of 10 steps x 2 envs
     # Its gradient steps went through the same hooks: 3 epochs x 3 agents per update, clipped by the fix.
     assert len(memory.scalars["grad_norm/actor/agent_0"]) == 3 * summary["updates"]
-    assert all(v <= 0.5 + 1e-5 for _, v in memory.scalars["grad_norm_postclip/actor/agent_0"])
+    assert all(v <= 0.5 + 1e-5 for _, v in memory.scalars["optim/grad_norm_postclip/actor/agent_0"])
     assert summary["max_grad_norm"]["actor"] > 0 and "critic" not in {k for k, v in summary["max_grad_norm"].items() if v}
     assert "loss/policy/last" in memory.scalars and "eval/saturation/agent_2" in memory.scalars
     assert summary["action_stats"]["agent_0"]["sensitivity"] > 0
     # No value estimate: the value check is simply absent.
-    assert not any(t.startswith("critic/q_initial/") for t in memory.scalars)
+    assert not any(t.startswith("q/initial/") for t in memory.scalars)
     assert math.isfinite(summary["final_return"])

@@ -139,8 +139,8 @@ def test_matd3_run_tags_and_determinism(tmp_path: Path) -> None:
     # Actor statistics only on actor updates (every 2nd); critics every update.
     assert len(mem.scalars["grad_norm/actor/agent_0"]) == s["updates"] // 2
     assert len(mem.scalars["grad_norm/critic/agent_0"]) == s["updates"]
-    for tag in ("grad_norm_layer/critic/agent_1/q.1.mlp.out.weight", "eval/saturation/agent_2",
-                "critic/overestimation/agent_0"):
+    for tag in ("layers/grad_norm/critic/agent_1/q.1.mlp.out.weight", "eval/saturation/agent_2",
+                "q/overestimation/agent_0"):
         assert tag in mem.scalars, tag
 
 

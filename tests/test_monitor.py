@@ -68,7 +68,7 @@ def test_grad_norms_match_independent_computation(tmp_path: Path) -> None:
     assert stats["health/nonfinite_grads/critic/agent_0"] == 0.0
     logged_tb = _read_tb(tmp_path)
     for name, p in model.named_parameters():
-        g_tag, w_tag = f"grad_norm_layer/critic/agent_0/{name}", f"weight_norm_layer/critic/agent_0/{name}"
+        g_tag, w_tag = f"layers/grad_norm/critic/agent_0/{name}", f"layers/weight_norm/critic/agent_0/{name}"
         assert stats[g_tag] == pytest.approx(float(torch.linalg.norm(p.grad)), rel=1e-6)
         assert stats[w_tag] == pytest.approx(float(torch.linalg.norm(p.detach())), rel=1e-6)
         assert sink.scalars[g_tag] == [(5, stats[g_tag])]
@@ -83,12 +83,12 @@ def test_layer_stats_off_and_params_without_grad() -> None:
     _backward(model)
     model[0].bias.grad = None  # a parameter without a gradient is skipped, not counted as zero
     stats = monitor.attach({"m": model}, layer_stats=False).after_backward(0)
-    assert not any(k.startswith(("grad_norm_layer/", "weight_norm_layer/")) for k in stats)
+    assert not any(k.startswith(("layers/grad_norm/", "layers/weight_norm/")) for k in stats)
     expected = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters() if p.grad is not None))
     assert stats["grad_norm/m"] == pytest.approx(expected, rel=1e-6)
 
     stats = monitor.attach({"m": model}).after_backward(0)
-    assert "grad_norm_layer/m/0.bias" not in stats and "grad_norm_layer/m/0.weight" in stats
+    assert "layers/grad_norm/m/0.bias" not in stats and "layers/grad_norm/m/0.weight" in stats
 
 
 # --------------------------------------------------------------------------- clipping
@@ -106,12 +106,12 @@ def test_postclip_norm_and_clip_fraction() -> None:
         stats = mon.after_clip(i)
         active_so_far += s > 1.0
         assert (pre > max_norm) == (s > 1.0)  # the loop really does what the test claims
-        assert stats["grad_norm_postclip/actor/agent_0"] <= max_norm * (1 + 1e-5)
-        assert stats["grad_norm_postclip/actor/agent_0"] == pytest.approx(monitor.global_grad_norm(model))
-        assert stats["clip_active/actor/agent_0"] == float(s > 1.0)
-        assert stats["clip_fraction/actor/agent_0"] == pytest.approx(active_so_far / (i + 1))
-    assert sink.last("clip_fraction/actor/agent_0") == pytest.approx(4 / 8)
-    assert len(sink.scalars["clip_active/actor/agent_0"]) == len(scales)
+        assert stats["optim/grad_norm_postclip/actor/agent_0"] <= max_norm * (1 + 1e-5)
+        assert stats["optim/grad_norm_postclip/actor/agent_0"] == pytest.approx(monitor.global_grad_norm(model))
+        assert stats["optim/clip_active/actor/agent_0"] == float(s > 1.0)
+        assert stats["optim/clip_fraction/actor/agent_0"] == pytest.approx(active_so_far / (i + 1))
+    assert sink.last("optim/clip_fraction/actor/agent_0") == pytest.approx(4 / 8)
+    assert len(sink.scalars["optim/clip_active/actor/agent_0"]) == len(scales)
 
 
 # --------------------------------------------------------------------------- update ratios
@@ -130,11 +130,11 @@ def test_update_ratio_matches_independent_computation(opt_cls: type) -> None:
         for n, p in model.named_parameters():
             d, w = float(torch.linalg.norm(p.detach() - old[n])), float(torch.linalg.norm(old[n]))
             num_sq, den_sq = num_sq + d * d, den_sq + w * w
-            assert stats[f"update_ratio_layer/m/{n}"] == pytest.approx(d / w, rel=1e-5)
-        assert stats["update_ratio/m"] == pytest.approx(math.sqrt(num_sq) / math.sqrt(den_sq), rel=1e-5)
+            assert stats[f"layers/update_ratio/m/{n}"] == pytest.approx(d / w, rel=1e-5)
+        assert stats["optim/update_ratio/m"] == pytest.approx(math.sqrt(num_sq) / math.sqrt(den_sq), rel=1e-5)
         assert stats["health/nonfinite_params/m"] == 0.0
     # without a fresh after_backward there is no snapshot, so no (stale) ratio
-    assert "update_ratio/m" not in mon.after_step(99)
+    assert "optim/update_ratio/m" not in mon.after_step(99)
 
 
 # --------------------------------------------------------------------------- non-finite values
@@ -174,9 +174,9 @@ def test_saturation_fraction_known_values() -> None:
     assert monitor.squashed_saturation(torch.tensor([0.995, -0.999, 0.5, 0.0])) == pytest.approx(0.5)
 
     mon = monitor.attach({"m": _mlp()})
-    assert mon.actions(a, 0, agent="agent_0", low=0.0, high=1.0)["actor/saturation/agent_0"] == pytest.approx(0.5)
+    assert mon.actions(a, 0, agent="agent_0", low=0.0, high=1.0)["policy/saturation/agent_0"] == pytest.approx(0.5)
     y = torch.tensor([[0.995, 0.1], [-0.999, 0.2]])
-    assert mon.actions(y, 0, agent="agent_1", squashed=y)["actor/saturation/agent_1"] == pytest.approx(0.5)
+    assert mon.actions(y, 0, agent="agent_1", squashed=y)["policy/saturation/agent_1"] == pytest.approx(0.5)
 
 
 def test_repeat_rate_known_fraction() -> None:
@@ -189,11 +189,11 @@ def test_repeat_rate_known_fraction() -> None:
 
     mon = monitor.attach({"m": _mlp()})
     first = mon.actions(prev, 0, agent="agent_0")
-    assert "actor/repeat_rate/agent_0" not in first  # nothing to compare with yet
-    assert mon.actions(cur, 1, agent="agent_0")["actor/repeat_rate/agent_0"] == pytest.approx(0.7)
-    assert mon.actions(cur, 2, agent="agent_0")["actor/repeat_rate/agent_0"] == pytest.approx(1.0)
+    assert "policy/repeat_rate/agent_0" not in first  # nothing to compare with yet
+    assert mon.actions(cur, 1, agent="agent_0")["policy/repeat_rate/agent_0"] == pytest.approx(0.7)
+    assert mon.actions(cur, 2, agent="agent_0")["policy/repeat_rate/agent_0"] == pytest.approx(1.0)
     # agents are tracked separately
-    assert "actor/repeat_rate/agent_1" not in mon.actions(cur, 2, agent="agent_1")
+    assert "policy/repeat_rate/agent_1" not in mon.actions(cur, 2, agent="agent_1")
 
 
 def test_batch_same_action() -> None:
@@ -208,7 +208,7 @@ def test_batch_same_action() -> None:
     many = torch.cat([torch.arange(256.0).unsqueeze(1), torch.zeros(100, 1)])
     assert monitor.batch_same_action_rate(many) == pytest.approx(0.0)
     stats = monitor.attach({"m": _mlp()}).actions(constant, 0, agent="a")
-    assert stats["actor/batch_same_action/a"] == pytest.approx(1.0)
+    assert stats["policy/batch_same_action/a"] == pytest.approx(1.0)
 
 
 def test_preact_stats_and_histograms() -> None:
@@ -217,12 +217,12 @@ def test_preact_stats_and_histograms() -> None:
     pre = torch.tensor([[-3.0, 1.0], [0.5, -0.5]])
     for i in range(10):
         stats = mon.actions(torch.tanh(pre), i, agent="agent_0", preact=pre)
-    assert stats["actor/preact_max_abs/agent_0"] == pytest.approx(3.0)
-    assert stats["actor/preact_mean_abs/agent_0"] == pytest.approx(1.25)
-    assert [s for s, _ in sink.histograms["actions/agent_0/dim0"]] == [0, 4, 8]
-    assert [s for s, _ in sink.histograms["actions/agent_0/dim1"]] == [0, 4, 8]
-    np.testing.assert_allclose(sink.histograms["actions/agent_0/dim1"][0][1], np.tanh([1.0, -0.5]), rtol=1e-6)
-    assert len(sink.histograms["actor/preact/agent_0"]) == 3
+    assert stats["policy/preact_max_abs/agent_0"] == pytest.approx(3.0)
+    assert stats["policy/preact_mean_abs/agent_0"] == pytest.approx(1.25)
+    assert [s for s, _ in sink.histograms["hist/actions/agent_0/dim0"]] == [0, 4, 8]
+    assert [s for s, _ in sink.histograms["hist/actions/agent_0/dim1"]] == [0, 4, 8]
+    np.testing.assert_allclose(sink.histograms["hist/actions/agent_0/dim1"][0][1], np.tanh([1.0, -0.5]), rtol=1e-6)
+    assert len(sink.histograms["hist/preact/agent_0"]) == 3
 
 
 # --------------------------------------------------------------------------- sensitivity
@@ -248,7 +248,7 @@ def test_sensitivity() -> None:
     with torch.no_grad():  # works even when the caller is in no_grad
         value = mon.sensitivity(lin, obs, step=3, agent="agent_0")
     assert value == pytest.approx(expected, rel=1e-5)
-    assert sink.scalars["actor/sensitivity/agent_0"] == [(3, value)]
+    assert sink.scalars["policy/sensitivity/agent_0"] == [(3, value)]
 
 
 # --------------------------------------------------------------------------- logging cadence and writers
@@ -265,8 +265,8 @@ def test_log_every_respected() -> None:
         mon.actions(torch.rand(4, 2), i, agent="a")
         mon.actions(torch.rand(4, 2), i, agent="b")
     assert returned == 10
-    for tag in ("grad_norm/m", "clip_fraction/m", "update_ratio/m", "actor/batch_same_action/a",
-                "actor/batch_same_action/b"):
+    for tag in ("grad_norm/m", "optim/clip_fraction/m", "optim/update_ratio/m", "policy/batch_same_action/a",
+                "policy/batch_same_action/b"):
         assert [s for s, _ in sink.scalars[tag]] == [0, 3, 6, 9], tag
 
 
@@ -300,7 +300,7 @@ def test_summary_writer_and_logdir(tmp_path: Path) -> None:
         assert [s for s, _ in logged["grad_norm/critic/agent_0"]] == [0, 1, 2]
         assert logged["grad_norm/critic/agent_0"][-1][1] == pytest.approx(stats["grad_norm/critic/agent_0"], rel=1e-6)
     assert "user/still_open" in _read_tb(tmp_path / "sw")
-    assert {"actions/agent_0/dim0", "actions/agent_0/dim1", "actor/preact/agent_0"} <= set(
+    assert {"hist/actions/agent_0/dim0", "hist/actions/agent_0/dim1", "hist/preact/agent_0"} <= set(
         _tb_histogram_tags(tmp_path / "sw"))
 
 
@@ -338,9 +338,9 @@ def test_example_loop_end_to_end(tmp_path: Path) -> None:
     mon.close()
     assert all(math.isfinite(v) for v in stats.values())
     logged = _read_tb(tmp_path)
-    for tag in ("grad_norm/critic/agent_1", "clip_fraction/actor/agent_0", "update_ratio/critic/agent_0",
-                "actor/saturation/agent_1", "actor/repeat_rate/agent_0", "actor/sensitivity/agent_0",
-                "grad_norm_layer/actor/agent_0/0.weight"):
+    for tag in ("grad_norm/critic/agent_1", "optim/clip_fraction/actor/agent_0", "optim/update_ratio/critic/agent_0",
+                "policy/saturation/agent_1", "policy/repeat_rate/agent_0", "policy/sensitivity/agent_0",
+                "layers/grad_norm/actor/agent_0/0.weight"):
         assert tag in logged, tag
     assert len(logged["grad_norm/critic/agent_1"]) == 12
-    assert len(logged["actor/repeat_rate/agent_0"]) == 11  # absent on the first call
+    assert len(logged["policy/repeat_rate/agent_0"]) == 11  # absent on the first call

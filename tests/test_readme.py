@@ -28,8 +28,8 @@ def test_readme_monitor_example_runs(tmp_path: Path, capsys) -> None:  # type: i
     acc = EventAccumulator(str(tmp_path / "runs" / "my_loop"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for tag in ("grad_norm/critic/shared", "clip_fraction/actor/agent_0", "update_ratio/critic/shared",
-                "grad_norm_layer/actor/agent_2/2.weight", "actor/saturation/agent_1", "actor/sensitivity/agent_0"):
+    for tag in ("grad_norm/critic/shared", "optim/clip_fraction/actor/agent_0", "optim/update_ratio/critic/shared",
+                "layers/grad_norm/actor/agent_2/2.weight", "policy/saturation/agent_1", "policy/sensitivity/agent_0"):
         assert tag in tags, tag
 
 

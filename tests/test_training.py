@@ -78,20 +78,20 @@ def test_run_writes_files_tags_and_summary(tmp_path: Path) -> None:
     assert set(summary["action_stats"]) == {"agent_0", "agent_1", "agent_2"}
     assert [e["env_steps"] for e in summary["eval_history"]] == [500, 1000, 1500]
     scalars, histograms, has_hparams = read_tags(run)
-    for tag in ("episode/team_return", "episode/length", "eval/team_return", "loss/critic/agent_0",
+    for tag in ("rollout/team_return", "rollout/length", "eval/team_return", "loss/critic/agent_0",
                 "loss/actor/agent_2", "grad_norm/critic/agent_1", "grad_norm/actor/agent_0",
-                "grad_norm_postclip/critic/agent_0", "q/mean/agent_0", "perf/env_steps_per_second",
-                "episode/agent_return/agent_0", "eval/agent_return/agent_1", "eval/repeat_rate/agent_0",
+                "optim/grad_norm_postclip/critic/agent_0", "q/mean/agent_0", "perf/env_steps_per_second",
+                "rollout/agent_return/agent_0", "eval/agent_return/agent_1", "eval/repeat_rate/agent_0",
                 "eval/saturation/agent_1", "eval/sensitivity/agent_2", "eval/batch_same_action/agent_0",
-                "critic/td_error_mean/agent_0", "critic/dq_da_norm/agent_0", "q/max/agent_1",
-                "grad_norm_layer/critic/agent_0/mlp.out.weight", "weight_norm_layer/actor/agent_1/mlp.hidden.0.linear.bias",
-                "update_ratio/actor/agent_0", "update_ratio_layer/critic/agent_2/mlp.out.weight",
-                "clip_fraction/critic/agent_0", "clip_active/actor/agent_0", "critic/overestimation/agent_0",
-                "critic/q_initial/agent_1", "critic/mc_return/agent_2", "eval/preact_max_abs/agent_0",
+                "q/td_error_mean/agent_0", "q/dq_da_norm/agent_0", "q/max/agent_1",
+                "layers/grad_norm/critic/agent_0/mlp.out.weight", "layers/weight_norm/actor/agent_1/mlp.hidden.0.linear.bias",
+                "optim/update_ratio/actor/agent_0", "layers/update_ratio/critic/agent_2/mlp.out.weight",
+                "optim/clip_fraction/critic/agent_0", "optim/clip_active/actor/agent_0", "q/overestimation/agent_0",
+                "q/initial/agent_1", "q/mc_return/agent_2", "eval/preact_max_abs/agent_0",
                 "reward/raw_batch_std/agent_0", "reward/learner_batch_std/agent_0"):
         assert tag in scalars, tag
-    assert {"actions/agent_0", "actions/agent_1", "actions/agent_2"} <= histograms
-    assert {"eval/actions/agent_0/dim0", "eval/actions/agent_2/dim4", "actor/preact/agent_1"} <= histograms
+    assert {"hist/train_actions/agent_0", "hist/train_actions/agent_1", "hist/train_actions/agent_2"} <= histograms
+    assert {"hist/eval_actions/agent_0/dim0", "hist/eval_actions/agent_2/dim4", "hist/eval_preact/agent_1"} <= histograms
     assert has_hparams
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -116,7 +116,7 @@ def test_heterogeneous_discrete_task(tmp_path: Path) -> None:
     assert summary["status"] == "completed" and summary["agents"] == ["speaker_0", "listener_0"]
     assert "loss/critic/listener_0" in memory.scalars and "grad_norm/actor/speaker_0" in memory.scalars
     # Discrete actions are stored one-hot: every histogram sample is 0 or 1.
-    acts = memory.histograms["actions/listener_0"][-1][1]
+    acts = memory.histograms["hist/train_actions/listener_0"][-1][1]
     assert acts.shape[1] == 5 and set(acts.ravel().tolist()) <= {0.0, 1.0}
     assert (acts.sum(axis=1) == 1).all()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from marl_stability.atomic import atomic_write_json, atomic_write_text
+from marl_stability.config import flatten
 from marl_stability.errors import UserError
 from marl_stability.sweep.backends import Backend, WorkerLost, make_backend
 from marl_stability.sweep.layout import (
@@ -98,7 +99,14 @@ def _sweep_lock(out: Path) -> Any:
 def _trial_for(plan: Plan, out: Path, entry: dict[str, Any]) -> Trial:
     cfg = dict(plan.arm(entry["arm"]).config)
     cfg["seed"] = entry["seed"]
-    return Trial(entry["arm"], entry["seed"], str(out / entry["run_dir"]), cfg)
+    return Trial(entry["arm"], entry["seed"], str(out / entry["run_dir"]), cfg, varying_keys(plan))
+
+
+def varying_keys(plan: Plan) -> tuple[str, ...]:
+    """Dotted config keys whose values differ between the plan's arms (the HParams columns that matter)."""
+    flat = [flatten(a.config) for a in plan.arms]
+    keys = sorted(set().union(*flat)) if flat else []
+    return tuple(k for k in keys if len({repr(f.get(k)) for f in flat}) > 1)
 
 
 def run_sweep(

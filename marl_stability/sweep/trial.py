@@ -30,6 +30,12 @@ class Trial:
     seed: int
     run_dir: str
     config: dict[str, Any]
+    varying: tuple[str, ...] = ()  # config keys (dotted) whose values differ across the sweep's arms
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """What the trial's hooks learn about the sweep: HParams label ``arm`` and the columns that vary."""
+        return {"labels": {"arm": self.arm}, "hparams_varying": ("arm", "seed", *self.varying)}
 
     @property
     def id(self) -> str:
@@ -101,7 +107,7 @@ def run_trial(trial: Trial) -> TrialResult:
             if done is not None and done.status in FINAL_STATUSES:
                 return TrialResult(trial.id, done.status, status=done.status, skipped=True)
             _injected_failure(trial)
-            resumed = _train(trial.config, run_dir)
+            resumed = _train(trial.config, run_dir, trial.extra)
         # The trainer writes summary.json however the run ends (completed, diverged, interrupted, crashed).
         summary = read_summary(run_dir)
         status = None if summary is None else summary.status
@@ -115,19 +121,19 @@ def run_trial(trial: Trial) -> TrialResult:
         return TrialResult(trial.id, "failed", error=one_line(e), resumed=resumed, seconds=time.perf_counter() - start)
 
 
-def _train(config: dict[str, Any], run_dir: Path) -> bool:
+def _train(config: dict[str, Any], run_dir: Path, extra: dict[str, Any]) -> bool:
     """Train in ``run_dir``, continuing from its checkpoint when there is a usable one; True when it resumed."""
     from marl_stability.trainer import Trainer  # torch: imported in the worker only
 
     cfg = RunConfig.model_validate(config)
-    trainer = Trainer(cfg, run_dir, quiet=True)
+    trainer = Trainer(cfg, run_dir, quiet=True, extra=extra)
     if (run_dir / "checkpoints" / "last.pt").is_file():
         try:
             trainer.run(resume=True)
             return True
         except UserError:
             # An unreadable checkpoint or one from another config: this folder is ours, start over.
-            trainer = Trainer(cfg, run_dir, quiet=True)
+            trainer = Trainer(cfg, run_dir, quiet=True, extra=extra)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # partial output of a killed attempt without a checkpoint
     trainer.run()

@@ -1,0 +1,178 @@
+"""What TensorBoard shows: HParams types and metrics, the first screen of Time Series, the summary text, the
+deep link. (What a browser renders is checked by ``python -m marl_stability.tb_screenshot``; these tests
+check the event files it renders from.)"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from collections import Counter
+
+import pytest
+
+from marl_stability.config import RunConfig, flatten, load_config
+from marl_stability.summary import AgentActionStats, RunSummary
+from marl_stability.tb_run import (METRICS, hparams_of, hparams_summaries, metric_values, schema_kinds, summary_text,
+                                   tensorboard_link)
+
+# TensorBoard 2.21's Time Series sorts tag groups (the part before the first "/") alphabetically and opens
+# only the first two expanded (seen in headless Chromium: tb_screenshot prints each group's state).
+EXPANDED_GROUPS = 2
+FIRST_SCREEN = ("eval", "grad_norm")
+FIRST_SCREEN_MAX_CARDS = 30  # 3 agents: 19 eval scalars + 6 gradient norms
+
+
+def test_schema_kinds_follow_the_schema_not_the_values() -> None:
+    kinds = schema_kinds()
+    assert kinds["fixes.obs_norm.enabled"] == "bool"
+    assert kinds["actor_optim.lr"] == "number"
+    assert kinds["seed"] == "number"
+    assert kinds["actor.last_layer_init"] == "string"  # Optional[float]: "none" or "0.003" in every run
+    assert kinds["actor.output"] == "string"
+
+
+def test_hparam_columns_have_one_type_across_runs() -> None:
+    """The failure arm (no small init: None) and the fixed arm (0.003) give the same column types; booleans
+    are booleans (bool is an int in Python: a naive writer makes them numbers)."""
+    failure = load_config("experiments/repeated_action_failure.yaml")
+    fixed = load_config("experiments/repeated_action_fixed.yaml")
+    a, b = hparams_of(failure, {"arm": "failure"}), hparams_of(fixed, {"arm": "fixed"})
+    assert a.keys() == b.keys()
+    assert {k: type(v) for k, v in a.items()} == {k: type(v) for k, v in b.items()}
+    assert failure.actor.last_layer_init is None and fixed.actor.last_layer_init is not None
+    assert a["actor.last_layer_init"] == "none" and b["actor.last_layer_init"] == str(fixed.actor.last_layer_init)
+    assert type(a["fixes.obs_norm.enabled"]) is bool
+    assert list(a)[:4] == ["arm", "seed", "algo", "env.id"]
+    assert set(flatten(failure.to_dict())) <= set(a)
+
+
+def test_hparams_summary_declares_the_types() -> None:
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    hp = hparams_of(RunConfig(), {"arm": "x"})
+    exp_summary, start_summary = hparams_summaries(hp, METRICS)
+    exp = metadata.parse_experiment_plugin_data(exp_summary.value[0].metadata.plugin_data.content)
+    types = {i.name: i.type for i in exp.hparam_infos}
+    assert types["fixes.obs_norm.enabled"] == api_pb2.DATA_TYPE_BOOL
+    assert types["actor_optim.lr"] == api_pb2.DATA_TYPE_FLOAT64
+    assert types["actor.last_layer_init"] == api_pb2.DATA_TYPE_STRING
+    assert [m.name.tag for m in exp.metric_infos] == [t for t, _ in METRICS]
+    start = metadata.parse_session_start_info_plugin_data(start_summary.value[0].metadata.plugin_data.content)
+    assert start.hparams["fixes.obs_norm.enabled"].WhichOneof("kind") == "bool_value"
+    assert start.hparams["arm"].string_value == "x"
+
+
+def _summary(**kw: object) -> RunSummary:
+    base = dict(status="completed", env_steps=150000, updates=5000, final_return=-72.00183748527441,
+                best_return=-55.123456, max_grad_norm={"critic": 12.3456789, "actor": 0.0123456},
+                collapse_step=30000, repeated_action_rate=1.0, saturation_rate=0.98, action_sensitivity=0.0,
+                action_stats={"agent_0": AgentActionStats(repeat_rate=1.0, saturation=0.98, batch_same_action=1.0,
+                                                          sensitivity=0.0)},
+                detector_messages=["collapse: agent_0 repeats its action"])
+    base.update(kw)
+    return RunSummary(**base)
+
+
+def test_metric_values_censor_detector_steps_at_the_run_end() -> None:
+    v = metric_values(_summary())
+    assert set(v) == {t for t, _ in METRICS if t.startswith("hparams/")}
+    assert v["hparams/collapse_step"] == 30000.0
+    assert v["hparams/explosion_step"] == 150000.0  # never fired: the run's last step, not NaN
+    assert v["hparams/final_return"] == pytest.approx(-72.00183748527441)
+    assert v["hparams/max_grad_norm_critic"] == pytest.approx(12.3456789)
+
+
+def test_summary_text_is_rounded_and_complete() -> None:
+    text = summary_text(_summary(), "")
+    assert "-72.00" in text and "-72.0018" not in text
+    assert "env step 30000" in text and "did not fire" in text
+    assert "agent_0 | 1.00 | 0.98 | 1.00 | 0" in text
+    assert "collapse: agent_0 repeats its action" in text
+    assert "status | diverged (critic loss NaN)" in summary_text(_summary(status="diverged"), "critic loss NaN")
+
+
+def test_deep_link_colours_by_arm_and_pins_the_story() -> None:
+    url = tensorboard_link("agent_0", port=6123)
+    parsed = urllib.parse.urlparse(url)
+    q = dict(urllib.parse.parse_qsl(parsed.query))
+    assert parsed.netloc == "localhost:6123" and parsed.fragment == "timeseries"
+    assert q["runColorGroup"] == "regex:^([^/]+)/"
+    pinned = json.loads(q["pinnedCards"])
+    assert {"plugin": "scalars", "tag": "eval/team_return"} in pinned
+    assert all(p["plugin"] == "scalars" for p in pinned)
+
+
+def _groups(tags: set[str]) -> Counter:
+    return Counter(t.split("/", 1)[0] for t in tags)
+
+
+def test_first_screen_tells_the_story(tb_run_tags: tuple[set[str], set[str]]) -> None:
+    """Of a real run's tags: the groups TensorBoard opens expanded are the story (returns and action
+    statistics, then gradient norms), with few cards; per-layer statistics sit in one collapsed group."""
+    scalars, histograms = tb_run_tags
+    groups = _groups(scalars | histograms)
+    order = sorted(groups)
+    assert tuple(order[:EXPANDED_GROUPS]) == FIRST_SCREEN, order
+    assert sum(groups[g] for g in FIRST_SCREEN) <= FIRST_SCREEN_MAX_CARDS, groups
+    assert not any(t.startswith(FIRST_SCREEN) for t in histograms)
+    per_layer = {t for t in scalars if t.count("/") >= 4 or "_layer" in t}
+    assert per_layer and all(t.startswith("layers/") for t in per_layer)
+    assert len(groups) <= 13, groups  # 18 before the regrouping
+    assert {f"hparams/{k}" for k in ("final_return", "collapse_step", "saturation")} <= scalars
+
+
+@pytest.fixture(scope="module")
+def tb_run_tags(tmp_path_factory: pytest.TempPathFactory) -> tuple[set[str], set[str]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from marl_stability.trainer import Trainer
+
+    cfg = load_config("experiments/repeated_action_failure.yaml",
+                      ["train.steps=3000", "maddpg.warmup_steps=1000", "maddpg.batch_size=128",
+                       "train.eval_every=1500", "train.eval_episodes=2", "train.log_every=1",
+                       "train.layer_stats_every=1", "train.histogram_every=1"])
+    run = tmp_path_factory.mktemp("tb") / "run"
+    Trainer(cfg, run, quiet=True).run()
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    return set(tags["scalars"]), set(tags["histograms"])
+
+
+def test_sweep_marks_the_varying_columns() -> None:
+    """TensorBoard orders HParams columns by `differs`, then name, and shows five: a sweep marks arm, seed and
+    the keys its arms set differently, identically in every trial."""
+    from tensorboard.plugins.hparams import metadata
+
+    from marl_stability.sweep import make_plan
+    from marl_stability.sweep.runner import varying_keys
+
+    plan = make_plan("experiments/reproduce.yaml", probe=False)
+    varying = varying_keys(plan)
+    assert "actor.last_layer_init" in varying and "seed" not in varying
+    assert "env.id" not in varying and "train.steps" not in varying
+    hp = hparams_of(RunConfig(), {"arm": "failure"})
+    exp_summary, _ = hparams_summaries(hp, METRICS, ("arm", "seed", *varying))
+    exp = metadata.parse_experiment_plugin_data(exp_summary.value[0].metadata.plugin_data.content)
+    differs = {i.name for i in exp.hparam_infos if i.differs}
+    assert {"arm", "seed", "actor.last_layer_init"} <= differs
+    assert "critic_optim.name" not in differs
+
+
+@pytest.mark.parametrize("old,new", [
+    ("grad_norm_layer/critic/agent_0/mlp.out.weight", "layers/grad_norm/critic/agent_0/mlp.out.weight"),
+    ("grad_norm_postclip/actor/agent_1", "optim/grad_norm_postclip/actor/agent_1"),
+    ("update_ratio/critic/agent_0", "optim/update_ratio/critic/agent_0"),
+    ("eval/actions/agent_0/dim2", "hist/eval_actions/agent_0/dim2"),
+    ("critic/q_initial/agent_0", "q/initial/agent_0"),
+    ("critic/td_error_max/agent_2", "q/td_error_max/agent_2"),
+    ("actor/preact_max_abs_batch/agent_0", "policy/preact_max_abs_batch/agent_0"),
+    ("episode/team_return", "rollout/team_return"),
+    ("grad_norm/critic/agent_0", "grad_norm/critic/agent_0"),  # current tags are left alone
+    ("optim/update_ratio/critic/agent_0", "optim/update_ratio/critic/agent_0"),
+    ("hist/eval_actions/agent_0/dim0", "hist/eval_actions/agent_0/dim0"),
+])
+def test_runs_written_before_the_regrouping_still_read(old: str, new: str) -> None:
+    from marl_stability.tb_run import current_tag
+
+    assert current_tag(old) == new
