@@ -77,13 +77,13 @@ class PPOUpdate:
         a = self.a
         n, m = a.spec.num_agents, obs.shape[0]
         nan = torch.full((n,), float("nan"))
-        out = {"actor/preact_max_abs_batch": nan.clone()}
+        out = {"policy/preact_max_abs_batch": nan.clone()}
         with_std = any(g.actor.head.uses_log_std for g in a.groups)
         if with_std:
             out.update({k: nan.clone() for k in ("policy/log_std_mean", "policy/log_std_min", "policy/log_std_max")})
         for g in a.groups:
             raw = g.actor(a.actor_input(g, obs)).reshape(m, len(g.agents), -1)
-            out["actor/preact_max_abs_batch"][g.index] = raw.abs().flatten(2).amax(dim=(0, 2))
+            out["policy/preact_max_abs_batch"][g.index] = raw.abs().flatten(2).amax(dim=(0, 2))
             log_std = g.actor.head.log_std(raw)
             if log_std is not None:
                 ls = log_std.expand(m, len(g.agents), g.act_dim)

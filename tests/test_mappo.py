@@ -258,16 +258,16 @@ def test_run_writes_on_policy_tags_and_dashboard(tmp_path: Path) -> None:
     for key in ("loss/policy", "loss/value", "policy/entropy", "policy/approx_kl", "policy/clip_fraction",
                 "policy/ratio_max", "policy/ratio_min", "value/explained_variance", "policy/log_std_mean",
                 "policy/log_std_min", "policy/log_std_max", "advantage/mean", "advantage/std",
-                "actor/preact_max_abs_batch", "reward/raw_batch_mean", "reward/learner_batch_mean"):
+                "policy/preact_max_abs_batch", "reward/raw_batch_mean", "reward/learner_batch_mean"):
         series = memory.scalars[f"{key}/agent_1"]
         assert len(series) == 10 and all(math.isfinite(v) for _, v in series), key
     assert len(memory.scalars["value/norm_mean/shared"]) == 10 and memory.scalars["value/norm_std/shared"][-1][1] > 0
     # every gradient step went through the stepper: 2 epochs x 2 minibatches per update, clipped at 10
     assert len(memory.scalars["grad_norm/actor/shared"]) == 4 * 10
-    assert all(v <= 10 + 1e-4 for _, v in memory.scalars["grad_norm_postclip/critic/shared"])
+    assert all(v <= 10 + 1e-4 for _, v in memory.scalars["optim/grad_norm_postclip/critic/shared"])
     ratio_max, ratio_min = memory.scalars["policy/ratio_max/agent_0"], memory.scalars["policy/ratio_min/agent_0"]
     assert all(hi >= 1.0 >= lo for (_, hi), (_, lo) in zip(ratio_max, ratio_min))  # epoch 1 starts at ratio 1
-    assert {"critic/q_initial/agent_0", "eval/saturation/agent_0", "eval/sensitivity/agent_0"} <= set(memory.scalars)
+    assert {"q/initial/agent_0", "eval/saturation/agent_0", "eval/sensitivity/agent_0"} <= set(memory.scalars)
     assert summary["fixes"]["ppo.value_norm"] is True and summary["fixes"]["actor_optim.eps"] == 1e-5
     assert summary["entropy_collapse_step"] is None and summary["kl_spike_step"] is None
     assert "On-policy" in dashboard(MAPPO.stat_prefixes) and "On-policy" not in dashboard(MADDPG.stat_prefixes)
