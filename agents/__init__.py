@@ -8,10 +8,11 @@ from typing import Any
 from agents.base import Algorithm, NonFiniteParameters
 from agents.buffer import ReplayBuffer
 from agents.maddpg import MADDPG, AgentSpec
+from agents.mappo import IPPO, MAPPO
 from agents.matd3 import MATD3
 from marl_stability.errors import UserError
 
-ALGORITHMS: dict[str, type[Algorithm]] = {"maddpg": MADDPG, "matd3": MATD3}
+ALGORITHMS: dict[str, type[Algorithm]] = {"maddpg": MADDPG, "matd3": MATD3, "mappo": MAPPO, "ippo": IPPO}
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
@@ -33,5 +34,5 @@ def make(cfg: Any, spec: AgentSpec, fixes: Any, events: Any = None) -> Algorithm
     return algorithm_class(cfg.algo)(cfg, spec, fixes, events)
 
 
-__all__ = ["Algorithm", "MADDPG", "MATD3", "AgentSpec", "NonFiniteParameters", "ReplayBuffer", "make", "ALGORITHMS",
+__all__ = ["Algorithm", "MADDPG", "MATD3", "MAPPO", "IPPO", "AgentSpec", "NonFiniteParameters", "ReplayBuffer", "make", "ALGORITHMS",
            "algorithm_class"]

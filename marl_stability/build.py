@@ -65,7 +65,7 @@ def build_run(cfg: RunConfig, events: Any = None, num_envs: Optional[int] = None
     try:
         layout = venv.layout
         check_compatible(cfg, layout)
-        fixes = build_fixes(cfg.fixes, n, layout.num_agents, layout.max_obs_dim, cfg.maddpg.gamma)
+        fixes = build_fixes(cfg.fixes, n, layout.num_agents, layout.max_obs_dim, cfg.learner_gamma)
         algorithm = agents.make(cfg, layout, fixes, events)
     except BaseException:
         venv.close()

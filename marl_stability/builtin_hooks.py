@@ -259,7 +259,19 @@ class DetectorHook(Hook):
         for step in ev.stats.steps:  # every finite pre-clip norm of a completed update
             if step.finite:
                 self.detectors.update_grad_norm(step.model, step.norms.total, self.ctx.env_steps)
+        self._on_policy(ev.stats.scalars)
         self._flush()
+
+    def _on_policy(self, scalars: dict[str, float]) -> None:
+        """An on-policy algorithm's entropy and approx KL, as its update reported them (computed once, there)."""
+        lay = self.ctx.layout
+        for agent, discrete in zip(lay.agents, lay.discrete):
+            entropy = scalars.get(f"policy/entropy/{agent}")
+            if entropy is not None:
+                self.detectors.update_entropy(agent, entropy, discrete, self.ctx.env_steps)
+            kl = scalars.get(f"policy/approx_kl/{agent}")
+            if kl is not None:
+                self.detectors.update_kl(agent, kl, self.ctx.env_steps)
 
     def on_evaluation(self, ev: EvaluationEvent) -> None:
         for agent, st in ev.derived["action_stats"].items():

@@ -24,7 +24,9 @@ InitScheme = Literal["default", "kaiming", "xavier", "orthogonal"]
 OutputHead = Literal["auto", "linear_clip", "softsign", "softsign_scaled", "tanh", "tanh_scaled"]
 OptimizerName = Literal["adam", "rmsprop", "sgd"]
 ClipMode = Literal["none", "global_norm", "per_tensor", "value"]
-BUILTIN_ALGORITHMS = ("maddpg", "matd3")  # agents.ALGORITHMS (named here so reading a config needs no torch)
+ActionDistribution = Literal["auto", "gaussian", "tanh_gaussian", "beta"]
+ON_POLICY_ALGORITHMS = ("mappo", "ippo")  # the algorithms configured by the ``ppo:`` section
+BUILTIN_ALGORITHMS = ("maddpg", "matd3", "mappo", "ippo")  # agents.ALGORITHMS (named here so reading a config needs no torch)
 
 
 class _Strict(BaseModel):
@@ -149,6 +151,60 @@ class MATD3Config(_Strict):
     )
 
 
+class PPOConfig(_Strict):
+    """MAPPO / IPPO (the ``ppo:`` section). Defaults follow the MAPPO paper's reference code
+    (marlbenchmark/on-policy, MPE scripts); experiments/mappo_spread.yaml states each with its source."""
+
+    gamma: float = Field(0.99, gt=0, le=1, description="discount")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    rollout_steps: int = Field(25, ge=1, description="env steps per env copy in one rollout (one update per rollout; "
+                               "the rollout holds rollout_steps x env.num_envs env steps)")
+    epochs: int = Field(10, ge=1, description="PPO epochs over each rollout")
+    minibatches: int = Field(1, ge=1, description="minibatches per epoch (the rollout's env steps split evenly)")
+    clip: float = Field(0.2, gt=0, description="clipped surrogate: importance ratio clipped to [1 - clip, 1 + clip]")
+    entropy_coef: float = Field(0.01, ge=0, description="entropy bonus coefficient (fix: entropy coefficient)")
+    value_loss_coef: float = Field(1.0, gt=0, description="value loss weight")
+    value_loss: Literal["mse", "huber"] = Field("huber", description="value loss (fix: Huber value loss)")
+    huber_delta: float = Field(10.0, gt=0, description="Huber value loss delta (in normalized value units when value_norm)")
+    value_clip: Optional[float] = Field(
+        0.2, gt=0, description="value-loss clipping: max(loss(v), loss(v_old + clip(v - v_old, +-c))); null = off")
+    value_norm: bool = Field(True, description="value normalization: the critic regresses returns standardized by "
+                             "their running mean/std (fix)")
+    advantage_norm: bool = Field(True, description="standardize advantages over each rollout (fix)")
+    distribution: ActionDistribution = Field(
+        "auto", description="continuous action distribution: gaussian (clipped by the env), tanh_gaussian (squashed to "
+        "the bounds, log-prob corrected), beta (on the bounds); auto = gaussian; discrete actions are categorical")
+    log_std: Literal["state_independent", "state_dependent"] = Field(
+        "state_independent", description="Gaussian log-std: a learned vector, or an output of the actor")
+    log_std_init: float = Field(-1.0, description="initial log-std, in units of half the action range (-1.0: std 0.37, "
+                                "the reference's sigmoid(1) * 0.5)")
+    log_std_bounds: Optional[list[float]] = Field(
+        None, description="[min, max]: log-std = min + (max - min) * sigmoid(raw) (fix: log-std bounds); null = unbounded")
+    parameter_sharing: Literal["auto", "on", "off"] = Field(
+        "auto", description="on: one actor and one critic for all agents, with an agent-id one-hot input (homogeneous "
+        "agents only); off: one network per agent; auto = on when the agents are homogeneous")
+    input_layernorm: bool = Field(True, description="LayerNorm on the actor's and critic's inputs (reference: "
+                                  "use_feature_normalization)")
+    actor_output_gain: float = Field(
+        0.01, gt=0, description="orthogonal gain of the actor's output layer when actor.init=orthogonal and "
+        "actor.last_layer_init is null (reference: gain 0.01)")
+
+    @field_validator("parameter_sharing", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "PPOConfig":
+        b = self.log_std_bounds
+        if b is not None:
+            if len(b) != 2 or not b[0] < b[1]:
+                raise ValueError("log_std_bounds must be [min, max] with min < max")
+            if not b[0] < self.log_std_init < b[1]:
+                raise ValueError(f"log_std_init {self.log_std_init} must lie inside log_std_bounds {b}")
+        return self
+
+
 class TrainConfig(_Strict):
     steps: int = Field(200_000, ge=1, description="total env steps (summed over env copies)")
     eval_every: int = Field(10_000, ge=1, description="env steps between evaluations")
@@ -231,18 +287,42 @@ class DetectorConfig(BaseModel):
     same_action_max_rows: int = Field(
         256, ge=2, description="at most this many rows (the first ones) enter the pairwise same-action rate"
     )
+    entropy_collapse_continuous: float = Field(
+        -3.2, description="entropy collapse (on-policy): policy entropy per action dimension, in units of the action "
+        "range, at or below this (a Gaussian with std 1 percent of the range: 1.42 + ln 0.01 = -3.2)"
+    )
+    entropy_collapse_discrete: float = Field(
+        0.1, ge=0, description="entropy collapse (on-policy, categorical actions): entropy in nats at or below this "
+        "(5 actions with the most likely at p = 0.98: about 0.12)"
+    )
+    entropy_collapse_patience: int = Field(
+        5, ge=1, description="entropy collapse: consecutive updates at or below the threshold before it fires"
+    )
+    kl_spike_ratio: float = Field(
+        10.0, gt=1.0, description="KL spike (on-policy): an update's approx KL above this multiple of the running median"
+    )
+    kl_spike_window: int = Field(50, ge=1, description="KL spike: number of previous updates in the median")
+    kl_spike_min_history: int = Field(10, ge=1, description="KL spike: updates seen before the ratio test is armed")
+    kl_spike_min: float = Field(
+        0.05, ge=0, description="KL spike: the ratio test only counts approx KL above this (a quiet policy's KL "
+        "moving from 1e-4 to 2e-3 is no spike)"
+    )
+    kl_spike_absolute: float = Field(1.0, gt=0, description="KL spike: fire when an update's approx KL exceeds this")
 
     @model_validator(mode="after")
     def _check_history(self) -> "DetectorConfig":
         # The history deque never holds more than `window` values, so a larger min_history could never arm.
         if self.explosion_min_history > self.explosion_window:
             raise ValueError("explosion_min_history must be <= explosion_window")
+        if self.kl_spike_min_history > self.kl_spike_window:
+            raise ValueError("kl_spike_min_history must be <= kl_spike_window")
         return self
 
 
 class RunConfig(_Strict):
     algo: str = Field("maddpg", description="algorithm: maddpg | matd3 (MADDPG + twin critics, target smoothing, "
-                      "delayed actor updates) | package.module:Class (your own agents.base.Algorithm)")
+                      "delayed actor updates) | mappo (PPO, centralized value) | ippo (PPO, value on each agent's "
+                      "observation) | package.module:Class (your own agents.base.Algorithm)")
     algo_params: dict[str, Any] = Field(
         default_factory=dict, description="free-form hyperparameters of your own algorithm (algo=package.module:Class)"
     )
@@ -254,6 +334,7 @@ class RunConfig(_Strict):
     critic_optim: OptimConfig = Field(default_factory=OptimConfig, description="critic optimizer")
     maddpg: MADDPGConfig = Field(default_factory=MADDPGConfig, description="MADDPG hyperparameters (MATD3 uses them too)")
     matd3: MATD3Config = Field(default_factory=MATD3Config, description="what MATD3 adds to MADDPG")
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="MAPPO / IPPO hyperparameters and on-policy fixes")
     fixes: FixesConfig = Field(default_factory=FixesConfig, description="stability fixes that are not network pieces")
     train: TrainConfig = Field(default_factory=TrainConfig, description="budget, evaluation, checkpoints, logging")
     detectors: DetectorConfig = Field(default_factory=DetectorConfig, description="failure detector thresholds")
@@ -268,6 +349,12 @@ class RunConfig(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @property
+    def learner_gamma(self) -> float:
+        """The discount of the configured algorithm (``ppo.gamma`` for MAPPO/IPPO, else ``maddpg.gamma``): the
+        reward normalizer accumulates returns with it."""
+        return self.ppo.gamma if self.algo in ON_POLICY_ALGORITHMS else self.maddpg.gamma
 
     def fingerprint(self, ignore: tuple[str, ...] = ("train.steps",)) -> str:
         flat = {k: v for k, v in flatten(self.to_dict()).items() if k not in ignore}
@@ -287,6 +374,12 @@ class RunConfig(_Strict):
             out[f"{opt}.name"] = d[opt]["name"]
             out[f"{opt}.lr"] = d[opt]["lr"]
         out["maddpg.critic_loss"] = d["maddpg"]["critic_loss"]
+        if self.algo in ON_POLICY_ALGORITHMS:  # the on-policy fixes (MADDPG runs keep the summary they had)
+            for key in ("value_norm", "value_clip", "value_loss", "huber_delta", "advantage_norm", "entropy_coef",
+                        "distribution", "log_std", "log_std_bounds", "input_layernorm"):
+                out[f"ppo.{key}"] = d["ppo"][key]
+            for opt in ("actor_optim", "critic_optim"):
+                out[f"{opt}.eps"] = d[opt]["eps"]
         return out
 
 

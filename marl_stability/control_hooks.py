@@ -188,13 +188,28 @@ DASHBOARD = {
 
 
 TWIN_CHART = ("twin critics |Q1 - Q2|", ["Multiline", [r"q/twin_gap/.*"]])
+# On-policy algorithms (MAPPO/IPPO) get their own dashboard: the trust region, the policy's spread, the value fit.
+ON_POLICY_DASHBOARD = {
+    "policy entropy (per action dim)": ["Multiline", [r"policy/entropy/.*"]],
+    "approx KL": ["Multiline", [r"policy/approx_kl/.*"]],
+    "PPO clip fraction": ["Multiline", [r"policy/clip_fraction/.*"]],
+    "importance ratio max / min": ["Multiline", [r"policy/ratio_max/.*", r"policy/ratio_min/.*"]],
+    "log-std mean / min / max": ["Multiline", [r"policy/log_std_.*"]],
+    "policy / value loss": ["Multiline", [r"loss/policy/.*", r"loss/value/.*"]],
+    "explained variance": ["Multiline", [r"value/explained_variance/.*"]],
+    "value normalizer mean / std": ["Multiline", [r"value/norm_.*"]],
+    "advantage mean / std (before normalization)": ["Multiline", [r"advantage/.*"]],
+}
 
 
 def dashboard(stat_prefixes: tuple[str, ...]) -> dict[str, dict[str, list[Any]]]:
-    """The Custom Scalars layout of a run: the charts above, plus the algorithm's own (MATD3's twin gap)."""
+    """The Custom Scalars layout of a run: the charts above, plus the algorithm's own (MATD3's twin gap, the
+    on-policy dashboard)."""
     layout = {cat: dict(charts) for cat, charts in DASHBOARD.items()}
     if "q/twin_gap/" in stat_prefixes:
         layout["Critic"][TWIN_CHART[0]] = TWIN_CHART[1]
+    if "policy/" in stat_prefixes:
+        layout["On-policy"] = dict(ON_POLICY_DASHBOARD)
     return layout
 
 

@@ -1,6 +1,7 @@
 """Online detectors for the exploding-gradient / repeated-action failure, and a one-shot policy diagnosis.
 
-Three detectors watch metric streams during training and each fires exactly once:
+Three detectors watch metric streams during training and each fires exactly once (two more for on-policy
+algorithms, fed from their update statistics: ``EntropyCollapseDetector`` and ``KLSpikeDetector``):
 
 - ``GradientExplosionDetector``: a gradient norm jumps far above its own recent median (or above an absolute bound);
 - ``ActionCollapseDetector``: for ``patience`` consecutive evaluations the actions are repetitive AND saturated AND
@@ -212,6 +213,74 @@ class NonFiniteDetector:
         self.message = state["message"]
 
 
+# --------------------------------------------------------------------------- on-policy: entropy collapse, KL spike
+class EntropyCollapseDetector:
+    """Fires once when an agent's policy entropy stays at or below ``threshold`` for ``patience`` consecutive
+    updates. The entropy is the one the on-policy algorithm reports (``policy/entropy/<agent>``): per action
+    dimension, in units of the action range for continuous actions (0: uniform over the range; a Gaussian
+    with std 1% of the range: about -3.2), in nats for categorical ones (log K when uniform, 0 when
+    deterministic). ``first_step`` is the first update of the streak."""
+
+    def __init__(self, threshold: float, patience: int = 5, name: str = "entropy_collapse") -> None:
+        if patience < 1:
+            raise ValueError("patience must be >= 1")
+        self.threshold, self.patience, self.name = float(threshold), int(patience), name
+        self.streak = 0
+        self.streak_start: int | None = None
+        self.first_step: int | None = None
+        self.message: str | None = None
+
+    @property
+    def fired(self) -> bool:
+        return self.first_step is not None
+
+    def update(self, entropy: float, step: int) -> bool:
+        """Feed one update's entropy; True only on the call where the detector first fires (NaN never counts)."""
+        if self.fired:
+            return False
+        h = float(entropy)
+        if not h <= self.threshold:
+            self.streak, self.streak_start = 0, None
+            return False
+        if self.streak == 0:
+            self.streak_start = int(step)
+        self.streak += 1
+        if self.streak < self.patience:
+            return False
+        self.first_step = self.streak_start
+        self.message = (f"entropy collapse [{self.name}] since step {self.first_step} ({self.streak} consecutive updates, "
+                        f"confirmed at step {int(step)}): policy entropy {fmt_number(h, '.4g')} <= "
+                        f"{fmt_number(self.threshold, '.4g')} per action dimension")
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"streak": self.streak, "streak_start": self.streak_start, "first_step": self.first_step,
+                "message": self.message}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.streak = int(state["streak"])
+        self.streak_start = None if state["streak_start"] is None else int(state["streak_start"])
+        self.first_step = None if state["first_step"] is None else int(state["first_step"])
+        self.message = state["message"]
+
+
+class KLSpikeDetector(GradientExplosionDetector):
+    """Fires once when an update's approximate KL between the rollout policy and the updated one exceeds
+    ``ratio`` x the median of the previous ``window`` updates (armed after ``min_history``, only for KL above
+    ``min_kl``) or exceeds ``absolute``: the trust region broke (BenchMARL #144: NaN actions followed a spike
+    of the PPO clip fraction). The same median test as the gradient-explosion detector, on another signal."""
+
+    def __init__(self, ratio: float, window: int, min_history: int, absolute: float, min_kl: float,
+                 name: str = "kl_spike") -> None:
+        super().__init__(ratio, window, min_history, absolute, name=name, min_norm=min_kl)
+
+    def update(self, norm: float, step: int) -> bool:
+        fired = super().update(norm, step)
+        if fired and self.message is not None:
+            self.message = self.message.replace("gradient explosion", "KL spike", 1).replace("norm ", "approx KL ", 1)
+        return fired
+
+
 # --------------------------------------------------------------------------- container
 def _min_step(dets: Sequence[Any]) -> int | None:
     steps = [d.first_step for d in dets if d.first_step is not None]
@@ -228,6 +297,9 @@ class Detectors:
       already breaks the cooperative task, and in MADDPG the shared critics usually drag the others down after it,
       so waiting for every agent would date the failure late. ``collapse_steps()`` gives the per-agent steps.
     - ``nonfinite``: one NonFiniteDetector.
+    - on-policy algorithms (fed from their update statistics): ``entropy``: agent -> EntropyCollapseDetector,
+      ``kl``: agent -> KLSpikeDetector; ``entropy_collapse_step`` / ``kl_spike_step`` are the earliest. They
+      appear in ``summary()`` once fed (an off-policy run's summary has the three keys it always had).
     """
 
     def __init__(self, cfg: DetectorConfig | None = None) -> None:
@@ -235,6 +307,8 @@ class Detectors:
         self.explosion: dict[str, GradientExplosionDetector] = {}
         self.collapse: dict[str, ActionCollapseDetector] = {}
         self.nonfinite = NonFiniteDetector()
+        self.entropy: dict[str, EntropyCollapseDetector] = {}
+        self.kl: dict[str, KLSpikeDetector] = {}
         # (name, step, message) of detectors that fired and were not yet handed out by fired_events().
         self._pending: list[tuple[str, int, str]] = []
 
@@ -259,6 +333,39 @@ class Detectors:
             )
             self.collapse[agent] = det
         return det
+
+    def _entropy_for(self, agent: str, discrete: bool) -> EntropyCollapseDetector:
+        det = self.entropy.get(agent)
+        if det is None:
+            c = self.cfg
+            threshold = c.entropy_collapse_discrete if discrete else c.entropy_collapse_continuous
+            det = self.entropy[agent] = EntropyCollapseDetector(threshold, c.entropy_collapse_patience,
+                                                                name=f"entropy_collapse/{agent}")
+        return det
+
+    def _kl_for(self, agent: str) -> KLSpikeDetector:
+        det = self.kl.get(agent)
+        if det is None:
+            c = self.cfg
+            det = self.kl[agent] = KLSpikeDetector(c.kl_spike_ratio, c.kl_spike_window, c.kl_spike_min_history,
+                                                   c.kl_spike_absolute, c.kl_spike_min, name=f"kl_spike/{agent}")
+        return det
+
+    def update_entropy(self, agent: str, entropy: float, discrete: bool, step: int) -> bool:
+        """Feed one update's policy entropy of ``agent`` (see EntropyCollapseDetector for its units)."""
+        det = self._entropy_for(agent, discrete)
+        fired = det.update(entropy, step)
+        if fired:
+            self._record(det)
+        return fired
+
+    def update_kl(self, agent: str, approx_kl: float, step: int) -> bool:
+        """Feed one update's approximate KL of ``agent``'s policy."""
+        det = self._kl_for(agent)
+        fired = det.update(approx_kl, step)
+        if fired:
+            self._record(det)
+        return fired
 
     def _record(self, det: Any) -> None:
         self._pending.append((det.name, int(det.first_step), str(det.message)))
@@ -307,17 +414,22 @@ class Detectors:
         return {a: d.first_step for a, d in self.collapse.items()}
 
     def _all(self) -> list[Any]:
-        return [*self.explosion.values(), *self.collapse.values(), self.nonfinite]
+        return [*self.explosion.values(), *self.collapse.values(), self.nonfinite, *self.entropy.values(),
+                *self.kl.values()]
 
     def summary(self) -> dict[str, Any]:
         """Steps of the three failure signals plus the messages of every fired detector, ordered by step."""
         fired = sorted((d for d in self._all() if d.first_step is not None), key=lambda d: (d.first_step, d.name))
-        return {
+        out: dict[str, Any] = {
             "explosion_step": self.explosion_step,
             "collapse_step": self.collapse_step,
             "nonfinite_step": self.nonfinite_step,
             "detector_messages": [d.message for d in fired],
         }
+        if self.entropy or self.kl:
+            out["entropy_collapse_step"] = _min_step(list(self.entropy.values()))
+            out["kl_spike_step"] = _min_step(list(self.kl.values()))
+        return out
 
     def fired_events(self) -> list[tuple[str, int, str]]:
         """(name, step, message) for every detector that fired since the previous call (e.g. for TensorBoard text)."""
@@ -329,6 +441,8 @@ class Detectors:
             "explosion": {k: d.state_dict() for k, d in self.explosion.items()},
             "collapse": {a: d.state_dict() for a, d in self.collapse.items()},
             "nonfinite": self.nonfinite.state_dict(),
+            "entropy": {a: [d.threshold, d.state_dict()] for a, d in self.entropy.items()},
+            "kl": {a: d.state_dict() for a, d in self.kl.items()},
             "pending": [[n, s, m] for n, s, m in self._pending],
         }
 
@@ -340,6 +454,13 @@ class Detectors:
         for agent, sd in state["collapse"].items():
             self._collapse_for(agent).load_state_dict(sd)
         self.nonfinite.load_state_dict(state["nonfinite"])
+        self.entropy, self.kl = {}, {}
+        for agent, (threshold, sd) in state.get("entropy", {}).items():
+            det = self._entropy_for(agent, False)
+            det.threshold = float(threshold)  # the discrete/continuous threshold chosen when it was created
+            det.load_state_dict(sd)
+        for agent, sd in state.get("kl", {}).items():
+            self._kl_for(agent).load_state_dict(sd)
         self._pending = [(str(n), int(s), str(m)) for n, s, m in state.get("pending", [])]
 
 

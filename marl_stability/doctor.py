@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from marl_stability.config import DetectorConfig
+from marl_stability.config import ON_POLICY_ALGORITHMS, DetectorConfig
 from marl_stability.errors import UserError
 from marl_stability.summary import RunSummary, read_summary
 from marl_stability.tb_run import current_tag
@@ -76,13 +76,16 @@ class Evidence:
 def diagnose(run_dir: str | Path) -> dict[str, Any]:
     run = Path(run_dir)
     summary, cfg = _read_run(run)
-    ev = _evidence(read_scalars(run))
+    scalars = read_scalars(run)
+    ev = _evidence(scalars)
     s = summary if summary is not None else RunSummary(status="")  # no summary.json: nothing fired, no status
+    explosion, collapse, nonfinite = s.explosion_step, s.collapse_step, s.nonfinite_step
+    healthy = explosion is None and collapse is None and nonfinite is None
+    if cfg.get("algo") in ON_POLICY_ALGORITHMS:
+        return diagnose_on_policy(run, s, summary, cfg, ev, scalars)
     fixes = [f for f in _candidate_fixes(s, cfg, ev) if not f.applied]
     # Keep the practitioner's order, but within it the fixes the data points at come first.
     fixes.sort(key=lambda f: (f.order, not f.evidence))
-    explosion, collapse, nonfinite = s.explosion_step, s.collapse_step, s.nonfinite_step
-    healthy = explosion is None and collapse is None and nonfinite is None
     return {
         "verdict": "healthy" if healthy else "unstable",
         "run": str(run), "status": summary.status if summary is not None else None, "final_return": s.final_return,
@@ -200,7 +203,8 @@ def _candidate_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence) -> list[F
 
 def render(d: dict[str, Any]) -> str:
     lines = [f"run {d['run']}: status {d['status']}, final team return {d['final_return']}"]
-    fired = [(k, d[k]) for k in ("explosion_step", "collapse_step", "nonfinite_step") if d[k] is not None]
+    fired = [(k, d[k]) for k in ("explosion_step", "collapse_step", "nonfinite_step", "entropy_collapse_step",
+                                 "kl_spike_step") if d.get(k) is not None]
     if fired:
         lines.append("detectors fired: " + ", ".join(f"{k.replace('_step', '')} at env step {v}" for k, v in fired))
         lines += [f"  - {m}" for m in d["detector_messages"]]
@@ -221,8 +225,122 @@ def render(d: dict[str, Any]) -> str:
             f"sensitivity {d['sensitivity'].get(a, float('nan')):.3g}" for a in d["saturation"]))
     if d["reward_magnitude"] is not None:
         lines.append(f"median |reward| per agent step: {d['reward_magnitude']:.3g}" + (" (large)" if d["large_reward"] else ""))
+    if d.get("on_policy"):
+        lines.append("on-policy signals: " + "; ".join(f"{k} {v:.3g}" for k, v in d["on_policy"].items() if v is not None))
     lines.append("verdict: unstable. Fixes to try, in order (practitioner's order; ones this run's data points at first):")
     for i, f in enumerate(d["fixes"], 1):
         sets = " ".join(f"--set {s}" for s in f["set"])
         lines.append(f"  {i}. {f['name']}: {sets}" + (f"\n     why: {f['why']}" if f["why"] else ""))
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- on-policy runs (MAPPO / IPPO)
+CLIP_FRACTION_HIGH = 0.3  # more than 30% of the samples outside the clip range: the update leaves the trust region
+LOG_STD_HIGH = 0.0  # a Gaussian std above half the action range: mostly clipped samples
+
+
+def _series_max(scalars: dict[str, list[tuple[int, float]]], prefix: str) -> tuple[float, int] | None:
+    """(largest finite value, its env step) over every tag under ``prefix`` (None when there is none)."""
+    best: tuple[float, int] | None = None
+    for tag, series in scalars.items():
+        if tag.startswith(prefix):
+            for step, v in series:
+                if math.isfinite(v) and (best is None or v > best[0]):
+                    best = (v, step)
+    return best
+
+
+def on_policy_signals(scalars: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
+    """The on-policy update statistics doctor reasons about: peaks (with their env step) and final values."""
+    last = lambda prefix: min(_last(scalars, prefix).values(), default=None)  # noqa: E731 -- worst agent
+    return {"kl_max": _series_max(scalars, "policy/approx_kl/"), "clip_fraction_max": _series_max(scalars, "policy/clip_fraction/"),
+            "log_std_max": _series_max(scalars, "policy/log_std_max/"), "value_loss_max": _series_max(scalars, "loss/value/"),
+            "entropy_final": last("policy/entropy/"), "explained_variance_final": last("value/explained_variance/")}
+
+
+def _on_policy_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence, sig: dict[str, Any]) -> list[Fix]:
+    """The on-policy fixes, each with the evidence line that points at it (empty: no evidence in this run)."""
+    ppo, fixes_cfg, env_cfg = _section(cfg, "ppo"), _section(cfg, "fixes"), _section(cfg, "env")
+    lr, eps = _section(cfg, "actor_optim").get("lr"), _section(cfg, "actor_optim").get("eps")
+    clip_mode = ((fixes_cfg.get("grad_clip") or {}).get("actor") or {}).get("mode", "none")
+    kl, clipf, log_std, vloss = sig["kl_max"], sig["clip_fraction_max"], sig["log_std_max"], sig["value_loss_max"]
+    trust = []
+    if s.kl_spike_step is not None:
+        trust.append(f"approx KL spiked at env step {s.kl_spike_step} (peak {kl[0]:.3g})" if kl else f"KL spike at {s.kl_spike_step}")
+    if clipf and clipf[0] > CLIP_FRACTION_HIGH:
+        trust.append(f"PPO clip fraction reached {clipf[0]:.2f} at env step {clipf[1]}")
+    if s.nonfinite_step is not None:
+        trust.append(f"non-finite values at env step {s.nonfinite_step}")
+    big_reward = _large_reward(cfg, ev)
+    sat = max(ev.saturation.values(), default=0.0)
+    gaussian = ppo.get("distribution", "auto") in ("auto", "gaussian")
+    entropy_low = s.entropy_collapse_step is not None
+    return [
+        Fix(1, "lower the learning rate and raise Adam's eps", ["actor_optim.lr=0.0003", "critic_optim.lr=0.0003",
+            "actor_optim.eps=1e-05", "critic_optim.eps=1e-05"], "; ".join(trust) + (f" (lr {lr}, eps {eps})" if trust else ""),
+            bool(trust), applied=bool(lr and lr <= 3e-4 and eps and eps >= 1e-5)),
+        Fix(1, "clip gradients (global L2 norm 10, the MAPPO reference)", ["fixes.grad_clip.actor.mode=global_norm",
+            "fixes.grad_clip.actor.max=10", "fixes.grad_clip.critic.mode=global_norm", "fixes.grad_clip.critic.max=10"],
+            f"gradients exploded at env step {s.explosion_step} and clipping is off" if s.explosion_step is not None else "",
+            s.explosion_step is not None, applied=clip_mode != "none"),
+        Fix(2, "value normalization", ["ppo.value_norm=true"],
+            f"value loss peaked at {vloss[0]:.3g} (env step {vloss[1]}) with raw-scale returns" if vloss and vloss[0] > 10 else
+            ("rewards are large and the critic regresses them unnormalized" if big_reward else ""),
+            bool((vloss and vloss[0] > 10) or big_reward), applied=bool(ppo.get("value_norm", True))),
+        Fix(2, "scale or normalize the reward", ["fixes.reward.mode=normalize"],
+            f"rewards are large (reward_scale {env_cfg.get('reward_scale', 1.0)}, median |batch reward| "
+            f"{ev.reward_magnitude:.3g})" if big_reward and ev.reward_magnitude is not None else "",
+            big_reward, applied=(fixes_cfg.get("reward") or {}).get("mode", "none") != "none"),
+        Fix(3, "raise the entropy coefficient", [f"ppo.entropy_coef={2 * float(ppo.get('entropy_coef', 0.01)) or 0.01:g}"],
+            f"policy entropy collapsed from env step {s.entropy_collapse_step} (final {sig['entropy_final']:.3g} per action "
+            "dimension)" if entropy_low and sig["entropy_final"] is not None else "", entropy_low),
+        Fix(3, "bound the log-std", ["ppo.log_std_bounds=[-5.0, -0.7]"],
+            f"log-std reached {log_std[0]:.3g} at env step {log_std[1]}: a Gaussian wider than the action range, mostly "
+            "clipped" if log_std and log_std[0] > LOG_STD_HIGH else
+            ("the entropy collapsed with an unbounded log-std" if entropy_low else ""),
+            bool((log_std and log_std[0] > LOG_STD_HIGH) or entropy_low), applied=ppo.get("log_std_bounds") is not None),
+        Fix(3, "a bounded action distribution (Beta on the bounds)", ["ppo.distribution=beta"],
+            f"actions end at the bounds (evaluation saturation {sat:.2f}) with a Gaussian clipped by the env"
+            if gaussian and sat >= 0.9 else "", gaussian and sat >= 0.9, applied=not gaussian),
+        Fix(4, "fewer PPO epochs", [f"ppo.epochs={max(1, int(ppo.get('epochs', 10)) // 2)}"],
+            f"PPO clip fraction reached {clipf[0]:.2f}" if clipf and clipf[0] > CLIP_FRACTION_HIGH else "",
+            bool(clipf and clipf[0] > CLIP_FRACTION_HIGH)),
+        Fix(4, "Huber value loss and value clipping", ["ppo.value_loss=huber", "ppo.value_clip=0.2"],
+            f"the value fit is poor (explained variance {sig['explained_variance_final']:.2f})"
+            if sig["explained_variance_final"] is not None and sig["explained_variance_final"] < 0.2 else "",
+            bool(sig["explained_variance_final"] is not None and sig["explained_variance_final"] < 0.2),
+            applied=ppo.get("value_loss") == "huber" and ppo.get("value_clip") is not None),
+        Fix(5, "advantage normalization", ["ppo.advantage_norm=true"], applied=bool(ppo.get("advantage_norm", True))),
+        Fix(5, "normalize observations", ["fixes.obs_norm.enabled=true"],
+            "observations are rescaled/offset by the env wrapper" if env_cfg.get("obs_scale", 1.0) != 1.0 or
+            env_cfg.get("obs_offset", 0.0) != 0.0 else "",
+            env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0,
+            applied=bool((fixes_cfg.get("obs_norm") or {}).get("enabled", False))),
+    ]
+
+
+def diagnose_on_policy(run: Path, s: RunSummary, summary: RunSummary | None, cfg: dict[str, Any], ev: Evidence,
+                       scalars: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
+    """``diagnose`` for MAPPO/IPPO: the fixes the run's data points at come first (strongest evidence first),
+    each with its evidence line; then the other fixes not yet applied, in the practitioner's order."""
+    sig = on_policy_signals(scalars)
+    fixes = [f for f in _on_policy_fixes(s, cfg, ev, sig) if not f.applied]
+    fixes.sort(key=lambda f: (not f.evidence, f.order))
+    fired = (s.explosion_step, s.collapse_step, s.nonfinite_step, s.entropy_collapse_step, s.kl_spike_step)
+    return {
+        "verdict": "healthy" if all(x is None for x in fired) else "unstable",
+        "run": str(run), "status": summary.status if summary is not None else None, "final_return": s.final_return,
+        "explosion_step": s.explosion_step, "collapse_step": s.collapse_step, "nonfinite_step": s.nonfinite_step,
+        "entropy_collapse_step": s.entropy_collapse_step, "kl_spike_step": s.kl_spike_step,
+        "detector_messages": s.detector_messages,
+        "layers_grew_first": [{"layer": layer, "env_step": step, "growth": -neg} for step, neg, layer in ev.grew[:6]],
+        "saturation": ev.saturation, "repeat_rate": ev.repeat, "sensitivity": ev.sensitivity,
+        "max_preactivation": ev.max_preactivation, "reward_magnitude": ev.reward_magnitude,
+        "large_reward": _large_reward(cfg, ev),
+        "on_policy": {"max approx KL": sig["kl_max"][0] if sig["kl_max"] else None,
+                      "max clip fraction": sig["clip_fraction_max"][0] if sig["clip_fraction_max"] else None,
+                      "max log-std": sig["log_std_max"][0] if sig["log_std_max"] else None,
+                      "final entropy (worst agent)": sig["entropy_final"],
+                      "final explained variance (worst agent)": sig["explained_variance_final"]},
+        "fixes": [{"name": f.name, "set": f.overrides, "why": f.why} for f in fixes],
+    }

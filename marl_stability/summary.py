@@ -58,6 +58,8 @@ class RunSummary(BaseModel):
     explosion_step: Optional[int] = None
     collapse_step: Optional[int] = None
     nonfinite_step: Optional[int] = None
+    entropy_collapse_step: Optional[int] = Field(None, description="on-policy: first env step of an entropy collapse")
+    kl_spike_step: Optional[int] = Field(None, description="on-policy: env step of the first KL spike")
     detector_messages: list[str] = Field(default_factory=list)
     repeated_action_rate: Optional[float] = None
     saturation_rate: Optional[float] = None
