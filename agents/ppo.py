@@ -27,7 +27,7 @@ from agents.ddpg_updates import agent_stats
 from envs.vector import AgentLayout
 from marl_stability.events import UpdateStats
 
-STAT_PREFIXES = ("loss/policy/", "loss/value/", "policy/", "value/", "advantage/",
+STAT_PREFIXES = ("loss/policy/", "loss/value/", "policy/", "value/",
                  "reward/raw_batch_", "reward/learner_batch_", "reward/learner_scale", "health/nonfinite_updates")
 
 

@@ -32,7 +32,7 @@ class PPOUpdate:
         adv, ret = gae(learner_reward, d["values"], d["next_values"], d["terminated"], d["done"].unsqueeze(-1),
                        a.hp.gamma, a.hp.gae_lambda)
         n = a.spec.num_agents
-        stats = {"advantage/mean": adv.reshape(-1, n).mean(0), "advantage/std": adv.reshape(-1, n).std(0),
+        stats = {"value/advantage_mean": adv.reshape(-1, n).mean(0), "value/advantage_std": adv.reshape(-1, n).std(0),
                  "value/explained_variance": explained_variance(d["values"], ret),
                  "reward/raw_batch_mean": d["reward"].reshape(-1, n).mean(0),
                  "reward/learner_batch_mean": learner_reward.reshape(-1, n).mean(0),

@@ -198,7 +198,7 @@ ON_POLICY_DASHBOARD = {
     "policy / value loss": ["Multiline", [r"loss/policy/.*", r"loss/value/.*"]],
     "explained variance": ["Multiline", [r"value/explained_variance/.*"]],
     "value normalizer mean / std": ["Multiline", [r"value/norm_.*"]],
-    "advantage mean / std (before normalization)": ["Multiline", [r"advantage/.*"]],
+    "advantage mean / std (before normalization)": ["Multiline", [r"value/advantage_.*"]],
 }
 
 

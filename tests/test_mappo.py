@@ -257,7 +257,7 @@ def test_run_writes_on_policy_tags_and_dashboard(tmp_path: Path) -> None:
     assert summary["status"] == "completed" and summary["algo"] == "mappo" and summary["updates"] == 10
     for key in ("loss/policy", "loss/value", "policy/entropy", "policy/approx_kl", "policy/clip_fraction",
                 "policy/ratio_max", "policy/ratio_min", "value/explained_variance", "policy/log_std_mean",
-                "policy/log_std_min", "policy/log_std_max", "advantage/mean", "advantage/std",
+                "policy/log_std_min", "policy/log_std_max", "value/advantage_mean", "value/advantage_std",
                 "policy/preact_max_abs_batch", "reward/raw_batch_mean", "reward/learner_batch_mean"):
         series = memory.scalars[f"{key}/agent_1"]
         assert len(series) == 10 and all(math.isfinite(v) for _, v in series), key
