@@ -44,6 +44,9 @@ def _row(name: str, runs: list[RunSummary], reference: list[float] | None) -> st
             f"{fmt_number(statistics.median(s.env_steps_per_second or 0 for s in runs), '.0f')} | {pi} |")
 
 
+COMPARABLE = ("completed", "diverged")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
@@ -53,8 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     groups: dict[str, list[RunSummary]] = defaultdict(list)
     for run in args.runs:
         s = read_summary(run)
-        if s is None or not s.finished:
-            raise UserError(f"{run}: no finished run summary")
+        if s is None:
+            raise UserError(f"{run}: no readable summary.json")
+        if s.status not in COMPARABLE:  # interrupted / env_error runs did not use their budget
+            raise UserError(f"{run}: status {s.status}; compare runs that completed (or diverged)")
         groups[_group(run, s, args.group_by)].append(s)
     ref = None
     if args.reference is not None:
