@@ -103,6 +103,12 @@ class Algorithm(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def _inject_nonfinite(self) -> bool:
+        """Test hook (``debug.inject_nonfinite_at_update`` / ``_count``): whether this update gets a NaN."""
+        dbg = self.cfg.debug
+        return dbg.inject_nonfinite_at_update is not None and self.updates >= dbg.inject_nonfinite_at_update and (
+            dbg.inject_nonfinite_count is None or self.updates < dbg.inject_nonfinite_at_update + dbg.inject_nonfinite_count)
+
     @abstractmethod
     def snapshot(self) -> dict[str, Any]:
         """In-memory copy of what a rollback restores (networks and optimizers)."""

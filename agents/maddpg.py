@@ -261,11 +261,6 @@ class MADDPG(Algorithm):
         """The TD target's value: the one critic's, or the minimum over an agent's critics."""
         return qs[0] if len(qs) == 1 else torch.stack(qs).amin(0)
 
-    def _inject_nonfinite(self) -> bool:
-        dbg = self.cfg.debug
-        return dbg.inject_nonfinite_at_update is not None and self.updates >= dbg.inject_nonfinite_at_update and (
-            dbg.inject_nonfinite_count is None or self.updates < dbg.inject_nonfinite_at_update + dbg.inject_nonfinite_count)
-
     def update(self) -> UpdateStats:
         """One gradient update of every critic (and actor, when due), then soft target updates."""
         self.updates += 1

@@ -175,11 +175,6 @@ class PPO(Algorithm):
         return 1 if self.rollout.full else 0
 
     # ------------------------------------------------------------------ learning
-    def _inject_nonfinite(self) -> bool:
-        dbg = self.cfg.debug
-        return dbg.inject_nonfinite_at_update is not None and self.updates >= dbg.inject_nonfinite_at_update and (
-            dbg.inject_nonfinite_count is None or self.updates < dbg.inject_nonfinite_at_update + dbg.inject_nonfinite_count)
-
     def update(self) -> UpdateStats:
         """GAE over the full rollout, then epochs x minibatches of PPO steps; the rollout starts anew."""
         self.updates += 1

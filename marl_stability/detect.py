@@ -104,8 +104,49 @@ class GradientExplosionDetector:
         self.message = state["message"]
 
 
-# --------------------------------------------------------------------------- action collapse
-class ActionCollapseDetector:
+# --------------------------------------------------------------------------- streaks: action and entropy collapse
+class StreakDetector:
+    """Fires once after ``patience`` consecutive bad readings; ``first_step`` is the step of the first reading
+    of that streak (the onset), not the confirming one. Subclasses say what is bad and write the message."""
+
+    def __init__(self, patience: int, name: str) -> None:
+        if patience < 1:
+            raise ValueError("patience must be >= 1")
+        self.patience, self.name = int(patience), name
+        self.streak = 0
+        self.streak_start: int | None = None
+        self.first_step: int | None = None
+        self.message: str | None = None
+
+    @property
+    def fired(self) -> bool:
+        return self.first_step is not None
+
+    def _advance(self, bad: bool, step: int) -> bool:
+        """One reading; True when the streak reaches ``patience`` (sets ``first_step``; the caller the message)."""
+        if not bad:
+            self.streak, self.streak_start = 0, None
+            return False
+        if self.streak == 0:
+            self.streak_start = int(step)
+        self.streak += 1
+        if self.streak < self.patience:
+            return False
+        self.first_step = self.streak_start
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"streak": self.streak, "streak_start": self.streak_start, "first_step": self.first_step,
+                "message": self.message}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.streak = int(state["streak"])
+        self.streak_start = None if state["streak_start"] is None else int(state["streak_start"])
+        self.first_step = None if state["first_step"] is None else int(state["first_step"])
+        self.message = state["message"]
+
+
+class ActionCollapseDetector(StreakDetector):
     """Fires once after ``patience`` consecutive evaluations that are repetitive AND saturated AND insensitive.
 
     ``first_step`` is the step of the first evaluation of that streak (the onset), not the confirming one.
@@ -119,21 +160,10 @@ class ActionCollapseDetector:
         patience: int = 3,
         name: str = "collapse",
     ) -> None:
-        if patience < 1:
-            raise ValueError("patience must be >= 1")
+        super().__init__(patience, name)
         self.repeat_threshold = float(repeat_threshold)
         self.saturation_threshold = float(saturation_threshold)
         self.sensitivity_threshold = float(sensitivity_threshold)
-        self.patience = int(patience)
-        self.name = name
-        self.streak = 0
-        self.streak_start: int | None = None
-        self.first_step: int | None = None
-        self.message: str | None = None
-
-    @property
-    def fired(self) -> bool:
-        return self.first_step is not None
 
     def is_collapsed(self, repeat_rate: float, saturation: float, sensitivity: float) -> bool:
         """One evaluation's verdict; NaN in any input compares False and so never counts as collapse."""
@@ -148,15 +178,8 @@ class ActionCollapseDetector:
         if self.fired:
             return False
         r, s, g = float(repeat_rate), float(saturation), float(sensitivity)
-        if not self.is_collapsed(r, s, g):
-            self.streak, self.streak_start = 0, None
+        if not self._advance(self.is_collapsed(r, s, g), step):
             return False
-        if self.streak == 0:
-            self.streak_start = int(step)
-        self.streak += 1
-        if self.streak < self.patience:
-            return False
-        self.first_step = self.streak_start
         self.message = (
             f"action collapse [{self.name}] since step {self.first_step} ({self.streak} consecutive evaluations, "
             f"confirmed at step {int(step)}): repeat {fmt_number(r, '.4g')} >= {fmt_number(self.repeat_threshold, '.4g')}, "
@@ -164,20 +187,6 @@ class ActionCollapseDetector:
             f"sensitivity {fmt_number(g, '.4g')} <= {fmt_number(self.sensitivity_threshold, '.4g')}"
         )
         return True
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "streak": self.streak,
-            "streak_start": self.streak_start,
-            "first_step": self.first_step,
-            "message": self.message,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.streak = int(state["streak"])
-        self.streak_start = None if state["streak_start"] is None else int(state["streak_start"])
-        self.first_step = None if state["first_step"] is None else int(state["first_step"])
-        self.message = state["message"]
 
 
 # --------------------------------------------------------------------------- non-finite values
@@ -214,7 +223,7 @@ class NonFiniteDetector:
 
 
 # --------------------------------------------------------------------------- on-policy: entropy collapse, KL spike
-class EntropyCollapseDetector:
+class EntropyCollapseDetector(StreakDetector):
     """Fires once when an agent's policy entropy stays at or below ``threshold`` for ``patience`` consecutive
     updates. The entropy is the one the on-policy algorithm reports (``policy/entropy/<agent>``): per action
     dimension, in units of the action range for continuous actions (0: uniform over the range; a Gaussian
@@ -222,46 +231,20 @@ class EntropyCollapseDetector:
     deterministic). ``first_step`` is the first update of the streak."""
 
     def __init__(self, threshold: float, patience: int = 5, name: str = "entropy_collapse") -> None:
-        if patience < 1:
-            raise ValueError("patience must be >= 1")
-        self.threshold, self.patience, self.name = float(threshold), int(patience), name
-        self.streak = 0
-        self.streak_start: int | None = None
-        self.first_step: int | None = None
-        self.message: str | None = None
-
-    @property
-    def fired(self) -> bool:
-        return self.first_step is not None
+        super().__init__(patience, name)
+        self.threshold = float(threshold)
 
     def update(self, entropy: float, step: int) -> bool:
         """Feed one update's entropy; True only on the call where the detector first fires (NaN never counts)."""
         if self.fired:
             return False
         h = float(entropy)
-        if not h <= self.threshold:
-            self.streak, self.streak_start = 0, None
+        if not self._advance(h <= self.threshold, step):
             return False
-        if self.streak == 0:
-            self.streak_start = int(step)
-        self.streak += 1
-        if self.streak < self.patience:
-            return False
-        self.first_step = self.streak_start
         self.message = (f"entropy collapse [{self.name}] since step {self.first_step} ({self.streak} consecutive updates, "
                         f"confirmed at step {int(step)}): policy entropy {fmt_number(h, '.4g')} <= "
                         f"{fmt_number(self.threshold, '.4g')} per action dimension")
         return True
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"streak": self.streak, "streak_start": self.streak_start, "first_step": self.first_step,
-                "message": self.message}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.streak = int(state["streak"])
-        self.streak_start = None if state["streak_start"] is None else int(state["streak_start"])
-        self.first_step = None if state["first_step"] is None else int(state["first_step"])
-        self.message = state["message"]
 
 
 class KLSpikeDetector(GradientExplosionDetector):
