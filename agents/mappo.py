@@ -47,23 +47,23 @@ def check_ppo_layout(name: str, cfg: Any, layout: AgentLayout) -> None:
         raise UserError(f"fixes.actor_preact_l2 is MADDPG's actor-loss penalty; {name} does not use it (set it to 0)")
 
 
-class MAPPO(PPO):
+class _LayoutCheckedPPO(PPO):
+    """MAPPO and IPPO check their config against the env's agents the same way."""
+
+    @classmethod
+    def check_layout(cls, cfg: Any, layout: AgentLayout) -> None:
+        check_ppo_layout(cls.name, cfg, layout)
+
+
+class MAPPO(_LayoutCheckedPPO):
     """PPO with a centralized value function on the global state (the concatenated observations)."""
 
     name = "mappo"
     centralized = True
 
-    @classmethod
-    def check_layout(cls, cfg: Any, layout: AgentLayout) -> None:
-        check_ppo_layout(cls.name, cfg, layout)
 
-
-class IPPO(PPO):
+class IPPO(_LayoutCheckedPPO):
     """PPO with each agent's value function on its own observation."""
 
     name = "ippo"
     centralized = False
-
-    @classmethod
-    def check_layout(cls, cfg: Any, layout: AgentLayout) -> None:
-        check_ppo_layout(cls.name, cfg, layout)

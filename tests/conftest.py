@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,3 +51,17 @@ class GradRecorder:
 
     def after_step(self, ev) -> None:  # type: ignore[no-untyped-def]
         self.order.append(("after_step", ev.model))
+
+
+def mpe_actions(layout: Any, row: np.ndarray) -> dict[str, Any]:
+    """SyncVectorEnv's conversion of one env's [N, A] row into mpe2's action dict (the lockstep tests' own
+    copy, kept apart from envs.vector on purpose)."""
+    out: dict[str, Any] = {}
+    for i, agent in enumerate(layout.agents):
+        dim = layout.act_dims[i]
+        if layout.discrete[i]:
+            out[agent] = int(np.argmax(row[i, :dim]))
+        else:
+            act = np.asarray(row[i, :dim], dtype=np.float32)
+            out[agent] = np.clip(act, layout.act_low[i, :dim], layout.act_high[i, :dim])
+    return out

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import mpe_actions
 from envs.fast_mpe import SUPPORTED_ENV_IDS, FastMPEParallelEnv, FastMPEVectorEnv
 from envs.registry import EnvError
 from envs.vector import AgentLayout, NonFiniteActionError
@@ -20,19 +21,6 @@ TOL = 1e-5
 
 def _mpe(env_id: str, kwargs: dict[str, Any]) -> Any:
     return importlib.import_module(f"mpe2.{env_id}").parallel_env(**kwargs)
-
-
-def _mpe_actions(layout: AgentLayout, row: np.ndarray) -> dict[str, Any]:
-    """SyncVectorEnv's conversion of one env's [N, A] row into mpe2's action dict."""
-    out: dict[str, Any] = {}
-    for i, agent in enumerate(layout.agents):
-        dim = layout.act_dims[i]
-        if layout.discrete[i]:
-            out[agent] = int(np.argmax(row[i, :dim]))
-        else:
-            act = np.asarray(row[i, :dim], dtype=np.float32)
-            out[agent] = np.clip(act, layout.act_low[i, :dim], layout.act_high[i, :dim])
-    return out
 
 
 def _random_actions(rng: np.random.Generator, layout: AgentLayout, b: int) -> np.ndarray:
@@ -70,7 +58,7 @@ def _compare_episode(env_id: str, kwargs: dict[str, Any], seed: int, crowd: bool
     max_cycles = kwargs.get("max_cycles", 25)
     for t in range(max_cycles):
         acts = _random_actions(rng, lay, 1)
-        obs_m, rew_m, term_m, trunc_m, _ = mpe.step(_mpe_actions(lay, acts[0]))
+        obs_m, rew_m, term_m, trunc_m, _ = mpe.step(mpe_actions(lay, acts[0]))
         res = fast.step(acts)
         check_obs(res.next_obs[0], obs_m)
         for i, agent in enumerate(lay.agents):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import mpe_actions
 from envs.fast_mpe import SUPPORTED_ENV_IDS, FastMPEVectorEnv
 from envs.vector import AgentLayout
 
@@ -29,19 +30,6 @@ CROWDED_SEEDS = 6
 # Tasks whose contacts / events need a crowded start to be exercised reliably.
 CROWD_TASKS = ("simple_spread_v3", "simple_push_v3", "simple_tag_v3", "simple_world_comm_v3",
                "simple_formation_v1", "simple_line_v1", "collect_treasure_v1")
-
-
-def _mpe_actions(layout: AgentLayout, row: np.ndarray) -> dict[str, Any]:
-    """SyncVectorEnv's conversion of one env's [N, A] row into mpe2's action dict."""
-    out: dict[str, Any] = {}
-    for i, agent in enumerate(layout.agents):
-        dim = layout.act_dims[i]
-        if layout.discrete[i]:
-            out[agent] = int(np.argmax(row[i, :dim]))
-        else:
-            act = np.asarray(row[i, :dim], dtype=np.float32)
-            out[agent] = np.clip(act, layout.act_low[i, :dim], layout.act_high[i, :dim])
-    return out
 
 
 def _actions(rng: np.random.Generator, layout: AgentLayout, b: int) -> np.ndarray:
@@ -170,7 +158,7 @@ def _lockstep(env_id: str, kwargs: dict[str, Any], seeds: range, crowd: bool, se
             replay.snapshot()
         res = fast.step(acts)
         for b in live:
-            obs, rew, term, trunc = _mpe_step(mpes[b], _mpe_actions(lay, acts[b]))
+            obs, rew, term, trunc = _mpe_step(mpes[b], mpe_actions(lay, acts[b]))
             obs_m[b] = obs
             _coverage(mpes[b].unwrapped, rew, seen)
             for i, agent in enumerate(lay.agents):
