@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -132,6 +133,37 @@ def _run(env_id: str, kwargs: dict[str, Any], policy: Policy, episodes: int, see
     venv.close()
     x = np.asarray(returns[:episodes], np.float64)
     return {"mean": float(x.mean()), "std": float(x.std(ddof=1)), "episodes": int(x.size)}
+
+
+@dataclass(frozen=True)
+class TaskAnchors:
+    """The anchors a verdict on one task is judged against (team return, raw env rewards)."""
+
+    env: str
+    random: float
+    do_nothing: float
+    controller: Optional[float] = None  # a hand-coded controller, where the task has one (simple_spread)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "random": self.random, "do_nothing": self.do_nothing,
+                "controller": self.controller, "source": self.source}
+
+
+SPREAD_ANCHORS = TaskAnchors(SPREAD, SPREAD_RANDOM, SPREAD_DO_NOTHING, SPREAD_ASSIGNMENT,
+                             "python -m marl_stability.anchors --episodes 1000 (docs/anchors.json)")
+
+
+def task_anchors(env_id: str, kwargs: Optional[dict[str, Any]] = None, episodes: int = 1000) -> TaskAnchors:
+    """simple_spread's stored anchors (N=3, 25 steps, continuous), else random and do-nothing measured now on the
+    task's own kwargs (``episodes`` episodes, seed 0; a second or two on the fast port)."""
+    kw = {"continuous_actions": True, **(kwargs or {})}
+    if env_id == SPREAD and kw.get("N", 3) == 3 and kw.get("max_cycles", 25) == 25 and kw["continuous_actions"]:
+        return SPREAD_ANCHORS
+    m = measure(env_id, ["random", "do_nothing"], episodes=episodes, seed=0, env_kwargs=kw)
+    args = " ".join(f"{k}={v}" for k, v in sorted(kw.items()))
+    return TaskAnchors(env_id, round(m["random"]["mean"], 1), round(m["do_nothing"]["mean"], 1), None,
+                       f"measured for this report: {episodes} episodes, seed 0, {args}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -387,15 +387,19 @@ def flatten(d: dict[str, Any], prefix: str = "", strict: bool = False) -> dict[s
     """{'a': {'b': 1}} -> {'a.b': 1}; dict-valued free-form fields (env.kwargs) are flattened too.
 
     Keys may themselves be dotted ({'a.b': {'c': 1}} -> {'a.b.c': 1}), so a dict value sets its leaves and never
-    replaces a whole section. ``strict`` (user-written overrides): a key that is not a non-empty dotted name is
-    a UserError.
+    replaces a whole section. ``strict`` (user-written overrides, e.g. an ablation file's ``set``): a key that is
+    not a non-empty dotted name is a UserError, and a dict given for ``env.kwargs`` replaces the kwargs as a
+    whole (as a preset's ``base:`` merge does), so an override can move an arm to another task without the old
+    task's kwargs (``N`` of simple_spread) leaking in; ``env.kwargs.N: 4`` still sets one kwarg.
     """
     out: dict[str, Any] = {}
     for k, v in d.items():
         if strict and (not isinstance(k, str) or not k or any(not p for p in k.split("."))):
             raise UserError(f"bad dotted key {k!r}")
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
+        if strict and key == "env.kwargs" and isinstance(v, dict):
+            out[key] = v
+        elif isinstance(v, dict) and v:
             out.update(flatten(v, key + ".", strict))
         else:
             out[key] = v

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from marl_stability.anchors import SPREAD_ASSIGNMENT, SPREAD_DO_NOTHING, SPREAD_RANDOM
+from marl_stability.anchors import SPREAD_ANCHORS, TaskAnchors, task_anchors
 from marl_stability.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from marl_stability.config import DetectorConfig, resolve_preset
 from marl_stability.errors import UserError
@@ -47,10 +47,8 @@ QUICK = {
     "train.eval_episodes": 5,
     "train.checkpoint_every": 20_000,
 }
-# Measured anchors on simple_spread_v3 (N=3, 25 steps; team return; `python -m marl_stability.anchors`).
-RANDOM_RETURN = SPREAD_RANDOM
-OPTIMAL_RETURN = SPREAD_ASSIGNMENT  # a hand-coded optimal landmark assignment controller
-DO_NOTHING_RETURN = SPREAD_DO_NOTHING  # all-zero actions (saturated components that cancel score the same)
+# Measured anchors (team return, `python -m marl_stability.anchors`): simple_spread_v3's stored ones, or random and
+# do-nothing measured for the reproduction's own task when it runs on another (anchors.task_anchors).
 # A collapsed policy's eval return is noisy only through the random initial states: a 10-episode eval of a
 # fixed policy has a standard error of about 23 / sqrt(10) ~ 7 team-return units. The change after collapse
 # is the mean of the second half of the evaluations after onset minus the mean of the first half; "the return
@@ -247,13 +245,13 @@ def post_collapse_change(failure: ArmResult) -> tuple[float, tuple[float, float]
     return float(np.mean(gains)), bootstrap_ci((gains,), _mean)
 
 
-def verdict(failure: ArmResult, fixed: ArmResult) -> dict[str, Any]:
+def verdict(failure: ArmResult, fixed: ArmResult, anchors: TaskAnchors = SPREAD_ANCHORS) -> dict[str, Any]:
     """Plain-language verdict with the acceptance criteria of the reproduction spelled out."""
     change, (_, change_hi) = post_collapse_change(failure)
     no_gain = math.isfinite(change_hi) and change_hi < NO_GAIN_MARGIN
     failure_ok = failure.n > 0 and failure.collapses >= math.ceil(0.9 * failure.n) and no_gain
     lo = fixed.final_return_ci[0]
-    fixed_ok = fixed.n > 0 and fixed.collapses == 0 and math.isfinite(lo) and lo > RANDOM_RETURN
+    fixed_ok = fixed.n > 0 and fixed.collapses == 0 and math.isfinite(lo) and lo > anchors.random
     return {
         "failure_reproduced": failure_ok,
         "post_collapse_return_change": None if not math.isfinite(change) else change,
@@ -263,7 +261,7 @@ def verdict(failure: ArmResult, fixed: ArmResult) -> dict[str, Any]:
                        f"the change from the first to the second half of the evaluations after onset, averaged over "
                        f"collapsed seeds, has a 95% bootstrap CI below +{NO_GAIN_MARGIN:g}",
             "fixed": f"no collapse in any seed and the 95% CI of the mean final team return above random "
-                     f"({RANDOM_RETURN})",
+                     f"({anchors.random:g})",
         },
     }
 
@@ -294,7 +292,7 @@ def _plot_bands(ax: Any, runs: dict[str, list[RunData]], key: str, log: bool = F
 
 
 def make_figures(runs: dict[str, list[RunData]], results: dict[str, ArmResult], folder: Path,
-                 warmup: dict[str, int]) -> list[str]:
+                 warmup: dict[str, int], anchors: TaskAnchors = SPREAD_ANCHORS) -> list[str]:
     from matplotlib.figure import Figure
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -303,9 +301,10 @@ def make_figures(runs: dict[str, list[RunData]], results: dict[str, ArmResult], 
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     _plot_bands(ax, runs, "team_return")
-    ax.axhline(RANDOM_RETURN, color="gray", linestyle=":", linewidth=1, label=f"random policy ({RANDOM_RETURN})")
-    ax.axhline(OPTIMAL_RETURN, color="gray", linestyle="--", linewidth=1,
-               label=f"hand-coded optimal assignment ({OPTIMAL_RETURN:g})")
+    ax.axhline(anchors.random, color="gray", linestyle=":", linewidth=1, label=f"random policy ({anchors.random:g})")
+    if anchors.controller is not None:
+        ax.axhline(anchors.controller, color="gray", linestyle="--", linewidth=1,
+                   label=f"hand-coded optimal assignment ({anchors.controller:g})")
     for i, (arm, res) in enumerate(results.items()):
         onsets = [s for s in res.collapse_steps if s is not None]
         if onsets:
@@ -503,7 +502,8 @@ def _steps(xs: list[Optional[int]]) -> str:
 
 
 def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Plan, budget: dict[str, int], quick: bool,
-                    figures: list[str], episodes: dict[str, Any], notes: list[str], tb_dir: str) -> str:
+                    figures: list[str], episodes: dict[str, Any], notes: list[str], tb_dir: str,
+                    anchors: TaskAnchors = SPREAD_ANCHORS) -> str:
     lines = ["# Reproduction: the repeated-action failure and its fix", ""]
     if quick:
         lines += ["**Quick smoke version** (`--quick`): short budget, shorter warm-up, 5 evaluation episodes. The "
@@ -512,7 +512,7 @@ def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Plan, bu
     lines += ["## What ran", ""]
     lines += [_what_ran(arm, plan.arm(arm.name).config, budget[arm.name]) for arm in res.values()]
     lines += _results_section(res, plan.arm("failure").config["train"]["eval_episodes"])
-    lines += _verdict_section(res["failure"], res["fixed"], v)
+    lines += _verdict_section(res["failure"], res["fixed"], v, anchors)
     lines += [f"- {n}" for n in notes]
     lines += _figures_section(figures, episodes, tb_dir)
     return "\n".join(lines)
@@ -565,7 +565,7 @@ def _results_section(res: dict[str, ArmResult], episodes_per_eval: int) -> list[
     return lines
 
 
-def _verdict_section(failure: ArmResult, fixed: ArmResult, v: dict[str, Any]) -> list[str]:
+def _verdict_section(failure: ArmResult, fixed: ArmResult, v: dict[str, Any], anchors: TaskAnchors) -> list[str]:
     """The verdict on each arm, in words, with the criteria it was judged by."""
     gains = [g for g in failure.post_collapse_gain if g is not None]
     change, change_ci = post_collapse_change(failure)
@@ -589,13 +589,19 @@ def _verdict_section(failure: ArmResult, fixed: ArmResult, v: dict[str, Any]) ->
             f"- **Fixed preset: {'cured' if v['fixed_cured'] else 'NOT cured'}.** Collapse in {fixed.collapses}/"
             f"{fixed.n} seeds; final team return {fmt_number(fixed.final_return_mean, '.1f')} [{fmt_number(lo, '.1f')}, "
             f"{fmt_number(hi, '.1f')}] versus "
-            f"random {RANDOM_RETURN} and the failure arm's {fmt_number(failure.final_return_mean, '.1f')}. For scale "
-            f"(measured here, `python -m marl_stability.anchors`, 1000 episodes): doing nothing scores "
-            f"{DO_NOTHING_RETURN:g}, a hand-coded optimal landmark assignment controller {OPTIMAL_RETURN:g}.")
+            f"random {anchors.random:g} and the failure arm's {fmt_number(failure.final_return_mean, '.1f')}. "
+            + _scale_note(anchors))
     lines += [f"- Criteria: failure — {v['criteria']['failure']}; fixed — {v['criteria']['fixed']}.",
               "- A collapsed policy's return does not always look bad: saturated components can cancel "
-              f"(standing still scores about {DO_NOTHING_RETURN:g}). The actions, not the return, show the failure."]
+              f"(doing nothing scores {anchors.do_nothing:g} here). The actions, not the return, show the failure."]
     return lines
+
+
+def _scale_note(anchors: TaskAnchors) -> str:
+    if anchors.controller is not None:
+        return (f"For scale (measured here, `python -m marl_stability.anchors`, 1000 episodes): doing nothing scores "
+                f"{anchors.do_nothing:g}, a hand-coded optimal landmark assignment controller {anchors.controller:g}.")
+    return f"For scale: doing nothing scores {anchors.do_nothing:g} ({anchors.source})."
 
 
 def _figures_section(figures: list[str], episodes: dict[str, Any], tb_dir: str) -> list[str]:
@@ -631,7 +637,9 @@ def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str,
                            if r["arm"] == a.name and r["status"] not in FINAL_STATUSES] for a in plan.arms}
     presets = {a.name: _preset_of(out, a.name) for a in plan.arms}
     results = {name: arm_result(name, presets[name], runs[name], unfinished[name]) for name in ARMS}
-    v = verdict(results["failure"], results["fixed"])
+    env = plan.arm("failure").config["env"]
+    anchors = task_anchors(env["id"], env["kwargs"])
+    v = verdict(results["failure"], results["fixed"], anchors)
     budget = {a.name: int(a.config["train"]["steps"]) for a in plan.arms}
     warmup = {a.name: int(a.config["maddpg"]["warmup_steps"]) for a in plan.arms}
     quick = all(all(flatten(a.config).get(k) == val for k, val in QUICK.items()) for a in plan.arms)
@@ -642,13 +650,13 @@ def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str,
     figures: list[str] = []
     episodes: dict[str, Any] = {}
     try:
-        figures = make_figures({k: runs[k] for k in ARMS}, results, out / "figures", warmup)
+        figures = make_figures({k: runs[k] for k in ARMS}, results, out / "figures", warmup, anchors)
         if render:
             media, episodes = write_episode_media(results, out / "figures")
             figures += media
     except ImportError as e:  # pragma: no cover - matplotlib/Pillow are dependencies
         notes.append(f"Figures skipped: {e}.")
-    text = render_markdown(results, v, plan, budget, quick, figures, episodes, notes, str(out / "runs"))
+    text = render_markdown(results, v, plan, budget, quick, figures, episodes, notes, str(out / "runs"), anchors)
     atomic_write_text(out / "report.md", text)
     summary = {
         "format": 1,
@@ -656,6 +664,7 @@ def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str,
         "quick": quick,
         "budget_env_steps": budget,
         "verdict": v,
+        "anchors": anchors.to_dict(),
         "arms": {name: _arm_json(r, out) for name, r in results.items()},
         "episodes": episodes,
         "figures": figures,
