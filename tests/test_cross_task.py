@@ -12,7 +12,6 @@ import pytest
 from marl_stability import cross_task as ct
 from marl_stability.anchors import SPREAD_ANCHORS, task_anchors
 from marl_stability.config import flatten
-from marl_stability.errors import UserError
 from marl_stability.sweep.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
