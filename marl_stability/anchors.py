@@ -33,6 +33,8 @@ SPREAD_RANDOM = -74.6
 SPREAD_DO_NOTHING = -73.5
 SPREAD_MOVE_RIGHT = -198.0
 SPREAD_ASSIGNMENT = -17.2
+# mpe2 tasks with two opposing teams: their team return (the sum over all agents) mixes both teams' rewards.
+COMPETITIVE_TASKS = ("simple_adversary_v3", "simple_tag_v3", "simple_world_comm_v3", "simple_crypto_v3", "simple_push_v3")
 
 
 def normalized_score(team_return: float, low: float = SPREAD_RANDOM, high: float = SPREAD_ASSIGNMENT) -> float:

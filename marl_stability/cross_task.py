@@ -34,11 +34,12 @@ import numpy as np
 
 from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
+from marl_stability.anchors import COMPETITIVE_TASKS
 from marl_stability.atomic import atomic_write_json, atomic_write_text
 from marl_stability.report import collect
 from marl_stability.sweep.layout import FINAL_STATUSES
 
-COMPETITIVE = ("simple_adversary_v3", "simple_tag_v3", "simple_world_comm_v3", "simple_crypto_v3", "simple_push_v3")
+COMPETITIVE = COMPETITIVE_TASKS
 ADVERSARY_PREFIXES = ("adversary", "leadadversary", "eve")
 # Readable names of the arms the project's sweep files use (others print as their arm name).
 ARM_LABELS = {

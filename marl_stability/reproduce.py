@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from marl_stability.anchors import SPREAD_ANCHORS, TaskAnchors, task_anchors
+from marl_stability.anchors import COMPETITIVE_TASKS, SPREAD_ANCHORS, TaskAnchors, task_anchors
 from marl_stability.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from marl_stability.config import DetectorConfig, resolve_preset
 from marl_stability.errors import UserError
@@ -594,6 +594,9 @@ def _verdict_section(failure: ArmResult, fixed: ArmResult, v: dict[str, Any], an
     lines += [f"- Criteria: failure — {v['criteria']['failure']}; fixed — {v['criteria']['fixed']}.",
               "- A collapsed policy's return does not always look bad: saturated components can cancel "
               f"(doing nothing scores {anchors.do_nothing:g} here). The actions, not the return, show the failure."]
+    if anchors.env in COMPETITIVE_TASKS:
+        lines.append(f"- {anchors.env} is competitive: the team return sums both teams' rewards, so it does not measure "
+                     "either team's learning; `python -m marl_stability.cross_task` reports each team's return.")
     return lines
 
 
