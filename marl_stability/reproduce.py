@@ -27,7 +27,7 @@ import numpy as np
 
 from marl_stability.anchors import COMPETITIVE_TASKS, SPREAD_ANCHORS, TaskAnchors, task_anchors
 from marl_stability.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from marl_stability.config import DetectorConfig, resolve_preset
+from marl_stability.config import ON_POLICY_ALGORITHMS, DetectorConfig, resolve_preset
 from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.report import Trials, _mean, _save, bootstrap_ci, collect, write_csv
@@ -175,6 +175,9 @@ class ArmResult:
     repeat: list[float]
     saturation: list[float]
     sensitivity: list[float]
+    nonfinite_steps: list[Optional[int]] = field(default_factory=list)  # the run diverged (non-finite values)
+    entropy_collapse_steps: list[Optional[int]] = field(default_factory=list)  # on-policy detectors
+    kl_spike_steps: list[Optional[int]] = field(default_factory=list)
     post_collapse_gain: list[Optional[float]] = field(default_factory=list)
     still_collapsed: list[bool] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
@@ -190,6 +193,26 @@ class ArmResult:
     @property
     def explosions(self) -> int:
         return sum(s is not None for s in self.explosion_steps)
+
+    @property
+    def diverged(self) -> int:
+        return sum(s is not None for s in self.nonfinite_steps)
+
+    @property
+    def failure_steps(self) -> list[Optional[int]]:
+        """Per seed, the first env step at which a failure detector fired: action collapse, non-finite values
+        (divergence) or an entropy collapse; None for a seed where none did."""
+        return [min((x for x in xs if x is not None), default=None)
+                for xs in zip(self.collapse_steps, self.nonfinite_steps, self.entropy_collapse_steps)]
+
+    @property
+    def failures(self) -> int:
+        return sum(s is not None for s in self.failure_steps)
+
+    @property
+    def extended(self) -> bool:
+        """Whether a detector beyond the action collapse fired in this arm (the report then shows them all)."""
+        return any(s is not None for s in self.nonfinite_steps + self.entropy_collapse_steps + self.kl_spike_steps)
 
     def rate(self, k: int) -> float:
         return k / self.n if self.n else math.nan
@@ -226,6 +249,9 @@ def arm_result(name: str, preset: str, runs: list[RunData], unfinished: list[str
         saturation=[_f(r.summary.saturation_rate) for r in runs],
         sensitivity=[_f(r.summary.action_sensitivity) for r in runs],
         unfinished=unfinished,
+        nonfinite_steps=[r.summary.nonfinite_step for r in runs],
+        entropy_collapse_steps=[r.summary.entropy_collapse_step for r in runs],
+        kl_spike_steps=[r.summary.kl_spike_step for r in runs],
     )
     for r, onset, rep, sat in zip(runs, res.collapse_steps, res.repeat, res.saturation):
         res.post_collapse_gain.append(None if onset is None else _post_collapse(r.summary.returns(), int(onset)))
@@ -249,9 +275,22 @@ def verdict(failure: ArmResult, fixed: ArmResult, anchors: TaskAnchors = SPREAD_
     """Plain-language verdict with the acceptance criteria of the reproduction spelled out."""
     change, (_, change_hi) = post_collapse_change(failure)
     no_gain = math.isfinite(change_hi) and change_hi < NO_GAIN_MARGIN
-    failure_ok = failure.n > 0 and failure.collapses >= math.ceil(0.9 * failure.n) and no_gain
+    extended = failure.extended or fixed.extended
+    if extended and not any(g is not None for g in failure.post_collapse_gain):
+        no_gain = failure.failures > 0  # every failure ended the run or left no evaluations to compare
+    failure_ok = failure.n > 0 and (failure.failures if extended else failure.collapses) >= math.ceil(0.9 * failure.n) \
+        and no_gain
     lo = fixed.final_return_ci[0]
-    fixed_ok = fixed.n > 0 and fixed.collapses == 0 and math.isfinite(lo) and lo > anchors.random
+    fixed_ok = fixed.n > 0 and (fixed.failures if extended else fixed.collapses) == 0 and math.isfinite(lo) \
+        and lo > anchors.random
+    if extended:
+        return {"failure_reproduced": failure_ok, "post_collapse_return_change": None if not math.isfinite(change) else change,
+                "fixed_cured": fixed_ok, "criteria": {
+                    "failure": "a failure detector (action collapse, non-finite values, entropy collapse) fired in >= 90% "
+                               "of seeds, and where the run went on after an action collapse, the return did not improve "
+                               f"(as for the collapse alone: 95% bootstrap CI of the change below +{NO_GAIN_MARGIN:g})",
+                    "fixed": "no failure detector (action collapse, non-finite values, entropy collapse) fired in any seed "
+                             f"and the 95% CI of the mean final team return is above random ({anchors.random:g})"}}
     return {
         "failure_reproduced": failure_ok,
         "post_collapse_return_change": None if not math.isfinite(change) else change,
@@ -454,6 +493,11 @@ def write_episode_media(results: dict[str, ArmResult], folder: Path) -> tuple[li
         if not res.runs:
             continue
         run_dir = Path(res.runs[0])
+        if res.nonfinite_steps and res.nonfinite_steps[0] is not None:
+            # A diverged run's last parameters are non-finite: there is no policy left to show.
+            info[arm] = {"run": str(run_dir), "seed": res.seeds[0], "team_return": None,
+                         "skipped": f"the run diverged at env step {res.nonfinite_steps[0]} (non-finite values)"}
+            continue
         frames, team = render_episode(run_dir)
         small = [Image.fromarray(f).resize((f.shape[1] // 2, f.shape[0] // 2)) for f in frames]
         path = folder / f"episode_{arm}.gif"
@@ -546,6 +590,8 @@ def _results_section(res: dict[str, ArmResult], episodes_per_eval: int) -> list[
              "| arm | seeds | final team return | collapse | collapse onset | explosion | peak critic grad norm | "
              "final repeat rate | final saturation | final sensitivity |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    if any(a.extended for a in res.values()):
+        lines += _failure_table(res)
     for a in res.values():
         lo, hi = a.final_return_ci
         lines.append(
@@ -565,8 +611,34 @@ def _results_section(res: dict[str, ArmResult], episodes_per_eval: int) -> list[
     return lines
 
 
+def _failure_table(res: dict[str, ArmResult]) -> list[str]:
+    """Every detector's count and first step per arm (shown when one beyond the action collapse fired)."""
+    lines = ["| arm | any failure | first failure | diverged (non-finite) | entropy collapse | KL spike (warning) |",
+             "|---|---|---|---|---|---|"]
+    for a in res.values():
+        def n(xs: list[Optional[int]]) -> str:
+            k = sum(x is not None for x in xs)
+            return f"{k}/{a.n}" + (f" ({_steps(xs)})" if k else "")
+        lines.append(f"| {a.name} | {a.failures}/{a.n} | {_steps(a.failure_steps)} | {n(a.nonfinite_steps)} | "
+                     f"{n(a.entropy_collapse_steps)} | {n(a.kl_spike_steps)} |")
+    return lines + [""]
+
+
+def _extended_failure_line(failure: ArmResult, v: dict[str, Any]) -> str:
+    k = lambda xs: sum(x is not None for x in xs)  # noqa: E731
+    return (f"- **Failure preset: {'reproduced' if v['failure_reproduced'] else 'NOT reproduced'}.** A failure detector "
+            f"fired in {failure.failures}/{failure.n} seeds, first at {_steps(failure.failure_steps)} env steps: "
+            f"non-finite values (the run diverged) in {failure.diverged}/{failure.n}, action collapse in "
+            f"{failure.collapses}/{failure.n}, entropy collapse in {k(failure.entropy_collapse_steps)}/{failure.n}; the "
+            f"KL-spike warning in {k(failure.kl_spike_steps)}/{failure.n}, at {_steps(failure.kl_spike_steps)}. Peak "
+            f"gradient norms before the end: critic {_range(failure.peak_critic_grad)}, actor "
+            f"{_range(failure.peak_actor_grad)}.")
+
+
 def _verdict_section(failure: ArmResult, fixed: ArmResult, v: dict[str, Any], anchors: TaskAnchors) -> list[str]:
     """The verdict on each arm, in words, with the criteria it was judged by."""
+    if failure.extended or fixed.extended:
+        return _extended_verdict_section(failure, fixed, v, anchors)
     gains = [g for g in failure.post_collapse_gain if g is not None]
     change, change_ci = post_collapse_change(failure)
     lines = ["", "## Verdict", ""]
@@ -594,6 +666,26 @@ def _verdict_section(failure: ArmResult, fixed: ArmResult, v: dict[str, Any], an
     lines += [f"- Criteria: failure — {v['criteria']['failure']}; fixed — {v['criteria']['fixed']}.",
               "- A collapsed policy's return does not always look bad: saturated components can cancel "
               f"(doing nothing scores {anchors.do_nothing:g} here). The actions, not the return, show the failure."]
+    return lines + _competitive_note(anchors)
+
+
+def _extended_verdict_section(failure: ArmResult, fixed: ArmResult, v: dict[str, Any], anchors: TaskAnchors) -> list[str]:
+    lines = ["", "## Verdict", ""]
+    if failure.n:
+        lines.append(_extended_failure_line(failure, v))
+    if fixed.n:
+        lo, hi = fixed.final_return_ci
+        lines.append(
+            f"- **Fixed preset: {'cured' if v['fixed_cured'] else 'NOT cured'}.** A failure detector fired in "
+            f"{fixed.failures}/{fixed.n} seeds (KL-spike warning in {sum(x is not None for x in fixed.kl_spike_steps)}/"
+            f"{fixed.n}); final team return {fmt_number(fixed.final_return_mean, '.1f')} [{fmt_number(lo, '.1f')}, "
+            f"{fmt_number(hi, '.1f')}] versus random {anchors.random:g}. " + _scale_note(anchors))
+    lines.append(f"- Criteria: failure — {v['criteria']['failure']}; fixed — {v['criteria']['fixed']}.")
+    return lines + _competitive_note(anchors)
+
+
+def _competitive_note(anchors: TaskAnchors) -> list[str]:
+    lines: list[str] = []
     if anchors.env in COMPETITIVE_TASKS:
         lines.append(f"- {anchors.env} is competitive: the team return sums both teams' rewards, so it does not measure "
                      "either team's learning; `python -m marl_stability.cross_task` reports each team's return.")
@@ -616,7 +708,8 @@ def _figures_section(figures: list[str], episodes: dict[str, Any], tb_dir: str) 
             lines.append("")
     if episodes:
         lines += ["Episodes rendered from the first seed of each arm's final checkpoint (greedy, env seed 12345): "
-                  + "; ".join(f"{arm}: team return {e['team_return']:.1f}" for arm, e in episodes.items()) + "."]
+                  + "; ".join(f"{arm}: not rendered, {e['skipped']}" if e.get("skipped") else
+                              f"{arm}: team return {e['team_return']:.1f}" for arm, e in episodes.items()) + "."]
     lines += ["", f"TensorBoard: `tensorboard --logdir {tb_dir}` shows every arm x seed side by side (run names "
               "`<arm>/seed_<n>`; the Custom Scalars tab has the gradient, critic, action and reward dashboards; "
               f"[this link]({tensorboard_link(first_agent(Path(tb_dir)))}) opens Time Series with one colour per arm and the story "
@@ -644,7 +737,8 @@ def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str,
     anchors = task_anchors(env["id"], env["kwargs"])
     v = verdict(results["failure"], results["fixed"], anchors)
     budget = {a.name: int(a.config["train"]["steps"]) for a in plan.arms}
-    warmup = {a.name: int(a.config["maddpg"]["warmup_steps"]) for a in plan.arms}
+    warmup = {a.name: 0 if a.config["algo"] in ON_POLICY_ALGORITHMS else int(a.config["maddpg"]["warmup_steps"])
+              for a in plan.arms}
     quick = all(all(flatten(a.config).get(k) == val for k, val in QUICK.items()) for a in plan.arms)
     notes = []
     for name, u in unfinished.items():
