@@ -59,10 +59,11 @@ def _record(arm: str, seed: int, collapsed: list[str], task: str = "simple_sprea
 
 def test_collapse_criterion_uses_the_detector_thresholds():
     det = {"repeat_threshold": 0.9, "saturation_threshold": 0.9, "sensitivity_threshold": 1e-3}
-    assert ct._collapsed({"repeat_rate": 1.0, "saturation": 0.95, "sensitivity": 0.0}, det)
-    assert not ct._collapsed({"repeat_rate": 1.0, "saturation": 0.95, "sensitivity": 0.01}, det)
-    assert not ct._collapsed({"repeat_rate": 0.89, "saturation": 1.0, "sensitivity": 0.0}, det)
-    assert not ct._collapsed({"repeat_rate": 1.0, "saturation": 0.89, "sensitivity": 0.0}, det)
+    stats = {"repeat_rate": 1.0, "saturation": 0.95, "sensitivity": 0.0, "batch_same_action": 1.0}
+    assert ct._collapsed(stats, det)
+    for key, value in (("sensitivity", 0.01), ("repeat_rate", 0.89), ("saturation", 0.89),
+                       ("batch_same_action", 0.36)):  # 0.36: a saturated speaker with one message per goal
+        assert not ct._collapsed({**stats, key: value}, det), key
 
 
 def test_verdicts_counts_and_matrix():
