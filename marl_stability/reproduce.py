@@ -235,7 +235,8 @@ def _f(v: Optional[float]) -> float:
 
 def arm_result(name: str, preset: str, runs: list[RunData], unfinished: list[str]) -> ArmResult:
     runs = sorted(runs, key=lambda r: r.seed)
-    rets = [_f(r.summary.final_return) for r in runs]
+    # A run that diverged stopped at its non-finite values: its last evaluation is not a final policy's.
+    rets = [math.nan if r.summary.nonfinite_step is not None else _f(r.summary.final_return) for r in runs]
     finite = [x for x in rets if math.isfinite(x)]
     res = ArmResult(
         name=name, preset=preset, seeds=[r.seed for r in runs], runs=[str(r.run_dir) for r in runs],
@@ -328,6 +329,7 @@ def _plot_bands(ax: Any, runs: dict[str, list[RunData]], key: str, log: bool = F
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.set_xlabel("env steps")
+    ax.xaxis.set_major_formatter(lambda x, _pos: f"{x / 1000:g}k" if x else "0")  # 25000 50000 ... overlapped
 
 
 def make_figures(runs: dict[str, list[RunData]], results: dict[str, ArmResult], folder: Path,
@@ -586,12 +588,13 @@ def _results_section(res: dict[str, ArmResult], episodes_per_eval: int) -> list[
              f"Final team return: the last evaluation ({episodes_per_eval} greedy episodes), mean over seeds with a "
              "95% percentile bootstrap CI. Detector columns: seeds where it fired, and the env step it fired at. "
              "Action columns: the final evaluation, mean over seeds (sensitivity = standardized ‖∂a/∂obs‖; "
-             "0 = the action ignores the observation).", "",
-             "| arm | seeds | final team return | collapse | collapse onset | explosion | peak critic grad norm | "
+             "0 = the action ignores the observation).", ""]
+    if any(a.extended for a in res.values()):
+        lines += ["Failure detectors (a diverged run stopped at its non-finite values and has no final policy: its final "
+                  "team return is left out):", ""] + _failure_table(res)
+    lines += ["| arm | seeds | final team return | collapse | collapse onset | explosion | peak critic grad norm | "
              "final repeat rate | final saturation | final sensitivity |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    if any(a.extended for a in res.values()):
-        lines += _failure_table(res)
     for a in res.values():
         lo, hi = a.final_return_ci
         lines.append(
