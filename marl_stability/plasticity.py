@@ -25,7 +25,7 @@ Definitions (every network, every ``plasticity.every`` updates; ``F`` is the pen
   growth goes with rank collapse (Moalla et al. 2024, "No Representation, No Trust", NeurIPS).
 
 The ranks are of the raw (uncentred) feature matrix, as Kumar et al. define srank; the singular values are
-computed in float64. A feature matrix of zeros has rank 0 (all three ranks 0, norm 0); a network whose
+computed in float64 (from the Gram matrix). A feature matrix of zeros has rank 0 (all three ranks 0, norm 0); a network whose
 features hold a NaN or an infinity reports NaN for every metric of that measurement.
 
 How the features are obtained: the algorithm names its networks and the inputs they saw in the last update
@@ -81,18 +81,27 @@ def even_rows(n: int, max_rows: int) -> slice:
 
 
 # --------------------------------------------------------------------------- the definitions
-def dormant_counts(h: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
-    """How many units of a layer's outputs ``[B, H]`` are tau-dormant, for each tau ``[T]`` -> ``[T]``.
+def mean_abs_output(h: torch.Tensor) -> torch.Tensor:
+    """``E_x|h_i(x)|`` of every unit of a layer's outputs ``[B, H]`` -> ``[H]`` (averaged in the outputs' dtype,
+    returned as float64; an all-zero unit stays exactly 0)."""
+    return h.reshape(-1, h.shape[-1]).abs().mean(dim=0).double()
+
+
+def dormant_counts(mean_abs: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
+    """How many units of a layer are tau-dormant, from their ``E|h_i|`` ``[H]``, for each tau ``[T]`` -> ``[T]``.
 
     Compares ``E|h_i| <= tau * mean_k E|h_k|`` (the score's definition without its division, so an all-zero layer
     counts every unit as dormant and ``tau = 0`` is an exact test for zero)."""
-    mean_abs = h.reshape(-1, h.shape[-1]).abs().mean(dim=0)
     return (mean_abs.unsqueeze(0) <= taus.to(mean_abs.dtype).unsqueeze(1) * mean_abs.mean()).sum(dim=1)
 
 
 def singular_values(features: torch.Tensor) -> torch.Tensor:
-    """Singular values of the feature matrix ``[B, W]`` in float64, largest first."""
-    return torch.linalg.svdvals(features.reshape(-1, features.shape[-1]).double())
+    """Singular values of the feature matrix ``[B, W]`` in float64, largest first: the square roots of the
+    eigenvalues of its smaller Gram matrix (``F^T F`` when B >= W), ~3x faster than an SVD of F. A singular value
+    below ~1e-8 of the largest comes out as ~1e-8 of it or 0; it counts for nothing in the ranks either way."""
+    f = features.reshape(-1, features.shape[-1]).double()
+    gram = f.T @ f if f.shape[0] >= f.shape[1] else f @ f.T
+    return torch.linalg.eigvalsh(gram).clamp_min(0.0).sqrt().flip(0)
 
 
 def effective_rank(sv: torch.Tensor) -> torch.Tensor:
@@ -124,22 +133,24 @@ def stable_rank(sv: torch.Tensor) -> torch.Tensor:
 
 def feature_norm(features: torch.Tensor) -> torch.Tensor:
     """Mean over the rows of the L2 norm of each row of ``[B, W]``."""
-    return features.reshape(-1, features.shape[-1]).double().norm(dim=1).mean()
+    return features.reshape(-1, features.shape[-1]).norm(dim=1).double().mean()
 
 
 def metrics_of(layers: Sequence[torch.Tensor], features: torch.Tensor, taus: Sequence[float]) -> dict[str, float]:
     """Every metric of one network from its hidden layers' unit outputs and its penultimate features (the keys
     of ``metric_names``); one host transfer."""
     names = metric_names(taus, len(layers))
-    finite = bool(torch.isfinite(features).all()) and all(bool(torch.isfinite(h).all()) for h in layers)
-    if not finite:
+    mean_abs = [mean_abs_output(h) for h in layers]
+    norm = feature_norm(features)
+    # A NaN or an infinity anywhere reaches these reductions: one check (and one sync) instead of one per tensor.
+    if not bool(torch.isfinite(torch.cat([*mean_abs, norm.reshape(1)])).all()):
         return dict.fromkeys(names, float("nan"))
     tau_t = torch.tensor(list(taus), dtype=torch.float64)
-    counts = torch.stack([dormant_counts(h, tau_t) for h in layers], dim=1).double()  # [T, L]
-    widths = torch.tensor([h.shape[-1] for h in layers], dtype=torch.float64)
+    counts = torch.stack([dormant_counts(m, tau_t) for m in mean_abs], dim=1).double()  # [T, L]
+    widths = torch.tensor([m.shape[0] for m in mean_abs], dtype=torch.float64)
     fractions = torch.cat([counts / widths, (counts.sum(dim=1) / widths.sum()).unsqueeze(1)], dim=1)  # [T, L + 1]
     sv = singular_values(features)
-    ranks = torch.stack([effective_rank(sv), srank(sv), stable_rank(sv), feature_norm(features)])
+    ranks = torch.stack([effective_rank(sv), srank(sv), stable_rank(sv), norm])
     values = torch.cat([fractions.reshape(-1), ranks]).tolist()
     return dict(zip(names, values))
 

@@ -304,6 +304,20 @@ def test_tags_are_readable_from_the_event_files(run: dict[str, Any]) -> None:
         assert [e.value for e in events] == pytest.approx([v for _, v in sink.scalars[tag]], rel=1e-6)
 
 
+def test_the_plasticity_dashboard_charts_logged_tags(run: dict[str, Any]) -> None:
+    import re
+
+    from marl_stability.control_hooks import dashboard
+
+    tags = [t for t in run["sink"].scalars if t.startswith("plasticity/")]
+    layout = dashboard(run["algo"].stat_prefixes, run["cfg"].plasticity.taus)
+    assert len(layout["Plasticity"]) == len(run["cfg"].plasticity.taus) + 4
+    for chart, (_, patterns) in layout["Plasticity"].items():
+        matched = {t for t in tags for p in patterns if re.fullmatch(p, t)}
+        assert len(matched) == len(run["networks"]), chart  # one line per network
+    assert "Plasticity" not in dashboard(run["algo"].stat_prefixes)
+
+
 # --------------------------------------------------------------------------- on vs off: no training number changes
 def _params_and_buffers(algo: Any) -> dict[str, torch.Tensor]:
     return {f"{name}/{k}": v for name, m in algo.modules().items() for k, v in m.state_dict().items()}
@@ -377,3 +391,23 @@ def test_malformed_section_in_a_yaml_file_is_a_one_line_error(tmp_path: Path,
         main(["config", "--config", str(preset)])
     _, err = capsys.readouterr()
     assert exc.value.code == 2 and len(err.splitlines()) == 1 and "plasticity" in err, err
+
+
+# --------------------------------------------------------------------------- the cost benchmark
+def test_cost_benchmark_compares_on_and_off_and_times_one_measurement(monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from marl_stability import bench_instrumentation
+
+    # 2600 env steps, warm-up 2000, one update per 25 env steps: 24 updates, measured every 8th -> 3 measurements
+    monkeypatch.setattr(sys, "argv", ["bench", "--compare", "plasticity", "--steps", "2600", "--repeats", "1"])
+    monkeypatch.setattr(bench_instrumentation, "ARMS", {"plasticity": {
+        "plasticity on": ["plasticity.enabled=true", "plasticity.every=8", "maddpg.batch_size=256"],
+        "plasticity off": ["plasticity.enabled=false", "maddpg.batch_size=256"]}})
+    bench_instrumentation.main()
+    out = capsys.readouterr().out
+    assert "plasticity on " in out and "plasticity off " in out and "overhead of plasticity on:" in out
+    line = next(x for x in out.splitlines() if x.startswith("one measurement"))
+    assert "of 6 modules" in line and "3 measurements (24 updates, every 8)" in line
+    assert 0 < float(line.split(": ")[1].split(" ms")[0]) < 1000
