@@ -4,7 +4,8 @@
                                                    [--steps N] [--repeats R]
 
 Runs are interleaved (A, B, A, B, ...) in one process so machine noise hits both arms alike, and the
-ratio of median wall times is printed.
+ratios of median wall times and of median process CPU times are printed (on a machine shared with other
+jobs the CPU time, which does not count the time the process waits for a core, is the steadier of the two).
 
 - ``--compare logging`` (default): default logging vs "quiet" logging, which turns off the per-layer
   monitor and (almost) all scalar and histogram writes; the statistics the algorithm needs for clipping and
@@ -39,17 +40,18 @@ ARMS = {
 }
 
 
-def one_run(preset: Path | str, overrides: list[str], steps: int, root: Path, tag: str) -> tuple[float, Any]:
-    """A short run without evaluations or checkpoints (MADDPG warm-up 2000 env steps): (wall seconds, trainer)."""
+def one_run(preset: Path | str, overrides: list[str], steps: int, root: Path, tag: str) -> tuple[float, float, Any]:
+    """A short run without evaluations or checkpoints (MADDPG warm-up 2000 env steps): (wall seconds, process CPU
+    seconds, trainer)."""
     from marl_stability.config import load_config
     from marl_stability.trainer import Trainer
 
     cfg = load_config(preset, [f"train.steps={steps}", "maddpg.warmup_steps=2000", "train.eval_every=10000000",
                                "train.checkpoint_every=10000000", *overrides])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer = Trainer(cfg, root / tag, quiet=True)
     trainer.run()
-    return time.perf_counter() - t0, trainer
+    return time.perf_counter() - t0, time.process_time() - c0, trainer
 
 
 def measurement_seconds(trainer: Any, repeats: int = 20) -> float:
@@ -73,26 +75,33 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     arms = ARMS[args.compare]
-    times: dict[str, list[float]] = {k: [] for k in arms}
+    wall: dict[str, list[float]] = {k: [] for k in arms}
+    cpu: dict[str, list[float]] = {k: [] for k in arms}
     trainers: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             for name, overrides in arms.items():
-                seconds, trainers[name] = one_run(args.config, overrides, args.steps, Path(tmp), f"{name.split()[-1]}_{r}")
-                times[name].append(seconds)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for k, v in times.items():
-        print(f"{k:16s} median {med[k]:.2f} s  runs {', '.join(f'{x:.2f}' for x in v)}")
+                w, c, trainers[name] = one_run(args.config, overrides, args.steps, Path(tmp), f"{name.split()[-1]}_{r}")
+                wall[name].append(w)
+                cpu[name].append(c)
     on, off = list(arms)
-    print(f"overhead of {on}: {med[on] / med[off] - 1:+.1%}")
+    for label, times in (("wall", wall), ("cpu", cpu)):
+        med = {k: statistics.median(v) for k, v in times.items()}
+        for k, v in times.items():
+            print(f"{k:16s} {label:4s} median {med[k]:.2f} s  runs {', '.join(f'{x:.2f}' for x in v)}")
+        print(f"overhead of {on} ({label} time): {med[on] / med[off] - 1:+.1%}")
     if args.compare == "plasticity":
-        trainer = trainers[on]
-        every = trainer.cfg.plasticity.resolved_every(trainer.cfg.algo)
-        count = trainer.algo.updates // every
-        one = measurement_seconds(trainer)
-        print(f"one measurement of {len(trainer.algo.modules())} modules: {one * 1e3:.2f} ms; {count} measurements "
-              f"({trainer.algo.updates} updates, every {every}): {one * count:.2f} s = {one * count / med[off]:.2%} "
-              f"of the median run without them")
+        print(direct_cost(trainers[on], statistics.median(wall[off])))
+
+
+def direct_cost(trainer: Any, off_seconds: float) -> str:
+    """One measurement's time, times the number of measurements a run makes, as a share of a run without them."""
+    every = trainer.cfg.plasticity.resolved_every(trainer.cfg.algo)
+    count = trainer.algo.updates // every
+    one = measurement_seconds(trainer)
+    return (f"one measurement of {len(trainer.algo.modules())} modules: {one * 1e3:.2f} ms; {count} measurements "
+            f"({trainer.algo.updates} updates, every {every}): {one * count:.2f} s = {one * count / off_seconds:.2%} "
+            f"of the median run without them")
 
 
 if __name__ == "__main__":
