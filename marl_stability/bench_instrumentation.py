@@ -12,9 +12,9 @@ jobs the CPU time, which does not count the time the process waits for a core, i
   the detectors are still computed.
 - ``--compare plasticity``: the plasticity metrics at their defaults (``plasticity.enabled=true``) vs off,
   everything else at the preset's settings. It also times the measurement itself on the trained networks
-  (``feature_probes`` + ``plasticity.measure_all``, 20 repeats, median) and prints its share of an off run's
-  wall time at the measured rate (measurements = updates / every): a direct estimate that machine noise
-  does not swamp the way it can a ratio of two wall times.
+  (``feature_probes`` + ``plasticity.measure_all``, 20 repeats, median CPU time) and prints its share of an
+  off run's CPU time at the measured rate (measurements = updates / every): a direct estimate that machine
+  noise does not swamp the way it can a ratio of two run times.
 """
 
 from __future__ import annotations
@@ -55,15 +55,15 @@ def one_run(preset: Path | str, overrides: list[str], steps: int, root: Path, ta
 
 
 def measurement_seconds(trainer: Any, repeats: int = 20) -> float:
-    """Median wall time of one plasticity measurement of every network of a trained algorithm."""
+    """Median process CPU time of one plasticity measurement of every network of a trained algorithm."""
     from marl_stability import plasticity
 
     cfg = trainer.cfg.plasticity
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         plasticity.measure_all(trainer.algo.feature_probes(cfg.max_batch), cfg.taus, cfg.max_batch)
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     return statistics.median(times)
 
 
@@ -91,17 +91,18 @@ def main() -> None:
             print(f"{k:16s} {label:4s} median {med[k]:.2f} s  runs {', '.join(f'{x:.2f}' for x in v)}")
         print(f"overhead of {on} ({label} time): {med[on] / med[off] - 1:+.1%}")
     if args.compare == "plasticity":
-        print(direct_cost(trainers[on], statistics.median(wall[off])))
+        print(direct_cost(trainers[on], statistics.median(cpu[off])))
 
 
-def direct_cost(trainer: Any, off_seconds: float) -> str:
-    """One measurement's time, times the number of measurements a run makes, as a share of a run without them."""
+def direct_cost(trainer: Any, off_cpu_seconds: float) -> str:
+    """One measurement's CPU time, times the number of measurements a run makes, as a share of the CPU time of a
+    run without them."""
     every = trainer.cfg.plasticity.resolved_every(trainer.cfg.algo)
     count = trainer.algo.updates // every
     one = measurement_seconds(trainer)
     return (f"one measurement of {len(trainer.algo.modules())} modules: {one * 1e3:.2f} ms; {count} measurements "
-            f"({trainer.algo.updates} updates, every {every}): {one * count:.2f} s = {one * count / off_seconds:.2%} "
-            f"of the median run without them")
+            f"({trainer.algo.updates} updates, every {every}): {one * count:.2f} s = {one * count / off_cpu_seconds:.2%} "
+            f"of the median CPU time of a run without them")
 
 
 if __name__ == "__main__":
