@@ -29,6 +29,7 @@ from agents.optim import GradientStepper, all_finite, keep_fast_kernels, make_op
 from envs.vector import AgentLayout
 from marl_stability.errors import UserError
 from marl_stability.events import UpdateStats
+from marl_stability.plasticity import FeatureProbe
 
 # The algorithm sees the agents exactly as the environment describes them: names, true obs/action sizes,
 # discrete flags and bounds (padded to the batched layout).
@@ -336,5 +337,5 @@ class MADDPG(Algorithm):
         """Named networks (for instrumentation): ``actor/<agent>``, ``critic/<agent>`` (MATD3: both critics)."""
         return dict(self._modules)
 
-    def feature_probes(self, max_rows: int) -> list[Any]:
+    def feature_probes(self, max_rows: int) -> list[FeatureProbe]:
         return [] if self._last_batch is None else ddpg_feature_probes(self, *self._last_batch, max_rows)

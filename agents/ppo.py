@@ -211,7 +211,8 @@ class PPO(Algorithm):
 
     def feature_probes(self, max_rows: int) -> list[FeatureProbe]:
         """Each group's actor and critic on the inputs they trained on in the last update: the rollout's states
-        (evenly spaced; a shared network gets the same states for each of its agents, at most ``max_rows`` rows)."""
+        (evenly spaced; a shared network gets the same states for each of its agents: at most ``max_rows`` rows, at
+        least one state)."""
         if self._last_obs is None:
             return []
         out = []
