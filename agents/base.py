@@ -20,13 +20,16 @@ in-memory copies a rollback uses.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
 
 import numpy as np
 import torch
 
 from marl_stability.events import UpdateStats
 from marl_stability.hooks import NullBus
+
+if TYPE_CHECKING:
+    from marl_stability.plasticity import FeatureProbe
 
 
 class NonFiniteParameters(RuntimeError):
@@ -95,6 +98,13 @@ class Algorithm(ABC):
     def value_estimates(self, obs: np.ndarray) -> Optional[np.ndarray]:
         """Each agent's value estimate [B, N] at joint observations [B, N, D] (None: no value to check)."""
         return None
+
+    def feature_probes(self, max_rows: int) -> list["FeatureProbe"]:
+        """Every trained network with the inputs it saw in the last update (the states trained on, at most
+        ``max_rows`` of them, evenly spaced), for the plasticity metrics (``marl_stability.plasticity``; the
+        ``plasticity`` hook calls this right after ``update()``). Names as in ``modules()``, a second critic of
+        the same agent as ``critic2/<agent>``. [] (the default): nothing to measure."""
+        return []
 
     # ------------------------------------------------------------------ state
     @abstractmethod

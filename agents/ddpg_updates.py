@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from agents.networks import gumbel_softmax_hard, one_hot_argmax
+from agents.networks import feature_probe, gumbel_softmax_hard, one_hot_argmax
+from marl_stability.plasticity import FeatureProbe, even_rows
 
 if TYPE_CHECKING:
     from agents.maddpg import MADDPG
@@ -39,6 +40,23 @@ def _reward_stats(raw: torch.Tensor, learner: torch.Tensor) -> dict[str, torch.T
     """Raw vs learner reward of the batch, per agent ([B, N] -> [N] each)."""
     return {"reward/raw_batch_mean": raw.mean(0), "reward/learner_batch_mean": learner.mean(0),
             "reward/raw_batch_std": raw.std(0), "reward/learner_batch_std": learner.std(0)}
+
+
+def ddpg_feature_probes(a: "MADDPG", b: dict[str, torch.Tensor], obs: torch.Tensor, max_rows: int) -> list[FeatureProbe]:
+    """Every actor on its agent's normalized observations and every critic on the joint (normalized observations,
+    replayed actions) it regressed on, for the rows of one update's batch (both update strategies train on these
+    inputs). MATD3's second twin is ``critic2/<agent>``."""
+    sd, rows = a.spec, even_rows(obs.shape[0], max_rows)
+    obs, act = obs[rows], b["act"][rows]
+    joint = torch.cat([_joint(obs, sd.obs_dims), _joint(act, sd.act_dims)], dim=-1)
+    probes = []
+    for i, name in enumerate(sd.agents):
+        actor = a.actors[i]
+        probes.append(feature_probe(f"actor/{name}", actor, actor.mlp, a.agent_obs(obs, i)))
+        for g, group in enumerate(a.critic_groups):
+            kind = "critic" if g == 0 else f"critic{g + 1}"
+            probes.append(feature_probe(f"{kind}/{name}", group[i], group[i].mlp, joint))
+    return probes
 
 
 class PerAgentUpdate:

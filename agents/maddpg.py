@@ -23,12 +23,13 @@ import torch.nn.functional as F
 
 from agents.base import Algorithm, NonFiniteParameters
 from agents.buffer import ReplayBuffer
-from agents.ddpg_updates import STAT_KEYS, PerAgentUpdate, StackedUpdate, agent_stats
+from agents.ddpg_updates import STAT_KEYS, PerAgentUpdate, StackedUpdate, agent_stats, ddpg_feature_probes
 from agents.networks import CONTINUOUS_HEADS, Actor, Critic, stack_incompatibility
 from agents.optim import GradientStepper, all_finite, keep_fast_kernels, make_optimizer, nonfinite_evidence
 from envs.vector import AgentLayout
 from marl_stability.errors import UserError
 from marl_stability.events import UpdateStats
+from marl_stability.plasticity import FeatureProbe
 
 # The algorithm sees the agents exactly as the environment describes them: names, true obs/action sizes,
 # discrete flags and bounds (padded to the batched layout).
@@ -110,6 +111,7 @@ class MADDPG(Algorithm):
         self.buffer = ReplayBuffer(self.hp.buffer_size, spec.num_agents, spec.max_obs_dim, spec.max_act_dim)
         self.env_steps = 0
         self._updates_owed = 0.0
+        self._last_batch: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None  # (batch, normalized obs)
         self._modules = {f"{kind}/{name}": m for name, actor, critic in zip(spec.agents, self.actors, self.critic_units)
                          for kind, m in (("actor", actor), ("critic", critic))}
         self.stepper = GradientStepper(self.events, self._modules)
@@ -267,6 +269,7 @@ class MADDPG(Algorithm):
         b = self.buffer.sample(self.hp.batch_size, self.rng)
         self.stepper.begin(self.updates, b)
         obs, next_obs = self.fixes.obs(b["obs"]), self.fixes.obs(b["next_obs"])
+        self._last_batch = (b, obs)
         rew = self.fixes.reward(b["rew"])
         actor_step = self.actor_step_due()
         values = self.strategy.update(b, obs, next_obs, rew, self._inject_nonfinite(), actor_step)
@@ -333,3 +336,6 @@ class MADDPG(Algorithm):
     def modules(self) -> dict[str, torch.nn.Module]:
         """Named networks (for instrumentation): ``actor/<agent>``, ``critic/<agent>`` (MATD3: both critics)."""
         return dict(self._modules)
+
+    def feature_probes(self, max_rows: int) -> list[FeatureProbe]:
+        return [] if self._last_batch is None else ddpg_feature_probes(self, *self._last_batch, max_rows)

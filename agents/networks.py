@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from marl_stability.plasticity import FeatureProbe
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": lambda: nn.LeakyReLU(0.01),
@@ -78,6 +80,16 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.hidden(x))
+
+
+def feature_probe(name: str, network: nn.Module, mlp: MLP, inputs: torch.Tensor,
+                  input_norm: nn.Module | None = None) -> FeatureProbe:
+    """The plasticity probe of a network built on ``mlp``: the units are each hidden layer's activation output
+    (before a residual addition), the features the last hidden layer's output; ``inputs`` are what the MLP (or
+    ``input_norm`` before it) receives."""
+    hidden = mlp.hidden
+    features = hidden if input_norm is None else (lambda x: hidden(input_norm(x)))
+    return FeatureProbe(name, network, [layer.act for layer in hidden], features, inputs)
 
 
 def init_weights(mlp: MLP, scheme: str, activation: str, last_layer_init: float | None) -> None:

@@ -19,6 +19,7 @@ import torch
 from agents.base import Algorithm, NonFiniteParameters
 from agents.distributions import ActionHead
 from agents.ppo_losses import UpdateAccumulator
+from agents.networks import feature_probe
 from agents.ppo_networks import PolicyGroup, PolicyNet, ValueNet, ValueNormalizer
 from agents.ppo_rollout import Rollout
 from agents.ppo_update import PPOUpdate
@@ -26,6 +27,7 @@ from agents.optim import GradientStepper, all_finite, make_optimizer, nonfinite_
 from agents.ddpg_updates import agent_stats
 from envs.vector import AgentLayout
 from marl_stability.events import UpdateStats
+from marl_stability.plasticity import FeatureProbe, even_rows
 
 STAT_PREFIXES = ("loss/policy/", "loss/value/", "policy/", "value/",
                  "reward/raw_batch_", "reward/learner_batch_", "reward/learner_scale", "health/nonfinite_updates")
@@ -63,6 +65,7 @@ class PPO(Algorithm):
         self._pending: Optional[dict[str, np.ndarray]] = None  # what act(explore=True) chose, for observe
         self.env_steps = 0
         self.learner = PPOUpdate(self)
+        self._last_obs: Optional[torch.Tensor] = None  # the last update's rollout observations (normalized)
 
     @property
     def gamma(self) -> float:
@@ -180,6 +183,7 @@ class PPO(Algorithm):
         self.updates += 1
         batch, stats = self.learner.prepare()
         self.stepper.begin(self.updates, batch)
+        self._last_obs = batch["obs"]
         acc, inject, m = UpdateAccumulator(self.spec.num_agents), self._inject_nonfinite(), batch["obs"].shape[0]
         for _ in range(self.hp.epochs):
             perm = torch.from_numpy(self.rng.permutation(m))
@@ -204,6 +208,20 @@ class PPO(Algorithm):
     def modules(self) -> dict[str, torch.nn.Module]:
         """``actor/<group>``, ``critic/<group>``: ``shared`` under parameter sharing, else the agents' names."""
         return dict(self._modules)
+
+    def feature_probes(self, max_rows: int) -> list[FeatureProbe]:
+        """Each group's actor and critic on the inputs they trained on in the last update: the rollout's states
+        (evenly spaced; a shared network gets the same states for each of its agents: at most ``max_rows`` rows, at
+        least one state)."""
+        if self._last_obs is None:
+            return []
+        out = []
+        for g in self.groups:
+            obs = self._last_obs[even_rows(self._last_obs.shape[0], max(1, max_rows // len(g.agents)))]
+            out.append(feature_probe(f"actor/{g.name}", g.actor, g.actor.mlp, self.actor_input(g, obs), g.actor.input_norm))
+            out.append(feature_probe(f"critic/{g.name}", g.critic, g.critic.mlp, self.critic_input(g, obs),
+                                     g.critic.input_norm))
+        return out
 
     def group_of(self, i: int) -> PolicyGroup:
         return next(g for g in self.groups if i in g.agents)

@@ -10,6 +10,8 @@ hook (``name``)        owns
 ``train_actions``      histograms of the actions taken while training
 ``evaluation``         evaluation returns, action statistics (repeat, saturation, same action,
                        sensitivity), action and pre-activation histograms, value check
+``plasticity``         dormant-unit ratios, effective/stable rank and feature norm of every network's
+                       hidden features on the update batch (``marl_stability.plasticity``)
 ``detectors``          the failure detectors (explosion, collapse, non-finite) and their messages
 ``nonfinite``          the non-finite policy (stop or rollback) and its counters
 ``forensics``          the evidence bundle of the first non-finite event (files, no tags)
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from marl_stability import monitor
+from marl_stability import monitor, plasticity
 from marl_stability.control_hooks import ForensicsHook, ProgressHook, TensorBoardHook, nonfinite_policy
 from marl_stability.detect import Detectors, standardized_sensitivity
 from marl_stability.events import (EnvStepEvent, EpisodesEvent, EvaluationEvent, GradEvent, NonFiniteEvent,
@@ -239,6 +241,43 @@ class EvaluationHook(Hook):
         self.final = {a: AgentActionStats(**v) for a, v in state["final"].items()}
 
 
+# --------------------------------------------------------------------------- plasticity
+class PlasticityHook(Hook):
+    """Every ``plasticity.every`` updates, right after the update: the plasticity and representation metrics of
+    every network the algorithm names (``Algorithm.feature_probes``) on the batch it just trained on, one extra
+    no-grad forward pass each. Tags ``plasticity/<metric>/<network>[/<layer>]``; the last measurement goes into
+    ``summary.json`` (``plasticity``)."""
+
+    name = "plasticity"
+    prefixes = ("plasticity/",)
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx, self.log = ctx, ctx.scoped(self)
+        cfg = ctx.cfg.plasticity
+        self.every, self.taus, self.max_batch = cfg.resolved_every(ctx.cfg.algo), tuple(cfg.taus), cfg.max_batch
+        self.last: dict[str, Any] = {}
+
+    def on_update(self, ev: UpdateEvent) -> None:
+        if not _every(ev.update, self.every):
+            return
+        probes = self.ctx.algorithm.feature_probes(self.max_batch)
+        if not probes:
+            return
+        networks = plasticity.measure_all(probes, self.taus, self.max_batch)
+        self.log.record_dict({plasticity.tag_of(net, k): v for net, values in networks.items() for k, v in values.items()},
+                             self.ctx.env_steps)
+        self.last = {"env_steps": self.ctx.env_steps, "update": ev.update, "networks": networks}
+
+    def summary(self) -> dict[str, Any]:
+        return {"plasticity": dict(self.last)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last": self.last}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last = dict(state["last"])
+
+
 # --------------------------------------------------------------------------- detectors
 class DetectorHook(Hook):
     """Feeds the failure detectors: every finite pre-clip gradient norm, every evaluation's action statistics,
@@ -295,6 +334,7 @@ class DetectorHook(Hook):
 def builtin_hooks(ctx: RunContext) -> list[Hook]:
     """The hooks every run has, in dispatch order: the sink first (others write from on_start on), the
     measurements, then the detectors, forensics and the non-finite policy that read them, the bar last."""
-    return [TensorBoardHook(ctx), GradientStatsHook(ctx), UpdateStatsHook(ctx), EpisodeHook(ctx),
-            TrainActionsHook(ctx), EvaluationHook(ctx), DetectorHook(ctx), ForensicsHook(ctx),
-            nonfinite_policy(ctx), ProgressHook(ctx)]
+    measurements = [GradientStatsHook(ctx), UpdateStatsHook(ctx), EpisodeHook(ctx), TrainActionsHook(ctx),
+                    EvaluationHook(ctx)] + ([PlasticityHook(ctx)] if ctx.cfg.plasticity.enabled else [])
+    return [TensorBoardHook(ctx), *measurements, DetectorHook(ctx), ForensicsHook(ctx), nonfinite_policy(ctx),
+            ProgressHook(ctx)]

@@ -237,6 +237,39 @@ class TrainConfig(_Strict):
     )
 
 
+class PlasticityConfig(_Strict):
+    """Plasticity and representation metrics of every actor and critic (``marl_stability.plasticity``), on the
+    batch an update trained on."""
+
+    enabled: bool = Field(True, description="dormant-unit ratios, effective/stable rank and feature norm of every "
+                          "network's hidden features (the plasticity hook; tags plasticity/...)")
+    every: Optional[int] = Field(
+        None, ge=1, description="measure after every N-th update (one extra no-grad forward pass per network); null = "
+        "auto: 50 for off-policy algorithms (MADDPG, MATD3, yours), 1 for MAPPO/IPPO (one update per rollout)")
+    taus: list[float] = Field(
+        default_factory=lambda: [0.0, 0.1], description="dormant thresholds tau in [0, 1) (Sokar et al. 2023: a unit "
+        "is dormant when its mean |activation| <= tau x its layer's mean); 0 = exactly dead units")
+    max_batch: int = Field(1024, ge=2, description="at most this many states of the update batch (evenly spaced) "
+                           "enter the measurement")
+
+    @field_validator("taus")
+    @classmethod
+    def _check_taus(cls, v: list[float]) -> list[float]:
+        if not 1 <= len(v) <= 8:
+            raise ValueError("taus must list 1 to 8 thresholds")
+        if any(not 0.0 <= t < 1.0 for t in v):
+            raise ValueError(f"every tau must lie in [0, 1), got {v}")
+        if len({f"{t:g}" for t in v}) != len(v):
+            raise ValueError(f"taus must be distinct, got {v}")
+        return v
+
+    def resolved_every(self, algo: str) -> int:
+        """``every``, with null resolved for this algorithm (on-policy updates are rare and large: every one)."""
+        if self.every is not None:
+            return self.every
+        return 1 if algo in ON_POLICY_ALGORITHMS else 50
+
+
 class DebugConfig(_Strict):
     inject_nonfinite_at_update: Optional[int] = Field(
         None, ge=1, description="test hook: make the critic loss NaN from this update on (tests divergence handling)"
@@ -338,6 +371,8 @@ class RunConfig(_Strict):
     fixes: FixesConfig = Field(default_factory=FixesConfig, description="stability fixes that are not network pieces")
     train: TrainConfig = Field(default_factory=TrainConfig, description="budget, evaluation, checkpoints, logging")
     detectors: DetectorConfig = Field(default_factory=DetectorConfig, description="failure detector thresholds")
+    plasticity: PlasticityConfig = Field(default_factory=PlasticityConfig,
+                                         description="plasticity and representation metrics (dormant units, ranks)")
     debug: DebugConfig = Field(default_factory=DebugConfig, description="test hooks")
 
     @field_validator("algo")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import collections
 import math
+import re
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -15,6 +16,7 @@ from marl_stability.checkpoint import atomic_write_json, atomic_write_text, save
 from marl_stability.config import dump_yaml
 from marl_stability.events import EnvStepEvent, EvaluationEvent, NonFiniteEvent, UpdateEvent
 from marl_stability.hooks import Hook, RunContext
+from marl_stability.plasticity import tau_label
 from marl_stability.sinks import TensorBoardSink
 from marl_stability.summary import RunSummary
 from marl_stability.tb_run import METRICS, hparams_of, metric_values, summary_text
@@ -202,14 +204,30 @@ ON_POLICY_DASHBOARD = {
 }
 
 
-def dashboard(stat_prefixes: tuple[str, ...]) -> dict[str, dict[str, list[Any]]]:
+def plasticity_dashboard(taus: Sequence[float]) -> dict[str, list[Any]]:
+    """Every network on one chart per metric: the whole-network dormant fraction at each tau, the ranks, the norm."""
+    charts: dict[str, list[Any]] = {
+        f"dormant units, tau {tau_label(t)} (whole network)": ["Multiline", [rf"plasticity/dormant_tau{re.escape(tau_label(t))}/.*/all"]]
+        for t in taus}
+    charts.update({
+        "effective rank of the features": ["Multiline", [r"plasticity/eff_rank/.*"]],
+        "srank (directions holding 99%)": ["Multiline", [r"plasticity/srank/.*"]],
+        "stable rank of the features": ["Multiline", [r"plasticity/stable_rank/.*"]],
+        "feature norm": ["Multiline", [r"plasticity/feature_norm/.*"]],
+    })
+    return charts
+
+
+def dashboard(stat_prefixes: tuple[str, ...], plasticity_taus: Optional[Sequence[float]] = None) -> dict[str, dict[str, list[Any]]]:
     """The Custom Scalars layout of a run: the charts above, plus the algorithm's own (MATD3's twin gap, the
-    on-policy dashboard)."""
+    on-policy dashboard) and, when the plasticity metrics are on (their taus given), a Plasticity dashboard."""
     layout = {cat: dict(charts) for cat, charts in DASHBOARD.items()}
     if "q/twin_gap/" in stat_prefixes:
         layout["Critic"][TWIN_CHART[0]] = TWIN_CHART[1]
     if "policy/" in stat_prefixes:
         layout["On-policy"] = dict(ON_POLICY_DASHBOARD)
+    if plasticity_taus is not None:
+        layout["Plasticity"] = plasticity_dashboard(plasticity_taus)
     return layout
 
 
@@ -231,7 +249,8 @@ class TensorBoardHook(Hook):
         sink = TensorBoardSink(self.ctx.run_dir, purge_step=self.ctx.env_steps + 1 if resumed else None)
         self.ctx.logger.sinks.insert(0, sink)
         if not resumed:
-            sink.custom_scalars(dashboard(self.ctx.algorithm.stat_prefixes))
+            plasticity = self.ctx.cfg.plasticity
+            sink.custom_scalars(dashboard(self.ctx.algorithm.stat_prefixes, plasticity.taus if plasticity.enabled else None))
             sink.hparams(hparams_of(self.ctx.cfg, self.labels), METRICS, self.varying)
 
     def before_checkpoint(self) -> None:

@@ -70,6 +70,9 @@ class RunSummary(BaseModel):
     agents: list[str] = Field(default_factory=list)
     wall_seconds: float = 0.0
     env_steps_per_second: Optional[float] = None
+    plasticity: dict[str, Any] = Field(
+        default_factory=dict, description="the last plasticity measurement: env_steps, update, networks: {network: "
+        "{metric: value}} (metrics as in the plasticity/ tags; empty when plasticity.enabled is false)")
     hooks: dict[str, dict[str, Any]] = Field(default_factory=dict, description="what users' hooks add, by hook name")
     error: Optional[str] = Field(None, description="env_error: the environment's failure (env, agent, field, env step); "
                                  "crashed: the exception")
@@ -90,7 +93,7 @@ class RunSummary(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         out = self.model_dump(mode="python")
-        for key in ("hooks", "error"):  # runs without users' hooks or errors keep the summary.json they always had
+        for key in ("plasticity", "hooks", "error"):  # runs without these keep the summary.json they always had
             if not out[key]:
                 del out[key]
         return out

@@ -108,8 +108,8 @@ def _groups(tags: set[str]) -> Counter:
 
 def test_first_screen_tells_the_story(tb_run_tags: tuple[set[str], set[str]]) -> None:
     """Of a real run's tags (MADDPG, MATD3, MAPPO): the groups TensorBoard opens expanded are the story (returns
-    and action statistics, then gradient norms), with few cards; per-layer statistics sit in one collapsed
-    group."""
+    and action statistics, then gradient norms), with few cards; per-layer statistics sit in collapsed groups
+    (gradients and weights under layers/, dormant units per hidden layer under plasticity/)."""
     scalars, histograms = tb_run_tags
     groups = _groups(scalars | histograms)
     order = sorted(groups)
@@ -117,8 +117,9 @@ def test_first_screen_tells_the_story(tb_run_tags: tuple[set[str], set[str]]) ->
     assert sum(groups[g] for g in FIRST_SCREEN) <= FIRST_SCREEN_MAX_CARDS, groups
     assert not any(t.startswith(FIRST_SCREEN) for t in histograms)
     per_layer = {t for t in scalars if t.count("/") >= 4 or "_layer" in t}
-    assert per_layer and all(t.startswith("layers/") for t in per_layer)
-    assert len(groups) <= 14, groups  # 18 before the regrouping (MADDPG); MAPPO adds value/
+    assert per_layer and all(t.startswith(("layers/", "plasticity/")) for t in per_layer)
+    assert any(t.startswith("layers/") for t in per_layer) and any(t.startswith("plasticity/") for t in per_layer)
+    assert len(groups) <= 15, groups  # 18 before the regrouping (MADDPG); MAPPO adds value/, every run plasticity/
     assert {f"hparams/{k}" for k in ("final_return", "collapse_step", "saturation")} <= scalars
 
 
