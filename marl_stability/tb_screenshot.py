@@ -60,9 +60,15 @@ def _shot(browser: str, url: str, path: Path) -> None:
 def timeseries_groups(dom: str) -> list[dict[str, Any]]:
     """Time Series groups in page order: name, card count, expanded (TensorBoard's group toolbar)."""
     groups = []
-    for m in re.finditer(r'class="group-title" title="([^"]+)">.*?group-card-count[^>]*>\s*(\d+) cards?.*?'
-                         r'svgicon="(expand_less|expand_more)_24px"', dom, re.S):
-        groups.append({"group": m.group(1), "cards": int(m.group(2)), "expanded": m.group(3) == "expand_less"})
+    starts = [m for m in re.finditer(r'class="group-title" title="([^"]+)"', dom)]
+    # Each group's toolbar is read on its own slice of the page: a toolbar without a card count (TensorBoard
+    # leaves it out for some groups) must not borrow the next group's.
+    for m, nxt in zip(starts, starts[1:] + [None]):
+        part = dom[m.end(): nxt.start() if nxt is not None else len(dom)]
+        count = re.search(r"group-card-count[^>]*>\s*(\d+) cards?", part)
+        icon = re.search(r'svgicon="(expand_less|expand_more)_24px"', part)
+        groups.append({"group": m.group(1), "cards": int(count.group(1)) if count else None,
+                       "expanded": bool(icon) and icon.group(1) == "expand_less"})
     return groups
 
 
@@ -99,7 +105,7 @@ def _checks(report: dict[str, Any]) -> list[tuple[bool, str]]:
     groups = report["timeseries_groups"]
     expanded = [g["group"] for g in groups if g["expanded"]]
     out = [(tuple(expanded) == STORY_GROUPS, f"expanded Time Series groups {expanded} (want {list(STORY_GROUPS)}); "
-            f"{sum(g['cards'] for g in groups if g['expanded'])} cards open, {len(groups)} groups")]
+            f"{sum(g['cards'] or 0 for g in groups if g['expanded'])} cards open, {len(groups)} groups")]
     by_arm: dict[str, set[str]] = defaultdict(set)
     for run, colour in report["run_colours"].items():
         by_arm[run.split("/")[0]].add(colour)
