@@ -166,3 +166,18 @@ def test_runs_written_before_the_regrouping_still_read(old: str, new: str) -> No
     from marl_stability.tb_run import current_tag
 
     assert current_tag(old) == new
+
+
+def test_screenshot_parser_reads_each_group_on_its_own():
+    """A Time Series group whose toolbar has no card count must not take the next group's (perf/plasticity)."""
+    from marl_stability.tb_screenshot import timeseries_groups
+
+    def group(name: str, count: str, icon: str) -> str:
+        return (f'<span class="group-title" title="{name}">{name}</span>{count}'
+                f'<mat-icon svgicon="{icon}_24px"></mat-icon>')
+    dom = (group("eval", '<span class="group-card-count">19 cards</span>', "expand_less")
+           + group("perf", "", "expand_more")
+           + group("plasticity", '<span class="group-card-count">80 cards</span>', "expand_more"))
+    assert timeseries_groups(dom) == [{"group": "eval", "cards": 19, "expanded": True},
+                                      {"group": "perf", "cards": None, "expanded": False},
+                                      {"group": "plasticity", "cards": 80, "expanded": False}]
