@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -148,8 +148,7 @@ class TaskAnchors:
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"env": self.env, "random": self.random, "do_nothing": self.do_nothing,
-                "controller": self.controller, "source": self.source}
+        return asdict(self)
 
 
 SPREAD_ANCHORS = TaskAnchors(SPREAD, SPREAD_RANDOM, SPREAD_DO_NOTHING, SPREAD_ASSIGNMENT,

@@ -36,6 +36,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from marl_stability.doctor import read_scalars
 from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.anchors import COMPETITIVE_TASKS
@@ -43,7 +44,6 @@ from marl_stability.atomic import atomic_write_json, atomic_write_text
 from marl_stability.report import collect
 from marl_stability.sweep.layout import FINAL_STATUSES
 
-COMPETITIVE = COMPETITIVE_TASKS
 ADVERSARY_PREFIXES = ("adversary", "leadadversary", "eve")
 # Readable names of the arms the project's sweep files use (others print as their arm name).
 ARM_LABELS = {
@@ -84,13 +84,9 @@ def team_of(agent: str) -> str:
 
 def _final_agent_returns(run_dir: Path) -> dict[str, float]:
     """Each agent's return at the final evaluation (``eval/agent_return/<agent>``), from the event file."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 1, "tensors": 1, "images": 1})
-    acc.Reload()
     prefix = "eval/agent_return/"
-    return {t[len(prefix):]: float(acc.Scalars(t)[-1].value) for t in acc.Tags().get("scalars", [])
-            if t.startswith(prefix) and acc.Scalars(t)}
+    return {tag[len(prefix):]: float(series[-1][1]) for tag, series in read_scalars(run_dir).items()
+            if tag.startswith(prefix) and series}
 
 
 SAME_ACTION_THRESHOLD = 0.9  # share of pairs of different states given the same action
@@ -198,7 +194,7 @@ def _agents_note(v: ArmVerdict) -> str:
 def _returns(v: ArmVerdict) -> str:
     xs = [r.final_return for r in v.runs if r.final_return is not None]
     text = f"{fmt_number(float(np.mean(xs)), '.1f')} ({', '.join(f'{x:.1f}' for x in xs)})" if xs else "n/a"
-    if v.task in COMPETITIVE:
+    if v.task in COMPETITIVE_TASKS:
         teams = v.team_returns()
         text += "; " + "; ".join(f"{t} {np.mean(x):.1f}" for t, x in sorted(teams.items()))
     return text

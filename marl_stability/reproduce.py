@@ -159,6 +159,11 @@ def _band(series: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------- statistics
+def _fired(steps: list[Optional[int]]) -> int:
+    """Seeds where a detector fired (a step recorded)."""
+    return sum(s is not None for s in steps)
+
+
 @dataclass
 class ArmResult:
     name: str
@@ -188,15 +193,15 @@ class ArmResult:
 
     @property
     def collapses(self) -> int:
-        return sum(s is not None for s in self.collapse_steps)
+        return _fired(self.collapse_steps)
 
     @property
     def explosions(self) -> int:
-        return sum(s is not None for s in self.explosion_steps)
+        return _fired(self.explosion_steps)
 
     @property
     def diverged(self) -> int:
-        return sum(s is not None for s in self.nonfinite_steps)
+        return _fired(self.nonfinite_steps)
 
     @property
     def failure_steps(self) -> list[Optional[int]]:
@@ -207,12 +212,12 @@ class ArmResult:
 
     @property
     def failures(self) -> int:
-        return sum(s is not None for s in self.failure_steps)
+        return _fired(self.failure_steps)
 
     @property
     def extended(self) -> bool:
         """Whether a detector beyond the action collapse fired in this arm (the report then shows them all)."""
-        return any(s is not None for s in self.nonfinite_steps + self.entropy_collapse_steps + self.kl_spike_steps)
+        return _fired(self.nonfinite_steps + self.entropy_collapse_steps + self.kl_spike_steps) > 0
 
     def rate(self, k: int) -> float:
         return k / self.n if self.n else math.nan
@@ -284,25 +289,24 @@ def verdict(failure: ArmResult, fixed: ArmResult, anchors: TaskAnchors = SPREAD_
     lo = fixed.final_return_ci[0]
     fixed_ok = fixed.n > 0 and (fixed.failures if extended else fixed.collapses) == 0 and math.isfinite(lo) \
         and lo > anchors.random
-    if extended:
-        return {"failure_reproduced": failure_ok, "post_collapse_return_change": None if not math.isfinite(change) else change,
-                "fixed_cured": fixed_ok, "criteria": {
-                    "failure": "a failure detector (action collapse, non-finite values, entropy collapse) fired in >= 90% "
-                               "of seeds, and where the run went on after an action collapse, the return did not improve "
-                               f"(as for the collapse alone: 95% bootstrap CI of the change below +{NO_GAIN_MARGIN:g})",
-                    "fixed": "no failure detector (action collapse, non-finite values, entropy collapse) fired in any seed "
-                             f"and the 95% CI of the mean final team return is above random ({anchors.random:g})"}}
+    criteria = {
+        "failure": "a failure detector (action collapse, non-finite values, entropy collapse) fired in >= 90% "
+                   "of seeds, and where the run went on after an action collapse, the return did not improve "
+                   f"(as for the collapse alone: 95% bootstrap CI of the change below +{NO_GAIN_MARGIN:g})",
+        "fixed": "no failure detector (action collapse, non-finite values, entropy collapse) fired in any seed "
+                 f"and the 95% CI of the mean final team return is above random ({anchors.random:g})",
+    } if extended else {
+        "failure": f"collapse detector fired in >= 90% of seeds, and the return did not improve after collapse: "
+                   f"the change from the first to the second half of the evaluations after onset, averaged over "
+                   f"collapsed seeds, has a 95% bootstrap CI below +{NO_GAIN_MARGIN:g}",
+        "fixed": f"no collapse in any seed and the 95% CI of the mean final team return above random "
+                 f"({anchors.random:g})",
+    }
     return {
         "failure_reproduced": failure_ok,
         "post_collapse_return_change": None if not math.isfinite(change) else change,
         "fixed_cured": fixed_ok,
-        "criteria": {
-            "failure": f"collapse detector fired in >= 90% of seeds, and the return did not improve after collapse: "
-                       f"the change from the first to the second half of the evaluations after onset, averaged over "
-                       f"collapsed seeds, has a 95% bootstrap CI below +{NO_GAIN_MARGIN:g}",
-            "fixed": f"no collapse in any seed and the 95% CI of the mean final team return above random "
-                     f"({anchors.random:g})",
-        },
+        "criteria": criteria,
     }
 
 
@@ -620,20 +624,18 @@ def _failure_table(res: dict[str, ArmResult]) -> list[str]:
              "|---|---|---|---|---|---|"]
     for a in res.values():
         def n(xs: list[Optional[int]]) -> str:
-            k = sum(x is not None for x in xs)
-            return f"{k}/{a.n}" + (f" ({_steps(xs)})" if k else "")
+            return f"{_fired(xs)}/{a.n}" + (f" ({_steps(xs)})" if _fired(xs) else "")
         lines.append(f"| {a.name} | {a.failures}/{a.n} | {_steps(a.failure_steps)} | {n(a.nonfinite_steps)} | "
                      f"{n(a.entropy_collapse_steps)} | {n(a.kl_spike_steps)} |")
     return lines + [""]
 
 
 def _extended_failure_line(failure: ArmResult, v: dict[str, Any]) -> str:
-    k = lambda xs: sum(x is not None for x in xs)  # noqa: E731
     return (f"- **Failure preset: {'reproduced' if v['failure_reproduced'] else 'NOT reproduced'}.** A failure detector "
             f"fired in {failure.failures}/{failure.n} seeds, first at {_steps(failure.failure_steps)} env steps: "
             f"non-finite values (the run diverged) in {failure.diverged}/{failure.n}, action collapse in "
-            f"{failure.collapses}/{failure.n}, entropy collapse in {k(failure.entropy_collapse_steps)}/{failure.n}; the "
-            f"KL-spike warning in {k(failure.kl_spike_steps)}/{failure.n}, at {_steps(failure.kl_spike_steps)}. Peak "
+            f"{failure.collapses}/{failure.n}, entropy collapse in {_fired(failure.entropy_collapse_steps)}/{failure.n}; the "
+            f"KL-spike warning in {_fired(failure.kl_spike_steps)}/{failure.n}, at {_steps(failure.kl_spike_steps)}. Peak "
             f"gradient norms before the end: critic {_range(failure.peak_critic_grad)}, actor "
             f"{_range(failure.peak_actor_grad)}.")
 
@@ -680,7 +682,7 @@ def _extended_verdict_section(failure: ArmResult, fixed: ArmResult, v: dict[str,
         lo, hi = fixed.final_return_ci
         lines.append(
             f"- **Fixed preset: {'cured' if v['fixed_cured'] else 'NOT cured'}.** A failure detector fired in "
-            f"{fixed.failures}/{fixed.n} seeds (KL-spike warning in {sum(x is not None for x in fixed.kl_spike_steps)}/"
+            f"{fixed.failures}/{fixed.n} seeds (KL-spike warning in {_fired(fixed.kl_spike_steps)}/"
             f"{fixed.n}); final team return {fmt_number(fixed.final_return_mean, '.1f')} [{fmt_number(lo, '.1f')}, "
             f"{fmt_number(hi, '.1f')}] versus random {anchors.random:g}. " + _scale_note(anchors))
     lines.append(f"- Criteria: failure — {v['criteria']['failure']}; fixed — {v['criteria']['fixed']}.")
