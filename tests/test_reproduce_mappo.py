@@ -88,6 +88,8 @@ def test_reproduce_on_policy_end_to_end(tmp_path, workers):
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["verdict"]["failure_reproduced"] is True
+    assert all(step is not None and step <= 6400 for step in summary["arms"]["failure"]["nonfinite_steps"])
+    assert summary["arms"]["fixed"]["nonfinite_steps"] == [None, None]
     assert summary["episodes"]["failure"]["skipped"].startswith("the run diverged")
     assert summary["episodes"]["fixed"]["frames"] > 1
     report = (tmp_path / "out" / "report.md").read_text()
