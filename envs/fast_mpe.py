@@ -196,12 +196,14 @@ def _partner_order(
     return pairs, signs.reshape(pairs.shape)[:, :, None]
 
 
-def _end_flags(out_of_time: np.ndarray, success: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(terminated, truncated) [B, N]: mpe2 truncates at max_cycles, else terminates on success."""
+def _end_flags(
+    out_of_time: np.ndarray, success: np.ndarray | None, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(terminated [B, N], truncated [B, N], done [B]): mpe2 truncates at max_cycles, else terminates on success."""
     trunc = np.repeat(out_of_time[:, None], n, axis=1)
     if success is None:
-        return np.zeros_like(trunc), trunc
-    return np.repeat((success & ~out_of_time)[:, None], n, axis=1), trunc
+        return np.zeros_like(trunc), trunc, out_of_time
+    return np.repeat((success & ~out_of_time)[:, None], n, axis=1), trunc, out_of_time | success
 
 
 def _episode_records(
@@ -212,15 +214,11 @@ def _episode_records(
     idx: np.ndarray,
 ) -> list[dict[str, Any]]:
     """One record per finished env ``idx`` (python floats/ints, converted in bulk)."""
-    team, per_agent, lengths = team_returns[idx].tolist(), agent_returns[idx].tolist(), steps[idx].tolist()
     return [
-        {
-            "team_return": team[k],
-            "agent_returns": dict(zip(agents, per_agent[k])),
-            "length": lengths[k],
-            "env_index": b,
-        }
-        for k, b in enumerate(idx.tolist())
+        {"team_return": team, "agent_returns": dict(zip(agents, per_agent)), "length": length, "env_index": b}
+        for team, per_agent, length, b in zip(
+            team_returns[idx].tolist(), agent_returns[idx].tolist(), steps[idx].tolist(), idx.tolist()
+        )
     ]
 
 
@@ -483,7 +481,9 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         sizes = np.concatenate([scn.agent_size, scn.landmark_size])[coll]
         self._pair_dist_min = (sizes[ia] + sizes[ib])[:, None]
         self._has_collisions = ia.size > 0 and coll_mov.size > 0
-        self._partner_pair, self._partner_sign = _partner_order(coll_mov, self._n_coll, ia, ib)
+        pairs, signs = _partner_order(coll_mov, self._n_coll, ia, ib)  # [M, C-1], [M, C-1, 1]
+        self._partner_pair_t = np.ascontiguousarray(pairs.T)  # [C-1, M]
+        self._partner_sign_t = np.ascontiguousarray(signs.transpose(1, 0, 2))  # [C-1, M, 1]
         assert scn.accel is not None and scn.max_speed is not None and scn.mass is not None
         mov = scn.movable
         self._accel = scn.accel[mov][None, :, None]  # [1, Nmov, 1]: mpe2's per-agent sensitivity
@@ -561,9 +561,10 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             # for agent i that adds its partners' forces in increasing partner order, as here
             # (multiplying by the sign +-1.0 is exact).
             acc = force[:, self._coll_mov_force]
-            pairs, signs = self._partner_pair, self._partner_sign
-            for k in range(pairs.shape[1]):
-                acc = f[:, pairs[:, k]] * signs[:, k] + acc
+            # [2, C-1, M, B]: each mover's signed pair forces, in partner order (one gather for all partners)
+            signed = f[:, self._partner_pair_t] * self._partner_sign_t
+            for k in range(signed.shape[1]):
+                acc = signed[:, k] + acc
             force = force.copy()
             force[:, self._coll_mov_force] = acc
         mov = self._mov
@@ -575,17 +576,19 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             # mpe2: if |v| > max_speed: v = v / |v| * max_speed (|v| from np.square, same rounding).
             v = s.vel[:, self._speed_rows]
             speed = np.sqrt(v[0] * v[0] + v[1] * v[1])
-            with np.errstate(divide="ignore", invalid="ignore"):  # speed 0 is never over the limit
-                capped = v / speed * self._max_speed
-            s.vel[:, self._speed_rows] = np.where(speed > self._max_speed, capped, v)
+            over = speed > self._max_speed
+            # Divide by 1.0 where the speed is not over the limit (those entries are discarded): no 0/0 warning
+            # without np.errstate, which costs more than the arithmetic at these sizes.
+            capped = v / np.where(over, speed, 1.0) * self._max_speed
+            s.vel[:, self._speed_rows] = np.where(over, capped, v)
         if self._talk.size:
             s.comm[self._talk] = msg  # silent agents keep zeros
         s.steps += 1
 
-    def _transition(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _transition(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Validate + step every env once, no autoreset.
 
-        Returns (next_obs [B,N,D] f32, rewards [B,N] f64, terminated [B,N], truncated [B,N]).
+        Returns (next_obs [B,N,D] f32, rewards [B,N] f64, terminated [B,N], truncated [B,N], done [B]).
         """
         if self._obs is None:
             raise EnvError("FastMPEVectorEnv.step() called before reset()")
@@ -596,10 +599,9 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         next_obs, rew_t, success = self._observe_and_reward()
         assert rew_t is not None
         rew = rew_t.T  # [B, N]
-        n = self.layout.num_agents
-        term, trunc = _end_flags(self._s.steps >= self.max_cycles, success, n)
+        term, trunc, done = _end_flags(self._s.steps >= self.max_cycles, success, self.layout.num_agents)
         self._obs = next_obs
-        return next_obs, rew, term, trunc
+        return next_obs, rew, term, trunc, done
 
     # ------------------------------------------------------------ public API
     def reset(self) -> np.ndarray:
@@ -618,7 +620,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
 
     def step(self, actions: Any) -> StepResult:
         """Step all envs with ``actions [B, N, max_act_dim]``; finished envs autoreset."""
-        next_obs, rew, term, trunc = self._transition(actions)
+        next_obs, rew, term, trunc, done = self._transition(actions)
         reward = rew.astype(np.float32)
         # The boundary check every vector env makes (one np.isfinite per array): a NaN from the physics or a
         # scenario is the env's failure, reported with env copy, agent and episode step.
@@ -626,7 +628,6 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         self._agent_returns += rew
         for i in range(self.layout.num_agents):  # EpisodeStatistics' summation order
             self._team_returns += rew[:, i]
-        done = (term | trunc).all(axis=1)
         episodes: list[dict[str, Any]] = []
         obs_out = next_obs
         if done.any():
@@ -741,7 +742,7 @@ class FastMPEParallelEnv(ParallelEnv):
     ]:
         if not self.agents:
             return {}, {}, {}, {}, {}  # like mpe2's wrapper once every agent is done
-        next_obs, rew, term, trunc = self._vec._transition(self._action_row(actions))
+        next_obs, rew, term, trunc, _ = self._vec._transition(self._action_row(actions))
         agents = self.possible_agents
         obs = self._obs_dict(next_obs[0])
         rewards = {a: float(rew[0, i]) for i, a in enumerate(agents)}

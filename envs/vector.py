@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Optional, Sequence
 
 import gymnasium.spaces
@@ -118,15 +119,15 @@ class AgentLayout:
                 raise EnvError(f"{name} must have shape {(n, self.max_act_dim)}, got {arr.shape}")
             object.__setattr__(self, name, arr)
 
-    @property
+    @cached_property
     def num_agents(self) -> int:
         return len(self.agents)
 
-    @property
+    @cached_property
     def max_obs_dim(self) -> int:
         return max(self.obs_dims)
 
-    @property
+    @cached_property
     def max_act_dim(self) -> int:
         return max(self.act_dims)
 
@@ -265,8 +266,11 @@ def check_action_batch(actions: Any, num_envs: int, layout: AgentLayout) -> np.n
     expected = (num_envs, layout.num_agents, layout.max_act_dim)
     if batch.shape != expected:
         raise EnvError(f"actions must have shape {expected}, got {batch.shape}")
-    if not (np.issubdtype(batch.dtype, np.floating) or np.issubdtype(batch.dtype, np.integer)):
+    kind = batch.dtype.kind  # f: floating, i/u: integer (np.issubdtype's classes, without its cost per step)
+    if kind not in "fiu":
         raise EnvError(f"actions must be a numeric array, got dtype {batch.dtype}")
+    if kind != "f":
+        return batch  # integers are always finite
     finite = np.isfinite(batch)
     if not finite.all():
         bad_envs = sorted({int(b) for b in np.nonzero(~finite)[0]})

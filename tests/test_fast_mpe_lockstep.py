@@ -86,6 +86,8 @@ def _coverage(raw: Any, rewards: dict[str, float], seen: Counter) -> None:
             seen["speed_limit"] += 1
     if name in ("simple_tag_v3", "simple_world_comm_v3") and rewards[world.agents[0].name] > 0:
         seen["capture"] += 1
+    if name in ("simple_tag_v3", "simple_world_comm_v3"):  # a good agent past 0.9: its boundary penalty applies
+        seen["boundary"] += int(any(np.abs(a.state.p_pos).max() >= 0.9 for a in world.agents if not a.adversary))
     if name == "simple_world_comm_v3":
         n, first_forest = len(world.agents), len(ents) - len(world.forests)
         inside = (dist[:n, first_forest:] < size[:n, None] + size[None, first_forest:]).any(axis=1)
@@ -99,8 +101,8 @@ def _coverage(raw: Any, rewards: dict[str, float], seen: Counter) -> None:
 
 _EXPECTED = {
     "simple_push_v3": ("contact",),
-    "simple_tag_v3": ("contact", "capture", "speed_limit"),
-    "simple_world_comm_v3": ("contact", "capture", "speed_limit", "hidden"),
+    "simple_tag_v3": ("contact", "capture", "speed_limit", "boundary"),
+    "simple_world_comm_v3": ("contact", "capture", "speed_limit", "hidden", "boundary"),
     "simple_spread_v3": ("contact",),
     "simple_formation_v1": ("contact",),
     "simple_line_v1": ("contact",),

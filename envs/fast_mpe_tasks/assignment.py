@@ -12,6 +12,9 @@ DIST_THRESHOLD = 0.05  # terminate_on_success: every agent this close to its ass
 
 # Up to this many agents every permutation is scored at once (7! = 5040); above it, scipy per env.
 _BRUTE_FORCE_MAX = 7
+# Up to this many agents the permutations' summed distances are gathered and added row by row (5! = 120 rows);
+# above it one matrix product (a BLAS call, whose thread start-up costs more than the sums at small sizes).
+_GATHER_MAX = 5
 
 
 @lru_cache(maxsize=None)
@@ -23,28 +26,60 @@ def _permutations(n: int) -> tuple[np.ndarray, np.ndarray]:
     return perms, select
 
 
+@lru_cache(maxsize=None)
+def _permutation_rows(n: int) -> np.ndarray:
+    """[N, P]: the row ``i * N + σ(i)`` of ``d[i, σ(i)]`` in the [N*N, B] distances, for every permutation σ."""
+    return np.ascontiguousarray((np.arange(n)[None, :] * n + _permutations(n)[0]).T)
+
+
+@lru_cache(maxsize=None)
+def _row_offsets(n: int, b: int) -> np.ndarray:
+    """[N, B] flat index of ``d[i, 0, k]`` in a C-ordered [N, N, B] array: ``i * N * B + k``."""
+    return np.arange(n)[:, None] * (n * b) + np.arange(b)[None, :]
+
+
+def _best_assignment(dist: np.ndarray) -> np.ndarray:
+    """[N, B] target index of each agent under the assignment minimising the summed distance ``dist`` [N, N, B]."""
+    n, b = dist.shape[0], dist.shape[2]
+    if n > _BRUTE_FORCE_MAX:
+        from scipy.optimize import linear_sum_assignment
+
+        return np.stack([linear_sum_assignment(dist[:, :, k])[1] for k in range(b)], axis=1)
+    perms, select = _permutations(n)
+    flat = dist.reshape(n * n, b)
+    if n <= _GATHER_MAX:
+        terms = flat.take(_permutation_rows(n), axis=0)  # [N, P, B]: d[i, σ(i)] of every permutation
+        total = terms[0]
+        for i in range(1, n):
+            total = total + terms[i]
+    else:
+        total = select @ flat
+    return perms[np.argmin(total, axis=0)].T
+
+
 def matched_distance_reward(agent_pos: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """([B] ``-mean(clip(d[i, σ(i)], 0, 2))``, [N, B] ``d[i, σ(i)]``) for the assignment σ minimising the
     summed distance.
 
     ``agent_pos`` and ``targets`` are [2, N, B]. ``d[i, j] = |agent_i - target_j|`` with mpe2's
     ``np.linalg.norm`` arithmetic (``sqrt(dx*dx + dy*dy)``); the chosen distances are averaged in numpy's
-    order, so the reward equals mpe2's. Only the *choice* of σ uses other arithmetic (a matrix product
-    scores all permutations): the optimum is unique for positions in general position, and two
-    assignments whose summed distances tie to the last bit could be resolved differently from scipy
-    (the reward would then differ by rounding only).
+    order, so the reward equals mpe2's. Only the *choice* of σ uses other arithmetic (the summed distance of
+    every permutation): the optimum is unique for positions in general position, and two assignments whose
+    summed distances tie to the last bit could be resolved differently from scipy (the reward would then
+    differ by rounding only).
     """
     delta = agent_pos[:, :, None, :] - targets[:, None, :, :]  # [2, N, N, B]
     sq = delta * delta
-    dist = np.sqrt(sq[0] + sq[1])  # [N agents, N targets, B]
+    dist = np.sqrt(sq[0] + sq[1])  # [N agents, N targets, B], C-ordered
     n, b = dist.shape[0], dist.shape[2]
-    if n <= _BRUTE_FORCE_MAX:
-        perms, select = _permutations(n)
-        best = perms[np.argmin(select @ dist.reshape(n * n, b), axis=0)].T  # [N, B]
-    else:
-        from scipy.optimize import linear_sum_assignment
-
-        best = np.stack([linear_sum_assignment(dist[:, :, k])[1] for k in range(b)], axis=1)
-    chosen = np.take_along_axis(dist, best[:, None, :], axis=1)[:, 0]  # [N, B]
+    best = _best_assignment(dist)
+    chosen = dist.ravel().take(_row_offsets(n, b) + best * b)  # [N, B]: d[i, best[i, k], k]
     clipped = np.ascontiguousarray(np.clip(chosen, 0, 2).T)  # [B, N]: np.mean's summation per env
     return -(np.add.reduce(clipped, axis=1) / n), chosen
+
+
+def shared_rows(shared: np.ndarray, n: int) -> np.ndarray:
+    """[N, B] copy of the [B] shared reward, one row per agent."""
+    out = np.empty((n, shared.shape[0]))
+    out[:] = shared
+    return out

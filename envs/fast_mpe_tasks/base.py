@@ -9,6 +9,7 @@ env axis *last* (``[..., B]``) so every numpy inner loop runs over B contiguous 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
     "put_pairs",
     "collisions",
     "boundary_penalty",
+    "subtract_boundary_penalty",
     "sum_sq",
 ]
 
@@ -92,10 +94,23 @@ def collisions(dist: np.ndarray, size_a: np.ndarray, size_b: np.ndarray) -> np.n
 
 def boundary_penalty(x: np.ndarray) -> np.ndarray:
     """simple_tag / simple_world_comm ``bound(|coordinate|)``: 0 below 0.9, linear to 1, then
-    ``min(exp(2x - 2), 10)``."""
-    with np.errstate(over="ignore"):
-        far = np.minimum(np.exp(2 * x - 2), 10)
+    ``min(exp(2x - 2), 10)`` (the exponent is capped at 3 first: exp(3) > 10, so the result is the same and
+    exp never overflows)."""
+    far = np.minimum(np.exp(np.minimum(2 * x - 2, 3.0)), 10)
     return np.where(x < 0.9, 0.0, np.where(x < 1.0, (x - 0.9) * 10, far))
+
+
+def subtract_boundary_penalty(rew: np.ndarray, pos: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """mpe2's ``for p in range(2): rew -= weight * bound(abs(pos[p]))`` for ``pos`` [2, G, B] and ``rew`` [G, B].
+
+    While every coordinate is below 0.9 each penalty is 0.0 and ``rew - 0.0`` is ``rew`` bit for bit, so the
+    penalties are skipped (the common case; a NaN coordinate fails the test and takes the full path)."""
+    x = np.abs(pos)
+    if x.max() < 0.9:
+        return rew
+    for p in range(2):
+        rew = rew - weight * boundary_penalty(x[p])
+    return rew
 
 
 def sum_sq(delta: np.ndarray) -> np.ndarray:
@@ -146,11 +161,11 @@ class Scenario:
         if self.mass is None:
             self.mass = np.ones(n)
 
-    @property
+    @cached_property
     def n_agents(self) -> int:
         return len(self.agent_names)
 
-    @property
+    @cached_property
     def n_entities(self) -> int:
         return self.n_agents + self.n_landmarks
 

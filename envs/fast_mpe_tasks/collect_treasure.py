@@ -49,6 +49,8 @@ class CollectTreasureScenario(Scenario):
         )
         self.num_collectors, self.num_deposits = c, d
         self._oth = others_index(n)
+        self._rows3 = np.arange(n)[:, None, None]
+        self._enc_template: np.ndarray | None = None  # [2D, N, B] agent encodings without the held types
         self._types = np.arange(d)[:, None, None]
         # Encoding of every agent seen by others: collectors [0 | holding], deposits [own type | 0].
         self._deposit_enc = np.concatenate([np.eye(d), np.zeros((d, d))], axis=1)  # [D, 2D]
@@ -114,10 +116,13 @@ class CollectTreasureScenario(Scenario):
         """[2D, N, B]: what others see of each agent (mpe2's ``_get_agent_encoding``)."""
         d, c = self.num_deposits, self.num_collectors
         b = s.pos.shape[2]
-        holding = (s.aux["holding"][None] == self._types).astype(np.float64)  # [D, C, B]
-        coll = np.concatenate([np.zeros((d, c, b)), holding])
-        dep = np.broadcast_to(self._deposit_enc.T[:, :, None], (2 * d, d, b))
-        return np.concatenate([coll, dep], axis=1)
+        if self._enc_template is None or self._enc_template.shape[2] != b:
+            template = np.zeros((2 * d, c + d, b))  # collectors: zeros then the one-hot of the held type
+            template[:, c:] = self._deposit_enc.T[:, :, None]  # deposits: their fixed encoding
+            self._enc_template = template
+        enc = self._enc_template.copy()
+        enc[d:, :c] = s.aux["holding"][None] == self._types  # [D, C, B]
+        return enc
 
     def _sorted_others(self, s: WorldState, rel: np.ndarray, dist: np.ndarray, view: np.ndarray) -> None:
         """Write every other agent (closest first, stable sort like ``sorted``) into ``view``
@@ -125,7 +130,7 @@ class CollectTreasureScenario(Scenario):
         n, b = self.n_agents, dist.shape[2]
         key = dist[np.arange(n)[:, None], self._oth]  # [N, N-1, B]
         order = np.argsort(key, axis=1, kind="stable")
-        other = np.take_along_axis(np.broadcast_to(self._oth[:, :, None], key.shape), order, axis=1)
+        other = self._oth[self._rows3, order]  # [N, N-1, B]: the other agent in each sorted slot
         flat = other * b + np.arange(b)  # [N, N-1, B] index into a flattened [N, B] array
         observer = (np.arange(n) * (n + self.n_landmarks) * b)[:, None, None]
         view[:, :, 0:2] = np.take(rel.reshape(2, -1), observer + flat, axis=1).transpose(1, 2, 0, 3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.fast_mpe_tasks.assignment import DIST_THRESHOLD, matched_distance_reward
+from envs.fast_mpe_tasks.assignment import DIST_THRESHOLD, matched_distance_reward, shared_rows
 from envs.fast_mpe_tasks.base import Scenario, WorldState, put_pairs
 
 TARGET_RADIUS = 0.5
@@ -34,6 +34,7 @@ class FormationScenario(Scenario):
             terminate_on_success=terminate_on_success,
         )
         self._matched: np.ndarray | None = None  # this step's assigned distances (mpe2's _delta_dists)
+        self._phase_steps = np.arange(n)[:, None] * ((2 * np.pi) / n)  # [N, 1]: i * 2π / N
 
     def observe(self, s: WorldState, rel: np.ndarray, dist: np.ndarray, out: np.ndarray) -> None:
         n = self.n_agents
@@ -49,11 +50,16 @@ class FormationScenario(Scenario):
         angle = np.arctan2(offset[1], offset[0])
         angle = np.where(angle < 0, angle + 2 * np.pi, angle)
         theta_min = angle.min(axis=0)  # [B]
-        phase = theta_min[None, :] + np.arange(n)[:, None] * ((2 * np.pi) / n)  # [N, B]
-        targets = centre[:, None] + TARGET_RADIUS * np.stack([np.cos(phase), np.sin(phase)])
+        phase = theta_min[None, :] + self._phase_steps  # [N, B]
+        # centre + TARGET_RADIUS * [cos, sin], written in place (the same products and sums)
+        targets = np.empty((2,) + phase.shape)
+        np.cos(phase, out=targets[0])
+        np.sin(phase, out=targets[1])
+        targets *= TARGET_RADIUS
+        targets += centre[:, None]
         shared, self._matched = matched_distance_reward(s.pos[:, :n], targets)
         # mpe2: global * (1 - 0) + agent * 0 with agent == 0.0: exactly the shared reward.
-        return np.broadcast_to(shared, (n, shared.shape[0])).copy()
+        return shared_rows(shared, n)
 
     def terminal(self, s: WorldState, dist: np.ndarray) -> np.ndarray | None:
         """mpe2: every assigned distance below 0.05, from the assignment this step's reward made."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.fast_mpe_tasks.assignment import DIST_THRESHOLD, matched_distance_reward
+from envs.fast_mpe_tasks.assignment import DIST_THRESHOLD, matched_distance_reward, shared_rows
 from envs.fast_mpe_tasks.base import AuxSpec, Scenario, WorldState, put_pairs
 
 TOTAL_SEP = 1.25
@@ -71,7 +71,7 @@ class LineScenario(Scenario):
     def agent_rewards(self, s: WorldState, dist: np.ndarray) -> np.ndarray:
         n = self.n_agents
         shared, self._matched = matched_distance_reward(s.pos[:, :n], s.aux["targets"])
-        return np.broadcast_to(shared, (n, shared.shape[0])).copy()
+        return shared_rows(shared, n)
 
     def aux_from_mpe(self, raw_env: Any) -> dict[str, np.ndarray]:
         expected = raw_env.scenario._expected_positions

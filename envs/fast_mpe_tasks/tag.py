@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.fast_mpe_tasks.base import Scenario, WorldState, boundary_penalty, collisions, put_pairs
+from envs.fast_mpe_tasks.base import Scenario, WorldState, collisions, subtract_boundary_penalty, put_pairs
 
 
 class TagScenario(Scenario):
@@ -50,7 +50,7 @@ class TagScenario(Scenario):
         col = put_pairs(out, slice(None), col, rel[:, self._rows, self._oth])
         a = self.num_adversaries
         if n - a > 0:  # adversaries see every good agent's velocity
-            put_pairs(out, slice(0, a), col, np.broadcast_to(s.vel[:, None, a:], (2, a, n - a, s.vel.shape[2])))
+            put_pairs(out, slice(0, a), col, s.vel[:, None, a:])  # [2, 1, G, B]: the assignment broadcasts over rows
         for i in range(a, n):  # a good agent sees the other good agents' velocities
             put_pairs(out, slice(i, i + 1), col, s.vel[:, None, self._good_oth[i]])
 
@@ -70,8 +70,7 @@ class TagScenario(Scenario):
         good = np.zeros((n - a, dist.shape[2]))
         for k in range(a):  # rew -= 10 per adversary touching it, in adversary order
             good = good - np.where(caught[:, k], 10.0, 0.0)
-        for p in range(2):
-            good = good - boundary_penalty(np.abs(s.pos[p, a:n]))
+        good = subtract_boundary_penalty(good, s.pos[:, a:n])
         hits = caught.sum(axis=(0, 1), dtype=np.float64)  # +10 per (good, adversary) pair, shared
         adversary = np.broadcast_to(hits * 10.0, (a, dist.shape[2]))
         return np.concatenate([adversary, good])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.fast_mpe_tasks.base import Scenario, WorldState, boundary_penalty, collisions, put_pairs
+from envs.fast_mpe_tasks.base import Scenario, WorldState, collisions, subtract_boundary_penalty, put_pairs
 
 
 class WorldCommScenario(Scenario):
@@ -89,8 +89,7 @@ class WorldCommScenario(Scenario):
         good = np.zeros((n - a, b))
         for k in range(a):  # rew -= 5 per adversary touching it
             good = good - np.where(caught[:, k], 5.0, 0.0)
-        for p in range(2):
-            good = good - 2 * boundary_penalty(np.abs(s.pos[p, a:n]))
+        good = subtract_boundary_penalty(good, s.pos[:, a:n], 2)
         eats = collisions(dist[a:n, self._food], self.agent_size[a:], self._food_size)  # [G, food, B]
         for k in range(eats.shape[1]):
             good = good + np.where(eats[:, k], 2.0, 0.0)
