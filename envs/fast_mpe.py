@@ -200,10 +200,10 @@ def _end_flags(
     out_of_time: np.ndarray, success: np.ndarray | None, n: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(terminated [B, N], truncated [B, N], done [B]): mpe2 truncates at max_cycles, else terminates on success."""
-    trunc = np.repeat(out_of_time[:, None], n, axis=1)
+    trunc = out_of_time[:, None].repeat(n, axis=1)
     if success is None:
-        return np.zeros_like(trunc), trunc, out_of_time
-    return np.repeat((success & ~out_of_time)[:, None], n, axis=1), trunc, out_of_time | success
+        return np.zeros(trunc.shape, dtype=bool), trunc, out_of_time
+    return (success & ~out_of_time)[:, None].repeat(n, axis=1), trunc, out_of_time | success
 
 
 def _episode_records(
@@ -525,8 +525,8 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         """Observations [B, N, D] float32 of the current state."""
         return self._observe_and_reward(rewards=False)[0]
 
-    def _decode(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Actions -> (move force u [2, Nmov, B] f64, messages [Ntalk, dim_c, B] f64)."""
+    def _decode(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Actions -> (move force u [2, Nmov, B] f64, messages [Ntalk, dim_c, B] f64, None without speakers)."""
         if self.continuous:
             # Cast to the Box dtype and clip, like SyncVectorEnv + ClipOutOfBoundsWrapper.
             # (minimum/maximum == np.clip for the finite actions check_action_batch lets through)
@@ -534,17 +534,21 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             am = a[:, self._mov, :MOVE_DIM].transpose(2, 1, 0)  # [5, Nmov, B]
             # mpe2: u[0] += a[2] - a[1]; u[1] += a[4] - a[3] (difference taken in float32).
             u = (am[2:5:2] - am[1:4:2]).astype(np.float64) * self._accel
+            if not self._talk.size:
+                return u, None  # no speaker: nothing to decode (an empty fancy index still costs a numpy call)
             msg = a[:, self._talk_rows, self._talk_cols].transpose(1, 2, 0).astype(np.float64)
             return u, msg
         masked = np.where(self._act_valid, batch, -np.inf)
         k = np.argmax(masked, axis=2).T  # [N, B], first max like np.argmax per agent
         u = _MOVE_TABLE_T[:, k[self._mov] % MOVE_DIM] * self._accel
+        if not self._talk.size:
+            return u, None
         kt = k[self._talk]
         # mpe2: movable speakers encode move + MOVE_DIM * message.
         words = np.where(self._talk_moves, kt // MOVE_DIM, kt)
         return u, self._eye_c[:, words].transpose(1, 0, 2)
 
-    def _physics(self, u: np.ndarray, msg: np.ndarray) -> None:
+    def _physics(self, u: np.ndarray, msg: np.ndarray | None) -> None:
         """One mpe2 ``World.step``: forces, integration, communication state."""
         s = self._s
         force = u  # mpe2 adds 0.0 noise: exact no-op
