@@ -39,7 +39,7 @@ def _theta(row: Row) -> str:
 
 
 def _cal(s: Optional[Score]) -> str:
-    if s is None:
+    if s is None or s.n_failing + s.n_healthy == 0:
         return MISSING
     return f"recall {fmt_number(s.recall, '.2f')}, false alarms {s.alarmed_healthy}/{s.n_healthy}"
 
@@ -100,32 +100,43 @@ def _describe(row: Row) -> str:
             f"{h.n_healthy} healthy runs")
 
 
+def _best(scored: list[Row]) -> tuple[Row, bool]:
+    """The first row (table order) without a false alarm on either split, else the first row; and whether it is
+    clean."""
+    clean = [r for r in scored if not r.flagged and r.held_out is not None and not r.held_out.alarmed_healthy]
+    return (clean[0], True) if clean else (scored[0], False)
+
+
 def verdict(sig_rows: list[Row], det_rows: list[Row]) -> str:
     """The plain-language paragraph: the best signal, how it compares with the detectors, caveats."""
     scored = _scored(sig_rows)
     if not scored:
         return "No signal could be scored on the held-out seeds (none had a threshold and held-out runs that log it)."
-    best = scored[0]
+    best, clean = _best(scored)
     s = signal(best.name)
     arrow = "reaches" if best.direction == "up" else "falls to"
-    text = [f"The best signal on the held-out seeds is **{best.name}** ({s.description}): alarming when it {arrow} "
-            f"{fmt_number(best.threshold, '.4g')} {s.unit}, it {_describe(best)}."]
+    text = [] if clean else ["No signal kept zero false alarms on both splits; the one with the highest held-out recall:"]
+    text.append(f"The best signal on the held-out seeds is **{best.name}** ({s.description}): alarming when it {arrow} "
+                f"{fmt_number(best.threshold, '.4g')} {s.unit}, it {_describe(best)}.")
     if best.flagged:
         text.append("Its threshold is flagged: no threshold had zero false alarms on the calibration seeds.")
-    elif best.held_out is not None and best.held_out.alarmed_healthy:
+    elif not clean:
         text.append("It had no false alarm on the calibration seeds but some on the held-out ones: the threshold "
                     "does not transfer cleanly.")
     dets = [r for r in _scored(det_rows) if r.name != ANY_DETECTOR]
     if dets:
         ranks = "ranks above it" if best.sort_key() < dets[0].sort_key() else "does not rank above it"
         text.append(f"The best existing detector, **{dets[0].name}**, {_describe(dets[0])}; the signal {ranks} "
-                    "(held-out recall, then false alarms, then lead).")
+                    "(held-out recall, then false alarms, then lead; the two may cover different runs).")
+    combined = [r for r in _scored(det_rows) if r.name == ANY_DETECTOR]
+    if combined:
+        text.append(f"All detectors together (the earliest to fire) {_describe(combined[0])}.")
     h = best.held_out
     assert h is not None
     text.append(f"With {h.n_failing} failing and {h.n_healthy} healthy held-out runs, one run moves the recall by "
                 f"{1 / max(h.n_failing, 1):.2f}: read small differences between rows as ties.")
     absent = [r.name for r in sig_rows if r.threshold is None]
     if absent:
-        text.append("No threshold (not logged by these runs, or no failing/healthy calibration run logs it): "
-                    + ", ".join(f"`{n}`" for n in absent) + ".")
+        text.append("No threshold (not logged, no defined value, or no failing or no healthy calibration run "
+                    "logs it): " + ", ".join(f"`{n}`" for n in absent) + ".")
     return " ".join(text)
