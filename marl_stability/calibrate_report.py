@@ -94,8 +94,12 @@ def _describe(row: Row) -> str:
     h = row.held_out
     assert h is not None
     lead = h.median_lead
-    when = ("" if lead is None else f", median {abs(lead):,.0f} env steps " + ("before" if lead >= 0 else "after")
-            + " the onset")
+    if lead is None:
+        when = ""
+    elif lead == 0:
+        when = ", at the onset (median)"
+    else:
+        when = f", median {abs(lead):,.0f} env steps " + ("before" if lead > 0 else "after") + " the onset"
     return (f"warned in {h.alarmed_failing} of {h.n_failing} failing runs{when}, and in {h.alarmed_healthy} of "
             f"{h.n_healthy} healthy runs")
 
