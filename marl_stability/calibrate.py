@@ -133,6 +133,9 @@ def read_corpus(dirs: list[Path], calibration: list[int], held_out: list[int], p
             corpus.ignored += 1
             continue
         corpus.records.append(read_run(run_dir, summary, config, params))
+    if not corpus.records:
+        raise UserError(f"no finished run with a seed in {seeds_text(calibration)} or {seeds_text(held_out)} in "
+                        + ", ".join(map(str, dirs)) + f" ({len(corpus.skipped)} skipped, {corpus.ignored} ignored)")
     disambiguate(corpus.records)
     return corpus
 

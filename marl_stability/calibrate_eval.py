@@ -139,12 +139,12 @@ def choose(runs: list[RunRecord], name: str, direction: str) -> Row:
         what = "failing" if not failing else "healthy"
         row.note = f"no {what} calibration run logs it" if avail else "no calibration run logs it"
         return row
-    traces = [r.signals[name] for r in avail]
-    cands = candidates(traces, [not r.failing for r in avail])  # type: ignore[misc]
+    traces = [t for r in avail if (t := r.signals[name]) is not None]
+    cands = candidates(traces, [not r.failing for r in avail])
     if not len(cands):
         row.note = "no defined value in the calibration runs"
         return row
-    alarms = _alarm_matrix(traces, cands)  # type: ignore[arg-type]
+    alarms = _alarm_matrix(traces, cands)
     is_failing = np.array([r.failing for r in avail])
     onsets = np.array([r.onset if r.onset is not None else np.nan for r in avail], np.float64)
     hit = ~np.isnan(alarms)
@@ -164,8 +164,7 @@ def choose(runs: list[RunRecord], name: str, direction: str) -> Row:
 
 def evaluate(runs: list[RunRecord], name: str, threshold: float) -> Score:
     """Score signal ``name`` at ``threshold`` over the runs that log it."""
-    return score([(r, r.signals[name].alarm_step(threshold)) for r in runs  # type: ignore[union-attr]
-                  if r.signals.get(name) is not None])
+    return score([(r, t.alarm_step(threshold)) for r in runs if (t := r.signals.get(name)) is not None])
 
 
 def detector_score(runs: list[RunRecord], name: str) -> Score:

@@ -308,7 +308,9 @@ def _fails(args: list[str], capsys: pytest.CaptureFixture[str], *text: str) -> N
         assert t in err, err
 
 
-def test_errors_are_one_line_and_write_nothing(corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_errors_are_one_line_and_write_nothing(corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              snapshot: Any):
+    before = snapshot(corpus_dir)
     out = tmp_path / "out"
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -333,9 +335,22 @@ def test_errors_are_one_line_and_write_nothing(corpus_dir: Path, tmp_path: Path,
         (["--from-records", str(bad_records)], "not a calibration records file"),
         (["--from-records", str(tmp_path / "none.json")], "no such file"),
         ([str(corpus_dir), "--slope-window", "1"], "--slope-window"),
+        ([str(corpus_dir / "runs" / "healthy" / "seed_13")], "no finished run", "1 skipped"),
+        ([str(corpus_dir), "--calibration-seeds", "30", "--held-out-seeds", "31"], "no finished run", "21 ignored"),
     ]
     for args, *text in cases:
         _fails([*args, "--out", str(out), "--quiet"], capsys, *text)
         assert not out.exists(), args
     _fails([str(corpus_dir), "--out", str(a_file)], capsys, "not a directory")
     assert a_file.read_text() == "x"
+    assert snapshot(corpus_dir) == before
+
+
+def test_error_through_a_real_process(tmp_path: Path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "marl_stability", "calibrate", str(tmp_path / "nowhere"), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path / 'nowhere'} does not exist\n"
+    assert proc.stdout == "" and not (tmp_path / "out").exists()
