@@ -17,7 +17,7 @@ from typing import Any, Iterable, Optional
 from marl_stability.calibrate_signals import Scalars, SignalParams, Trace, learning_start, traces
 from marl_stability.cross_task import SAME_ACTION_THRESHOLD, _collapsed
 from marl_stability.errors import UserError
-from marl_stability.summary import RunSummary, read_summary
+from marl_stability.summary import RunSummary
 
 USABLE_STATUSES = ("completed", "diverged")  # runs that ended on their own; others are skipped with a note
 LABELS = ("healthy", "collapsed", "diverged")

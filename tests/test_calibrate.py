@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,8 +18,8 @@ from marl_stability import calibrate as cal
 from marl_stability.atomic import atomic_write_json
 from marl_stability.calibrate_eval import Row, choose, score
 from marl_stability.calibrate_runs import RunRecord, collapse_onset, label_run
-from marl_stability.calibrate_signals import (SignalParams, Trace, aggregate, drift_ratio, growth, log_slope, signal,
-                                              trace_of, traces)
+from marl_stability.calibrate_signals import (SignalParams, Trace, aggregate, drift_ratio, growth, log_slope, trace_of,
+                                              traces)
 from marl_stability.cli import main
 from marl_stability.config import dump_yaml, load_config
 from marl_stability.sinks import TensorBoardSink
@@ -347,9 +349,6 @@ def test_errors_are_one_line_and_write_nothing(corpus_dir: Path, tmp_path: Path,
 
 
 def test_error_through_a_real_process(tmp_path: Path):
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-m", "marl_stability", "calibrate", str(tmp_path / "nowhere"), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path / 'nowhere'} does not exist\n"
