@@ -35,7 +35,9 @@ Threshold rule, per signal, on the calibration runs that log it: the alarm step 
 logged step where the signal reaches θ in its direction; candidates are the values the signal takes there
 (the points where some run's alarm step changes; thinned to quantiles beyond 400). The chosen θ alarms in the
 most failing runs with ZERO false alarms on healthy runs; ties -> the longer median lead time, then the more
-conservative θ. When no θ has zero false alarms: fewest false alarms, then most failing runs alarmed, and the
+conservative θ; the θ reported is then moved to the middle of the gap between that value and the largest value
+any calibration run takes below it (same calibration outcome, widest margin; geometric middle for positive
+values). When no θ has zero false alarms: fewest false alarms, then most failing runs alarmed, and the
 row is flagged. On the held-out runs: precision (alarmed failing / all alarmed runs), recall (failing runs
 alarmed), false alarms on healthy runs (count and rate) and the median lead time in env steps (onset - alarm
 step; negative = late) over the alarmed failing runs. A detector counts where it was fed (e.g. entropy and KL

@@ -128,6 +128,20 @@ def _alarm_matrix(traces: list[Trace], cands: np.ndarray) -> np.ndarray:
     return out
 
 
+def _margin(traces: list[Trace], chosen: float) -> float:
+    """The middle of the gap below ``chosen`` (in "up" units): every θ between the largest value any calibration
+    run takes below ``chosen`` and ``chosen`` itself alarms the same runs at the same steps, so the middle keeps the
+    calibration outcome and leaves the widest margin to unseen runs on both sides. Geometric middle when both ends
+    are positive (gradient norms and ratios span decades), arithmetic otherwise; ``chosen`` when nothing lies below."""
+    ups = [_up(t) for t in traces]
+    values = np.concatenate([u[np.isfinite(u)] for u in ups]) if ups else np.zeros(0)
+    below = values[values < chosen]
+    if not len(below):
+        return chosen
+    low = float(below.max())
+    return math.sqrt(low * chosen) if low > 0 else (low + chosen) / 2
+
+
 def choose(runs: list[RunRecord], name: str, direction: str) -> Row:
     """The threshold of signal ``name`` on the calibration runs: most failing runs alarmed with zero false alarms
     on healthy runs; ties -> longer median lead, then the more conservative threshold. With no zero-false-alarm
@@ -156,7 +170,7 @@ def choose(runs: list[RunRecord], name: str, direction: str) -> Row:
     lead = np.where(np.isnan(lead), -np.inf, lead)
     best = np.lexsort((-cands, -lead, -recall, false_alarms))[0]  # last key sorts first
     sign = 1.0 if direction == "up" else -1.0
-    row.threshold = float(sign * cands[best])
+    row.threshold = float(sign * _margin(traces, float(cands[best])))
     row.flagged = bool(false_alarms[best] > 0)
     row.calibration = evaluate(avail, name, row.threshold)
     return row
