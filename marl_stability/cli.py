@@ -171,6 +171,10 @@ from marl_stability.ablate_cli import register as _register_ablate  # noqa: E402
 
 _register_ablate(app)
 
+from marl_stability.calibrate_cli import register as _register_calibrate  # noqa: E402
+
+_register_calibrate(app)
+
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the typer app, turning every user error into one ``error:`` line and exit code 2."""
