@@ -482,8 +482,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         self._pair_dist_min = (sizes[ia] + sizes[ib])[:, None]
         self._has_collisions = ia.size > 0 and coll_mov.size > 0
         pairs, signs = _partner_order(coll_mov, self._n_coll, ia, ib)  # [M, C-1], [M, C-1, 1]
-        self._partner_pair_t = np.ascontiguousarray(pairs.T)  # [C-1, M]
-        self._partner_sign_t = np.ascontiguousarray(signs.transpose(1, 0, 2))  # [C-1, M, 1]
+        self._partner_pair_t, self._partner_sign_t = pairs.T.copy(), signs.transpose(1, 0, 2).copy()  # C-1 first
         assert scn.accel is not None and scn.max_speed is not None and scn.mass is not None
         mov = scn.movable
         self._accel = scn.accel[mov][None, :, None]  # [1, Nmov, 1]: mpe2's per-agent sensitivity
@@ -535,7 +534,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             # mpe2: u[0] += a[2] - a[1]; u[1] += a[4] - a[3] (difference taken in float32).
             u = (am[2:5:2] - am[1:4:2]).astype(np.float64) * self._accel
             if not self._talk.size:
-                return u, None  # no speaker: nothing to decode (an empty fancy index still costs a numpy call)
+                return u, None  # no speaker (an empty fancy index would still cost a numpy call)
             msg = a[:, self._talk_rows, self._talk_cols].transpose(1, 2, 0).astype(np.float64)
             return u, msg
         masked = np.where(self._act_valid, batch, -np.inf)
@@ -580,9 +579,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             # mpe2: if |v| > max_speed: v = v / |v| * max_speed (|v| from np.square, same rounding).
             v = s.vel[:, self._speed_rows]
             speed = np.sqrt(v[0] * v[0] + v[1] * v[1])
-            over = speed > self._max_speed
-            # Divide by 1.0 where the speed is not over the limit (those entries are discarded): no 0/0 warning
-            # without np.errstate, which costs more than the arithmetic at these sizes.
+            over = speed > self._max_speed  # dividing by 1.0 elsewhere (discarded): no 0/0, no costly np.errstate
             capped = v / np.where(over, speed, 1.0) * self._max_speed
             s.vel[:, self._speed_rows] = np.where(over, capped, v)
         if self._talk.size:
