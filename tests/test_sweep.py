@@ -358,3 +358,30 @@ def test_tiny_ablation_on_a_local_ray_instance(tiny_sweep: dict[str, Any], tmp_p
     for row in ray_rows:
         assert row == local_rows[(row["arm"], row["seed"])]
     assert (out / "report.md").is_file()
+
+
+def test_learning_table_of_a_sweep(tiny_sweep: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from marl_stability import learning_table as lt
+
+    out: Path = tiny_sweep["out"]
+    arms = {a.arm: a for a in lt.load(out)}
+    assert set(arms) == {"base", "+grad_clip"} and all(a.seeds == [0, 1] for a in arms.values())
+    for name, a in arms.items():
+        finals = [sweep.read_summary(out / "runs" / name / f"seed_{s}").final_return for s in a.seeds]
+        assert a.finals == finals
+        curve = a.mean_curve()  # the seeds evaluate at the same steps: the mean is taken at every one of them
+        assert [s for s, _ in curve] == [s for s, _ in a.curves[0]]
+        assert curve[-1][1] == pytest.approx((a.curves[0][-1][1] + a.curves[1][-1][1]) / 2)
+    base = arms["base"]
+    target = max(base.finals)  # exactly one seed reaches it (unless both tie)
+    text = lt.render([base], target, [300, 600])
+    expected_hits = sum(f >= target for f in base.finals)
+    assert f"| {expected_hits}/2 |" in text and "| base |" in text
+    lt.main([str(out), "--target", "0", "--at", "300"])
+    assert "| base |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        lt.main([str(out), "--at", "x"])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: --at")
+    with pytest.raises(SystemExit) as e:
+        lt.main([str(out / "runs")])  # not a sweep directory
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: ")
