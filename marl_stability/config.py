@@ -279,14 +279,34 @@ class DebugConfig(_Strict):
     )
 
 
+# The growth rule's default multiple: chosen by `marl-stability calibrate` on the detector corpus (README,
+# "Calibrating the detectors"; docs/calibration/).
+GROWTH_DEFAULT = 100.0
+
+
 class DetectorConfig(BaseModel):
     """Thresholds of the online failure detectors (embeddable in the run config as ``detectors:``)."""
 
     # Unknown keys are errors, like the rest of the run config.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    explosion_rule: Literal["growth", "median_ratio"] = Field(
+        "growth", description="gradient explosion: growth = a norm above explosion_growth x the network's early "
+        "level (median of its first explosion_baseline norms; calibrated on held-out seeds, see the README); "
+        "median_ratio = a norm above explosion_ratio x the median of the previous explosion_window norms (the rule "
+        "before the calibration)"
+    )
+    explosion_growth: float = Field(
+        GROWTH_DEFAULT, gt=1.0, description="gradient explosion (growth rule): fire when a norm exceeds this multiple "
+        "of the network's early level"
+    )
+    explosion_baseline: int = Field(
+        20, ge=1, description="gradient explosion (growth rule): the early level is the median of this many first "
+        "finite norms"
+    )
     explosion_ratio: float = Field(
-        10.0, gt=1.0, description="gradient explosion: fire when a norm exceeds this multiple of the running median"
+        10.0, gt=1.0, description="gradient explosion (median_ratio rule): fire when a norm exceeds this multiple of "
+        "the running median"
     )
     explosion_window: int = Field(100, ge=1, description="gradient explosion: number of previous norms in the median")
     explosion_min_history: int = Field(

@@ -29,12 +29,25 @@ from marl_stability.fmt import fmt_number
 from marl_stability.monitor import action_sensitivity, batch_same_action_rate, saturation_fraction
 
 Bound = Union[float, Sequence[float], torch.Tensor]
+EXPLOSION_RULES = ("growth", "median_ratio")
 
 
 # --------------------------------------------------------------------------- gradient explosion
 class GradientExplosionDetector:
-    """Fires once when a gradient norm exceeds ``ratio`` x the median of the previous ``window`` finite norms
-    (armed after ``min_history`` of them) or exceeds ``absolute``. Non-finite norms are skipped."""
+    """Fires once when a gradient norm grows far beyond a reference level, or exceeds ``absolute``.
+
+    Two rules for the reference (``rule``); non-finite norms are skipped (they are the non-finite detector's):
+
+    - ``"growth"`` (the default, calibrated on held-out seeds, see the README): the reference is the network's
+      own early level, the median of its first ``baseline`` finite norms; fire when a norm exceeds ``ratio`` x
+      that level. Scale-free, and it sees a slow exponential climb (a tenfold rise every few thousand steps)
+      that a running median follows and never flags;
+    - ``"median_ratio"``: the reference is the median of the previous ``window`` finite norms (armed after
+      ``min_history`` of them): fire on a sudden jump of ``ratio`` x that median.
+
+    Either way only norms above ``min_norm`` count for the ratio (a small-init actor's gradient growing from
+    1e-3 to 1e-2 as learning starts is no explosion), and a zero reference never fires the ratio test.
+    """
 
     def __init__(
         self,
@@ -44,16 +57,25 @@ class GradientExplosionDetector:
         absolute: float = 1e4,
         name: str = "explosion",
         min_norm: float = 0.0,
+        rule: str = "median_ratio",
+        baseline: int = 20,
     ) -> None:
         if min_history > window:
             raise ValueError("min_history must be <= window")
+        if rule not in EXPLOSION_RULES:
+            raise ValueError(f"rule must be one of {EXPLOSION_RULES}, got {rule!r}")
+        if baseline < 1:
+            raise ValueError("baseline must be >= 1")
         self.ratio = float(ratio)
         self.window = int(window)
         self.min_history = int(min_history)
         self.absolute = float(absolute)
         self.min_norm = float(min_norm)
+        self.rule = rule
+        self.baseline = int(baseline)
         self.name = name
         self.history: deque[float] = deque(maxlen=self.window)
+        self.early: list[float] = []  # growth rule: the first `baseline` finite norms
         self.first_step: int | None = None
         self.message: str | None = None
 
@@ -63,11 +85,23 @@ class GradientExplosionDetector:
 
     def median(self) -> float | None:
         """Median of the stored history (None when empty)."""
-        if not self.history:
-            return None
-        s = sorted(self.history)
-        n = len(s)
-        return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+        return _median(self.history)
+
+    def early_level(self) -> float | None:
+        """Growth rule: median of the first ``baseline`` finite norms (None until that many were seen)."""
+        return _median(self.early) if len(self.early) >= self.baseline else None
+
+    def _reference(self) -> float | None:
+        if self.rule == "growth":
+            return self.early_level()
+        return self.median() if len(self.history) >= self.min_history else None
+
+    def _ratio_reason(self, norm: float, ref: float) -> str:
+        n, r, x = fmt_number(norm, '.4g'), fmt_number(self.ratio, '.4g'), fmt_number(norm / ref, '.4g')
+        if self.rule == "growth":
+            return (f"norm {n} > {r} x its early level {fmt_number(ref, '.4g')} (median of its first "
+                    f"{self.baseline} norms; {x}x)")
+        return f"norm {n} > {r} x median {fmt_number(ref, '.4g')} of the previous {len(self.history)} ({x}x)"
 
     def update(self, norm: float, step: int) -> bool:
         """Feed one norm; True only on the call where the detector first fires."""
@@ -77,31 +111,39 @@ class GradientExplosionDetector:
         if self.fired:
             return False
         reason: str | None = None
+        ref = self._reference()
         if norm > self.absolute:
             reason = f"norm {fmt_number(norm, '.4g')} > absolute bound {fmt_number(self.absolute, '.4g')}"
-        elif len(self.history) >= self.min_history:
-            med = self.median()
-            # A zero median (e.g. a fully vanished actor gradient) makes any positive norm an "infinite ratio";
-            # that is recovery noise, not an explosion, so only the absolute bound applies then.
-            if med is not None and med > 0 and norm > self.ratio * med and norm > self.min_norm:
-                reason = (
-                    f"norm {fmt_number(norm, '.4g')} > {fmt_number(self.ratio, '.4g')} x median {fmt_number(med, '.4g')} "
-                    f"of the previous {len(self.history)} ({fmt_number(norm / med, '.4g')}x)"
-                )
+        # A zero reference (e.g. a fully vanished actor gradient) makes any positive norm an "infinite ratio";
+        # that is recovery noise, not an explosion, so only the absolute bound applies then.
+        elif ref is not None and ref > 0 and norm > self.ratio * ref and norm > self.min_norm:
+            reason = self._ratio_reason(norm, ref)
         if reason is not None:
             self.first_step = int(step)
             self.message = f"gradient explosion [{self.name}] at step {int(step)}: {reason}"
             return True
         self.history.append(norm)
+        if len(self.early) < self.baseline:
+            self.early.append(norm)
         return False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history), "first_step": self.first_step, "message": self.message}
+        return {"history": list(self.history), "early": list(self.early), "first_step": self.first_step,
+                "message": self.message}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = deque((float(v) for v in state["history"]), maxlen=self.window)
+        self.early = [float(v) for v in state.get("early", [])]  # absent in checkpoints of older versions
         self.first_step = None if state["first_step"] is None else int(state["first_step"])
         self.message = state["message"]
+
+
+def _median(values: Sequence[float] | deque[float]) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
 # --------------------------------------------------------------------------- streaks: action and entropy collapse
@@ -300,8 +342,10 @@ class Detectors:
         if det is None:
             c = self.cfg
             det = GradientExplosionDetector(
-                c.explosion_ratio, c.explosion_window, c.explosion_min_history, c.explosion_absolute,
-                name=f"explosion/{key}", min_norm=c.explosion_min_norm,
+                c.explosion_growth if c.explosion_rule == "growth" else c.explosion_ratio, c.explosion_window,
+                c.explosion_min_history, c.explosion_absolute, name=f"explosion/{key}", min_norm=c.explosion_min_norm,
+                rule=c.explosion_rule,
+                baseline=c.explosion_baseline,
             )
             self.explosion[key] = det
         return det

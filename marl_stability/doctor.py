@@ -1,8 +1,13 @@
 """``marl-stability doctor RUN_DIR``: read a run's events and summary, say what went wrong and what to try.
 
-The fixes are ranked in the practitioner's order (gradient clipping and learning rate first, then
-initialization and output activation, then architecture and optimizer), each with the exact ``--set``
-override, and promoted when the run's own data points at it.
+For an off-policy run it names the mechanism (``marl_stability.mechanism``: explosion-first, saturation-first
+or neither) with the env step at which each signal moved, and ranks the fixes by what the single-fix table of
+that mechanism measured (``marl_stability/fix_evidence.json``: seeds left healthy, then mean final return),
+quoting the numbers: fixes that cured seeds first, then the fixes not measured for it (in the practitioner's
+order, the ones this run's data points at first), then the measured fixes that cured no seed. Without a
+mechanism (a healthy run, an on-policy run) the fixes keep the practitioner's order (gradient clipping and
+learning rate first, then initialization and output activation, then architecture and optimizer), promoted
+when the run's own data points at them. Every fix comes with its exact ``--set`` overrides.
 """
 
 from __future__ import annotations
@@ -86,8 +91,13 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
     fixes = [f for f in _candidate_fixes(s, cfg, ev) if not f.applied]
     # Keep the practitioner's order, but within it the fixes the data points at come first.
     fixes.sort(key=lambda f: (f.order, not f.evidence))
+    mech = _mechanism(summary, cfg, scalars)
+    measured = _measured(mech["mechanism"]) if mech is not None else {}
+    fixes = _rank_by_evidence(fixes, measured)
+    failing = mech is not None and mech["label"] != "healthy"
     return {
-        "verdict": "healthy" if healthy else "unstable",
+        "verdict": "healthy" if healthy and not failing else "unstable",
+        "mechanism": mech, "evidence_source": measured.get("", {}).get("source") if measured else None,
         "run": str(run), "status": summary.status if summary is not None else None, "final_return": s.final_return,
         "error": s.error,
         "explosion_step": explosion, "collapse_step": collapse, "nonfinite_step": nonfinite,
@@ -96,8 +106,50 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
         "saturation": ev.saturation, "repeat_rate": ev.repeat, "sensitivity": ev.sensitivity,
         "max_preactivation": ev.max_preactivation, "reward_magnitude": ev.reward_magnitude,
         "large_reward": _large_reward(cfg, ev),
-        "fixes": [{"name": f.name, "set": f.overrides, "why": f.why} for f in fixes],
+        "fixes": [{"name": f.name, "set": f.overrides, "why": f.why, "measured": measured.get(f.name)} for f in fixes],
     }
+
+
+def _mechanism(summary: RunSummary | None, cfg: dict[str, Any], scalars: dict[str, list[tuple[int, float]]]) -> dict[str, Any] | None:
+    """The run's mechanism (None without a finished summary: no final evaluation to label)."""
+    if summary is None or summary.status not in ("completed", "diverged"):
+        return None
+    from marl_stability.mechanism import classify  # lazy: mechanism -> calibrate_runs -> cross_task -> doctor
+
+    return classify(summary, cfg, scalars)
+
+
+def _measured(mechanism: str) -> dict[str, dict[str, Any]]:
+    """fix name -> what the mechanism's single-fix table measured for it ({} when nothing was measured); the
+    key "" holds where the numbers come from."""
+    from marl_stability import fix_evidence
+
+    evidence = fix_evidence.load()
+    rows = fix_evidence.ranked(evidence, mechanism)
+    if not rows:
+        return {}
+    table = evidence["mechanisms"][mechanism]
+    out: dict[str, dict[str, Any]] = {r["fix"]: r for r in rows}
+    out[""] = {"source": f"the {mechanism} single-fix table ({table.get('sweep')}, {table.get('env')}, "
+                         f"{table.get('env_steps')} env steps)"}
+    return out
+
+
+def _rank_by_evidence(fixes: list[Fix], measured: dict[str, dict[str, Any]]) -> list[Fix]:
+    """Measured fixes that left seeds healthy first (most healthy, then best return), then unmeasured fixes in
+    their current order, then measured fixes that cured no seed."""
+    if not measured:
+        return fixes
+    rank = {name: i for i, name in enumerate(n for n in measured if n)}
+
+    def key(pos_fix: tuple[int, Fix]) -> tuple[int, int]:
+        pos, f = pos_fix
+        m = measured.get(f.name)
+        if m is None:
+            return (1, pos)
+        return (0 if m["healthy"] > 0 else 2, rank[f.name])
+
+    return [f for _, f in sorted(enumerate(fixes), key=key)]
 
 
 def _read_run(run: Path) -> tuple[RunSummary | None, dict[str, Any]]:
@@ -167,6 +219,7 @@ def _candidate_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence) -> list[F
     threshold = _section(cfg, "detectors").get("saturation_threshold", DetectorConfig().saturation_threshold)
     saturated = bool(ev.saturation) and max(ev.saturation.values()) >= threshold
     big_reward, reward_mag, max_preact = _large_reward(cfg, ev), ev.reward_magnitude, ev.max_preactivation
+    sgd = "sgd" in (_section(cfg, "actor_optim").get("name"), _section(cfg, "critic_optim").get("name"))
     return [
         Fix(1, "clip gradients (global L2 norm)",
             ["fixes.grad_clip.critic.mode=global_norm", "fixes.grad_clip.critic.max=1.0",
@@ -198,6 +251,10 @@ def _candidate_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence) -> list[F
             saturated and collapse is not None, applied=(fixes_cfg.get("actor_preact_l2", 0.0) or 0.0) > 0),
         Fix(5, "Huber critic loss", ["maddpg.critic_loss=huber"],
             applied=_section(cfg, "maddpg").get("critic_loss") == "huber"),
+        Fix(5, "Adam instead of SGD", ["actor_optim.name=adam", "critic_optim.name=adam"],
+            "SGD's step grows with the gradient: an exploding critic moves its weights (and, through dQ/da, the "
+            "actor's) further every update" if explosion is not None and sgd else "",
+            explosion is not None and sgd, applied=not sgd),
     ]
 
 
@@ -212,6 +269,7 @@ def render(d: dict[str, Any]) -> str:
         lines.append("no detector fired: no gradient explosion, no action collapse, no non-finite values")
     if d["status"] == "env_error":  # the env failed (summary.json error): not something a learning fix cures
         lines.append(f"the environment failed: {d['error']}")
+    lines += _mechanism_lines(d.get("mechanism"))
     if d["verdict"] == "healthy":
         lines.append("verdict: healthy; nothing in this run calls for a fix" if d["status"] != "env_error" else
                      "verdict: no training instability; fix the environment, then continue the run with --resume")
@@ -227,11 +285,30 @@ def render(d: dict[str, Any]) -> str:
         lines.append(f"median |reward| per agent step: {d['reward_magnitude']:.3g}" + (" (large)" if d["large_reward"] else ""))
     if d.get("on_policy"):
         lines.append("on-policy signals: " + "; ".join(f"{k} {v:.3g}" for k, v in d["on_policy"].items() if v is not None))
-    lines.append("verdict: unstable. Fixes to try, in order (practitioner's order; ones this run's data points at first):")
+    if d.get("evidence_source"):
+        lines.append(f"verdict: unstable. Fixes to try, in order (ranked by {d['evidence_source']}: seeds left "
+                     "healthy, then mean final return; fixes it did not measure in between, in the practitioner's order):")
+    else:
+        lines.append("verdict: unstable. Fixes to try, in order (practitioner's order; ones this run's data points at first):")
     for i, f in enumerate(d["fixes"], 1):
         sets = " ".join(f"--set {s}" for s in f["set"])
-        lines.append(f"  {i}. {f['name']}: {sets}" + (f"\n     why: {f['why']}" if f["why"] else ""))
+        lines.append(f"  {i}. {f['name']}: {sets}" + (f"\n     measured: {_measured_text(f['measured'])}" if f.get("measured") else "")
+                     + (f"\n     why: {f['why']}" if f["why"] else ""))
     return "\n".join(lines)
+
+
+def _mechanism_lines(mech: dict[str, Any] | None) -> list[str]:
+    if not mech:
+        return []
+    lines = [f"mechanism: {mech['mechanism']} ({mech['why']})", "when each signal moved (env steps):"]
+    lines += [f"  {e['env_step']:>9}  {e['event']}" for e in mech["timeline"]]
+    return lines
+
+
+def _measured_text(m: dict[str, Any]) -> str:
+    ret = m.get("mean_final_return")
+    return (f"left {m['healthy']}/{m['n']} seeds healthy ({', '.join(m['labels'])})"
+            + (f", mean final team return {ret:.1f}" if ret is not None else ""))
 
 
 # --------------------------------------------------------------------------- on-policy runs (MAPPO / IPPO)

@@ -89,6 +89,53 @@ def test_explosion_state_round_trip_fires_at_same_step() -> None:
     assert got == ref_step == 1500
 
 
+def test_growth_rule_fires_on_a_slow_climb_the_running_median_follows() -> None:
+    """A norm climbing 1.5% per update (x100 in ~310 updates) never jumps 10x over its running median of 100,
+    so the median rule stays silent; the growth rule fires at the first norm above 100 x its early level."""
+    climb = [5.0 * 1.015 ** i for i in range(400)]
+    median = GradientExplosionDetector(rule="median_ratio")
+    assert not any(median.update(v, i) for i, v in enumerate(climb))
+    growth = GradientExplosionDetector(ratio=100.0, rule="growth", baseline=20)
+    fired = [i for i, v in enumerate(climb) if growth.update(v, i)]
+    early = float(np.median(climb[:20]))
+    assert growth.early_level() == pytest.approx(early)
+    assert fired == [next(i for i, v in enumerate(climb) if v > 100.0 * early)]
+    assert "early level" in str(growth.message) and "first 20 norms" in str(growth.message)
+
+
+def test_growth_rule_healthy_noise_and_min_norm() -> None:
+    """Lognormal noise around a flat level never reaches 100x; a tiny actor gradient growing 100x stays below
+    min_norm; nothing fires before the early level exists, except the absolute bound."""
+    det = GradientExplosionDetector(ratio=100.0, rule="growth", baseline=20)
+    assert not any(det.update(v, i) for i, v in enumerate(_stream()))
+    tiny = GradientExplosionDetector(ratio=100.0, rule="growth", baseline=5, min_norm=10.0)
+    for i in range(5):
+        assert not tiny.update(1e-3, i)
+    assert not tiny.update(0.5, 5)  # 500x the early level, but below min_norm
+    assert tiny.update(20.0, 6)
+    early = GradientExplosionDetector(ratio=100.0, rule="growth", baseline=20, absolute=1e4)
+    assert not early.update(1.0, 0) and not early.update(5e3, 1)  # no early level yet: only the bound applies
+    assert early.update(2e4, 2) and "absolute" in str(early.message)
+
+
+def test_growth_rule_state_round_trip_and_config() -> None:
+    climb = [3.0 * 1.02 ** i for i in range(400)]
+    ref = GradientExplosionDetector(ratio=50.0, rule="growth")
+    ref_step = next(i for i, v in enumerate(climb) if ref.update(v, i))
+    first = GradientExplosionDetector(ratio=50.0, rule="growth")
+    for i, v in enumerate(climb[:10]):  # stop while the early level is still being collected
+        first.update(v, i)
+    resumed = GradientExplosionDetector(ratio=50.0, rule="growth")
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert next(i for i, v in enumerate(climb[10:], start=10) if resumed.update(v, i)) == ref_step
+    d = Detectors(DetectorConfig(explosion_rule="growth", explosion_growth=50.0))
+    assert next(i for i, v in enumerate(climb) if d.update_grad_norm("critic/agent_0", v, i)) == ref_step
+    with pytest.raises(ValueError):
+        GradientExplosionDetector(rule="slope")
+    with pytest.raises(ValueError):
+        DetectorConfig(explosion_rule="slope")
+
+
 # --------------------------------------------------------------------------- collapse on streams
 COLLAPSED = (1.0, 0.98, 1e-6)  # repeat, saturation, sensitivity
 HEALTHY = (0.05, 0.1, 0.8)
@@ -142,7 +189,7 @@ def test_nonfinite_detector() -> None:
 
 # --------------------------------------------------------------------------- container
 def test_detectors_summary_min_over_keys_and_events() -> None:
-    d = Detectors(DetectorConfig(explosion_min_history=5, explosion_window=10))
+    d = Detectors(DetectorConfig(explosion_rule="median_ratio", explosion_min_history=5, explosion_window=10))
     assert d.summary() == {"explosion_step": None, "collapse_step": None, "nonfinite_step": None, "detector_messages": []}
     for step in range(20):
         d.update_grad_norm("critic/agent_0", 1.0, step)
@@ -176,7 +223,7 @@ def test_detectors_summary_min_over_keys_and_events() -> None:
 def test_detectors_state_round_trip() -> None:
     cfg = DetectorConfig()
     s = _stream(seed=5)
-    s[900] = 400.0
+    s[900] = 1000.0  # 200x the level: both rules fire
 
     def run(split: int | None) -> dict:
         d = Detectors(cfg)

@@ -1,0 +1,142 @@
+"""The mechanism a run took (explosion-first, saturation-first, neither), and doctor's ranking of the fixes by
+the measured single-fix tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from marl_stability import doctor, fix_evidence
+from marl_stability.config import load_config
+from marl_stability.mechanism import classify
+from marl_stability.summary import RunSummary
+
+CFG = load_config(None).to_dict()  # explosion_growth 100, baseline 20 updates, saturation threshold 0.9
+AGENT = "agent_0"
+COLLAPSED = {"repeat_rate": 1.0, "saturation": 1.0, "sensitivity": 0.0, "batch_same_action": 1.0}
+LIVELY = {"repeat_rate": 0.3, "saturation": 0.2, "sensitivity": 0.4, "batch_same_action": 0.01}
+
+
+def scalars(grad: dict[int, float], evals: dict[int, dict[str, float]], actor: float = 0.5) -> dict[str, list]:
+    """Updates every 100 env steps from 1000 (critic norm from ``grad``: the last key at or before the step),
+    evaluations at the given steps."""
+    out: dict[str, list] = {"grad_norm/critic/agent_0": [], "grad_norm/actor/agent_0": []}
+    keys = sorted(grad)
+    for step in range(1000, 20001, 100):
+        level = grad[max(k for k in keys if k <= step)]
+        out["grad_norm/critic/agent_0"].append((step, level))
+        out["grad_norm/actor/agent_0"].append((step, actor))
+    for step, stats in sorted(evals.items()):
+        for k, v in stats.items():
+            out.setdefault(f"eval/{k}/{AGENT}", []).append((step, v))
+    return out
+
+
+def summary(final: dict[str, float], **kw: Any) -> RunSummary:
+    return RunSummary.model_validate({"status": "completed", "env_steps": 20000, "agents": [AGENT],
+                                      "action_stats": {AGENT: final}, **kw})
+
+
+def evals(collapse_from: Optional[int]) -> dict[int, dict[str, float]]:
+    return {s: (COLLAPSED if collapse_from is not None and s >= collapse_from else LIVELY) for s in range(2000, 20001, 2000)}
+
+
+def events(d: dict[str, Any]) -> list[tuple[int, str]]:
+    return [(e["env_step"], e["event"].split(" (")[0]) for e in d["timeline"]]
+
+
+def test_explosion_first_growth_before_saturation():
+    # early level 2; 30x at 5000, 150x at 7000; saturated and collapsed from 10000
+    d = classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 5000: 60.0, 7000: 300.0}, evals(10000)))
+    assert d["mechanism"] == "explosion-first" and d["label"] == "collapsed" and d["onset"] == 10000
+    assert "7000" in d["why"] and "10000" in d["why"]
+    got = events(d)
+    assert got[0] == (1000, "first gradient update")
+    assert (5000, "critic gradient norm >= 10x its early level") in got
+    assert (7000, "critic gradient norm >= 100x its early level") in got
+    assert (10000, "collapse onset") in got
+    assert [s for s, _ in got] == sorted(s for s, _ in got)
+
+
+def test_saturation_first_with_a_late_explosion_and_without_one():
+    late = classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 14000: 500.0}, evals(4000)))
+    assert late["mechanism"] == "saturation-first"
+    assert "4000" in late["why"] and "it got there at env step 14000" in late["why"]
+    flat = classify(summary(COLLAPSED), CFG, scalars({0: 2.0}, evals(4000)))
+    assert flat["mechanism"] == "saturation-first" and "for the whole run" in flat["why"]
+
+
+def test_vanished_actor_gradient_is_on_the_timeline():
+    sc = scalars({0: 2.0}, evals(4000), actor=0.5)
+    sc["grad_norm/actor/agent_0"] = [(s, 0.5 if s < 6000 else 1e-4) for s, _ in sc["grad_norm/actor/agent_0"]]
+    assert (6000, "an actor's gradient norm < 0.01x its early level") in events(classify(summary(COLLAPSED), CFG, sc))
+
+
+def test_neither_healthy_warning_and_unexplained_divergence():
+    healthy = classify(summary(LIVELY), CFG, scalars({0: 2.0}, evals(None)))
+    assert healthy["mechanism"] == "neither" and healthy["label"] == "healthy" and "warning" not in healthy["why"]
+    warned = classify(summary(LIVELY), CFG, scalars({0: 2.0, 9000: 400.0}, evals(None)))
+    assert warned["mechanism"] == "neither" and "9000" in warned["why"] and "warning without a failure" in warned["why"]
+    diverged = classify(summary(LIVELY, status="diverged", nonfinite_step=8000), CFG, scalars({0: 2.0}, evals(None)))
+    assert diverged["mechanism"] == "neither" and diverged["label"] == "diverged"
+    assert (8000, "first non-finite value") in events(diverged)
+    exploded = classify(summary(LIVELY, status="diverged", nonfinite_step=8000), CFG,
+                        scalars({0: 2.0, 6000: 1e4}, evals(None)))
+    assert exploded["mechanism"] == "explosion-first"
+
+
+def test_the_run_config_sets_the_growth_threshold():
+    cfg = load_config(None, ["detectors.explosion_growth=20"]).to_dict()
+    d = classify(summary(COLLAPSED), cfg, scalars({0: 2.0, 3000: 60.0}, evals(10000)))
+    assert d["explosion_growth"] == 20.0 and d["mechanism"] == "explosion-first"
+    assert classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 3000: 60.0}, evals(10000)))["mechanism"] == "saturation-first"
+
+
+# ---------------------------------------------------------------------------------------------- fix ranking
+def arm(name: str, fix: Optional[str], labels: list[str], ret: float) -> dict[str, Any]:
+    return {"arm": name, "fix": fix, "labels": labels, "n": len(labels), "healthy": labels.count("healthy"), "mean_final_return": ret}
+
+
+EVIDENCE = {"mechanisms": {"explosion-first": {"sweep": "single_fixes_explosion", "env": "simple_spread_v3",
+                                               "env_steps": 50000, "arms": {
+    "failure": arm("failure", None, ["diverged"] * 3, -80.0),
+    "clip": arm("clip", "clip gradients (global L2 norm)", ["healthy"] * 3, -60.0),
+    "lower_lr": arm("lower_lr", "lower the learning rate", ["healthy", "healthy", "diverged"], -55.0),
+    "adam": arm("adam", "Adam instead of SGD", ["healthy"] * 3, -65.0),
+    "obs_norm": arm("obs_norm", "normalize observations", ["diverged"] * 3, -90.0),
+}}}}
+
+
+def test_ranked_by_healthy_share_then_return():
+    ranked = fix_evidence.ranked(EVIDENCE, "explosion-first")
+    assert [r["arm"] for r in ranked] == ["clip", "adam", "lower_lr", "obs_norm"]
+    assert fix_evidence.ranked(EVIDENCE, "saturation-first") == [] and fix_evidence.ranked({}, "explosion-first") == []
+
+
+def test_doctor_ranks_fixes_by_the_mechanism_table(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(fix_evidence, "load", lambda path=None: EVIDENCE)
+    measured = doctor._measured("explosion-first")
+    fixes = [doctor.Fix(1, "normalize observations", []), doctor.Fix(2, "small last-layer init", []),
+             doctor.Fix(3, "lower the learning rate", []), doctor.Fix(4, "clip gradients (global L2 norm)", []),
+             doctor.Fix(5, "residual blocks", [])]
+    order = [f.name for f in doctor._rank_by_evidence(fixes, measured)]
+    assert order == ["clip gradients (global L2 norm)", "lower the learning rate", "small last-layer init",
+                     "residual blocks", "normalize observations"]
+    assert "single_fixes_explosion" in measured[""]["source"]
+    assert doctor._rank_by_evidence(fixes, {}) == fixes  # nothing measured: order kept
+    text = doctor._measured_text(measured["lower the learning rate"])
+    assert text == "left 2/3 seeds healthy (healthy, healthy, diverged), mean final team return -55.0"
+
+
+def test_fix_evidence_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    for bad in (["nonsense"], ["boiling-first=x"], ["explosion-first=" + str(tmp_path / "missing")],
+                ["explosion-first=a", "explosion-first=b"]):
+        with pytest.raises(SystemExit) as e:
+            fix_evidence.main([*bad, "--out", str(tmp_path / "out.json")])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1
+    assert not (tmp_path / "out.json").exists()
+    assert fix_evidence.load(tmp_path / "missing.json") == {}
