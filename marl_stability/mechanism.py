@@ -118,3 +118,101 @@ def classify(summary: RunSummary, config: dict[str, Any], scalars: Scalars) -> d
         why = f"the run {label} at env step {onset} with neither the critic gradient growth nor saturation before it"
     return {"mechanism": mechanism, "why": why, "label": label, "onset": onset, "collapsed_agents": collapsed,
             "explosion_growth": growth, "timeline": [{"env_step": e.step, "event": e.what} for e in events]}
+
+
+# ---------------------------------------------------------------------------------------------- over many runs
+def _step_of(d: dict[str, Any], prefix: str) -> Optional[int]:
+    return next((e["env_step"] for e in d["timeline"] if e["event"].startswith(prefix)), None)
+
+
+def _peak_growth(scalars: Scalars, params: SignalParams, until: Optional[int]) -> Optional[float]:
+    """The largest critic gradient growth logged up to ``until`` (inclusive; None: the whole run)."""
+    series = compute(signal("critic_grad_growth"), scalars, params)
+    if series is None or not len(series[0]):
+        return None
+    keep = series[0] <= until if until is not None else slice(None)
+    vals = series[1][keep]
+    return float(vals.max()) if len(vals) else None
+
+
+def table(dirs: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per finished run below ``dirs`` (group, seed, label, mechanism, the steps that decide it, the peak
+    critic growth before the failure onset) and the notes on skipped runs."""
+    from pathlib import Path
+
+    from marl_stability.calibrate_runs import find_run_dirs, group_name, read_config, skip_reason
+    from marl_stability.doctor import read_scalars
+    from marl_stability.summary import read_summary
+
+    rows, notes = [], []
+    for run in find_run_dirs([Path(d) for d in dirs]):
+        summary = read_summary(run / "summary.json") if (run / "summary.json").is_file() else None
+        config = read_config(run)
+        why = skip_reason(run, summary) or (None if config is not None else "unreadable config.yaml")
+        if why is not None:
+            notes.append(f"skipped {run}: {why}")
+            continue
+        scalars = read_scalars(run)
+        d = classify(summary, config, scalars)
+        params = SignalParams(baseline_updates=int(detector_thresholds(config).get("explosion_baseline", 20)))
+        rows.append({"group": group_name(run)[0], "seed": summary.seed, "label": d["label"], "mechanism": d["mechanism"],
+                     "onset": d["onset"], "growth_step": _step_of(d, f"critic gradient norm >= {d['explosion_growth']:g}x"),
+                     "saturation_step": _step_of(d, "an agent's saturation >= " + f"{float(detector_thresholds(config)['saturation_threshold']):g}"),
+                     "peak_growth_before_onset": _peak_growth(scalars, params, d["onset"]),
+                     "explosion_growth": d["explosion_growth"], "run": str(run)})
+    return rows, notes
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per group the counts of each mechanism, then one line per run."""
+    def f(v: Any) -> str:
+        return "—" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(rows, key=lambda r: (r["group"], r["seed"])):
+        groups.setdefault(r["group"], []).append(r)
+    lines = ["| group | runs | healthy | collapsed | diverged | explosion-first | saturation-first | neither |",
+             "|---|---|---|---|---|---|---|---|"]
+    for g, rs in groups.items():
+        count = lambda key, v: sum(r[key] == v for r in rs)  # noqa: E731
+        lines.append(f"| {g} | {len(rs)} | {count('label', 'healthy')} | {count('label', 'collapsed')} | "
+                     f"{count('label', 'diverged')} | {count('mechanism', 'explosion-first')} | "
+                     f"{count('mechanism', 'saturation-first')} | {count('mechanism', 'neither')} |")
+    lines += ["", "| group | seed | label | mechanism | critic growth threshold reached | first saturated evaluation | "
+              "failure onset | peak critic growth up to the onset |", "|---|---|---|---|---|---|---|---|"]
+    for g, rs in groups.items():
+        lines += [f"| {g} | {r['seed']} | {r['label']} | {r['mechanism']} | {f(r['growth_step'])} | "
+                  f"{f(r['saturation_step'])} | {f(r['onset'])} | {f(r['peak_growth_before_onset'])} |" for r in rs]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from marl_stability.atomic import atomic_write_text
+    from marl_stability.errors import UserError
+
+    parser = argparse.ArgumentParser(prog="python -m marl_stability.mechanism",
+                                     description="Which road each run took: explosion-first, saturation-first or neither.")
+    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="run directories or folders holding runs")
+    parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    args = parser.parse_args(argv)
+    try:
+        rows, notes = table(args.dirs)
+        if not rows:
+            raise UserError("no finished run (completed or diverged) below " + ", ".join(map(str, args.dirs)))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    text = render_table(rows)
+    print(text)
+    for n in notes:
+        print(n, file=sys.stderr)
+    if args.out is not None:
+        atomic_write_text(args.out, text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -140,3 +140,44 @@ def test_fix_evidence_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert err.startswith("error: ") and err.count("\n") == 1
     assert not (tmp_path / "out.json").exists()
     assert fix_evidence.load(tmp_path / "missing.json") == {}
+
+
+# ---------------------------------------------------------------------------------------------- the table over runs
+def _write(run: Path, seed: int, series: dict[str, list], final: dict[str, float], **kw: Any) -> None:
+    from marl_stability.atomic import atomic_write_json
+    from marl_stability.config import dump_yaml
+    from marl_stability.sinks import TensorBoardSink
+
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_yaml(load_config(None, [f"seed={seed}"])))
+    by_step: dict[int, dict[str, float]] = {}
+    for tag, points in series.items():
+        for step, v in points:
+            by_step.setdefault(step, {})[tag] = v
+    sink = TensorBoardSink(run)
+    for step in sorted(by_step):
+        sink.scalar_batch(by_step[step], step)
+    sink.close()
+    atomic_write_json(run / "summary.json", summary(final, seed=seed, **kw).to_json())
+
+
+def test_mechanism_table_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from marl_stability import mechanism
+
+    root = tmp_path / "sweep" / "runs"
+    for seed in range(2):
+        _write(root / "explode" / f"seed_{seed}", seed, scalars({0: 2.0, 5000 + 1000 * seed: 400.0}, evals(10000)), COLLAPSED)
+        _write(root / "saturate" / f"seed_{seed}", seed, scalars({0: 2.0}, evals(4000)), COLLAPSED)
+    _write(root / "healthy" / "seed_0", 0, scalars({0: 2.0}, evals(None)), LIVELY)
+    (root / "unfinished" / "seed_0").mkdir(parents=True)
+    (root / "unfinished" / "seed_0" / "config.yaml").write_text("seed: 0\n")
+    mechanism.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "mech.md")])
+    out, err = capsys.readouterr()
+    assert "| explode | 2 | 0 | 2 | 0 | 2 | 0 | 0 |" in out
+    assert "| saturate | 2 | 0 | 2 | 0 | 0 | 2 | 0 |" in out
+    assert "| healthy | 1 | 1 | 0 | 0 | 0 | 0 | 1 |" in out
+    assert "| explode | 1 | collapsed | explosion-first | 6000 | 10000 | 10000 | 200 |" in out
+    assert (tmp_path / "mech.md").read_text() == out
+    with pytest.raises(SystemExit) as e:
+        mechanism.main([str(root / "unfinished")])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: no finished run")
