@@ -13,6 +13,7 @@ from marl_stability.config import load_config
 from marl_stability.mechanism import classify
 from marl_stability.summary import RunSummary
 
+ROOT = Path(__file__).resolve().parents[1]
 CFG = load_config(None).to_dict()  # explosion_growth 100, baseline 20 updates, saturation threshold 0.9
 AGENT = "agent_0"
 COLLAPSED = {"repeat_rate": 1.0, "saturation": 1.0, "sensitivity": 0.0, "batch_same_action": 1.0}
@@ -181,3 +182,34 @@ def test_mechanism_table_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as e:
         mechanism.main([str(root / "unfinished")])
     assert e.value.code == 2 and capsys.readouterr().err.startswith("error: no finished run")
+
+
+def test_fix_evidence_from_a_real_tiny_single_fix_sweep(tmp_path: Path):
+    """Two arms (failure, clip), one seed, 400 env steps each: labels from the final evaluation, the doctor's fix
+    name for the clip arm, counts and returns from the runs' summaries; the packaged file is not touched."""
+    from marl_stability.cli import main as cli
+
+    spec = tmp_path / "tiny_fixes.yaml"
+    spec.write_text(
+        f"name: tiny_fixes\nbase:\n  config: {ROOT / 'experiments' / 'no_fix_baseline.yaml'}\n  set:\n"
+        "    maddpg.warmup_steps: 200\n    maddpg.batch_size: 32\n    maddpg.update_every: 10\n"
+        "    train.eval_every: 200\n    train.eval_episodes: 2\n    train.checkpoint_every: 400\n    env.num_envs: 2\n"
+        "design: arms\narms:\n  failure: {}\n  clip:\n    fixes.grad_clip.critic: {mode: global_norm, max: 1.0}\n"
+        "seeds: 1\nsteps: 400\n")
+    try:
+        cli(["ablate", "-c", str(spec), "--out", str(tmp_path / "sweep"), "--quiet"])
+    except SystemExit as e:  # typer may exit 0 after the command
+        assert e.code in (0, None)
+    before = fix_evidence.PACKAGED.read_bytes() if fix_evidence.PACKAGED.exists() else None
+    fix_evidence.main([f"explosion-first={tmp_path / 'sweep'}", "--out", str(tmp_path / "ev.json")])
+    data = fix_evidence.load(tmp_path / "ev.json")
+    table = data["mechanisms"]["explosion-first"]
+    assert table["sweep"] == "tiny_fixes" and table["env"] == "simple_spread_v3" and table["env_steps"] == 400
+    assert set(table["arms"]) == {"failure", "clip"}
+    clip = table["arms"]["clip"]
+    assert clip["fix"] == "clip gradients (global L2 norm)" and clip["n"] == 1 and clip["seeds"] == [0]
+    assert clip["labels"][0] in ("healthy", "collapsed", "diverged")
+    assert clip["healthy"] + clip["collapsed"] + clip["diverged"] == 1
+    assert table["arms"]["failure"]["fix"] is None
+    assert [r["arm"] for r in fix_evidence.ranked(data, "explosion-first")] == ["clip"]
+    assert (fix_evidence.PACKAGED.read_bytes() if fix_evidence.PACKAGED.exists() else None) == before
