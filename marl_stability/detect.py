@@ -477,6 +477,13 @@ class Detectors:
         # Thresholds come from this object's config; only the streams' progress is restored.
         self.explosion, self.collapse = {}, {}
         for key, sd in state["explosion"].items():
+            if "early" not in sd and self.cfg.explosion_rule == "growth":
+                # A checkpoint from before the growth rule: its early norms were not kept, and a baseline rebuilt
+                # from the norms after the resume could already sit on the explosion; keep the rule it ran with.
+                c = self.cfg
+                self.explosion[key] = GradientExplosionDetector(
+                    c.explosion_ratio, c.explosion_window, c.explosion_min_history, c.explosion_absolute,
+                    name=f"explosion/{key}", min_norm=c.explosion_min_norm, rule="median_ratio")
             self._explosion_for(key).load_state_dict(sd)
         for agent, sd in state["collapse"].items():
             self._collapse_for(agent).load_state_dict(sd)

@@ -1,14 +1,15 @@
 """What each single fix measured against each failure mechanism: the table ``doctor`` ranks fixes by.
 
-    python -m marl_stability.fix_evidence saturation-first=SWEEP explosion-first=SWEEP [--out FILE]
+    python -m marl_stability.fix_evidence saturation-first=SWEEP explosion-first=SWEEP --out FILE
 
 Each SWEEP is a single-fix sweep (``marl-stability ablate -c experiments/reproduce_single_fixes.yaml`` for the
 saturation-first preset, ``... reproduce_single_fixes_explosion.yaml`` for the explosion-first one): arms named
 ``failure`` and one arm per fix. Every finished run is labelled from its final evaluation exactly as
 ``marl-stability calibrate`` labels it (healthy, collapsed or diverged; never from the detectors), and each arm
-gets its counts and final returns. The output (default: the copy shipped in the package,
-``marl_stability/fix_evidence.json``) is what ``doctor`` reads: for the mechanism it finds in a run, it ranks the
-fixes by the share of seeds they left healthy, then by their mean final return, and quotes the numbers.
+gets its counts and final returns. A mechanism not given keeps its table from an existing ``--out`` file, so
+one sweep can be redone alone. The copy shipped in the package, ``marl_stability/fix_evidence.json``, is what
+``doctor`` reads: for the mechanism it finds in a run, it ranks the fixes by the share of seeds they left healthy,
+then by their mean final return, and quotes the numbers.
 """
 
 from __future__ import annotations
@@ -129,16 +130,21 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m marl_stability.fix_evidence", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", nargs="+", metavar="MECHANISM=SWEEP_DIR")
-    parser.add_argument("--out", type=Path, default=PACKAGED, help=f"output JSON (default: {PACKAGED})")
+    parser.add_argument("--out", type=Path, required=True,
+                        help=f"output JSON (the copy doctor reads: {PACKAGED}); other mechanisms' tables in it are kept")
     args = parser.parse_args(argv)
     try:
+        if args.out.is_dir():
+            raise UserError(f"--out {args.out} is a directory")
         sweeps = _parse_pairs(args.sweeps)
-        data = {"mechanisms": {m: sweep_evidence(p) for m, p in sweeps.items()}}
+        kept = load(args.out).get("mechanisms") if args.out.exists() else {}
+        data = {"mechanisms": {**(kept if isinstance(kept, dict) else {}),
+                               **{m: sweep_evidence(p) for m, p in sweeps.items()}}}
         atomic_write_json(args.out, data)
-    except UserError as e:
+    except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    for m, d in data["mechanisms"].items():
+    for m, d in sorted(data["mechanisms"].items()):
         print(f"{m}: {d['sweep']} ({d['env']}, {d['env_steps']} env steps)")
         for r in ranked(data, m):
             print(f"  {r['fix']}: healthy {r['healthy']}/{r['n']}, mean final return {r['mean_final_return']}")

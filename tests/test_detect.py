@@ -136,6 +136,25 @@ def test_growth_rule_state_round_trip_and_config() -> None:
         DetectorConfig(explosion_rule="slope")
 
 
+def test_resuming_a_checkpoint_from_before_the_growth_rule_keeps_the_median_rule() -> None:
+    """An old checkpoint's explosion state has no early norms: the resumed detector keeps the median rule (and
+    its ratio) instead of rebuilding a baseline from norms that may already have grown."""
+    s = _stream(seed=4)
+    s[900] = 100.0  # 20x the running median: the median rule fires, the growth rule (100x) would not
+    old = Detectors(DetectorConfig(explosion_rule="median_ratio"))
+    for i, v in enumerate(s[:500]):
+        old.update_grad_norm("critic/agent_0", v, i)
+    state = json.loads(json.dumps(old.state_dict()))
+    del state["explosion"]["critic/agent_0"]["early"]  # what an older version wrote
+    resumed = Detectors(DetectorConfig())  # today's default: growth
+    resumed.load_state_dict(state)
+    assert resumed.explosion["critic/agent_0"].rule == "median_ratio"
+    assert next(i for i, v in enumerate(s[500:], start=500) if resumed.update_grad_norm("critic/agent_0", v, i)) == 900
+    fresh = Detectors(DetectorConfig())
+    fresh.load_state_dict(json.loads(json.dumps(old.state_dict())))  # a current checkpoint keeps the config's rule
+    assert fresh.explosion["critic/agent_0"].rule == "growth"
+
+
 # --------------------------------------------------------------------------- collapse on streams
 COLLAPSED = (1.0, 0.98, 1e-6)  # repeat, saturation, sensitivity
 HEALTHY = (0.05, 0.1, 0.8)

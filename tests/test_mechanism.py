@@ -3,6 +3,7 @@ the measured single-fix tables."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -88,6 +89,29 @@ def test_neither_healthy_warning_and_unexplained_divergence():
     assert exploded["mechanism"] == "explosion-first"
 
 
+def test_online_rule_details_nonfinite_min_norm_missing_tags_and_undetermined():
+    # a norm that only turns inf at the non-finite step is no growth (online, non-finite norms are skipped)
+    sc = scalars({0: 2.0}, evals(None))
+    sc["grad_norm/critic/agent_0"] = [(st, math.inf if st >= 8000 else v) for st, v in sc["grad_norm/critic/agent_0"]]
+    nan_only = classify(summary(LIVELY, status="diverged", nonfinite_step=8000), CFG, sc)
+    assert nan_only["growth_step"] is None and nan_only["mechanism"] == "neither"
+    # a tiny critic gradient growing 200x stays under explosion_min_norm (10), as online
+    tiny = classify(summary(COLLAPSED), CFG, scalars({0: 0.02, 3000: 4.0}, evals(10000)))
+    assert tiny["growth_step"] is None
+    # no critic tags: no evidence either way
+    sc = scalars({0: 2.0}, evals(4000))
+    del sc["grad_norm/critic/agent_0"]
+    blind = classify(summary(COLLAPSED), CFG, sc)
+    assert blind["mechanism"] == "neither" and "no critic gradient norms" in blind["why"]
+    # growth between the last unsaturated evaluation (4000) and the first saturated one (6000): cannot tell
+    mid = classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 5000: 400.0}, evals(6000)))
+    assert mid["mechanism"] == "undetermined" and "4000" in mid["why"] and "6000" in mid["why"]
+    # the baseline is explosion_baseline updates: 20 logged values at log_every 1, 2 at the default 10
+    every = load_config(None, ["train.log_every=1"]).to_dict()
+    assert classify(summary(COLLAPSED), every, scalars({0: 2.0, 2500: 400.0}, evals(10000)))["growth_step"] == 3000
+    assert classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 2500: 400.0}, evals(10000)))["growth_step"] == 2500
+
+
 def test_the_run_config_sets_the_growth_threshold():
     cfg = load_config(None, ["detectors.explosion_growth=20"]).to_dict()
     d = classify(summary(COLLAPSED), cfg, scalars({0: 2.0, 3000: 60.0}, evals(10000)))
@@ -140,6 +164,9 @@ def test_fix_evidence_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1
     assert not (tmp_path / "out.json").exists()
+    with pytest.raises(SystemExit) as e:
+        fix_evidence.main([f"explosion-first={tmp_path}", "--out", str(tmp_path)])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: --out")
     assert fix_evidence.load(tmp_path / "missing.json") == {}
 
 
@@ -170,18 +197,26 @@ def test_mechanism_table_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         _write(root / "explode" / f"seed_{seed}", seed, scalars({0: 2.0, 5000 + 1000 * seed: 400.0}, evals(10000)), COLLAPSED)
         _write(root / "saturate" / f"seed_{seed}", seed, scalars({0: 2.0}, evals(4000)), COLLAPSED)
     _write(root / "healthy" / "seed_0", 0, scalars({0: 2.0}, evals(None)), LIVELY)
-    (root / "unfinished" / "seed_0").mkdir(parents=True)
-    (root / "unfinished" / "seed_0" / "config.yaml").write_text("seed: 0\n")
+    _write(root / "unfinished" / "seed_0", 0, scalars({0: 2.0}, evals(None)), LIVELY, status="running")
+    bad = root / "badconfig" / "seed_0"
+    _write(bad, 0, scalars({0: 2.0}, evals(None)), LIVELY)
+    (bad / "config.yaml").write_text((bad / "config.yaml").read_text().replace("saturation_threshold: 0.9",
+                                                                             "saturation_threshold: abc"))
     mechanism.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "mech.md")])
     out, err = capsys.readouterr()
-    assert "| explode | 2 | 0 | 2 | 0 | 2 | 0 | 0 |" in out
-    assert "| saturate | 2 | 0 | 2 | 0 | 0 | 2 | 0 |" in out
-    assert "| healthy | 1 | 1 | 0 | 0 | 0 | 0 | 1 |" in out
+    assert "skipped" in err and "status 'running'" in err and "detectors.saturation_threshold" in err
+    assert "| explode | 2 | 0 | 2 | 0 | 2 | 0 | 0 | 0 |" in out
+    assert "| saturate | 2 | 0 | 2 | 0 | 0 | 2 | 0 | 0 |" in out
+    assert "| healthy | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 1 |" in out
     assert "| explode | 1 | collapsed | explosion-first | 6000 | 10000 | 10000 | 200 |" in out
     assert (tmp_path / "mech.md").read_text() == out
     with pytest.raises(SystemExit) as e:
         mechanism.main([str(root / "unfinished")])
-    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: no finished run")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "status 'running'" in err and err.splitlines()[-1].startswith("error: no finished run")
+    with pytest.raises(SystemExit) as e:
+        mechanism.main([str(tmp_path / "sweep"), "--out", str(tmp_path)])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: --out")
 
 
 def test_fix_evidence_from_a_real_tiny_single_fix_sweep(tmp_path: Path):
@@ -201,14 +236,21 @@ def test_fix_evidence_from_a_real_tiny_single_fix_sweep(tmp_path: Path):
     except SystemExit as e:  # typer may exit 0 after the command
         assert e.code in (0, None)
     before = fix_evidence.PACKAGED.read_bytes() if fix_evidence.PACKAGED.exists() else None
+    from marl_stability.atomic import atomic_write_json
+
+    atomic_write_json(tmp_path / "ev.json", {"mechanisms": {"saturation-first": {"sweep": "kept"}}})
     fix_evidence.main([f"explosion-first={tmp_path / 'sweep'}", "--out", str(tmp_path / "ev.json")])
     data = fix_evidence.load(tmp_path / "ev.json")
+    assert data["mechanisms"]["saturation-first"] == {"sweep": "kept"}  # the other mechanism's table is kept
     table = data["mechanisms"]["explosion-first"]
     assert table["sweep"] == "tiny_fixes" and table["env"] == "simple_spread_v3" and table["env_steps"] == 400
     assert set(table["arms"]) == {"failure", "clip"}
     clip = table["arms"]["clip"]
     assert clip["fix"] == "clip gradients (global L2 norm)" and clip["n"] == 1 and clip["seeds"] == [0]
-    assert clip["labels"][0] in ("healthy", "collapsed", "diverged")
+    from marl_stability.summary import read_summary
+
+    run = read_summary(tmp_path / "sweep" / "runs" / "clip" / "seed_0" / "summary.json")
+    assert clip["final_returns"] == [run.final_return] and clip["mean_final_return"] == run.final_return
     assert clip["healthy"] + clip["collapsed"] + clip["diverged"] == 1
     assert table["arms"]["failure"]["fix"] is None
     assert [r["arm"] for r in fix_evidence.ranked(data, "explosion-first")] == ["clip"]
