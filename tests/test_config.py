@@ -37,7 +37,8 @@ def test_every_ablation_file_expands_into_valid_arms() -> None:
     for p in ablations:
         assert p.read_text().startswith("#"), f"{p.name} must start with a comment saying what it asks"
         plan = make_plan(p, None)
-        assert len(plan.arms) >= 2
+        # A comparison needs two arms; a detector-calibration corpus sweep may hold one preset.
+        assert len(plan.arms) >= (1 if p.stem.startswith("calibration_") else 2)
 
 
 @pytest.mark.parametrize("preset", FIX_PRESETS, ids=[p.stem for p in FIX_PRESETS])
