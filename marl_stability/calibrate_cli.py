@@ -26,6 +26,8 @@ def calibrate_cmd(
                                                         "drop: early level from the first M measurements (default 3)"),
     slope_window: Optional[int] = typer.Option(None, "--slope-window", help="critic grad-norm log-slope: trailing "
                                                "window of W logged updates (default 20)"),
+    score: Optional[list[str]] = typer.Option(None, "--score", help="SIGNAL=THETA: also score this given threshold "
+                                               "(e.g. a detector default) on both splits; repeatable"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no printed table"),
 ) -> None:
     """Calibrate early-warning signals and the detectors on labelled runs: thresholds chosen on the calibration
@@ -40,7 +42,7 @@ def calibrate_cmd(
         params = SignalParams(baseline_updates if baseline_updates is not None else d.baseline_updates,
                               baseline_measurements if baseline_measurements is not None else d.baseline_measurements,
                               slope_window if slope_window is not None else d.slope_window)
-    result = calibrate(list(dirs or []), out, calibration_seeds, held_out_seeds, from_records, params, quiet)
+    result = calibrate(list(dirs or []), out, calibration_seeds, held_out_seeds, from_records, params, quiet, score)
     if quiet:
         return
     for note in result.corpus.skipped:
@@ -49,6 +51,8 @@ def calibrate_cmd(
     typer.echo(f"{len(c.records)} runs labelled ({len(c.split('calibration'))} calibration, "
                f"{len(c.split('held-out'))} held-out), {c.ignored} ignored, {len(c.skipped)} skipped")
     typer.echo("\n".join(signal_table(result.signals)))
+    if result.scored:
+        typer.echo("given thresholds (--score):\n" + "\n".join(signal_table(result.scored, given=True)))
     typer.echo(f"report: {out / 'report.md'}  records: {out / 'records.json'}  thresholds: {out / 'thresholds.json'}")
 
 

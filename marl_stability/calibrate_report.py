@@ -66,8 +66,9 @@ def label_table(records: list[RunRecord], split_of: dict[int, str]) -> list[str]
     return lines
 
 
-def signal_table(rows: list[Row]) -> list[str]:
-    lines = ["| signal | threshold θ (from calibration) | calibration | held-out failing / healthy | precision | "
+def signal_table(rows: list[Row], given: bool = False) -> list[str]:
+    source = "given" if given else "from calibration"
+    lines = [f"| signal | threshold θ ({source}) | calibration | held-out failing / healthy | precision | "
              "recall | false alarms | median lead (env steps) | note |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         s = signal(row.name)

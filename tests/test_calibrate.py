@@ -354,3 +354,25 @@ def test_error_through_a_real_process(tmp_path: Path):
                            str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path / 'nowhere'} does not exist\n"
     assert proc.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_given_thresholds_are_scored_on_both_splits(result: cal.Result, tmp_path: Path):
+    """--score SIGNAL=THETA: a threshold the user picked, scored like the chosen ones; bad pairs are one-line errors."""
+    out = tmp_path / "first"
+    cal.write_outputs(result, out)
+    # the synthetic failing runs jump to 60 then stay in [50, 55]; healthy runs stay in [1, 2]
+    scored = cal.calibrate([], tmp_path / "scored", from_records=out / "records.json", quiet=True,
+                           scores=["critic_grad_norm=40", "critic_grad_norm=1.5", "critic_grad_norm=100"])
+    hi, lo, never = scored.scored
+    assert (hi.threshold, hi.held_out.recall, hi.held_out.alarmed_healthy) == (40.0, 1.0, 0)
+    assert hi.held_out.leads == [LEAD] * 5 and hi.calibration.recall == 1.0
+    assert lo.held_out.alarmed_healthy > 0  # 1.5 is inside the healthy runs' range
+    assert never.held_out.alarmed_failing == 0 and never.calibration.alarmed_failing == 0
+    report = (tmp_path / "scored" / "report.md").read_text()
+    assert "## Thresholds given with --score" in report and "| >= 40 |" in report
+    given = json.loads((tmp_path / "scored" / "thresholds.json").read_text())["scored"]
+    assert [g["threshold"] for g in given] == [40.0, 1.5, 100.0] and given[0]["signal"] == "critic_grad_norm"
+    for bad in ("nope=3", "critic_grad_norm", "critic_grad_norm=abc", "critic_grad_norm=inf"):
+        with pytest.raises(cal.UserError):
+            cal.calibrate([], tmp_path / "bad", from_records=out / "records.json", quiet=True, scores=[bad])
+    assert not (tmp_path / "bad").exists()
