@@ -144,7 +144,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    for m, d in sorted(data["mechanisms"].items()):
+    for m in sorted(sweeps):
+        d = data["mechanisms"][m]
         print(f"{m}: {d['sweep']} ({d['env']}, {d['env_steps']} env steps)")
         for r in ranked(data, m):
             print(f"  {r['fix']}: healthy {r['healthy']}/{r['n']}, mean final return {r['mean_final_return']}")
