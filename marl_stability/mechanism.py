@@ -211,7 +211,8 @@ def table(dirs: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
         scalars = read_scalars(run)
         d = classify(summary, config, scalars)
         baseline = _rule(config, detector_thresholds(config))[1]
-        rows.append({"group": group_name(run)[0], "seed": summary.seed, "label": d["label"], "mechanism": d["mechanism"],
+        name, sweep = group_name(run)
+        rows.append({"group": f"{sweep}/{name}" if sweep else name, "seed": summary.seed, "label": d["label"], "mechanism": d["mechanism"],
                      "onset": d["onset"], "growth_step": d["growth_step"], "saturation_step": d["saturation_step"],
                      "peak_growth_before_onset": _peak_growth(scalars, baseline, d["onset"]),
                      "explosion_growth": d["explosion_growth"], "run": str(run)})

@@ -15,7 +15,7 @@ from marl_stability.mechanism import classify
 from marl_stability.summary import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = load_config(None).to_dict()  # explosion_growth 100, baseline 20 updates, saturation threshold 0.9
+CFG = load_config(None).to_dict()  # explosion_growth 1000, baseline 20 updates, saturation threshold 0.9
 AGENT = "agent_0"
 COLLAPSED = {"repeat_rate": 1.0, "saturation": 1.0, "sensitivity": 0.0, "batch_same_action": 1.0}
 LIVELY = {"repeat_rate": 0.3, "saturation": 0.2, "sensitivity": 0.4, "batch_same_action": 0.01}
@@ -50,20 +50,20 @@ def events(d: dict[str, Any]) -> list[tuple[int, str]]:
 
 
 def test_explosion_first_growth_before_saturation():
-    # early level 2; 30x at 5000, 150x at 7000; saturated and collapsed from 10000
-    d = classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 5000: 60.0, 7000: 300.0}, evals(10000)))
+    # early level 2; 30x at 5000, 1500x at 7000; saturated and collapsed from 10000
+    d = classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 5000: 60.0, 7000: 3000.0}, evals(10000)))
     assert d["mechanism"] == "explosion-first" and d["label"] == "collapsed" and d["onset"] == 10000
     assert "7000" in d["why"] and "10000" in d["why"]
     got = events(d)
     assert got[0] == (1000, "first gradient update")
     assert (5000, "critic gradient norm >= 10x its early level") in got
-    assert (7000, "critic gradient norm >= 100x its early level") in got
+    assert (7000, "critic gradient norm >= 1000x its early level") in got
     assert (10000, "collapse onset") in got
     assert [s for s, _ in got] == sorted(s for s, _ in got)
 
 
 def test_saturation_first_with_a_late_explosion_and_without_one():
-    late = classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 14000: 500.0}, evals(4000)))
+    late = classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 14000: 5000.0}, evals(4000)))
     assert late["mechanism"] == "saturation-first"
     assert "4000" in late["why"] and "it got there at env step 14000" in late["why"]
     flat = classify(summary(COLLAPSED), CFG, scalars({0: 2.0}, evals(4000)))
@@ -79,13 +79,13 @@ def test_vanished_actor_gradient_is_on_the_timeline():
 def test_neither_healthy_warning_and_unexplained_divergence():
     healthy = classify(summary(LIVELY), CFG, scalars({0: 2.0}, evals(None)))
     assert healthy["mechanism"] == "neither" and healthy["label"] == "healthy" and "warning" not in healthy["why"]
-    warned = classify(summary(LIVELY), CFG, scalars({0: 2.0, 9000: 400.0}, evals(None)))
+    warned = classify(summary(LIVELY), CFG, scalars({0: 2.0, 9000: 4000.0}, evals(None)))
     assert warned["mechanism"] == "neither" and "9000" in warned["why"] and "warning without a failure" in warned["why"]
     diverged = classify(summary(LIVELY, status="diverged", nonfinite_step=8000), CFG, scalars({0: 2.0}, evals(None)))
     assert diverged["mechanism"] == "neither" and diverged["label"] == "diverged"
     assert (8000, "first non-finite value") in events(diverged)
     exploded = classify(summary(LIVELY, status="diverged", nonfinite_step=8000), CFG,
-                        scalars({0: 2.0, 6000: 1e4}, evals(None)))
+                        scalars({0: 2.0, 6000: 1e5}, evals(None)))
     assert exploded["mechanism"] == "explosion-first"
 
 
@@ -95,8 +95,8 @@ def test_online_rule_details_nonfinite_min_norm_missing_tags_and_undetermined():
     sc["grad_norm/critic/agent_0"] = [(st, math.inf if st >= 8000 else v) for st, v in sc["grad_norm/critic/agent_0"]]
     nan_only = classify(summary(LIVELY, status="diverged", nonfinite_step=8000), CFG, sc)
     assert nan_only["growth_step"] is None and nan_only["mechanism"] == "neither"
-    # a tiny critic gradient growing 200x stays under explosion_min_norm (10), as online
-    tiny = classify(summary(COLLAPSED), CFG, scalars({0: 0.02, 3000: 4.0}, evals(10000)))
+    # a tiny critic gradient growing 2000x stays under explosion_min_norm (10), as online
+    tiny = classify(summary(COLLAPSED), CFG, scalars({0: 0.002, 3000: 4.0}, evals(10000)))
     assert tiny["growth_step"] is None
     # no critic tags: no evidence either way
     sc = scalars({0: 2.0}, evals(4000))
@@ -104,12 +104,12 @@ def test_online_rule_details_nonfinite_min_norm_missing_tags_and_undetermined():
     blind = classify(summary(COLLAPSED), CFG, sc)
     assert blind["mechanism"] == "neither" and "no critic gradient norms" in blind["why"]
     # growth between the last unsaturated evaluation (4000) and the first saturated one (6000): cannot tell
-    mid = classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 5000: 400.0}, evals(6000)))
+    mid = classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 5000: 4000.0}, evals(6000)))
     assert mid["mechanism"] == "undetermined" and "4000" in mid["why"] and "6000" in mid["why"]
     # the baseline is explosion_baseline updates: 20 logged values at log_every 1, 2 at the default 10
     every = load_config(None, ["train.log_every=1"]).to_dict()
-    assert classify(summary(COLLAPSED), every, scalars({0: 2.0, 2500: 400.0}, evals(10000)))["growth_step"] == 3000
-    assert classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 2500: 400.0}, evals(10000)))["growth_step"] == 2500
+    assert classify(summary(COLLAPSED), every, scalars({0: 2.0, 2500: 4000.0}, evals(10000)))["growth_step"] == 3000
+    assert classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 2500: 4000.0}, evals(10000)))["growth_step"] == 2500
 
 
 def test_the_run_config_sets_the_growth_threshold():
@@ -194,7 +194,7 @@ def test_mechanism_table_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
     root = tmp_path / "sweep" / "runs"
     for seed in range(2):
-        _write(root / "explode" / f"seed_{seed}", seed, scalars({0: 2.0, 5000 + 1000 * seed: 400.0}, evals(10000)), COLLAPSED)
+        _write(root / "explode" / f"seed_{seed}", seed, scalars({0: 2.0, 5000 + 1000 * seed: 4000.0}, evals(10000)), COLLAPSED)
         _write(root / "saturate" / f"seed_{seed}", seed, scalars({0: 2.0}, evals(4000)), COLLAPSED)
     _write(root / "healthy" / "seed_0", 0, scalars({0: 2.0}, evals(None)), LIVELY)
     _write(root / "unfinished" / "seed_0", 0, scalars({0: 2.0}, evals(None)), LIVELY, status="running")
@@ -205,10 +205,10 @@ def test_mechanism_table_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     mechanism.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "mech.md")])
     out, err = capsys.readouterr()
     assert "skipped" in err and "status 'running'" in err and "detectors.saturation_threshold" in err
-    assert "| explode | 2 | 0 | 2 | 0 | 2 | 0 | 0 | 0 |" in out
-    assert "| saturate | 2 | 0 | 2 | 0 | 0 | 2 | 0 | 0 |" in out
-    assert "| healthy | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 1 |" in out
-    assert "| explode | 1 | collapsed | explosion-first | 6000 | 10000 | 10000 | 200 |" in out
+    assert "| sweep/explode | 2 | 0 | 2 | 0 | 2 | 0 | 0 | 0 |" in out
+    assert "| sweep/saturate | 2 | 0 | 2 | 0 | 0 | 2 | 0 | 0 |" in out
+    assert "| sweep/healthy | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 1 |" in out
+    assert "| sweep/explode | 1 | collapsed | explosion-first | 6000 | 10000 | 10000 | 2e+03 |" in out
     assert (tmp_path / "mech.md").read_text() == out
     with pytest.raises(SystemExit) as e:
         mechanism.main([str(root / "unfinished")])
