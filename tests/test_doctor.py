@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from marl_stability import doctor
+
 from marl_stability.cli import main
 from marl_stability.config import dump_yaml, load_config
 from marl_stability.sinks import TensorBoardSink
@@ -109,7 +111,16 @@ def test_real_collapse_is_detected_and_diagnosed(tmp_path: Path, capsys: pytest.
     assert d["verdict"] == "unstable" and d["large_reward"]
     names = [f["name"] for f in d["fixes"]]
     assert "tanh output scaled to the action bounds" not in names  # already applied in this run
-    assert names[:2] == ["clip gradients (global L2 norm)", "lower the learning rate"]
+    # Saturation-first (the actor saturated at the first evaluation, the critic far below 1000x its early level):
+    # ranked by the shipped saturation-first single-fix table -- the two fixes that cured 3/3 first, the ones it
+    # measured as curing 0/3 (clipping among them) last, the unmeasured ones in between.
+    assert d["mechanism"]["mechanism"] == "saturation-first"
+    assert names[:2] == ["lower the learning rate", "scale or normalize the reward"]
+    assert names.index("clip gradients (global L2 norm)") > names.index("normalization layers")
+    assert d["fixes"][0]["measured"]["healthy"] == 3 and d["fixes"][0]["measured"]["n"] == 3
+    assert d["fixes"][-1]["measured"] is not None and d["fixes"][-1]["measured"]["healthy"] == 0
+    text = doctor.render(d)
+    assert "mechanism: saturation-first" in text and "left 3/3 seeds healthy" in text
 
 
 def test_doctor_reads_summary_json_through_the_run_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
