@@ -208,6 +208,15 @@ def _large_reward(cfg: dict[str, Any], ev: Evidence) -> bool:
     return (_section(cfg, "env").get("reward_scale", 1.0) or 1.0) > 1.0 or (reward_mag is not None and reward_mag > 10)
 
 
+def _lower_lr(cfg: dict[str, Any]) -> list[str]:
+    """Both learning rates 10x lower than the run's (Adam's 1e-2 -> 1e-3, as the single-fix tables measured)."""
+    out = []
+    for net in ("actor_optim", "critic_optim"):
+        lr = _section(cfg, net).get("lr")
+        out.append(f"{net}.lr={(float(lr) if isinstance(lr, (int, float)) else 1e-2) / 10:g}")
+    return out
+
+
 def _candidate_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence) -> list[Fix]:
     """Every fix in the practitioner's order, with why this run's data points at it and whether it is applied."""
     explosion, collapse = s.explosion_step, s.collapse_step
@@ -226,9 +235,11 @@ def _candidate_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence) -> list[F
              "fixes.grad_clip.actor.mode=global_norm", "fixes.grad_clip.actor.max=1.0"],
             f"critic gradients exploded at env step {explosion} and clipping is off" if explosion is not None and clip_mode == "none" else "",
             explosion is not None and clip_mode == "none", applied=clip_mode != "none"),
-        Fix(2, "lower the learning rate", ["actor_optim.lr=0.001", "critic_optim.lr=0.001"],
-            f"lr is {lr}; with Adam, norm clipping does not shrink the step size" if lr and lr > 1e-3 and (explosion is not None or collapse is not None) else "",
-            bool(lr and lr > 1e-3 and (explosion is not None or collapse is not None)), applied=bool(lr and lr <= 1e-3)),
+        Fix(2, "lower the learning rate", _lower_lr(cfg),
+            f"lr is {lr}; " + ("SGD's step is lr x gradient" if sgd else "with Adam, norm clipping does not shrink the step size")
+            if lr and (lr > 1e-3 or sgd) and (explosion is not None or collapse is not None) else "",
+            bool(lr and (lr > 1e-3 or sgd) and (explosion is not None or collapse is not None)),
+            applied=bool(lr and lr <= 1e-3 and not sgd)),
         Fix(2, "scale or normalize the reward", ["fixes.reward.mode=normalize"],
             f"rewards are large (reward_scale {env_cfg.get('reward_scale', 1.0)}, median |batch reward| {reward_mag:.3g})" if big_reward and reward_mag is not None else "",
             big_reward, applied=(fixes_cfg.get("reward") or {}).get("mode", "none") != "none"),
