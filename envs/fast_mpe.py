@@ -174,10 +174,11 @@ def _end_flags(
     out_of_time: np.ndarray, success: np.ndarray | None, n: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(terminated [B, N], truncated [B, N], done [B]): mpe2 truncates at max_cycles, else terminates on success."""
-    trunc = out_of_time[:, None].repeat(n, axis=1)
+    b = out_of_time.shape[0]
+    trunc = out_of_time.repeat(n).reshape(b, n)  # (1-D repeat: cheaper than repeat along an axis)
     if success is None:
-        return np.zeros(trunc.shape, dtype=bool), trunc, out_of_time
-    return (success & ~out_of_time)[:, None].repeat(n, axis=1), trunc, out_of_time | success
+        return np.zeros((b, n), dtype=bool), trunc, out_of_time
+    return (success & ~out_of_time).repeat(n).reshape(b, n), trunc, out_of_time | success
 
 
 def _episode_records(
@@ -185,13 +186,15 @@ def _episode_records(
     team_returns: np.ndarray,
     agent_returns: np.ndarray,
     steps: np.ndarray,
-    idx: np.ndarray,
+    idx: np.ndarray | slice,
 ) -> list[dict[str, Any]]:
-    """One record per finished env ``idx`` (python floats/ints, converted in bulk)."""
+    """One record per finished env ``idx`` (python floats/ints, converted in bulk); ``agent_returns`` is
+    ``[N, B]``, ``idx`` the finished envs' indices or ``slice(None)`` for all of them."""
+    envs = range(steps.shape[0]) if isinstance(idx, slice) else idx.tolist()
     return [
         {"team_return": team, "agent_returns": dict(zip(agents, per_agent)), "length": length, "env_index": b}
         for team, per_agent, length, b in zip(
-            team_returns[idx].tolist(), agent_returns[idx].tolist(), steps[idx].tolist(), idx.tolist()
+            team_returns[idx].tolist(), agent_returns[:, idx].T.tolist(), steps[idx].tolist(), envs
         )
     ]
 
@@ -244,7 +247,7 @@ class _FastMPEStateIO:
             s.aux[key][..., b] = value
         s.steps[b] = int(raw.steps)
         s.cam_range0[b] = float(raw.original_cam_range)
-        self._agent_returns[b] = 0.0
+        self._agent_returns[:, b] = 0.0
         self._team_returns[b] = 0.0
         if self._obs is None:
             self._obs = np.zeros(
@@ -297,7 +300,7 @@ class _FastMPEStateIO:
             "goals": s.goals.T.copy(),
             "steps": s.steps.copy(),
             "cam_range0": s.cam_range0.copy(),
-            "agent_returns": self._agent_returns.copy(),
+            "agent_returns": self._agent_returns.T.copy(),
             "team_returns": self._team_returns.copy(),
             # Scenario-specific arrays (e.g. collect_treasure's treasures), env axis first.
             "aux": {key: np.moveaxis(value, -1, 0).copy() for key, value in s.aux.items()},
@@ -342,7 +345,7 @@ class _FastMPEStateIO:
             ("goals", s.goals.T),
             ("steps", s.steps),
             ("cam_range0", s.cam_range0),
-            ("agent_returns", self._agent_returns),
+            ("agent_returns", self._agent_returns.T),
             ("team_returns", self._team_returns),
         ):
             try:
@@ -368,7 +371,7 @@ class _FastMPEStateIO:
         s.comm = np.ascontiguousarray(new["comm"].transpose(1, 2, 0))
         s.goals = np.ascontiguousarray(new["goals"].T)
         s.steps, s.cam_range0 = new["steps"], new["cam_range0"]
-        self._agent_returns, self._team_returns = new["agent_returns"], new["team_returns"]
+        self._agent_returns, self._team_returns = np.ascontiguousarray(new["agent_returns"].T), new["team_returns"]
         s.aux = aux
         # The obs to act on is always a function of the (post-autoreset) world state.
         self._obs = self._observe() if state["started"] else None
@@ -411,7 +414,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             cam_range0=np.zeros(b),
             aux={key: np.zeros(shape + (b,), dtype=dtype) for key, (shape, dtype) in scn.aux_spec().items()},
         )
-        self._agent_returns = np.zeros((b, n))  # float64, like EpisodeStatistics
+        self._agent_returns = np.zeros((n, b))  # float64 like EpisodeStatistics; [N, B] like the rewards
         self._team_returns = np.zeros(b)
         self._obs: np.ndarray | None = None
         self._render_env: Any = None
@@ -427,10 +430,11 @@ class FastMPEVectorEnv(_FastMPEStateIO):
 
     # --------------------------------------------------------------- helpers
     def _reset_envs(self, idx: np.ndarray) -> None:
-        """Fresh initial states for envs ``idx`` (mpe2's distributions, our stream)."""
+        """Fresh initial states for envs ``idx`` (sorted, distinct; mpe2's distributions, our stream)."""
         self._scn.reset_envs(self._s, idx, self._rng)
-        self._agent_returns[idx] = 0.0
-        self._team_returns[idx] = 0.0
+        sel = slice(None) if idx.size == self.num_envs else idx
+        self._agent_returns[:, sel] = 0.0
+        self._team_returns[sel] = 0.0
 
     def _observe_and_reward(
         self, rewards: bool = True
@@ -496,20 +500,22 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         # The boundary check every vector env makes (one np.isfinite per array): a NaN from the physics or a
         # scenario is the env's failure, reported with env copy, agent and episode step.
         check_finite_outputs(self.env_id, self.layout.agents, self._s.steps, observation=next_obs, reward=reward)
-        self._agent_returns += rew
+        rew_t = rew.T  # [N, B], contiguous
+        np.add(self._agent_returns, rew_t, out=self._agent_returns)
         for i in range(self.layout.num_agents):  # EpisodeStatistics' summation order
-            self._team_returns += rew[:, i]
+            np.add(self._team_returns, rew_t[i], out=self._team_returns)
         episodes: list[dict[str, Any]] = []
         obs_out = next_obs
-        if done.any():
+        n_done = np.count_nonzero(done)
+        if n_done:
             idx = np.flatnonzero(done)
-            episodes = _episode_records(
-                self.layout.agents, self._team_returns, self._agent_returns, self._s.steps, idx
-            )
+            every = n_done == self.num_envs  # the usual case: every episode started together and ends together
+            episodes = _episode_records(self.layout.agents, self._team_returns, self._agent_returns, self._s.steps,
+                                        slice(None) if every else idx)
             self._reset_envs(idx)
             fresh = self._observe()
             check_finite_outputs(self.env_id, self.layout.agents, self._s.steps, observation=fresh)  # new episodes' obs
-            obs_out = np.where(done[:, None, None], fresh, next_obs)
+            obs_out = fresh if every else np.where(done[:, None, None], fresh, next_obs)
             self._obs = obs_out
         return StepResult(
             obs_out.copy(),

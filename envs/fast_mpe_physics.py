@@ -57,10 +57,13 @@ class ActionDecoder:
         self._high = np.ascontiguousarray(np.broadcast_to(layout.act_high.astype(np.float32), (b, n, a)))
         self._clipped = np.empty((b, n, a), dtype=np.float32)
         self._u = np.empty((2, mov.size, b))
-        self._accel = np.ascontiguousarray(np.broadcast_to(scn.accel[mov][None, :, None], (1, mov.size, b)))
-        # Discrete: argmax over the first act_dim entries only (padding -> -inf); skipped when nothing is padding.
-        self._act_valid = np.arange(a)[None, :] < np.array(layout.act_dims)[:, None]
-        self._all_valid = bool(self._act_valid.all())
+        self._accel = np.ascontiguousarray(np.broadcast_to(scn.accel[mov][None, :, None], (2, mov.size, b)))
+        # Discrete: argmax over the first act_dim entries only: padding + -inf is -inf, a valid entry + 0.0 keeps
+        # its value (only a zero's sign can change, which no comparison sees); skipped when nothing is padding.
+        valid = np.arange(a)[None, :] < np.array(layout.act_dims)[:, None]
+        self._all_valid = bool(valid.all())
+        pad = np.where(valid, np.float32(0.0), np.float32(-np.inf))
+        self._pad = np.ascontiguousarray(np.broadcast_to(pad, (b, n, a)))
         # Movable speakers encode move + MOVE_DIM * message; without them the move index is the action.
         self._talk_moves_any = bool(self._talk_moves.any())
 
@@ -85,12 +88,13 @@ class ActionDecoder:
         return u, msg
 
     def _discrete(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        masked = batch if self._all_valid else np.where(self._act_valid, batch, -np.inf)
+        masked = batch if self._all_valid else np.add(batch, self._pad)
         k = np.argmax(masked, axis=2).T  # [N, B], first max like np.argmax per agent
         km = k if self._all_move else k[self._mov]
         if self._talk_moves_any:
             km = km % MOVE_DIM
-        u = np.multiply(_MOVE_TABLE_T[:, km], self._accel, out=self._u)
+        u = np.take(_MOVE_TABLE_T, km, axis=1, out=self._u, mode="clip")  # [2, Nmov, B] unit forces
+        np.multiply(u, self._accel, out=u)
         if not self._talk.size:
             return u, None
         kt = k[self._talk]
@@ -134,35 +138,45 @@ class Physics:
         self._init_contacts(scn, b, mov_idx)
 
     def _init_contacts(self, scn: Scenario, b: int, mov_idx: np.ndarray) -> None:
+        """Index tables and buffers of the contact forces. Every gather is a row ``take`` from a contiguous
+        ``[rows, B]`` view and every operand is contiguous: an operand with a gap between its x and y planes
+        sends numpy's ufuncs through their buffered (copying) path."""
+        e = scn.n_entities
         collide = np.concatenate([scn.agent_collide, scn.landmark_collide])
         coll = np.flatnonzero(collide)  # colliding entities
         n_coll = int(coll.size)
-        self._coll = as_slice(coll)
         movable_ent = np.concatenate([scn.movable, np.zeros(scn.n_landmarks, dtype=bool)])
         coll_mov = np.flatnonzero(movable_ent[coll])  # positions of the movable ones within the colliders
         # Position of each colliding movable agent within the movable-agent force array.
         self._coll_mov_force = as_slice(np.searchsorted(mov_idx, coll[coll_mov]))
-        # Unordered collider pairs (a < b), a-major like np.triu_indices: mpe2 computes each pair's force once.
+        # Unordered collider pairs (a < b): mpe2 computes each pair's force once.
         ia, ib = np.triu_indices(n_coll, k=1)
-        self._has_collisions = ia.size > 0 and coll_mov.size > 0
-        # Pairs of collider a are one block [start, stop) with partners a+1..C-1: delta = p_a - p_partners.
-        starts = np.concatenate([[0], np.cumsum(np.arange(n_coll - 1, 0, -1))]).astype(int)
-        self._pair_blocks = [(a, int(starts[a]), int(starts[a + 1])) for a in range(n_coll - 1)]
+        p, m = int(ia.size), int(coll_mov.size)
+        self._has_collisions = p > 0 and m > 0
+        # Rows of pos.reshape(2E, B) holding (x of every pair's a, y of every pair's a), and the same for b.
+        self._rows_a = np.concatenate([coll[ia], e + coll[ia]])
+        self._rows_b = np.concatenate([coll[ib], e + coll[ib]])
         sizes = np.concatenate([scn.agent_size, scn.landmark_size])[coll]
         self._pair_dist_min = (sizes[ia] + sizes[ib])[:, None]
         pairs, signs = _partner_order(coll_mov, n_coll, ia, ib)  # [M, C-1], [M, C-1, 1]
-        self._partner_pair_t, self._partner_sign_t = pairs.T.copy(), signs.transpose(1, 0, 2).copy()  # C-1 first
-        p, m = int(ia.size), int(coll_mov.size)
-        self._delta, self._f = np.empty((2, p, b)), np.empty((2, p, b))
+        # Each mover's signed pair force per partner slot k, as rows of the [+f; -f] table ([sign, x/y, P, B]
+        # flattened): row = (0 for +f, 1 for -f) * 2P + axis * P + pair, laid out [C-1, 2, M].
+        neg = (signs[:, :, 0] < 0).T.astype(np.intp)  # [C-1, M]
+        self._signed_rows = (neg[:, None, :] * 2 * p + np.arange(2)[None, :, None] * p + pairs.T[:, None, :])
+        self._pa, self._pb = np.empty((2 * p, b)), np.empty((2 * p, b))
+        self._delta = np.empty((2, p, b))
         self._dist, self._pen = np.empty((p, b)), np.empty((p, b))
-        self._signed = np.empty((2, max(n_coll - 1, 0), m, b))
+        self._pm_f = np.empty((2, 2, p, b))  # [+f, -f]
+        self._pm_rows = self._pm_f.reshape(4 * p, b)
+        self._signed = np.empty((max(n_coll - 1, 0), 2, m, b))
 
     def _contact_forces(self, pos: np.ndarray) -> np.ndarray:
         """[2, P, B] force on collider a of each pair (a < b; b gets -f), mpe2's ``get_collision_force``."""
-        cpos = pos[:, self._coll]  # [2, C, B]
-        delta, dist, pen, f = self._delta, self._dist, self._pen, self._f
-        for a, start, stop in self._pair_blocks:  # p_a - p_b for every partner b > a, written in pair order
-            np.subtract(cpos[:, a : a + 1], cpos[:, a + 1 :], out=delta[:, start:stop])
+        pos_rows = pos.reshape(-1, pos.shape[-1])  # [2E, B] (a view of the contiguous state)
+        pa = np.take(pos_rows, self._rows_a, axis=0, out=self._pa, mode="clip")
+        pb = np.take(pos_rows, self._rows_b, axis=0, out=self._pb, mode="clip")
+        delta, dist, pen, f = self._delta, self._dist, self._pen, self._pm_f[0]
+        np.subtract(pa, pb, out=delta.reshape(pa.shape))  # p_a - p_b
         np.multiply(delta, delta, out=f)
         np.add(f[0], f[1], out=dist)  # mpe2 sums x^2 + y^2 in this order
         np.sqrt(dist, out=dist)
@@ -181,20 +195,20 @@ class Physics:
     def _add_contacts(self, pos: np.ndarray, force: np.ndarray) -> None:
         """Add every contact force to ``force`` [2, Nmov, B] in place, in mpe2's order."""
         f = self._contact_forces(pos)
+        np.negative(f, out=self._pm_f[1])  # -f == f * -1.0 exactly
         # mpe2 loops over pairs (a<b) adding f_a = +f to a and f_b = -f to b, p_force = f + p_force: for agent i
-        # that adds its partners' forces in increasing partner order, as here (multiplying by +-1.0 is exact;
-        # [2, C-1, M, B]: each mover's signed pair forces in partner order, one gather for all partners).
-        signed = np.take(f, self._partner_pair_t, axis=1, out=self._signed, mode="clip")
-        np.multiply(signed, self._partner_sign_t, out=signed)
+        # that adds its partners' forces in increasing partner order, as here. One gather makes every mover's
+        # signed force of every partner slot: [C-1, 2, M, B].
+        signed = np.take(self._pm_rows, self._signed_rows, axis=0, out=self._signed, mode="clip")
         cmf = self._coll_mov_force
         if isinstance(cmf, slice):
             acc = force[:, cmf]  # a view: accumulate in place
-            for k in range(signed.shape[1]):
-                np.add(signed[:, k], acc, out=acc)
+            for k in range(signed.shape[0]):
+                np.add(signed[k], acc, out=acc)
             return
         acc = force[:, cmf]
-        for k in range(signed.shape[1]):
-            acc = signed[:, k] + acc
+        for k in range(signed.shape[0]):
+            acc = signed[k] + acc
         force[:, cmf] = acc
 
     def step(self, s: WorldState, u: np.ndarray, msg: np.ndarray | None) -> None:
