@@ -191,11 +191,14 @@ def _episode_records(
     """One record per finished env ``idx`` (python floats/ints, converted in bulk); ``agent_returns`` is
     ``[N, B]``, ``idx`` the finished envs' indices or ``slice(None)`` for all of them."""
     envs = range(steps.shape[0]) if isinstance(idx, slice) else idx.tolist()
+    # {agent: return} per env, filled agent by agent (the same dicts as dict(zip(agents, row)), in half the time)
+    per_agent: list[dict[str, float]] = [{} for _ in envs]
+    for agent, column in zip(agents, agent_returns[:, idx].tolist()):
+        for returns, value in zip(per_agent, column):
+            returns[agent] = value
     return [
-        {"team_return": team, "agent_returns": dict(zip(agents, per_agent)), "length": length, "env_index": b}
-        for team, per_agent, length, b in zip(
-            team_returns[idx].tolist(), agent_returns[:, idx].T.tolist(), steps[idx].tolist(), envs
-        )
+        {"team_return": team, "agent_returns": returns, "length": length, "env_index": b}
+        for team, returns, length, b in zip(team_returns[idx].tolist(), per_agent, steps[idx].tolist(), envs)
     ]
 
 
