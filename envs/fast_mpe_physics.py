@@ -153,9 +153,12 @@ class Physics:
         ia, ib = np.triu_indices(n_coll, k=1)
         p, m = int(ia.size), int(coll_mov.size)
         self._has_collisions = p > 0 and m > 0
-        # Rows of pos.reshape(2E, B) holding (x of every pair's a, y of every pair's a), and the same for b.
+        # Rows of pos.reshape(2E, B) holding (x of every pair's a, y of every pair's a), and the same for b; or,
+        # when both ends are ranges of entities (one pair: two colliders), the two slices.
         self._rows_a = np.concatenate([coll[ia], e + coll[ia]])
         self._rows_b = np.concatenate([coll[ib], e + coll[ib]])
+        ends = (as_slice(coll[ia]), as_slice(coll[ib]))
+        self._ends: tuple[slice, slice] | None = ends if all(isinstance(x, slice) for x in ends) else None  # type: ignore[assignment]
         sizes = np.concatenate([scn.agent_size, scn.landmark_size])[coll]
         self._pair_dist_min = (sizes[ia] + sizes[ib])[:, None]
         pairs, signs = _partner_order(coll_mov, n_coll, ia, ib)  # [M, C-1], [M, C-1, 1]
@@ -172,11 +175,14 @@ class Physics:
 
     def _contact_forces(self, pos: np.ndarray) -> np.ndarray:
         """[2, P, B] force on collider a of each pair (a < b; b gets -f), mpe2's ``get_collision_force``."""
-        pos_rows = pos.reshape(-1, pos.shape[-1])  # [2E, B] (a view of the contiguous state)
-        pa = np.take(pos_rows, self._rows_a, axis=0, out=self._pa, mode="clip")
-        pb = np.take(pos_rows, self._rows_b, axis=0, out=self._pb, mode="clip")
         delta, dist, pen, f = self._delta, self._dist, self._pen, self._pm_f[0]
-        np.subtract(pa, pb, out=delta.reshape(pa.shape))  # p_a - p_b
+        if self._ends is not None:
+            np.subtract(pos[:, self._ends[0]], pos[:, self._ends[1]], out=delta)  # p_a - p_b
+        else:
+            pos_rows = pos.reshape(-1, pos.shape[-1])  # [2E, B] (a view of the contiguous state)
+            pa = np.take(pos_rows, self._rows_a, axis=0, out=self._pa, mode="clip")
+            pb = np.take(pos_rows, self._rows_b, axis=0, out=self._pb, mode="clip")
+            np.subtract(pa, pb, out=delta.reshape(pa.shape))  # p_a - p_b
         np.multiply(delta, delta, out=f)
         np.add(f[0], f[1], out=dist)  # mpe2 sums x^2 + y^2 in this order
         np.sqrt(dist, out=dist)

@@ -167,6 +167,7 @@ def _configs(args: argparse.Namespace) -> list[tuple[str, bool]]:
 def main(argv: list[str] | None = None) -> None:
     args = _args(argv)
     try:
+        _valgrind()  # first: without it nothing else matters (and no env package needs importing)
         configs = _configs(args)
         results = measure(configs, args.batch, args.steps, args.warmup, args.seed, args.tree, args.top)
     except UserError as e:
