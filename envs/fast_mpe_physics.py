@@ -1,13 +1,19 @@
 """The per-step maths of :class:`envs.fast_mpe.FastMPEVectorEnv` that every task shares: action decoding and
 mpe2's ``World.step`` (contact forces, integration, speed limits, communication state).
 
-At B = 256 a step is a few dozen numpy calls on small arrays, so their number and their memory layout set the
-cost, not the arithmetic. Both classes here therefore precompute every index once, keep the env axis last and
-contiguous in every operand (a transposed operand makes numpy iterate in short inner loops), and write into
-buffers allocated once per vector env (``out=``) instead of allocating temporaries. Every result is
-bit-identical to the straightforward formulation: the same IEEE operations on the same operands in mpe2's
-order (the two rewrites used, ``(m - d) / k`` for ``-(d - m) / k`` and in-place accumulation, are exact; see
-the comments where they are made).
+At B = 256 a step is a few dozen numpy calls on small arrays, so their number and the operands' memory layout
+set the cost, not the arithmetic. Both classes therefore precompute every index once, keep the env axis last,
+gather with row ``take``s from contiguous ``[rows, B]`` views instead of fancy indexing, keep operands
+contiguous (an operand with a gap between its x and y planes, or a transposed one, sends numpy's ufuncs through
+their buffered, copying path) and write into buffers allocated once per vector env (``out=``).
+
+Every result is bit-identical to mpe2's formulation (tests/test_fast_mpe_physics.py compares with a literal
+transcription of mpe2's ``World.step`` and ``_set_action``; tests/test_fast_mpe_lockstep.py with mpe2 itself).
+The rewrites that are not the same operations on the same operands are exact: ``(m - d) / k`` for
+``-(d - m) / k`` and ``-f`` for ``f * -1.0`` (IEEE negation and subtraction are sign-symmetric), the float32
+difference written into a float64 buffer (the loop is chosen by the float32 inputs), in-place accumulation in
+mpe2's order, and discrete actions masked by adding 0 or -inf instead of ``where`` (argmax sees the same
+values).
 """
 
 from __future__ import annotations
@@ -157,8 +163,8 @@ class Physics:
         # when both ends are ranges of entities (one pair: two colliders), the two slices.
         self._rows_a = np.concatenate([coll[ia], e + coll[ia]])
         self._rows_b = np.concatenate([coll[ib], e + coll[ib]])
-        ends = (as_slice(coll[ia]), as_slice(coll[ib]))
-        self._ends: tuple[slice, slice] | None = ends if all(isinstance(x, slice) for x in ends) else None  # type: ignore[assignment]
+        end_a, end_b = as_slice(coll[ia]), as_slice(coll[ib])
+        self._ends = (end_a, end_b) if isinstance(end_a, slice) and isinstance(end_b, slice) else None
         sizes = np.concatenate([scn.agent_size, scn.landmark_size])[coll]
         self._pair_dist_min = (sizes[ia] + sizes[ib])[:, None]
         pairs, signs = _partner_order(coll_mov, n_coll, ia, ib)  # [M, C-1], [M, C-1, 1]
