@@ -1,6 +1,6 @@
 """``python -m marl_stability.bench_instr``: bad input and a missing valgrind are one-line errors (exit 2); the
-measurement itself (slow: valgrind) counts instructions per step, the same count on a rerun, and more for a
-bigger batch."""
+measurement itself (slow: valgrind) counts instructions per step, about the same count on a rerun, and more for
+a bigger batch."""
 
 from __future__ import annotations
 
@@ -56,14 +56,18 @@ def test_missing_valgrind_from_the_command_line(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
 def test_counts_instructions_per_step() -> None:
-    """One child measures three configurations; instruction counts are deterministic to well under 1 % (the
-    same configuration twice) and grow with the batch size."""
+    """One child measures three configurations; instruction counts repeat to about 1 % (the same configuration
+    twice, after the default warm-up: Python's adaptive interpreter specializes code in the first calls) and
+    grow with the batch size."""
     configs = [("simple_v3", False), ("simple_v3", False), ("simple_push_v3", True)]
-    rows = bench_instr.measure(configs, batch=8, steps=5, warmup=2)
+    rows = bench_instr.measure(configs, batch=8, steps=10, warmup=10)
     assert [(r["env"], r["actions"]) for r in rows] == [("simple_v3", "continuous"), ("simple_v3", "continuous"),
                                                         ("simple_push_v3", "discrete")]
     first, again, push = (r["instructions_per_step"] for r in rows)
-    assert 20_000 < first < 5_000_000 and abs(again - first) / first < 0.01
+    assert 20_000 < first < 5_000_000 and abs(again - first) / first < 0.02
     assert push > first  # two agents, contacts and a goal cost more than one agent alone
-    big = bench_instr.measure([("simple_v3", False)], batch=512, steps=5, warmup=2)[0]["instructions_per_step"]
-    assert big > first
+    big = bench_instr.measure([("simple_v3", False)], batch=512, steps=10, warmup=10, top=3)[0]
+    assert big["instructions_per_step"] > first
+    if shutil.which("callgrind_annotate"):  # --top: the total, then the three most expensive functions
+        lines = big["top_functions"].splitlines()
+        assert len(lines) == 4 and "PROGRAM TOTALS" in lines[0], lines
