@@ -67,16 +67,9 @@ import gymnasium.spaces
 import numpy as np
 from pettingzoo.utils.env import ParallelEnv
 
+from envs.fast_mpe_physics import ActionDecoder, Physics
 from envs.fast_mpe_tasks import TASKS
-from envs.fast_mpe_tasks.base import (
-    CONTACT_FORCE,
-    CONTACT_MARGIN,
-    DAMPING,
-    DT,
-    MOVE_DIM,
-    Scenario,
-    WorldState,
-)
+from envs.fast_mpe_tasks.base import MOVE_DIM, Scenario, WorldState
 from envs.registry import EnvError
 from envs.vector import AgentLayout, StepResult, check_action_batch, check_finite_outputs, check_state_matches
 
@@ -86,10 +79,6 @@ _STATE_VERSION = 1
 _SEED_BOUND = 2**31 - 1
 
 SUPPORTED_ENV_IDS: tuple[str, ...] = tuple(TASKS)
-
-# Discrete movement index -> unit force (mpe2: u[axis] = +-1.0, then u *= the agent's sensitivity).
-_MOVE_TABLE_T = np.array([[0.0, -1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0, 1.0]])
-
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
@@ -181,29 +170,15 @@ def _spaces_for(
     return obs_spaces, act_spaces
 
 
-def _partner_order(
-    coll_mov: np.ndarray, n_coll: int, ia: np.ndarray, ib: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each colliding movable agent (collider index ``coll_mov``), the index of its pairs (a < b:
-    ``ia``, ``ib``) in increasing partner order, the order in which mpe2's pair loop adds their forces to
-    it, and the sign of the pair force it gets (+1 as a, -1 as b): ``[M, C-1]`` and ``[M, C-1, 1]``."""
-    pair_of = {(int(a), int(b)): p for p, (a, b) in enumerate(zip(ia, ib))}
-    partners = [[j for j in range(n_coll) if j != i] for i in coll_mov]
-    pairs = np.array(
-        [[pair_of[(min(i, j), max(i, j))] for j in js] for i, js in zip(coll_mov, partners)], dtype=np.intp
-    ).reshape(coll_mov.size, max(n_coll - 1, 0))
-    signs = np.array([[1.0 if i < j else -1.0 for j in js] for i, js in zip(coll_mov, partners)])
-    return pairs, signs.reshape(pairs.shape)[:, :, None]
-
-
 def _end_flags(
     out_of_time: np.ndarray, success: np.ndarray | None, n: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(terminated [B, N], truncated [B, N], done [B]): mpe2 truncates at max_cycles, else terminates on success."""
-    trunc = out_of_time[:, None].repeat(n, axis=1)
+    b = out_of_time.shape[0]
+    trunc = out_of_time.repeat(n).reshape(b, n)  # (1-D repeat: cheaper than repeat along an axis)
     if success is None:
-        return np.zeros(trunc.shape, dtype=bool), trunc, out_of_time
-    return (success & ~out_of_time)[:, None].repeat(n, axis=1), trunc, out_of_time | success
+        return np.zeros((b, n), dtype=bool), trunc, out_of_time
+    return (success & ~out_of_time).repeat(n).reshape(b, n), trunc, out_of_time | success
 
 
 def _episode_records(
@@ -211,14 +186,19 @@ def _episode_records(
     team_returns: np.ndarray,
     agent_returns: np.ndarray,
     steps: np.ndarray,
-    idx: np.ndarray,
+    idx: np.ndarray | slice,
 ) -> list[dict[str, Any]]:
-    """One record per finished env ``idx`` (python floats/ints, converted in bulk)."""
+    """One record per finished env ``idx`` (python floats/ints, converted in bulk); ``agent_returns`` is
+    ``[N, B]``, ``idx`` the finished envs' indices or ``slice(None)`` for all of them."""
+    envs = range(steps.shape[0]) if isinstance(idx, slice) else idx.tolist()
+    # {agent: return} per env, filled agent by agent (the same dicts as dict(zip(agents, row)), in half the time)
+    per_agent: list[dict[str, float]] = [{} for _ in envs]
+    for agent, column in zip(agents, agent_returns[:, idx].tolist()):
+        for returns, value in zip(per_agent, column):
+            returns[agent] = value
     return [
-        {"team_return": team, "agent_returns": dict(zip(agents, per_agent)), "length": length, "env_index": b}
-        for team, per_agent, length, b in zip(
-            team_returns[idx].tolist(), agent_returns[idx].tolist(), steps[idx].tolist(), idx.tolist()
-        )
+        {"team_return": team, "agent_returns": returns, "length": length, "env_index": b}
+        for team, returns, length, b in zip(team_returns[idx].tolist(), per_agent, steps[idx].tolist(), envs)
     ]
 
 
@@ -234,13 +214,6 @@ class _SpacesView:
 
     def action_space(self, agent: str) -> Any:
         return self._act[agent]
-
-
-def _as_slice(idx: np.ndarray) -> slice | np.ndarray:
-    """A slice when ``idx`` is contiguous (basic indexing avoids copies), else the array."""
-    if idx.size and np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
-        return slice(int(idx[0]), int(idx[0]) + int(idx.size))
-    return idx
 
 
 class _FastMPEStateIO:
@@ -277,7 +250,7 @@ class _FastMPEStateIO:
             s.aux[key][..., b] = value
         s.steps[b] = int(raw.steps)
         s.cam_range0[b] = float(raw.original_cam_range)
-        self._agent_returns[b] = 0.0
+        self._agent_returns[:, b] = 0.0
         self._team_returns[b] = 0.0
         if self._obs is None:
             self._obs = np.zeros(
@@ -330,7 +303,7 @@ class _FastMPEStateIO:
             "goals": s.goals.T.copy(),
             "steps": s.steps.copy(),
             "cam_range0": s.cam_range0.copy(),
-            "agent_returns": self._agent_returns.copy(),
+            "agent_returns": self._agent_returns.T.copy(),
             "team_returns": self._team_returns.copy(),
             # Scenario-specific arrays (e.g. collect_treasure's treasures), env axis first.
             "aux": {key: np.moveaxis(value, -1, 0).copy() for key, value in s.aux.items()},
@@ -375,7 +348,7 @@ class _FastMPEStateIO:
             ("goals", s.goals.T),
             ("steps", s.steps),
             ("cam_range0", s.cam_range0),
-            ("agent_returns", self._agent_returns),
+            ("agent_returns", self._agent_returns.T),
             ("team_returns", self._team_returns),
         ):
             try:
@@ -385,6 +358,9 @@ class _FastMPEStateIO:
             if arr.shape != like.shape:
                 raise EnvError(f"state[{key!r}] has shape {arr.shape}, expected {like.shape}")
             new[key] = arr
+        goals = new["goals"]
+        if goals.size and (goals.min() < 0 or goals.max() >= self._scn.n_landmarks):
+            raise EnvError(f"state['goals'] must be landmark indices in [0, {self._scn.n_landmarks})")
         aux = self._check_aux(state.get("aux", {}))
         rng = np.random.default_rng()
         try:
@@ -398,7 +374,7 @@ class _FastMPEStateIO:
         s.comm = np.ascontiguousarray(new["comm"].transpose(1, 2, 0))
         s.goals = np.ascontiguousarray(new["goals"].T)
         s.steps, s.cam_range0 = new["steps"], new["cam_range0"]
-        self._agent_returns, self._team_returns = new["agent_returns"], new["team_returns"]
+        self._agent_returns, self._team_returns = np.ascontiguousarray(new["agent_returns"].T), new["team_returns"]
         s.aux = aux
         # The obs to act on is always a function of the (post-autoreset) world state.
         self._obs = self._observe() if state["started"] else None
@@ -441,7 +417,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             cam_range0=np.zeros(b),
             aux={key: np.zeros(shape + (b,), dtype=dtype) for key, (shape, dtype) in scn.aux_spec().items()},
         )
-        self._agent_returns = np.zeros((b, n))  # float64, like EpisodeStatistics
+        self._agent_returns = np.zeros((n, b))  # float64 like EpisodeStatistics; [N, B] like the rewards
         self._team_returns = np.zeros(b)
         self._obs: np.ndarray | None = None
         self._render_env: Any = None
@@ -449,56 +425,19 @@ class FastMPEVectorEnv(_FastMPEStateIO):
 
     # ------------------------------------------------------------------ setup
     def _precompute(self) -> None:
-        """Index helpers for action decoding and physics (fixed per scenario)."""
+        """The per-step machinery (fixed per scenario and batch size): action decoder, physics, obs scratch."""
         scn, lay = self._scn, self.layout
-        self._mov = _as_slice(np.flatnonzero(scn.movable))
-        self._talk = np.flatnonzero(~scn.silent)
-        # Columns holding each speaking agent's message: after the 5 move entries if it moves.
-        offs = np.where(scn.movable[self._talk], MOVE_DIM, 0)
-        self._talk_cols = offs[:, None] + np.arange(scn.dim_c)[None, :]
-        self._talk_rows = self._talk[:, None]
-        self._talk_moves = scn.movable[self._talk][:, None]
-        # Discrete: argmax over the first act_dim entries only (padding -> -inf).
-        self._act_valid = np.arange(lay.max_act_dim)[None, :] < np.array(lay.act_dims)[:, None]
-        self._eye_c = np.eye(scn.dim_c)
+        self._decode = ActionDecoder(scn, lay, self.continuous, self.num_envs)
+        self._physics = Physics(scn, self.num_envs)
         self._obs_scratch = np.zeros((scn.n_agents, lay.max_obs_dim, self.num_envs), dtype=np.float32)
-        self._act_low = lay.act_low.astype(np.float32)
-        self._act_high = lay.act_high.astype(np.float32)
-        # Collisions: colliding entities, and which of them are movable agents.
-        collide = np.concatenate([scn.agent_collide, scn.landmark_collide])
-        coll = np.flatnonzero(collide)
-        self._n_coll = int(coll.size)
-        self._coll = _as_slice(coll)
-        movable_ent = np.concatenate([scn.movable, np.zeros(scn.n_landmarks, dtype=bool)])
-        coll_mov = np.flatnonzero(movable_ent[coll])  # positions within the colliders
-        self._coll_mov = _as_slice(coll_mov)
-        mov_idx = np.flatnonzero(scn.movable)
-        # Position of each colliding movable agent within the movable-agent force array.
-        self._coll_mov_force = _as_slice(np.searchsorted(mov_idx, coll[coll_mov]))
-        # Unordered collider pairs (a < b): mpe2 computes each pair's force once.
-        ia, ib = np.triu_indices(self._n_coll, k=1)
-        self._pair_a, self._pair_b = ia, ib
-        sizes = np.concatenate([scn.agent_size, scn.landmark_size])[coll]
-        self._pair_dist_min = (sizes[ia] + sizes[ib])[:, None]
-        self._has_collisions = ia.size > 0 and coll_mov.size > 0
-        pairs, signs = _partner_order(coll_mov, self._n_coll, ia, ib)  # [M, C-1], [M, C-1, 1]
-        self._partner_pair_t, self._partner_sign_t = pairs.T.copy(), signs.transpose(1, 0, 2).copy()  # C-1 first
-        assert scn.accel is not None and scn.max_speed is not None and scn.mass is not None
-        mov = scn.movable
-        self._accel = scn.accel[mov][None, :, None]  # [1, Nmov, 1]: mpe2's per-agent sensitivity
-        # mpe2 divides the force by the mass; x / 1.0 == x, so only other masses cost a division.
-        self._mass = None if np.all(scn.mass[mov] == 1.0) else scn.mass[mov][None, :, None]
-        limited = np.flatnonzero(np.isfinite(scn.max_speed) & mov)
-        self._speed_rows = _as_slice(limited)
-        self._max_speed = scn.max_speed[limited][:, None]  # [K, 1]
-        self._has_speed_limit = limited.size > 0
 
     # --------------------------------------------------------------- helpers
     def _reset_envs(self, idx: np.ndarray) -> None:
-        """Fresh initial states for envs ``idx`` (mpe2's distributions, our stream)."""
+        """Fresh initial states for envs ``idx`` (sorted, distinct; mpe2's distributions, our stream)."""
         self._scn.reset_envs(self._s, idx, self._rng)
-        self._agent_returns[idx] = 0.0
-        self._team_returns[idx] = 0.0
+        sel = slice(None) if idx.size == self.num_envs else idx
+        self._agent_returns[:, sel] = 0.0
+        self._team_returns[sel] = 0.0
 
     def _observe_and_reward(
         self, rewards: bool = True
@@ -524,68 +463,6 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         """Observations [B, N, D] float32 of the current state."""
         return self._observe_and_reward(rewards=False)[0]
 
-    def _decode(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Actions -> (move force u [2, Nmov, B] f64, messages [Ntalk, dim_c, B] f64, None without speakers)."""
-        if self.continuous:
-            # Cast to the Box dtype and clip, like SyncVectorEnv + ClipOutOfBoundsWrapper.
-            # (minimum/maximum == np.clip for the finite actions check_action_batch lets through)
-            a = np.minimum(np.maximum(batch.astype(np.float32, copy=False), self._act_low), self._act_high)
-            am = a[:, self._mov, :MOVE_DIM].transpose(2, 1, 0)  # [5, Nmov, B]
-            # mpe2: u[0] += a[2] - a[1]; u[1] += a[4] - a[3] (difference taken in float32).
-            u = (am[2:5:2] - am[1:4:2]).astype(np.float64) * self._accel
-            if not self._talk.size:
-                return u, None  # no speaker (an empty fancy index would still cost a numpy call)
-            msg = a[:, self._talk_rows, self._talk_cols].transpose(1, 2, 0).astype(np.float64)
-            return u, msg
-        masked = np.where(self._act_valid, batch, -np.inf)
-        k = np.argmax(masked, axis=2).T  # [N, B], first max like np.argmax per agent
-        u = _MOVE_TABLE_T[:, k[self._mov] % MOVE_DIM] * self._accel
-        if not self._talk.size:
-            return u, None
-        kt = k[self._talk]
-        # mpe2: movable speakers encode move + MOVE_DIM * message.
-        words = np.where(self._talk_moves, kt // MOVE_DIM, kt)
-        return u, self._eye_c[:, words].transpose(1, 0, 2)
-
-    def _physics(self, u: np.ndarray, msg: np.ndarray | None) -> None:
-        """One mpe2 ``World.step``: forces, integration, communication state."""
-        s = self._s
-        force = u  # mpe2 adds 0.0 noise: exact no-op
-        if self._has_collisions:
-            cpos = s.pos[:, self._coll]  # [2, C, B]
-            ia, ib = self._pair_a, self._pair_b
-            delta = cpos[:, ia] - cpos[:, ib]  # [2, P, B]: p_a - p_b
-            sq = delta * delta
-            dist = np.sqrt(sq[0] + sq[1])
-            k = CONTACT_MARGIN
-            pen = np.logaddexp(0.0, -(dist - self._pair_dist_min) / k) * k
-            f = CONTACT_FORCE * delta / dist * pen  # force on a; b gets -f
-            # mpe2 loops over pairs (a<b) adding f_a = +f to a and f_b = -f to b, p_force = f + p_force:
-            # for agent i that adds its partners' forces in increasing partner order, as here
-            # (multiplying by the sign +-1.0 is exact).
-            acc = force[:, self._coll_mov_force]
-            # [2, C-1, M, B]: each mover's signed pair forces, in partner order (one gather for all partners)
-            signed = f[:, self._partner_pair_t] * self._partner_sign_t
-            for k in range(signed.shape[1]):
-                acc = signed[:, k] + acc
-            force = force.copy()
-            force[:, self._coll_mov_force] = acc
-        mov = self._mov
-        s.pos[:, mov] += s.vel[:, mov] * DT
-        if self._mass is not None:
-            force = force / self._mass
-        s.vel[:, mov] = s.vel[:, mov] * (1 - DAMPING) + force * DT
-        if self._has_speed_limit:
-            # mpe2: if |v| > max_speed: v = v / |v| * max_speed (|v| from np.square, same rounding).
-            v = s.vel[:, self._speed_rows]
-            speed = np.sqrt(v[0] * v[0] + v[1] * v[1])
-            over = speed > self._max_speed  # dividing by 1.0 elsewhere (discarded): no 0/0, no costly np.errstate
-            capped = v / np.where(over, speed, 1.0) * self._max_speed
-            s.vel[:, self._speed_rows] = np.where(over, capped, v)
-        if self._talk.size:
-            s.comm[self._talk] = msg  # silent agents keep zeros
-        s.steps += 1
-
     def _transition(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Validate + step every env once, no autoreset.
 
@@ -595,7 +472,7 @@ class FastMPEVectorEnv(_FastMPEStateIO):
             raise EnvError("FastMPEVectorEnv.step() called before reset()")
         batch = check_action_batch(actions, self.num_envs, self.layout)
         u, msg = self._decode(batch)
-        self._physics(u, msg)
+        self._physics.step(self._s, u, msg)
         self._scn.post_step(self._s, self._rng)
         next_obs, rew_t, success = self._observe_and_reward()
         assert rew_t is not None
@@ -626,20 +503,22 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         # The boundary check every vector env makes (one np.isfinite per array): a NaN from the physics or a
         # scenario is the env's failure, reported with env copy, agent and episode step.
         check_finite_outputs(self.env_id, self.layout.agents, self._s.steps, observation=next_obs, reward=reward)
-        self._agent_returns += rew
+        rew_t = rew.T  # [N, B], contiguous
+        np.add(self._agent_returns, rew_t, out=self._agent_returns)
         for i in range(self.layout.num_agents):  # EpisodeStatistics' summation order
-            self._team_returns += rew[:, i]
+            np.add(self._team_returns, rew_t[i], out=self._team_returns)
         episodes: list[dict[str, Any]] = []
         obs_out = next_obs
-        if done.any():
+        n_done = np.count_nonzero(done)
+        if n_done:
             idx = np.flatnonzero(done)
-            episodes = _episode_records(
-                self.layout.agents, self._team_returns, self._agent_returns, self._s.steps, idx
-            )
+            every = n_done == self.num_envs  # the usual case: every episode started together and ends together
+            episodes = _episode_records(self.layout.agents, self._team_returns, self._agent_returns, self._s.steps,
+                                        slice(None) if every else idx)
             self._reset_envs(idx)
             fresh = self._observe()
             check_finite_outputs(self.env_id, self.layout.agents, self._s.steps, observation=fresh)  # new episodes' obs
-            obs_out = np.where(done[:, None, None], fresh, next_obs)
+            obs_out = fresh if every else np.where(done[:, None, None], fresh, next_obs)
             self._obs = obs_out
         return StepResult(
             obs_out.copy(),

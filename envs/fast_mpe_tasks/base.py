@@ -194,18 +194,21 @@ class Scenario:
         return np.concatenate([agents, landmarks], axis=1), {}
 
     def reset_envs(self, s: WorldState, idx: np.ndarray, rng: np.random.Generator) -> None:
-        """Fresh initial states for envs ``idx`` (mpe2's distributions, the vector env's stream)."""
+        """Fresh initial states for envs ``idx`` (sorted, distinct; mpe2's distributions, the vector env's
+        stream). Resetting every env (the usual autoreset: all episodes end together) writes through slices."""
         k = idx.size
         goals = self.sample_goals(rng, k)  # [k, G]
         pos, aux = self.sample_start(rng, k)
-        s.goals[:, idx] = goals.T
-        s.pos[:, :, idx] = pos.transpose(2, 1, 0)
-        s.vel[:, :, idx] = 0.0
-        s.comm[:, :, idx] = 0.0
-        s.steps[idx] = 0
-        s.cam_range0[idx] = np.abs(pos).reshape(k, -1).max(axis=1)
+        sel = slice(None) if k == s.steps.shape[0] else idx
+        s.goals[:, sel] = goals.T
+        s.pos[:, :, sel] = pos.transpose(2, 1, 0)
+        s.vel[:, :, sel] = 0.0
+        s.comm[:, :, sel] = 0.0
+        s.steps[sel] = 0
+        # mpe2's original_cam_range: the largest |coordinate| of any entity, per env (a max: order-free, exact)
+        s.cam_range0[sel] = np.maximum.reduce(np.abs(s.pos[:, :, sel]).reshape(-1, k), axis=0)
         for name, value in aux.items():
-            s.aux[name][..., idx] = value
+            s.aux[name][..., sel] = value
 
     # -------------------------------------------------------------- dynamics
     def post_step(self, s: WorldState, rng: np.random.Generator) -> None:
