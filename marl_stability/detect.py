@@ -337,15 +337,16 @@ class Detectors:
         # (name, step, message) of detectors that fired and were not yet handed out by fired_events().
         self._pending: list[tuple[str, int, str]] = []
 
-    def _explosion_for(self, key: str) -> GradientExplosionDetector:
+    def _explosion_for(self, key: str, rule: str | None = None) -> GradientExplosionDetector:
+        """The detector of ``key``, created on first use with the config's rule (or ``rule``)."""
         det = self.explosion.get(key)
         if det is None:
             c = self.cfg
+            rule = rule or c.explosion_rule
             det = GradientExplosionDetector(
-                c.explosion_growth if c.explosion_rule == "growth" else c.explosion_ratio, c.explosion_window,
+                c.explosion_growth if rule == "growth" else c.explosion_ratio, c.explosion_window,
                 c.explosion_min_history, c.explosion_absolute, name=f"explosion/{key}", min_norm=c.explosion_min_norm,
-                rule=c.explosion_rule,
-                baseline=c.explosion_baseline,
+                rule=rule, baseline=c.explosion_baseline,
             )
             self.explosion[key] = det
         return det
@@ -477,14 +478,9 @@ class Detectors:
         # Thresholds come from this object's config; only the streams' progress is restored.
         self.explosion, self.collapse = {}, {}
         for key, sd in state["explosion"].items():
-            if "early" not in sd and self.cfg.explosion_rule == "growth":
-                # A checkpoint from before the growth rule: its early norms were not kept, and a baseline rebuilt
-                # from the norms after the resume could already sit on the explosion; keep the rule it ran with.
-                c = self.cfg
-                self.explosion[key] = GradientExplosionDetector(
-                    c.explosion_ratio, c.explosion_window, c.explosion_min_history, c.explosion_absolute,
-                    name=f"explosion/{key}", min_norm=c.explosion_min_norm, rule="median_ratio")
-            self._explosion_for(key).load_state_dict(sd)
+            # A checkpoint from before the growth rule has no early norms, and a baseline rebuilt from the norms
+            # after the resume could already sit on the explosion: keep the rule it ran with.
+            self._explosion_for(key, None if "early" in sd else "median_ratio").load_state_dict(sd)
         for agent, sd in state["collapse"].items():
             self._collapse_for(agent).load_state_dict(sd)
         self.nonfinite.load_state_dict(state["nonfinite"])
