@@ -48,16 +48,23 @@ def _growth_alarm(points: list[tuple[int, float]], baseline: int, theta: float, 
     """The online explosion rule on one logged series: the first step whose finite value exceeds ``theta`` x the
     median of the first ``baseline`` finite values (and ``min_norm``), counted from the value after them;
     ``below``: the first value under ``theta`` x that level instead. Non-finite values are skipped, as online."""
-    finite = [(st, v) for st, v in series_points(points) if math.isfinite(v)]
-    if len(finite) <= baseline:
+    early, later = early_level(points, baseline)
+    if early is None:
         return None
-    early = statistics.median(v for _, v in finite[:baseline])
-    if not early > 0:
-        return None
-    for st, v in finite[baseline:]:
+    for st, v in later:
         if (v < theta * early) if below else (v > theta * early and v > min_norm):
             return st
     return None
+
+
+def early_level(points: list[tuple[int, float]], baseline: int) -> tuple[Optional[float], list[tuple[int, float]]]:
+    """(median of the first ``baseline`` finite values, the finite values after them); (None, []) when there are
+    not more than ``baseline`` of them or the level is not positive."""
+    finite = [(st, v) for st, v in series_points(points) if math.isfinite(v)]
+    if len(finite) <= baseline:
+        return None, []
+    early = statistics.median(v for _, v in finite[:baseline])
+    return (early, finite[baseline:]) if early > 0 else (None, [])
 
 
 def series_points(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
@@ -162,10 +169,9 @@ def _peak_growth(scalars: Scalars, baseline: int, until: Optional[int]) -> Optio
     for tag, pts in scalars.items():
         if not tag.startswith("grad_norm/critic/"):
             continue
-        finite = [(st, v) for st, v in series_points(pts) if math.isfinite(v)]
-        early = statistics.median(v for _, v in finite[:baseline]) if len(finite) > baseline else 0.0
-        later = [v for st, v in finite[baseline:] if until is None or st <= until]
-        if early > 0 and later:
+        early, after = early_level(pts, baseline)
+        later = [v for st, v in after if until is None or st <= until]
+        if early is not None and later:
             peaks.append(max(later) / early)
     return max(peaks) if peaks else None
 
