@@ -450,8 +450,9 @@ class FastMPEVectorEnv(_FastMPEStateIO):
         rel = dist = None
         if scn.uses_geometry:
             rel = s.pos[:, None, :, :] - s.pos[:, :n, None, :]  # [2, N, E, B] entity - agent
-            sq = rel * rel
-            dist = np.sqrt(sq[0] + sq[1])  # [N, E, B]; mpe2 sums x^2 + y^2 in this order
+            if scn.uses_distances:
+                sq = rel * rel
+                dist = np.sqrt(sq[0] + sq[1])  # [N, E, B]; mpe2 sums x^2 + y^2 in this order
         scn.observe(s, rel, dist, out)
         obs = out.transpose(2, 0, 1).copy()  # always a copy: out is a reused scratch buffer
         if not rewards:

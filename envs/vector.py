@@ -70,12 +70,16 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+# ``ndarray.all()`` goes through a Python wrapper (numpy's ``_methods._all``); the reduction itself is the same.
+_all = np.logical_and.reduce
+
+
 def check_finite_outputs(env_id: str, agents: Sequence[str], episode_steps: Any, **fields: np.ndarray) -> None:
     """Raise :class:`EnvOutputError` naming the first non-finite value of each ``[B, N, ...]`` array (keyword:
     the field's name, e.g. ``observation=obs``). One ``np.isfinite`` per array: cheap enough for every step."""
     for name, values in fields.items():
         finite = np.isfinite(values)
-        if finite.all():
+        if _all(finite, axis=None):
             continue
         bad = np.argwhere(~finite)[0]
         b, i = int(bad[0]), int(bad[1])
@@ -272,7 +276,7 @@ def check_action_batch(actions: Any, num_envs: int, layout: AgentLayout) -> np.n
     if kind != "f":
         return batch  # integers are always finite
     finite = np.isfinite(batch)
-    if not finite.all():
+    if not _all(finite, axis=None):
         bad_envs = sorted({int(b) for b in np.nonzero(~finite)[0]})
         raise NonFiniteActionError(f"non-finite action values in env(s) {bad_envs}; no environment was stepped")
     return batch

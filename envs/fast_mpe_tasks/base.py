@@ -150,6 +150,8 @@ class Scenario:
     landmark_range: float = 1.0  # landmarks start uniform in [-r, r]^2
     # False: observations and rewards do not depend on positions (rel and dist are passed as None).
     uses_geometry: bool = True
+    # False: positions matter but no agent-entity distance does (dist is passed as None; saves its sqrt).
+    uses_distances: bool = True
     terminate_on_success: bool = False  # mpe2's option: end the episode (termination) on success
 
     def __post_init__(self) -> None:

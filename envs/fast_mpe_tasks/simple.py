@@ -26,6 +26,7 @@ class SimpleScenario(Scenario):
             n_goals=0,
             local_ratio=None,
             obs_dims=(4,),
+            uses_distances=False,  # the reward is the squared distance, from the positions
         )
 
     def observe(self, s: WorldState, rel: np.ndarray, dist: np.ndarray, out: np.ndarray) -> None:
