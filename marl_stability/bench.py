@@ -93,8 +93,9 @@ def env_steps_per_second_fast(num_envs: int, seconds: float, env_id: str = "simp
 def env_speed_table(seconds: float, rounds: int, tasks: tuple[str, ...] | None = None,
                     batches: tuple[int, ...] = ENV_BATCHES) -> dict[str, dict[str, Any]]:
     """Per task: env steps/s of mpe2 and of the port at each batch size, and the ratios. The arms of a task
-    are interleaved and repeated ``rounds`` times (medians), so a load change on a shared machine hits
-    mpe2 and the port alike."""
+    are interleaved and repeated ``rounds`` times, so a load change on a shared machine hits mpe2 and the
+    port alike: the rates are medians over the rounds, and each ratio is the median over the rounds of the
+    round's own ratio (port / mpe2 measured seconds apart), with its range over the rounds."""
     from envs.fast_mpe import SUPPORTED_ENV_IDS
 
     table: dict[str, dict[str, Any]] = {}
@@ -105,30 +106,40 @@ def env_speed_table(seconds: float, rounds: int, tasks: tuple[str, ...] | None =
             for b in batches:
                 rates[f"fast_B{b}"].append(env_steps_per_second_fast(b, seconds, env_id))
         med = {k: statistics.median(v) for k, v in rates.items()}
+        paired = {str(b): [f / m for f, m in zip(rates[f"fast_B{b}"], rates["mpe2"])] for b in batches}
         row = {"steps_per_second": {k: round(v) for k, v in med.items()},
-               "speedup": {str(b): round(med[f"fast_B{b}"] / med["mpe2"], 1) for b in batches}}
+               "speedup": {b: round(statistics.median(r), 1) for b, r in paired.items()},
+               "speedup_range": {b: [round(min(r), 1), round(max(r), 1)] for b, r in paired.items()}}
         table[env_id] = row
         ratios = "  ".join(f"B={b}: x{row['speedup'][str(b)]:,.1f}" for b in batches)
         print(f"env  {env_id:27s} mpe2 {med['mpe2']:8,.0f} steps/s   {ratios}", flush=True)
     return table
 
 
-def env_speed_markdown(table: dict[str, dict[str, Any]], batches: tuple[int, ...] = ENV_BATCHES) -> str:
-    """The README's env-speed table: one row per task, port steps/s and ratio to mpe2 per batch size."""
+def env_speed_markdown(table: dict[str, dict[str, Any]], batches: tuple[int, ...] = ENV_BATCHES,
+                       spread_at: int = 256) -> str:
+    """The README's env-speed table: one row per task, port steps/s and ratio to mpe2 per batch size, and the
+    range of the per-round ratios at ``spread_at`` (when the table has it)."""
+    ranged = all("speedup_range" in row for row in table.values()) and spread_at in batches
     head = "| task | mpe2 steps/s | " + " | ".join(f"B = {b}" for b in batches) + " |"
-    lines = [head, "|---" * (2 + len(batches)) + "|"]
+    head += f" B = {spread_at}: ratio per round, min – max |" if ranged else ""
+    lines = [head, "|---" * (2 + len(batches) + ranged) + "|"]
     for env_id, row in table.items():
         sps = row["steps_per_second"]
         cells = [f"{sps[f'fast_B{b}']:,} (×{row['speedup'][str(b)]:,.0f})" for b in batches]
+        if ranged:
+            lo, hi = row["speedup_range"][str(spread_at)]
+            cells.append(f"×{lo:,.0f} – ×{hi:,.0f}")
         lines.append(f"| `{env_id}` | {sps['mpe2']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def run_env_speed(quick: bool) -> dict[str, Any]:
+def run_env_speed(quick: bool, rounds: int | None = None) -> dict[str, Any]:
     """The env-speed section of bench.json: every task at every batch size, with the machine's load."""
     import os
 
-    seconds, rounds = (0.3, 1) if quick else (1.0, 3)
+    seconds, default_rounds = (0.3, 1) if quick else (1.0, 3)
+    rounds = rounds or default_rounds
     load = os.getloadavg()
     table = env_speed_table(seconds, rounds)
     print(env_speed_markdown(table), flush=True)
@@ -243,6 +254,16 @@ def print_targets(bench: dict[str, Any], target: float = TARGET_RETURN) -> list[
     return hits
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="marl-stability benchmarks (ratios measured in one run)")
     ap.add_argument("--quick", action="store_true", help="a few minutes: short timings, 1 seed, 30k-step full run")
@@ -251,6 +272,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--env-only", action="store_true",
                     help="only the env-speed table (every task, B = 1/16/256/1024 vs mpe2); updates just those "
                          "sections of --out if it exists")
+    ap.add_argument("--rounds", type=_positive_int, default=None,
+                    help="rounds of the env-speed table (default 3, 1 with --quick): more rounds, steadier ratios")
     ap.add_argument("--targets", type=Path, default=None,
                     help="only print when each full run of this bench.json first reached the target return")
     return ap.parse_args(argv)
@@ -263,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     out: dict[str, Any] = {"quick": args.quick, "machine": {"python": sys.version.split()[0]}}
 
-    env = run_env_speed(args.quick)
+    env = run_env_speed(args.quick, args.rounds)
     if args.env_only:
         write_env_only(env, Path(args.out), args.quick)
         return

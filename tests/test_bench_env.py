@@ -25,11 +25,29 @@ def test_table_rows_and_markdown() -> None:
     for row in table.values():
         sps = row["steps_per_second"]
         assert set(sps) == {"mpe2", "fast_B1", "fast_B4"} and all(v > 0 for v in sps.values())
-        assert row["speedup"]["4"] == pytest.approx(sps["fast_B4"] / sps["mpe2"], rel=0.01, abs=0.06)
+        # the ratio is the median of the two rounds' own ratios (their mean), inside their range
+        lo, hi = row["speedup_range"]["4"]
+        assert lo <= row["speedup"]["4"] <= hi and row["speedup"]["4"] == pytest.approx((lo + hi) / 2, abs=0.11)
     text = bench.env_speed_markdown(table, batches=(1, 4))
     lines = text.splitlines()
     assert lines[0] == "| task | mpe2 steps/s | B = 1 | B = 4 |" and len(lines) == 2 + len(tasks)
     assert lines[3].startswith("| `simple_tag_v3` |")
+    ranged = bench.env_speed_markdown(table, batches=(1, 4), spread_at=4).splitlines()
+    assert ranged[0].endswith("| B = 4: ratio per round, min – max |") and ranged[1] == "|---|---|---|---|---|"
+    lo, hi = table["simple_v3"]["speedup_range"]["4"]
+    assert ranged[2].endswith(f"| ×{lo:,.0f} – ×{hi:,.0f} |")
+
+
+def test_rounds_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    seen = []
+    monkeypatch.setattr(bench, "env_speed_table", lambda seconds, rounds: seen.append(rounds) or {})
+    bench.main(["--env-only", "--rounds", "7", "--out", str(tmp_path / "b.json")])
+    assert seen == [7] and json.loads((tmp_path / "b.json").read_text())["env_speed_setup"]["rounds"] == 7
+    for bad in ("0", "x"):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--env-only", "--rounds", bad, "--out", str(tmp_path / "c.json")])
+        assert e.value.code == 2 and "positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
 
 
 def test_env_only_keeps_the_other_sections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
