@@ -4,7 +4,8 @@ Two mechanisms end in the same place (every agent repeating one action, or non-f
 
 - **explosion-first** (the seed practitioner's chain): the critic's gradient norm grows to ``explosion_growth``
   times its early level (the calibrated explosion rule, ``detectors.explosion_growth``, median of the first
-  ``detectors.explosion_baseline`` logged norms) before any agent's evaluation reaches the collapse detector's
+  ``detectors.explosion_baseline`` logged norms, or of the first half of a series that went non-finite sooner:
+  :func:`early_level`) before any agent's evaluation reaches the collapse detector's
   saturation threshold; the outputs saturate (or the run diverges) afterwards;
 - **saturation-first**: an agent's actions reach the saturation threshold while the critic's gradient is still
   below that growth (under Adam the step does not grow with the gradient, so the actor can be pushed into
@@ -58,13 +59,19 @@ def _growth_alarm(points: list[tuple[int, float]], baseline: int, theta: float, 
 
 
 def early_level(points: list[tuple[int, float]], baseline: int) -> tuple[Optional[float], list[tuple[int, float]]]:
-    """(median of the first ``baseline`` finite values, the finite values after them); (None, []) when there are
-    not more than ``baseline`` of them or the level is not positive."""
+    """(median of the first ``baseline`` finite values, the finite values after them); (None, []) with fewer than
+    two finite values or a level that is not positive.
+
+    A series with no more than ``baseline`` finite values -- a run whose norms went non-finite within its first
+    ``baseline`` logged updates, before the online rule has an early level -- takes the median of its first
+    half instead: the level at the start of learning, read after the fact (the online detector cannot alarm in
+    such a run; the mechanism can still say which signal moved first)."""
     finite = [(st, v) for st, v in series_points(points) if math.isfinite(v)]
-    if len(finite) <= baseline:
+    if len(finite) < 2:
         return None, []
-    early = statistics.median(v for _, v in finite[:baseline])
-    return (early, finite[baseline:]) if early > 0 else (None, [])
+    k = baseline if len(finite) > baseline else len(finite) // 2
+    early = statistics.median(v for _, v in finite[:k])
+    return (early, finite[k:]) if early > 0 else (None, [])
 
 
 def series_points(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
@@ -156,6 +163,11 @@ def classify(summary: RunSummary, config: dict[str, Any], scalars: Scalars) -> d
     events.sort(key=lambda e: e.step)
     has_critic = any(tag.startswith("grad_norm/critic/") for tag in scalars)
     mechanism, why = _decide(label, onset, growth, t_grow, t_sat, t_unsat, has_critic)
+    short = [tag for tag, pts in scalars.items() if tag.startswith("grad_norm/critic/")
+             and 2 <= sum(math.isfinite(v) for _, v in series_points(pts)) <= baseline]
+    if t_grow is not None and short:
+        why += (f" [{', '.join(sorted(short))}: finite for no more than the {baseline} logged updates of the early "
+                "level; their early level is the median of the first half]")
     return {"mechanism": mechanism, "why": why, "label": label, "onset": onset, "collapsed_agents": collapsed,
             "explosion_growth": growth, "growth_step": t_grow, "saturation_step": t_sat,
             "timeline": [{"env_step": e.step, "event": e.what} for e in events]}

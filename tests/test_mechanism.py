@@ -112,6 +112,22 @@ def test_online_rule_details_nonfinite_min_norm_missing_tags_and_undetermined():
     assert classify(summary(COLLAPSED), CFG, scalars({0: 2.0, 2500: 4000.0}, evals(10000)))["growth_step"] == 2500
 
 
+def test_a_run_that_diverges_before_the_baseline_exists_is_still_classified():
+    # log_every 1: the baseline is 20 logged values, but the critic went non-finite after 17 (updates every 8 env
+    # steps from 1000): the early level is the median of the first half (8 values of ~100), 1e7 is 1e5x that.
+    every = load_config(None, ["train.log_every=1"]).to_dict()
+    norms = [100.0, 130.0, 90.0, 300.0, 60.0, 110.0, 95.0, 170.0, 320.0, 280.0, 2e3, 6e4, 2e3, 180.0, 2e4, 1e7, 3e12]
+    sc = {"grad_norm/critic/agent_0": [(1000 + 8 * i, v) for i, v in enumerate(norms)] + [(1136, math.inf)],
+          "grad_norm/actor/agent_0": [(1000 + 8 * i, 0.5) for i in range(18)]}
+    d = classify(summary(LIVELY, status="diverged", nonfinite_step=1136), every, sc)
+    assert d["label"] == "diverged" and d["mechanism"] == "explosion-first"
+    assert d["growth_step"] == 1000 + 8 * 15  # 1e7 > 1000 x median(first 8) = 1.05e5; 6e4 and 2e4 are not
+    assert "median of the first half" in d["why"]
+    # a single finite value is no level at all
+    one = {"grad_norm/critic/agent_0": [(1000, 100.0), (1008, math.inf)]}
+    assert classify(summary(LIVELY, status="diverged", nonfinite_step=1008), every, one)["growth_step"] is None
+
+
 def test_the_run_config_sets_the_growth_threshold():
     cfg = load_config(None, ["detectors.explosion_growth=20"]).to_dict()
     d = classify(summary(COLLAPSED), cfg, scalars({0: 2.0, 3000: 60.0}, evals(10000)))
