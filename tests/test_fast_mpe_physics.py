@@ -43,7 +43,7 @@ def _state(rng: np.random.Generator, scn: Scenario) -> WorldState:
 
 def _mpe2_world_step(scn: Scenario, s: WorldState, u: np.ndarray, msg: np.ndarray | None) -> None:
     """mpe2's core.World.step, entity by entity as written there (vectorised over the B envs only)."""
-    n, e = scn.n_agents, scn.n_entities
+    e = scn.n_entities
     movable = np.concatenate([scn.movable, np.zeros(scn.n_landmarks, dtype=bool)])
     collide = np.concatenate([scn.agent_collide, scn.landmark_collide])
     size = np.concatenate([scn.agent_size, scn.landmark_size])
