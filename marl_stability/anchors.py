@@ -16,7 +16,6 @@ it covers the task, bit-exact with mpe2), seeds fixed. These numbers replace rec
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+from marl_stability.errors import ArgumentParser
 
 Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 SPREAD = "simple_spread_v3"
@@ -168,7 +168,7 @@ def task_anchors(env_id: str, kwargs: Optional[dict[str, Any]] = None, episodes:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default=SPREAD)
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)

@@ -34,6 +34,7 @@ import numpy as np
 from marl_stability.anchors import SPREAD_ASSIGNMENT, SPREAD_RANDOM
 from marl_stability.config import presets_dir
 from marl_stability.fmt import fmt_number
+from marl_stability.errors import ArgumentParser
 
 EXPERIMENTS = presets_dir() or Path(__file__).resolve().parents[1] / "experiments"  # also from a wheel install
 PRESET = EXPERIMENTS / "maddpg_spread.yaml"  # the training-rate comparison
@@ -265,7 +266,7 @@ def _positive_int(text: str) -> int:
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="marl-stability benchmarks (ratios measured in one run)")
+    ap = ArgumentParser(description="marl-stability benchmarks (ratios measured in one run)")
     ap.add_argument("--quick", action="store_true", help="a few minutes: short timings, 1 seed, 30k-step full run")
     ap.add_argument("--out", default="bench.json", help="where to write the numbers")
     ap.add_argument("--seeds", type=int, default=5, help="full runs (ignored with --quick: 1)")

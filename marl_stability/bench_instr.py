@@ -37,7 +37,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from marl_stability.errors import UserError
+from marl_stability.errors import ArgumentParser, UserError
 
 _MARKER = "functools_reduce"  # CPython's C function behind functools.reduce: delimits the measured region
 _ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def _positive(name: str, value: int, minimum: int) -> int:
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="simple_push_v3", help="task id, or several separated by commas")
     ap.add_argument("--batch", type=int, default=256, help="env copies B (default 256)")
     ap.add_argument("--steps", type=int, default=50, help="measured steps (default 50)")

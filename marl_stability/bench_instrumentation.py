@@ -19,7 +19,6 @@ jobs the CPU time, which does not count the time the process waits for a core, i
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from marl_stability.bench import PRESET
+from marl_stability.errors import ArgumentParser
 
 ARMS = {
     "logging": {
@@ -68,7 +68,7 @@ def measurement_seconds(trainer: Any, repeats: int = 20) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compare", choices=sorted(ARMS), default="logging")
     ap.add_argument("--config", default=str(PRESET), help="preset (default: experiments/maddpg_spread.yaml)")
     ap.add_argument("--steps", type=int, default=20_000)

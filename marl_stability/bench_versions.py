@@ -10,13 +10,13 @@ and arm and the ratio new/old: the check that a refactor did not slow training d
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from marl_stability.errors import ArgumentParser
 
 ARMS = {"batched agents": ["maddpg.batched_agents=auto"], "per-agent loop": ["maddpg.batched_agents=off"]}
 _CODE = ("import sys, json; from pathlib import Path; from marl_stability.bench import training_rate; "
@@ -33,7 +33,7 @@ def rate(tree: Path, overrides: list[str], steps: int, root: Path, tag: str) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("old", type=Path)
     ap.add_argument("new", type=Path)
     ap.add_argument("--steps", type=int, default=20_000)

@@ -11,7 +11,6 @@ improvement over it. Prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from marl_stability.errors import UserError
+from marl_stability.errors import ArgumentParser, UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.report import _mean, bootstrap_ci, iqm, prob_improvement
 from marl_stability.summary import RunSummary, read_summary
@@ -48,7 +47,7 @@ COMPARABLE = ("completed", "diverged")
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--group-by", choices=("algo", "name"), default="algo")
     ap.add_argument("--reference", default=None, help="group the others are compared with (probability of improvement)")

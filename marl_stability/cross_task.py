@@ -27,7 +27,6 @@ Definitions (all from each run's final evaluation and its summary.json, never fr
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ from typing import Any, Optional
 import numpy as np
 
 from marl_stability.doctor import read_scalars
-from marl_stability.errors import UserError
+from marl_stability.errors import ArgumentParser, UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.anchors import COMPETITIVE_TASKS
 from marl_stability.atomic import atomic_write_json, atomic_write_text
@@ -259,7 +258,7 @@ def read_records(path: Path) -> list[RunRecord]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweeps", nargs="*", type=Path, help="reproduction and single-fix sweep directories")
     ap.add_argument("--from-records", type=Path, default=None, help="rebuild from a records.json instead")
     ap.add_argument("--out", type=Path, default=None, help="write records.json and report.md here")

@@ -14,14 +14,13 @@ then by their mean final return, and quotes the numbers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from marl_stability.errors import UserError
+from marl_stability.errors import ArgumentParser, UserError
 
 MECHANISMS = ("saturation-first", "explosion-first")
 PACKAGED = Path(__file__).with_name("fix_evidence.json")
@@ -128,7 +127,7 @@ def _parse_pairs(pairs: list[str]) -> dict[str, Path]:
 def main(argv: Optional[list[str]] = None) -> None:
     from marl_stability.atomic import atomic_write_json
 
-    parser = argparse.ArgumentParser(prog="python -m marl_stability.fix_evidence", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m marl_stability.fix_evidence", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", nargs="+", metavar="MECHANISM=SWEEP_DIR")
     parser.add_argument("--out", type=Path, required=True,
                         help=f"output JSON (the copy doctor reads: {PACKAGED}); other mechanisms' tables in it are kept")

@@ -12,7 +12,6 @@ MAPPO/IPPO benchmark table is this command's output on ``experiments/benchmark_p
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from marl_stability.atomic import atomic_write_text
-from marl_stability.errors import UserError
+from marl_stability.errors import ArgumentParser, UserError
 from marl_stability.report import _mean, bootstrap_ci, collect
 
 DETECTOR_STEPS = ("collapse_step", "explosion_step", "nonfinite_step", "entropy_collapse_step", "kl_spike_step")
@@ -114,7 +113,7 @@ def _steps(text: str) -> list[int]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep", type=Path, help="sweep directory (marl-stability ablate --out)")
     ap.add_argument("--target", type=float, default=-35.3, help="team return to count seeds against (default: "
                     "MADDPG's maddpg_spread_fast.yaml mean, -35.3)")

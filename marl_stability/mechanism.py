@@ -262,14 +262,13 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    import argparse
     import sys
     from pathlib import Path
 
     from marl_stability.atomic import atomic_write_text
-    from marl_stability.errors import UserError
+    from marl_stability.errors import ArgumentParser, UserError
 
-    parser = argparse.ArgumentParser(prog="python -m marl_stability.mechanism",
+    parser = ArgumentParser(prog="python -m marl_stability.mechanism",
                                      description="Which road each run took: explosion-first, saturation-first or neither.")
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="run directories or folders holding runs")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")

@@ -18,7 +18,6 @@ every run has every HParams column with one type. Exit code 1 when a check fails
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from marl_stability.tb_run import first_agent, tensorboard_link
+from marl_stability.errors import ArgumentParser
 
 STORY_GROUPS = ("eval", "grad_norm")
 
@@ -123,7 +123,7 @@ def _checks(report: dict[str, Any]) -> list[tuple[bool, str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("logdir", type=Path)
     ap.add_argument("--out", type=Path, default=Path("tb_screens"))
     ap.add_argument("--port", type=int, default=6123)
