@@ -67,13 +67,13 @@ def measurement_seconds(trainer: Any, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compare", choices=sorted(ARMS), default="logging")
     ap.add_argument("--config", default=str(PRESET), help="preset (default: experiments/maddpg_spread.yaml)")
     ap.add_argument("--steps", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     arms = ARMS[args.compare]
     wall: dict[str, list[float]] = {k: [] for k in arms}
     cpu: dict[str, list[float]] = {k: [] for k in arms}
