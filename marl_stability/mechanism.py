@@ -46,9 +46,10 @@ class Event:
 
 def _growth_alarm(points: list[tuple[int, float]], baseline: int, theta: float, min_norm: float,
                   below: bool = False) -> Optional[int]:
-    """The online explosion rule on one logged series: the first step whose finite value exceeds ``theta`` x the
-    median of the first ``baseline`` finite values (and ``min_norm``), counted from the value after them;
-    ``below``: the first value under ``theta`` x that level instead. Non-finite values are skipped, as online."""
+    """The online explosion rule on one logged series: the first step whose finite value exceeds ``theta`` x its
+    early level (:func:`early_level`: the median of the first ``baseline`` finite values) and ``min_norm``, counted
+    from the value after them; ``below``: the first value under ``theta`` x that level instead. Non-finite values
+    are skipped, as online."""
     early, later = early_level(points, baseline)
     if early is None:
         return None
@@ -66,12 +67,21 @@ def early_level(points: list[tuple[int, float]], baseline: int) -> tuple[Optiona
     ``baseline`` logged updates, before the online rule has an early level -- takes the median of its first
     half instead: the level at the start of learning, read after the fact (the online detector cannot alarm in
     such a run; the mechanism can still say which signal moved first)."""
-    finite = [(st, v) for st, v in series_points(points) if math.isfinite(v)]
+    finite = finite_points(points)
     if len(finite) < 2:
         return None, []
-    k = baseline if len(finite) > baseline else len(finite) // 2
+    k = len(finite) // 2 if _short(finite, baseline) else baseline
     early = statistics.median(v for _, v in finite[:k])
     return (early, finite[k:]) if early > 0 else (None, [])
+
+
+def finite_points(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    return [(st, v) for st, v in series_points(points) if math.isfinite(v)]
+
+
+def _short(finite: list[tuple[int, float]], baseline: int) -> bool:
+    """Too few finite values for the online rule's early level: :func:`early_level` falls back to the first half."""
+    return len(finite) <= baseline
 
 
 def series_points(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
@@ -161,10 +171,9 @@ def classify(summary: RunSummary, config: dict[str, Any], scalars: Scalars) -> d
         (summary.nonfinite_step, "first non-finite value"),
     ) if s is not None]
     events.sort(key=lambda e: e.step)
-    has_critic = any(tag.startswith("grad_norm/critic/") for tag in scalars)
-    mechanism, why = _decide(label, onset, growth, t_grow, t_sat, t_unsat, has_critic)
-    short = [tag for tag, pts in scalars.items() if tag.startswith("grad_norm/critic/")
-             and 2 <= sum(math.isfinite(v) for _, v in series_points(pts)) <= baseline]
+    critic = {tag: finite_points(pts) for tag, pts in scalars.items() if tag.startswith("grad_norm/critic/")}
+    mechanism, why = _decide(label, onset, growth, t_grow, t_sat, t_unsat, bool(critic))
+    short = [tag for tag, finite in critic.items() if len(finite) >= 2 and _short(finite, baseline)]
     if t_grow is not None and short:
         why += (f" [{', '.join(sorted(short))}: finite for no more than the {baseline} logged updates of the early "
                 "level; their early level is the median of the first half]")
@@ -269,7 +278,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     from marl_stability.errors import ArgumentParser, UserError
 
     parser = ArgumentParser(prog="python -m marl_stability.mechanism",
-                                     description="Which road each run took: explosion-first, saturation-first or neither.")
+                            description="Which road each run took: explosion-first, saturation-first or neither.")
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="run directories or folders holding runs")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args(argv)
