@@ -12,7 +12,11 @@ Given the same state and actions, observations, rewards, terminations and trunca
 bit for bit (float64 maths in mpe2's operation order; observations cast to float32 at the end, rewards
 to float32 in ``StepResult`` exactly like ``SyncVectorEnv``; episode returns are float64 sums of the
 float64 rewards). ``tests/test_fast_mpe_lockstep.py`` checks this with no tolerance: 20 seeds per task
-and action type over whole episodes, plus crowded starts where contacts and events happen.
+and action type over whole episodes, plus crowded starts where contacts and events happen. This holds on
+every CPU: where mpe2 calls ``np.linalg.norm`` (formation, line, collect_treasure), a BLAS ``ddot`` whose
+last bit depends on the OpenBLAS kernel (AVX-512 kernels fuse a multiply-add), the port reproduces that
+call's arithmetic (:func:`envs.fast_mpe_tasks.base.norm_like_linalg`); CI reruns the exact tests under every
+OpenBLAS kernel the machine can execute (``.ci/blas_kernels.py``).
 
 Deliberate differences from mpe2 (+ SyncVectorEnv):
 

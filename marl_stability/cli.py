@@ -25,6 +25,22 @@ app = typer.Typer(
 MPE_COMMON_KWARGS = ("continuous_actions", "max_cycles")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from marl_stability import __version__
+
+        print(f"marl-stability {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the version (semver for the public surface, see CHANGELOG.md) and exit"),
+) -> None:
+    """Reproduce, instrument and fix the repeated-action failure of multi-agent actor-critics."""
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     import envs
 

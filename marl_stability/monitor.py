@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import defaultdict
 from typing import Any, Callable, Mapping, Sequence
 
@@ -39,6 +40,7 @@ from torch import nn
 from marl_stability.events import GradEvent
 from marl_stability.fixes import ClipStats, GradNorms, measure_grads
 from marl_stability.sinks import Logger, TensorBoardSink
+from marl_stability.tags import current_tag
 
 __all__ = [
     "Monitor",
@@ -239,6 +241,37 @@ def _make_logger(writer: Any) -> tuple[Logger | None, bool]:
 
 
 # --------------------------------------------------------------------------- gradient statistics
+
+class MonitorStats(dict):
+    """What a monitor call returns: ``{tag: value}``. A key renamed by the 0.2.0 tag regrouping (for example
+    ``grad_norm_postclip/q``, now ``optim/grad_norm_postclip/q``) is still answered, with a FutureWarning,
+    until 0.3.0, so a loop that reads the old names does not silently get ``None`` (see CHANGELOG.md)."""
+
+    def _renamed(self, key: object) -> str | None:
+        if not isinstance(key, str):
+            return None
+        new = current_tag(key)
+        if new == key or not dict.__contains__(self, new):
+            return None
+        warnings.warn(f"monitor key {key!r} is now {new!r} (renamed in marl-stability 0.2.0); the old name "
+                      "stops working in 0.3.0", FutureWarning, stacklevel=3)
+        return new
+
+    def __missing__(self, key: str) -> float:
+        new = self._renamed(key)
+        if new is None:
+            raise KeyError(key)
+        return dict.__getitem__(self, new)
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or self._renamed(key) is not None
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        new = self._renamed(key)
+        return default if new is None else dict.__getitem__(self, new)
+
 class GradientStats:
     """Gradient statistics of named networks, from the one measurement taken after backward (a ``GradEvent``
     carrying ``fixes.GradNorms``). One implementation serves the training loop's ``gradients`` hook and
@@ -337,16 +370,16 @@ class Monitor:
         self._calls[key] = n + 1
         return n
 
-    def _emit(self, key: str, stats: dict[str, float], step: int) -> dict[str, float]:
+    def _emit(self, key: str, stats: dict[str, float], step: int) -> MonitorStats:
         if self._tick(key) % self.log_every == 0 and self.logger is not None:
             self.logger.record_dict(stats, step)
-        return stats
+        return MonitorStats(stats)
 
     def _names(self, model: str) -> list[str] | None:
         return self._models[model][0] if self.layer_stats else None
 
     # ----------------------------------------------------------------- update hooks
-    def after_backward(self, step: int) -> dict[str, float]:
+    def after_backward(self, step: int) -> MonitorStats:
         """Pre-clip gradient norms (global and per layer), weight norms, non-finite gradient count.
 
         Also remembers the measurement for ``after_clip`` and snapshots the weights for ``after_step``.
@@ -357,7 +390,7 @@ class Monitor:
             stats.update(self.gradients.backward(ev, self._names(name)))
         return self._emit("after_backward", stats, step)
 
-    def after_clip(self, step: int) -> dict[str, float]:
+    def after_clip(self, step: int) -> MonitorStats:
         """Post-clip global norms, whether clipping acted this call, and the running clip fraction."""
         stats: dict[str, float] = {}
         for name, (_, params) in self._models.items():
@@ -370,7 +403,7 @@ class Monitor:
             stats.update(self.gradients.clip(ev))
         return self._emit("after_clip", stats, step)
 
-    def after_step(self, step: int) -> dict[str, float]:
+    def after_step(self, step: int) -> MonitorStats:
         """Update-to-weight ratios ||w_new - w_old|| / ||w_old|| and non-finite parameter counts."""
         stats: dict[str, float] = {}
         for name, (_, params) in self._models.items():
@@ -382,7 +415,7 @@ class Monitor:
     @torch.no_grad()
     def actions(self, actions: ArrayLike, step: int, agent: str, low: ArrayLike | None = None,
                 high: ArrayLike | None = None, preact: ArrayLike | None = None,
-                squashed: ArrayLike | None = None, atol: float = 1e-3) -> dict[str, float]:
+                squashed: ArrayLike | None = None, atol: float = 1e-3) -> MonitorStats:
         """Saturation, repeated-action and same-action rates of one agent's batch of actions.
 
         Call counts (for log_every / histogram_every) are kept per agent, so calling this once per agent
@@ -408,7 +441,7 @@ class Monitor:
 
         key = f"actions/{agent}"
         n = self._calls[key]
-        self._emit(key, stats, step)
+        stats = self._emit(key, stats, step)
         if n % self.histogram_every == 0 and self.logger is not None:
             cols = a.to(torch.float64).cpu().numpy()
             for k in range(cols.shape[1]):

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from marl_stability.config import RunConfig, flatten
 from marl_stability.fmt import fmt_number
 from marl_stability.summary import RunSummary, read_summary
+from marl_stability.tags import LEGACY_PREFIXES, current_tag  # noqa: F401  (re-exported for readers)
 
 Kind = Literal["bool", "number", "string"]
 
@@ -39,26 +40,6 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("hparams/sensitivity", "final evaluation: standardized |d action / d obs| (mean over agents)"),
 )
 FIRST_COLUMNS = ("arm", "seed", "algo", "env.id")
-
-
-# Tag prefixes before the regrouping (runs written by earlier versions) -> today's, longest first: readers of
-# event files (reproduce's figures, doctor) go through `current_tag`, so old runs still report correctly.
-LEGACY_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("grad_norm_postclip/", "optim/grad_norm_postclip/"), ("grad_norm_layer/", "layers/grad_norm/"),
-    ("weight_norm_layer/", "layers/weight_norm/"), ("update_ratio_layer/", "layers/update_ratio/"),
-    ("update_ratio/", "optim/update_ratio/"), ("clip_active/", "optim/clip_active/"),
-    ("clip_fraction/", "optim/clip_fraction/"), ("episode/", "rollout/"), ("eval/actions/", "hist/eval_actions/"),
-    ("actions/", "hist/train_actions/"), ("actor/preact_max_abs_batch/", "policy/preact_max_abs_batch/"),
-    ("actor/preact/", "hist/eval_preact/"), ("critic/q_initial/", "q/initial/"), ("critic/", "q/"),
-)
-
-
-def current_tag(tag: str) -> str:
-    """Today's name of a tag an earlier version wrote (unchanged when it is already current)."""
-    for old, new in LEGACY_PREFIXES:
-        if tag.startswith(old):
-            return new + tag[len(old):]
-    return tag
 
 
 def _kind(annotation: Any) -> Kind:

@@ -15,6 +15,10 @@ from envs.fast_mpe import SUPPORTED_ENV_IDS, FastMPEParallelEnv, FastMPEVectorEn
 from envs.registry import EnvError
 from envs.vector import AgentLayout, NonFiniteActionError
 
+# Exact numbers that depend on numpy/OpenBLAS arithmetic: .ci/blas_kernels.py reruns these under every
+# OpenBLAS kernel the machine can run.
+pytestmark = pytest.mark.cpu_sensitive
+
 TASKS = list(SUPPORTED_ENV_IDS)  # every mpe2 task (tests/test_fast_mpe_lockstep.py: equality with mpe2)
 TOL = 1e-5
 
@@ -356,3 +360,40 @@ def test_render_rgb_array() -> None:
     frame = env.render(1)
     assert frame.shape == (700, 700, 3) and frame.dtype == np.uint8
     env.close()
+
+
+def test_norms_have_linalg_norms_bits_under_this_kernel() -> None:
+    """mpe2's formation / line / collect_treasure distances are ``np.linalg.norm`` (a BLAS ``ddot`` whose last
+    bit depends on the CPU's OpenBLAS kernel). Both of the port's ways of computing them equal it exactly under
+    whatever kernel runs this test (.ci/blas_kernels.py runs it under each one the machine can run), and the
+    start-up probe picks the elementwise formula only where that formula is exact."""
+    from envs.fast_mpe_tasks.base import NORM_IS_ELEMENTWISE, norm_by_ddot, norm_like_linalg
+
+    delta = np.random.default_rng(11).uniform(-3.0, 3.0, size=(2, 5000))
+    expect = np.array([np.linalg.norm(delta[:, k]) for k in range(delta.shape[1])])
+    assert np.array_equal(norm_by_ddot(delta), expect)
+    assert np.array_equal(norm_like_linalg(delta), expect)
+    elementwise = np.sqrt(delta[0] * delta[0] + delta[1] * delta[1])
+    assert NORM_IS_ELEMENTWISE == bool(np.array_equal(elementwise, expect))
+
+
+def test_assignment_reward_equals_mpe2s_on_each_norm_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The matched-distance reward of formation / line, against mpe2's own computation (``np.linalg.norm`` per
+    pair, scipy's assignment, ``np.mean`` of the clipped distances), env by env: the ddot path (taken under
+    AVX-512 kernels) on any kernel, the elementwise path where the start-up probe chose it."""
+    from scipy.optimize import linear_sum_assignment
+
+    from envs.fast_mpe_tasks import assignment, base
+
+    rng = np.random.default_rng(3)
+    n, b = 4, 64
+    agents, targets = rng.uniform(-1, 1, size=(2, n, b)), rng.uniform(-1, 1, size=(2, n, b))
+    paths = [False] + ([True] if base.NORM_IS_ELEMENTWISE else [])
+    for elementwise in paths:
+        monkeypatch.setattr(assignment, "NORM_IS_ELEMENTWISE", elementwise)
+        reward, chosen = assignment.matched_distance_reward(agents, targets)
+        for k in range(b):
+            d = np.array([[np.linalg.norm(agents[:, i, k] - targets[:, j, k]) for j in range(n)] for i in range(n)])
+            rows, cols = linear_sum_assignment(d)
+            assert np.array_equal(chosen[:, k], d[rows, cols]), (elementwise, k)
+            assert reward[k] == -float(np.mean(np.clip(d[rows, cols], 0, 2))), (elementwise, k)

@@ -4,6 +4,7 @@ computation, logging cadence is respected, and all three writer kinds (Logger, l
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,37 @@ def test_postclip_norm_and_clip_fraction() -> None:
         assert stats["optim/clip_fraction/actor/agent_0"] == pytest.approx(active_so_far / (i + 1))
     assert sink.last("optim/clip_fraction/actor/agent_0") == pytest.approx(4 / 8)
     assert len(sink.scalars["optim/clip_active/actor/agent_0"]) == len(scales)
+
+
+def test_keys_renamed_in_0_2_0_still_answer_with_a_warning() -> None:
+    """A user's loop written against 0.1.0 reads ``grad_norm_postclip/<m>``, ``grad_norm_layer/...`` and
+    ``update_ratio/<m>``: each gives the renamed key's value with a FutureWarning (not a silent None);
+    current keys give no warning; a key that never existed stays missing."""
+    model = _mlp()
+    mon = monitor.attach({"q": model}, writer=None)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _backward(model, scale=1e3, seed=0)
+    pre = mon.after_backward(0)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    post = mon.after_clip(0)
+    opt.step()
+    ratio = mon.after_step(0)
+    layer = next(k for k in pre if k.startswith("layers/grad_norm/q/"))
+    cases = [(post, "grad_norm_postclip/q", "optim/grad_norm_postclip/q"),
+             (pre, "grad_norm_layer/q/" + layer.split("/", 3)[3], layer),
+             (ratio, "update_ratio/q", "optim/update_ratio/q")]
+    for stats, old, new in cases:
+        assert isinstance(stats, monitor.MonitorStats) and old not in dict.keys(stats)
+        with pytest.warns(FutureWarning, match="renamed in marl-stability 0.2.0"):
+            assert stats.get(old) == stats[new]
+        with pytest.warns(FutureWarning):
+            assert stats[old] == stats[new] and old in stats
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert post.get("optim/grad_norm_postclip/q") == post["optim/grad_norm_postclip/q"]
+        assert post.get("no_such_tag/q") is None and "no_such_tag/q" not in post
+        with pytest.raises(KeyError):
+            post["grad_norm_postclip/critic"]  # an old name, but no such model
 
 
 # --------------------------------------------------------------------------- update ratios

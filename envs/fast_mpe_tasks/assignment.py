@@ -8,6 +8,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from envs.fast_mpe_tasks.base import NORM_IS_ELEMENTWISE, norm_by_ddot
+
 DIST_THRESHOLD = 0.05  # terminate_on_success: every agent this close to its assigned target
 
 # Up to this many agents every permutation is scored at once (7! = 5040); above it, scipy per env.
@@ -61,19 +63,24 @@ def matched_distance_reward(agent_pos: np.ndarray, targets: np.ndarray) -> tuple
     """([B] ``-mean(clip(d[i, σ(i)], 0, 2))``, [N, B] ``d[i, σ(i)]``) for the assignment σ minimising the
     summed distance.
 
-    ``agent_pos`` and ``targets`` are [2, N, B]. ``d[i, j] = |agent_i - target_j|`` with mpe2's
-    ``np.linalg.norm`` arithmetic (``sqrt(dx*dx + dy*dy)``); the chosen distances are averaged in numpy's
-    order, so the reward equals mpe2's. Only the *choice* of σ uses other arithmetic (the summed distance of
-    every permutation): the optimum is unique for positions in general position, and two assignments whose
-    summed distances tie to the last bit could be resolved differently from scipy (the reward would then
-    differ by rounding only).
+    ``agent_pos`` and ``targets`` are [2, N, B]. mpe2's ``d[i, j]`` is ``np.linalg.norm(agent_i - target_j)``,
+    a BLAS ``ddot`` whose last bit depends on the CPU's kernel: the chosen distances are computed the same way
+    (:func:`~envs.fast_mpe_tasks.base.norm_like_linalg`'s rule) and averaged in numpy's order, so the reward equals
+    mpe2's on every CPU. Only the *choice* of σ uses the cheaper ``sqrt(dx*dx + dy*dy)`` for all N*N pairs
+    (the summed distance of every permutation): the optimum is unique for positions in general position, and
+    two assignments whose summed distances tie to the last bit could be resolved differently from scipy (the
+    reward would then differ by rounding only).
     """
     delta = agent_pos[:, :, None, :] - targets[:, None, :, :]  # [2, N, N, B]
     sq = delta * delta
     dist = np.sqrt(sq[0] + sq[1])  # [N agents, N targets, B], C-ordered
     n, b = dist.shape[0], dist.shape[2]
     best = _best_assignment(dist)
-    chosen = dist.ravel().take(_row_offsets(n, b) + best * b)  # [N, B]: d[i, best[i, k], k]
+    pairs = _row_offsets(n, b) + best * b  # [N, B]: flat index of pair (i, best[i, k]) in env k
+    if NORM_IS_ELEMENTWISE:  # dist already holds mpe2's norms bit for bit
+        chosen = dist.ravel().take(pairs)  # [N, B]: d[i, best[i, k], k]
+    else:  # a fused ddot kernel: recompute the chosen distances through the same ddot as mpe2's norm
+        chosen = norm_by_ddot(delta.reshape(2, -1)[:, pairs])
     clipped = np.ascontiguousarray(np.clip(chosen, 0, 2).T)  # [B, N]: np.mean's summation per env
     return -(np.add.reduce(clipped, axis=1) / n), chosen
 

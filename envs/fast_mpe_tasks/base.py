@@ -32,6 +32,9 @@ __all__ = [
     "boundary_penalty",
     "subtract_boundary_penalty",
     "sum_sq",
+    "norm_like_linalg",
+    "norm_by_ddot",
+    "NORM_IS_ELEMENTWISE",
 ]
 
 # mpe2 World / simple_env constants (core.py, simple_env.py).
@@ -120,6 +123,45 @@ def sum_sq(delta: np.ndarray) -> np.ndarray:
     for i in range(1, sq.shape[0]):
         total = total + sq[i]
     return total
+
+
+def norm_by_ddot(delta: np.ndarray) -> np.ndarray:
+    """``sqrt(ddot(v, v))`` per 2-vector of ``delta`` ([2, ...]): a stacked ``matmul`` of [..., 1, 2] rows by
+    [..., 2, 1] columns calls numpy's float64 ``dot`` (``cblas_ddot``, n = 2, unit strides) once per vector,
+    the very call ``np.linalg.norm`` makes for one vector."""
+    rows = np.ascontiguousarray(np.moveaxis(delta, 0, -1))  # [..., 2]: unit stride, as mpe2's 1-D vector
+    return np.sqrt(np.matmul(rows[..., None, :], rows[..., :, None])[..., 0, 0])
+
+
+def _ddot_rounds_each_product() -> bool:
+    """Whether this process's BLAS ``ddot`` of a 2-vector rounds each product before the sum.
+
+    Every non-fused kernel then gives exactly ``x0*x0 + x1*x1`` (two rounded products, one rounded sum, in
+    any order). A kernel that fuses a multiply-add (OpenBLAS's AVX-512 SkylakeX/CooperLake ``ddot``) differs
+    in the last bit on about 0.8 % of random vectors, so it cannot agree on all 4096 probe vectors (about 33
+    differences expected). OpenBLAS picks its kernel once, when it loads, so one probe per process holds."""
+    v = np.random.default_rng(0).standard_normal((2, 4096))
+    sq = v * v
+    return bool(np.array_equal(norm_by_ddot(v), np.sqrt(sq[0] + sq[1])))
+
+
+# True on every CPU without an AVX-512 OpenBLAS kernel: the elementwise formula is then mpe2's norm, bit for bit.
+NORM_IS_ELEMENTWISE = _ddot_rounds_each_product()
+
+
+def norm_like_linalg(delta: np.ndarray) -> np.ndarray:
+    """``np.linalg.norm`` of each 2-vector in ``delta`` ([2, ...], x/y first), bit for bit on every CPU.
+
+    ``np.linalg.norm(v)`` is ``sqrt(v.dot(v))``, a BLAS ``ddot`` call whose last bit depends on the kernel
+    OpenBLAS picked for the CPU (an AVX-512 kernel adds the last product with one fused multiply-add, the
+    older ones round it first). Where this process's ``ddot`` rounds each product, the elementwise
+    ``sqrt(dx*dx + dy*dy)`` has its exact bits at a fraction of the cost; elsewhere each vector goes through
+    the same ``ddot`` (one BLAS call per vector, about 2x the time). Use it only where mpe2 calls ``norm``.
+    """
+    if NORM_IS_ELEMENTWISE:
+        sq = delta * delta
+        return np.sqrt(sq[0] + sq[1])
+    return norm_by_ddot(delta)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.fast_mpe_tasks.base import AuxSpec, Scenario, WorldState, others_index
+from envs.fast_mpe_tasks.base import AuxSpec, Scenario, WorldState, norm_like_linalg, others_index
 
 _BOUND = 0.95  # treasures are placed uniformly in [-0.95, 0.95]^2
 _DEAD_KEY = 1e6  # mpe2 sorts dead treasures last with this distance
@@ -196,9 +196,7 @@ class CollectTreasureScenario(Scenario):
         total = s.pos[:, 0]
         for k in range(1, c):  # np.mean(..., axis=0) adds the rows in order
             total = total + s.pos[:, k]
-        delta = total / c - s.pos[:, c + j]
-        sq = delta * delta
-        to_centroid = np.sqrt(sq[0] + sq[1])
+        to_centroid = norm_like_linalg(total / c - s.pos[:, c + j])  # mpe2: np.linalg.norm(centroid - p)
         return np.where(carrying.any(axis=0), 0.0 - 0.1 * nearest, 0.0 - 0.1 * to_centroid)
 
     # ------------------------------------------------------------ mpe2 bridge
