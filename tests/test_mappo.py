@@ -343,7 +343,10 @@ def _cli(*args: str) -> list[str]:
 
 
 def test_resume_after_kill_9_mid_rollout_is_exact(tmp_path: Path) -> None:
-    steps, extra = 1600, ["train.checkpoint_every=300", "train.eval_every=800"]
+    # 4 envs x 10-step rollouts: a rollout is 40 env steps. Checkpoints every 164 env steps (41 vector steps)
+    # fall at rollout positions 1, 2, ..., 9 before the end, so whichever one the kill leaves last is mid-rollout
+    # (every 300 steps, as before, put every second one at a rollout boundary: a race with the kill's timing).
+    steps, extra = 1600, ["train.checkpoint_every=164", "train.eval_every=800"]
     args = ["train", "--config", str(PRESET), "--logdir", str(tmp_path), "--quiet", "--steps", str(steps)]
     for item in TINY + extra:
         args += ["--set", item]
