@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from agents.base import Algorithm, NonFiniteParameters
-from agents.buffer import ReplayBuffer
-from agents.maddpg import MADDPG, AgentSpec
-from agents.mappo import IPPO, MAPPO
-from agents.matd3 import MATD3
+from marl_stability.agents.base import Algorithm, NonFiniteParameters
+from marl_stability.agents.buffer import ReplayBuffer
+from marl_stability.agents.maddpg import MADDPG, AgentSpec
+from marl_stability.agents.mappo import IPPO, MAPPO
+from marl_stability.agents.matd3 import MATD3
 from marl_stability.errors import UserError
 
 ALGORITHMS: dict[str, type[Algorithm]] = {"maddpg": MADDPG, "matd3": MATD3, "mappo": MAPPO, "ippo": IPPO}

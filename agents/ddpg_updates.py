@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from agents.networks import feature_probe, gumbel_softmax_hard, one_hot_argmax
+from marl_stability.agents.networks import feature_probe, gumbel_softmax_hard, one_hot_argmax
 from marl_stability.plasticity import FeatureProbe, even_rows
 
 if TYPE_CHECKING:
-    from agents.maddpg import MADDPG
+    from marl_stability.agents.maddpg import MADDPG
 
 # Per-agent statistics of every update, in this order (the critic's Q is the first critic's).
 STAT_KEYS = ("loss/critic", "loss/actor", "q/mean", "q/min", "q/max", "q/target_mean", "q/td_error_mean",
@@ -173,7 +173,7 @@ class StackedUpdate:
     """
 
     def __init__(self, algo: "MADDPG") -> None:
-        from agents.networks import ActorStack, CriticStack
+        from marl_stability.agents.networks import ActorStack, CriticStack
 
         a = self.a = algo
         sd = a.spec

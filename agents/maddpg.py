@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.base import Algorithm, NonFiniteParameters
-from agents.buffer import ReplayBuffer
-from agents.ddpg_updates import STAT_KEYS, PerAgentUpdate, StackedUpdate, agent_stats, ddpg_feature_probes
-from agents.networks import CONTINUOUS_HEADS, Actor, Critic, stack_incompatibility
-from agents.optim import GradientStepper, all_finite, keep_fast_kernels, make_optimizer, nonfinite_evidence
-from envs.vector import AgentLayout
+from marl_stability.agents.base import Algorithm, NonFiniteParameters
+from marl_stability.agents.buffer import ReplayBuffer
+from marl_stability.agents.ddpg_updates import STAT_KEYS, PerAgentUpdate, StackedUpdate, agent_stats, ddpg_feature_probes
+from marl_stability.agents.networks import CONTINUOUS_HEADS, Actor, Critic, stack_incompatibility
+from marl_stability.agents.optim import GradientStepper, all_finite, keep_fast_kernels, make_optimizer, nonfinite_evidence
+from marl_stability.envs.vector import AgentLayout
 from marl_stability.errors import UserError
 from marl_stability.events import UpdateStats
 from marl_stability.plasticity import FeatureProbe

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from agents.ppo import PPO, homogeneous
-from envs.vector import AgentLayout
+from marl_stability.agents.ppo import PPO, homogeneous
+from marl_stability.envs.vector import AgentLayout
 from marl_stability.errors import UserError
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from agents.maddpg import MADDPG
-from envs.vector import AgentLayout
+from marl_stability.agents.maddpg import MADDPG
+from marl_stability.envs.vector import AgentLayout
 
 
 class MATD3(MADDPG):

@@ -16,16 +16,16 @@ from typing import Any, Callable, ClassVar, Optional
 import numpy as np
 import torch
 
-from agents.base import Algorithm, NonFiniteParameters
-from agents.distributions import ActionHead
-from agents.ppo_losses import UpdateAccumulator
-from agents.networks import feature_probe
-from agents.ppo_networks import PolicyGroup, PolicyNet, ValueNet, ValueNormalizer
-from agents.ppo_rollout import Rollout
-from agents.ppo_update import PPOUpdate
-from agents.optim import GradientStepper, all_finite, make_optimizer, nonfinite_evidence
-from agents.ddpg_updates import agent_stats
-from envs.vector import AgentLayout
+from marl_stability.agents.base import Algorithm, NonFiniteParameters
+from marl_stability.agents.distributions import ActionHead
+from marl_stability.agents.ppo_losses import UpdateAccumulator
+from marl_stability.agents.networks import feature_probe
+from marl_stability.agents.ppo_networks import PolicyGroup, PolicyNet, ValueNet, ValueNormalizer
+from marl_stability.agents.ppo_rollout import Rollout
+from marl_stability.agents.ppo_update import PPOUpdate
+from marl_stability.agents.optim import GradientStepper, all_finite, make_optimizer, nonfinite_evidence
+from marl_stability.agents.ddpg_updates import agent_stats
+from marl_stability.envs.vector import AgentLayout
 from marl_stability.events import UpdateStats
 from marl_stability.plasticity import FeatureProbe, even_rows
 

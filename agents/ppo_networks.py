@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.distributions import ActionHead, Distribution
-from agents.networks import MLP
+from marl_stability.agents.distributions import ActionHead, Distribution
+from marl_stability.agents.networks import MLP
 from marl_stability.fixes import RunningMeanStd
 
 

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from agents.ppo_losses import UpdateAccumulator, explained_variance, policy_loss, value_loss
-from agents.ppo_networks import PolicyGroup
-from agents.ppo_rollout import gae
+from marl_stability.agents.ppo_losses import UpdateAccumulator, explained_variance, policy_loss, value_loss
+from marl_stability.agents.ppo_networks import PolicyGroup
+from marl_stability.agents.ppo_rollout import gae
 
 if TYPE_CHECKING:
-    from agents.ppo import PPO
+    from marl_stability.agents.ppo import PPO
 
 
 class PPOUpdate:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from envs.fast_mpe import SUPPORTED_ENV_IDS, FastMPEVectorEnv
-from envs.registry import EnvError
-from envs.vector import SyncVectorEnv, VectorAffine
-from envs.wrappers import make_wrapped
+from marl_stability.envs.fast_mpe import SUPPORTED_ENV_IDS, FastMPEVectorEnv
+from marl_stability.envs.registry import EnvError
+from marl_stability.envs.vector import SyncVectorEnv, VectorAffine
+from marl_stability.envs.wrappers import make_wrapped
 
 
 def uses_fast_backend(env_id: str, backend: str) -> bool:

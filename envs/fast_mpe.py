@@ -71,11 +71,11 @@ import gymnasium.spaces
 import numpy as np
 from pettingzoo.utils.env import ParallelEnv
 
-from envs.fast_mpe_physics import ActionDecoder, Physics
-from envs.fast_mpe_tasks import TASKS
-from envs.fast_mpe_tasks.base import MOVE_DIM, Scenario, WorldState
-from envs.registry import EnvError
-from envs.vector import AgentLayout, StepResult, check_action_batch, check_finite_outputs, check_state_matches
+from marl_stability.envs.fast_mpe_physics import ActionDecoder, Physics
+from marl_stability.envs.fast_mpe_tasks import TASKS
+from marl_stability.envs.fast_mpe_tasks.base import MOVE_DIM, Scenario, WorldState
+from marl_stability.envs.registry import EnvError
+from marl_stability.envs.vector import AgentLayout, StepResult, check_action_batch, check_finite_outputs, check_state_matches
 
 __all__ = ["SUPPORTED_ENV_IDS", "FastMPEVectorEnv", "FastMPEParallelEnv", "make_scenario"]
 

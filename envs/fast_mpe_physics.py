@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.fast_mpe_tasks.base import CONTACT_FORCE, CONTACT_MARGIN, DAMPING, DT, MOVE_DIM, Scenario, WorldState
-from envs.vector import AgentLayout
+from marl_stability.envs.fast_mpe_tasks.base import CONTACT_FORCE, CONTACT_MARGIN, DAMPING, DT, MOVE_DIM, Scenario, WorldState
+from marl_stability.envs.vector import AgentLayout
 
 __all__ = ["ActionDecoder", "Physics", "as_slice"]
 

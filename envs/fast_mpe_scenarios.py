@@ -5,9 +5,9 @@ Re-exports the names this module used to define, so existing imports keep workin
 
 from __future__ import annotations
 
-from envs.fast_mpe_tasks import TASKS, TaskSpec
-from envs.fast_mpe_tasks.adversary import AdversaryScenario
-from envs.fast_mpe_tasks.base import (
+from marl_stability.envs.fast_mpe_tasks import TASKS, TaskSpec
+from marl_stability.envs.fast_mpe_tasks.adversary import AdversaryScenario
+from marl_stability.envs.fast_mpe_tasks.base import (
     CONTACT_FORCE,
     CONTACT_MARGIN,
     DAMPING,
@@ -18,17 +18,17 @@ from envs.fast_mpe_tasks.base import (
     Scenario,
     WorldState,
 )
-from envs.fast_mpe_tasks.collect_treasure import CollectTreasureScenario
-from envs.fast_mpe_tasks.crypto import CryptoScenario
-from envs.fast_mpe_tasks.formation import FormationScenario
-from envs.fast_mpe_tasks.line import LineScenario
-from envs.fast_mpe_tasks.push import PushScenario
-from envs.fast_mpe_tasks.reference import ReferenceScenario
-from envs.fast_mpe_tasks.simple import SimpleScenario
-from envs.fast_mpe_tasks.speaker_listener import SpeakerListenerScenario
-from envs.fast_mpe_tasks.spread import SpreadScenario
-from envs.fast_mpe_tasks.tag import TagScenario
-from envs.fast_mpe_tasks.world_comm import WorldCommScenario
+from marl_stability.envs.fast_mpe_tasks.collect_treasure import CollectTreasureScenario
+from marl_stability.envs.fast_mpe_tasks.crypto import CryptoScenario
+from marl_stability.envs.fast_mpe_tasks.formation import FormationScenario
+from marl_stability.envs.fast_mpe_tasks.line import LineScenario
+from marl_stability.envs.fast_mpe_tasks.push import PushScenario
+from marl_stability.envs.fast_mpe_tasks.reference import ReferenceScenario
+from marl_stability.envs.fast_mpe_tasks.simple import SimpleScenario
+from marl_stability.envs.fast_mpe_tasks.speaker_listener import SpeakerListenerScenario
+from marl_stability.envs.fast_mpe_tasks.spread import SpreadScenario
+from marl_stability.envs.fast_mpe_tasks.tag import TagScenario
+from marl_stability.envs.fast_mpe_tasks.world_comm import WorldCommScenario
 
 __all__ = [
     "DIM_P", "DT", "DAMPING", "CONTACT_FORCE", "CONTACT_MARGIN", "SENSITIVITY", "MOVE_DIM", "WorldState",

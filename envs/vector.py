@@ -22,8 +22,8 @@ import numpy as np
 from pettingzoo.utils import BaseParallelWrapper
 from pettingzoo.utils.env import ParallelEnv
 
-from envs.registry import EnvError
-from envs.wrappers import EpisodeStatistics
+from marl_stability.envs.registry import EnvError
+from marl_stability.envs.wrappers import EpisodeStatistics
 
 __all__ = ["NonFiniteActionError", "EnvOutputError", "AgentLayout", "StepResult", "SyncVectorEnv", "check_finite_outputs"]
 

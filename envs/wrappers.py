@@ -16,7 +16,7 @@ import numpy as np
 from pettingzoo.utils import BaseParallelWrapper
 from pettingzoo.utils.env import ParallelEnv
 
-from envs.registry import EnvError, make
+from marl_stability.envs.registry import EnvError, make
 
 __all__ = ["RewardScale", "ObservationAffine", "EpisodeStatistics", "make_wrapped"]
 

@@ -123,7 +123,7 @@ def register(app: typer.Typer) -> None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Stand-alone entry point with the main CLI's contract: user errors -> one ``error:`` line, exit 2."""
-    import envs
+    from marl_stability import envs
 
     app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
     register(app)

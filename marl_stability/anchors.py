@@ -106,7 +106,7 @@ def simple_policies(layout: Any) -> dict[str, Policy]:
 def measure(env_id: str, policy_names: Optional[list[str]] = None, episodes: int = 200, seed: int = 0,
             env_kwargs: Optional[dict[str, Any]] = None) -> dict[str, dict[str, float]]:
     """Team return (mean, std, episodes) of each anchor policy, ``episodes`` env copies stepped together."""
-    import envs
+    from marl_stability import envs
 
     kwargs = {"continuous_actions": True, **(env_kwargs or {})}
     venv = envs.make_vector_env(env_id, kwargs, episodes, seed)
@@ -123,7 +123,7 @@ def measure(env_id: str, policy_names: Optional[list[str]] = None, episodes: int
 
 
 def _run(env_id: str, kwargs: dict[str, Any], policy: Policy, episodes: int, seed: int) -> dict[str, float]:
-    import envs
+    from marl_stability import envs
 
     venv = envs.make_vector_env(env_id, kwargs, episodes, seed)
     rng = np.random.default_rng(seed)

@@ -78,7 +78,7 @@ def env_steps_per_second_mpe2(seconds: float, env_id: str = "simple_spread_v3",
 def env_steps_per_second_fast(num_envs: int, seconds: float, env_id: str = "simple_spread_v3",
                               env_kwargs: dict[str, Any] | None = None) -> float:
     """The batched numpy port with ``num_envs`` copies (env steps summed over copies), random actions."""
-    from envs.fast_mpe import FastMPEVectorEnv
+    from marl_stability.envs.fast_mpe import FastMPEVectorEnv
 
     venv = FastMPEVectorEnv(env_id, _env_kwargs(env_id, env_kwargs), num_envs, 0)
     venv.reset()
@@ -97,7 +97,7 @@ def env_speed_table(seconds: float, rounds: int, tasks: tuple[str, ...] | None =
     are interleaved and repeated ``rounds`` times, so a load change on a shared machine hits mpe2 and the
     port alike: the rates are medians over the rounds, and each ratio is the median over the rounds of the
     round's own ratio (port / mpe2 measured seconds apart), with its range over the rounds."""
-    from envs.fast_mpe import SUPPORTED_ENV_IDS
+    from marl_stability.envs.fast_mpe import SUPPORTED_ENV_IDS
 
     table: dict[str, dict[str, Any]] = {}
     for env_id in tasks or SUPPORTED_ENV_IDS:

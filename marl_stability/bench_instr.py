@@ -54,7 +54,10 @@ def _measure_in_child(spec: dict[str, Any]) -> None:
 
     import numpy as np
 
-    from envs.fast_mpe import FastMPEVectorEnv
+    if spec["top_level_envs"]:  # a checkout from before 0.2.0, whose envs package was top-level
+        from envs.fast_mpe import FastMPEVectorEnv  # type: ignore[import-not-found]
+    else:
+        from marl_stability.envs.fast_mpe import FastMPEVectorEnv
 
     for env_id, discrete in spec["configs"]:
         venv = FastMPEVectorEnv(env_id, {"max_cycles": 25, "continuous_actions": not discrete}, spec["batch"],
@@ -105,7 +108,11 @@ def measure(configs: list[tuple[str, bool]], batch: int, steps: int, warmup: int
     """Instructions per step for each ``(env_id, discrete)`` in one child under callgrind (see the module doc)."""
     valgrind = _valgrind()
     tree = (tree or _ROOT).resolve()
-    spec = {"configs": configs, "batch": batch, "steps": steps, "warmup": warmup, "seed": seed}
+    # Checkouts before 0.2.0 import their port as top-level `envs`; later ones as marl_stability.envs (resolved
+    # to that checkout's envs/ folder by its marl_stability/__init__.py).
+    top_level_envs = "_SourceCheckoutFinder" not in (tree / "marl_stability" / "__init__.py").read_text()
+    spec = {"configs": configs, "batch": batch, "steps": steps, "warmup": warmup, "seed": seed,
+            "top_level_envs": top_level_envs}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         cmd = [valgrind, "--tool=callgrind", "--collect-atstart=no", f"--toggle-collect={_MARKER}",
@@ -155,7 +162,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _configs(args: argparse.Namespace) -> list[tuple[str, bool]]:
-    from envs.fast_mpe import SUPPORTED_ENV_IDS
+    from marl_stability.envs.fast_mpe import SUPPORTED_ENV_IDS
     ids = [e.strip() for e in args.env.split(",") if e.strip()]
     unknown = [e for e in ids if e not in SUPPORTED_ENV_IDS]
     if not ids or unknown:

@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-import agents
-import envs
+from marl_stability import agents
+from marl_stability import envs
 from marl_stability.config import RunConfig
 from marl_stability.errors import UserError
 from marl_stability.fixes import Fixes, build_fixes

@@ -42,7 +42,7 @@ def _root(
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    import envs
+    from marl_stability import envs
 
     return (UserError, envs.EnvError)
 
@@ -53,7 +53,7 @@ def envs_cmd(
     continuous: bool = typer.Option(True, "--continuous/--discrete", help="mpe2 action type to show"),
 ) -> None:
     """List environments with each agent's observation and action space."""
-    import envs
+    from marl_stability import envs
 
     ids = [env_id] if env_id else envs.list_env_ids()
     for eid in ids:

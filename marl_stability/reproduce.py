@@ -459,7 +459,7 @@ def load_policy(run_dir: Path) -> tuple[Any, Any]:
 
 def render_episode(run_dir: Path, seed: int = 12345) -> tuple[list[np.ndarray], float]:
     """Frames (rgb arrays) of one greedy episode of a trained run on mpe2 itself, and its team return."""
-    from envs.wrappers import make_wrapped
+    from marl_stability.envs.wrappers import make_wrapped
 
     cfg, algo = load_policy(run_dir)
     spec = algo.spec

@@ -16,8 +16,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from agents.base import NonFiniteParameters
-from envs.vector import EnvOutputError
+from marl_stability.agents.base import NonFiniteParameters
+from marl_stability.envs.vector import EnvOutputError
 from marl_stability.build import build_run, check_compatible, make_venv, probe_env
 from marl_stability.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 from marl_stability.config import RunConfig, config_diff, dump_yaml, flatten

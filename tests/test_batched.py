@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import agents
-from agents.maddpg import AgentSpec
-from agents.networks import Actor, ActorStack, Critic, CriticStack, MLPStack
+from marl_stability import agents
+from marl_stability.agents.maddpg import AgentSpec
+from marl_stability.agents.networks import Actor, ActorStack, Critic, CriticStack, MLPStack
 from marl_stability.config import RunConfig, load_config
 from marl_stability.errors import UserError
 from marl_stability.fixes import build_fixes
@@ -225,7 +225,7 @@ def test_auto_falls_back_and_on_is_a_user_error(spec: AgentSpec, data: dict | No
 
 
 def test_speaker_listener_falls_back_to_the_per_agent_loop() -> None:
-    from envs.factory import make_vector_env
+    from marl_stability.envs.factory import make_vector_env
 
     venv = make_vector_env("simple_speaker_listener_v4", {"continuous_actions": False}, 1, 0)
     try:

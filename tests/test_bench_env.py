@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.fast_mpe import SUPPORTED_ENV_IDS
+from marl_stability.envs.fast_mpe import SUPPORTED_ENV_IDS
 from marl_stability import bench
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -20,8 +21,8 @@ import pytest
 import torch
 import yaml
 
-from envs.fast_mpe import FastMPEVectorEnv
-from envs.vector import EnvOutputError, SyncVectorEnv
+from marl_stability.envs.fast_mpe import FastMPEVectorEnv
+from marl_stability.envs.vector import EnvOutputError, SyncVectorEnv
 from marl_stability import sweep
 from marl_stability.cli import main
 from marl_stability.config import DEFAULT_PRESET, dump_yaml, load_config, preset_names, resolve_preset
@@ -130,10 +131,11 @@ def test_pyproject_packages_cover_the_source_tree() -> None:
     """Packages are listed in pyproject.toml (the presets are a mapped folder): a new subpackage must be listed."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for top in ("marl_stability", "envs", "agents")
-               for p in (ROOT / top).rglob("__init__.py")}
+    on_disk = {".".join(("marl_stability",) * (top != "marl_stability") + p.parent.relative_to(ROOT).parts)
+               for top in ("marl_stability", "envs", "agents") for p in (ROOT / top).rglob("__init__.py")}
     assert set(tool["packages"]) == on_disk | {"marl_stability.presets"}
-    assert tool["package-dir"] == {"marl_stability.presets": "experiments"}
+    assert tool["package-dir"] == {"marl_stability.presets": "experiments", "marl_stability.envs": "envs",
+                                   "marl_stability.agents": "agents"}
     assert tool["package-data"]["marl_stability.presets"] == ["*.yaml"]
 
 
@@ -324,3 +326,20 @@ def test_ray_workers_run_one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert outcome.counts["completed"] == 1, outcome.failed
     summary = json.loads((out / "runs" / "spread" / "seed_0" / "summary.json").read_text())
     assert summary["hooks"]["threads_seen"]["torch_threads"] == [1]
+
+
+def test_a_users_own_envs_and_agents_packages_break_nothing(tmp_path: Path) -> None:
+    """A project folder with its own ``envs/`` and ``agents/`` packages (common in RL): the documented commands
+    run from it, and each side imports its own package (ours are marl_stability.envs / marl_stability.agents)."""
+    for name in ("envs", "agents"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"OWNER = 'user {name}'\n")
+    listed = subprocess.run([sys.executable, "-m", "marl_stability", "envs", "simple_spread_v3"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert listed.returncode == 0 and "agent_0" in listed.stdout and not listed.stderr.strip(), listed.stderr
+    both = ("import envs, agents\nfrom marl_stability import envs as ours, agents as our_agents\n"
+            "print(envs.OWNER, agents.OWNER, ours.make.__module__, our_agents.__name__)")
+    out = subprocess.run([sys.executable, "-c", both], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["user", "envs", "user", "agents", "marl_stability.envs.registry",
+                                  "marl_stability.agents"]

@@ -20,8 +20,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from pettingzoo.test import parallel_api_test
 
-import envs
-from envs import (
+from marl_stability import envs
+from marl_stability.envs import (
     AgentLayout,
     EnvError,
     EpisodeStatistics,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import mpe_actions
-from envs.fast_mpe import SUPPORTED_ENV_IDS, FastMPEParallelEnv, FastMPEVectorEnv
-from envs.registry import EnvError
-from envs.vector import AgentLayout, NonFiniteActionError
+from marl_stability.envs.fast_mpe import SUPPORTED_ENV_IDS, FastMPEParallelEnv, FastMPEVectorEnv
+from marl_stability.envs.registry import EnvError
+from marl_stability.envs.vector import AgentLayout, NonFiniteActionError
 
 # Exact numbers that depend on numpy/OpenBLAS arithmetic: .ci/blas_kernels.py reruns these under every
 # OpenBLAS kernel the machine can run.
@@ -367,7 +367,7 @@ def test_norms_have_linalg_norms_bits_under_this_kernel() -> None:
     bit depends on the CPU's OpenBLAS kernel). Both of the port's ways of computing them equal it exactly under
     whatever kernel runs this test (.ci/blas_kernels.py runs it under each one the machine can run), and the
     start-up probe picks the elementwise formula only where that formula is exact."""
-    from envs.fast_mpe_tasks.base import NORM_IS_ELEMENTWISE, norm_by_ddot, norm_like_linalg
+    from marl_stability.envs.fast_mpe_tasks.base import NORM_IS_ELEMENTWISE, norm_by_ddot, norm_like_linalg
 
     delta = np.random.default_rng(11).uniform(-3.0, 3.0, size=(2, 5000))
     expect = np.array([np.linalg.norm(delta[:, k]) for k in range(delta.shape[1])])
@@ -383,7 +383,7 @@ def test_assignment_reward_equals_mpe2s_on_each_norm_path(monkeypatch: pytest.Mo
     AVX-512 kernels) on any kernel, the elementwise path where the start-up probe chose it."""
     from scipy.optimize import linear_sum_assignment
 
-    from envs.fast_mpe_tasks import assignment, base
+    from marl_stability.envs.fast_mpe_tasks import assignment, base
 
     rng = np.random.default_rng(3)
     n, b = 4, 64

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from conftest import mpe_actions
-from envs.fast_mpe import SUPPORTED_ENV_IDS, FastMPEVectorEnv
-from envs.vector import AgentLayout
+from marl_stability.envs.fast_mpe import SUPPORTED_ENV_IDS, FastMPEVectorEnv
+from marl_stability.envs.vector import AgentLayout
 
 # Exact numbers that depend on numpy/OpenBLAS arithmetic: .ci/blas_kernels.py reruns these under every
 # OpenBLAS kernel the machine can run.

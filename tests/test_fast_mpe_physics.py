@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.fast_mpe import FastMPEVectorEnv, _spaces_for, _SpacesView
-from envs.fast_mpe_physics import ActionDecoder, Physics
-from envs.fast_mpe_tasks.base import CONTACT_FORCE, CONTACT_MARGIN, DAMPING, DT, Scenario, WorldState
-from envs.registry import EnvError
-from envs.vector import AgentLayout
+from marl_stability.envs.fast_mpe import FastMPEVectorEnv, _spaces_for, _SpacesView
+from marl_stability.envs.fast_mpe_physics import ActionDecoder, Physics
+from marl_stability.envs.fast_mpe_tasks.base import CONTACT_FORCE, CONTACT_MARGIN, DAMPING, DT, Scenario, WorldState
+from marl_stability.envs.registry import EnvError
+from marl_stability.envs.vector import AgentLayout
 
 # Exact numbers that depend on numpy/OpenBLAS arithmetic: .ci/blas_kernels.py reruns these under every
 # OpenBLAS kernel the machine can run.

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from envs import FastMPEVectorEnv, uses_fast_backend
+from marl_stability.envs import FastMPEVectorEnv, uses_fast_backend
 from marl_stability.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]

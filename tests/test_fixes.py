@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from agents.networks import MLP
+from marl_stability.agents.networks import MLP
 from marl_stability.config import ClipConfig, FixesConfig, ObsNormConfig
 from marl_stability.fixes import (
     ClipStats,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.base import Algorithm
-from agents.optim import GradientStepper, make_optimizer
+from marl_stability.agents.base import Algorithm
+from marl_stability.agents.optim import GradientStepper, make_optimizer
 from marl_stability.config import load_config
 from marl_stability.errors import UserError
 from marl_stability.events import EvaluationEvent, UpdateStats

@@ -20,9 +20,9 @@ import pytest
 import torch
 from pettingzoo import ParallelEnv
 
-from agents import MADDPG, MAPPO
-from agents.distributions import ActionHead, log_one_minus_tanh_sq
-from agents.ppo_rollout import Rollout, gae
+from marl_stability.agents import MADDPG, MAPPO
+from marl_stability.agents.distributions import ActionHead, log_one_minus_tanh_sq
+from marl_stability.agents.ppo_rollout import Rollout, gae
 from marl_stability.build import build_run
 from marl_stability.cli import main
 from marl_stability.config import load_config

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import agents
-from agents.ddpg_updates import PerAgentUpdate
+from marl_stability import agents
+from marl_stability.agents.ddpg_updates import PerAgentUpdate
 from marl_stability.config import RunConfig, load_config
 from marl_stability.fixes import build_fixes
 from marl_stability.sinks import MemorySink

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import agents
+from marl_stability import agents
 from conftest import GradRecorder
-from agents.buffer import ReplayBuffer
-from agents.maddpg import AgentSpec
-from agents.networks import ACTIVATIONS, MLP, Actor, HiddenLayer, OutputHead, gumbel_softmax_hard
+from marl_stability.agents.buffer import ReplayBuffer
+from marl_stability.agents.maddpg import AgentSpec
+from marl_stability.agents.networks import ACTIVATIONS, MLP, Actor, HiddenLayer, OutputHead, gumbel_softmax_hard
 from marl_stability.config import ClipConfig, RunConfig
 from marl_stability.fixes import build_fixes, make_clipper
 

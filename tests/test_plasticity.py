@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.networks import MLP, feature_probe
+from marl_stability.agents.networks import MLP, feature_probe
 from marl_stability.cli import main
 from marl_stability.config import RunConfig, describe_schema, load_config
 from marl_stability.hooks import Hook

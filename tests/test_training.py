@@ -228,7 +228,7 @@ def test_nonfinite_stop_mode_writes_forensics_and_diverges(tmp_path: Path) -> No
 def test_unbounded_box_actions_are_refused_up_front() -> None:
     import numpy as np
 
-    from envs import AgentLayout
+    from marl_stability.envs import AgentLayout
     from marl_stability.errors import UserError
     from marl_stability.trainer import check_compatible
 

@@ -7,19 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from envs.fast_mpe_tasks.adversary import AdversaryScenario
-from envs.fast_mpe_tasks.base import Scenario
-from envs.fast_mpe_tasks.collect_treasure import CollectTreasureScenario
-from envs.fast_mpe_tasks.crypto import CryptoScenario
-from envs.fast_mpe_tasks.formation import FormationScenario
-from envs.fast_mpe_tasks.line import LineScenario
-from envs.fast_mpe_tasks.push import PushScenario
-from envs.fast_mpe_tasks.reference import ReferenceScenario
-from envs.fast_mpe_tasks.simple import SimpleScenario
-from envs.fast_mpe_tasks.speaker_listener import SpeakerListenerScenario
-from envs.fast_mpe_tasks.spread import SpreadScenario
-from envs.fast_mpe_tasks.tag import TagScenario
-from envs.fast_mpe_tasks.world_comm import WorldCommScenario
+from marl_stability.envs.fast_mpe_tasks.adversary import AdversaryScenario
+from marl_stability.envs.fast_mpe_tasks.base import Scenario
+from marl_stability.envs.fast_mpe_tasks.collect_treasure import CollectTreasureScenario
+from marl_stability.envs.fast_mpe_tasks.crypto import CryptoScenario
+from marl_stability.envs.fast_mpe_tasks.formation import FormationScenario
+from marl_stability.envs.fast_mpe_tasks.line import LineScenario
+from marl_stability.envs.fast_mpe_tasks.push import PushScenario
+from marl_stability.envs.fast_mpe_tasks.reference import ReferenceScenario
+from marl_stability.envs.fast_mpe_tasks.simple import SimpleScenario
+from marl_stability.envs.fast_mpe_tasks.speaker_listener import SpeakerListenerScenario
+from marl_stability.envs.fast_mpe_tasks.spread import SpreadScenario
+from marl_stability.envs.fast_mpe_tasks.tag import TagScenario
+from marl_stability.envs.fast_mpe_tasks.world_comm import WorldCommScenario
 
 __all__ = ["TaskSpec", "TASKS"]
 

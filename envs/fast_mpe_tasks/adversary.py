@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.fast_mpe_tasks.base import Scenario, WorldState, landmark_index, put_pairs
+from marl_stability.envs.fast_mpe_tasks.base import Scenario, WorldState, landmark_index, put_pairs
 
 
 class AdversaryScenario(Scenario):

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from envs.fast_mpe_tasks.base import NORM_IS_ELEMENTWISE, norm_by_ddot
+from marl_stability.envs.fast_mpe_tasks.base import NORM_IS_ELEMENTWISE, norm_by_ddot
 
 DIST_THRESHOLD = 0.05  # terminate_on_success: every agent this close to its assigned target
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.fast_mpe_tasks.base import Scenario, WorldState, landmark_index, sum_sq
+from marl_stability.envs.fast_mpe_tasks.base import Scenario, WorldState, landmark_index, sum_sq
 
 _EVE, _BOB, _ALICE = 0, 1, 2
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.fast_mpe_tasks.base import Scenario, WorldState, put_pairs
+from marl_stability.envs.fast_mpe_tasks.base import Scenario, WorldState, put_pairs
 
 
 class SimpleScenario(Scenario):

@@ -90,7 +90,7 @@ def _cap_threads(arm: str, overrides: dict[str, Any], config: dict[str, Any], th
 
 def _probe_envs(arms: list[Arm]) -> None:
     """Build and step each distinct environment once: a bad env kwarg fails here, not in every trial."""
-    import envs
+    from marl_stability import envs
     from marl_stability.build import probe_env  # builds envs (and imports torch): only when probing
 
     seen: set[str] = set()
