@@ -1,4 +1,4 @@
-"""Algorithms (each an ``agents.base.Algorithm``) and their pieces: networks, replay buffer, optimizers."""
+"""Algorithms (each an ``marl_stability.agents.base.Algorithm``) and their pieces: networks, replay buffer, optimizers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from marl_stability.agents.buffer import ReplayBuffer
 from marl_stability.agents.maddpg import MADDPG, AgentSpec
 from marl_stability.agents.mappo import IPPO, MAPPO
 from marl_stability.agents.matd3 import MATD3
+
 from marl_stability.errors import UserError
 
 ALGORITHMS: dict[str, type[Algorithm]] = {"maddpg": MADDPG, "matd3": MATD3, "mappo": MAPPO, "ippo": IPPO}
@@ -25,7 +26,7 @@ def algorithm_class(name: str) -> type[Algorithm]:
     except Exception as e:  # noqa: BLE001 -- any failure to import a user's module is a user error
         raise UserError(f"algo={name}: cannot import it ({e.__class__.__name__}: {e})") from None
     if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
-        raise UserError(f"algo={name} is not a subclass of agents.base.Algorithm")
+        raise UserError(f"algo={name} is not a subclass of marl_stability.agents.base.Algorithm")
     return cls
 
 

@@ -2,7 +2,7 @@
 
 An algorithm is built from the run config, the agents' layout (names, sizes, bounds) and the fixes, and
 holds the run's event bus: its gradient steps emit ``after_backward`` / ``after_clip`` / ``after_step``
-(``agents.optim.GradientStepper`` does that once for every algorithm). The loop
+(``marl_stability.agents.optim.GradientStepper`` does that once for every algorithm). The loop
 
 1. asks for actions (``act``, exploring or greedy) for a batch of env copies ``[E, N, obs]``,
 2. hands back each batch of transitions (``observe``),
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
 import numpy as np
 import torch
 
-from marl_stability.events import UpdateStats
-from marl_stability.hooks import NullBus
+from marl_stability.core.events import UpdateStats
+from marl_stability.core.hooks import NullBus
 
 if TYPE_CHECKING:
-    from marl_stability.plasticity import FeatureProbe
+    from marl_stability.core.plasticity import FeatureProbe
 
 
 class NonFiniteParameters(RuntimeError):
@@ -101,7 +101,7 @@ class Algorithm(ABC):
 
     def feature_probes(self, max_rows: int) -> list["FeatureProbe"]:
         """Every trained network with the inputs it saw in the last update (the states trained on, at most
-        ``max_rows`` of them, evenly spaced), for the plasticity metrics (``marl_stability.plasticity``; the
+        ``max_rows`` of them, evenly spaced), for the plasticity metrics (``marl_stability.core.plasticity``; the
         ``plasticity`` hook calls this right after ``update()``). Names as in ``modules()``, a second critic of
         the same agent as ``critic2/<agent>``. [] (the default): nothing to measure."""
         return []

@@ -12,9 +12,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
+from marl_stability.agents.networks import (
+    feature_probe,
+    gumbel_softmax_hard,
+    one_hot_argmax,
+)
 
-from marl_stability.agents.networks import feature_probe, gumbel_softmax_hard, one_hot_argmax
-from marl_stability.plasticity import FeatureProbe, even_rows
+from marl_stability.core.plasticity import FeatureProbe, even_rows
 
 if TYPE_CHECKING:
     from marl_stability.agents.maddpg import MADDPG

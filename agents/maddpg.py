@@ -2,8 +2,8 @@
 
 Data in and out is batched: observations ``[num_envs, num_agents, max_obs_dim]``, actions
 ``[num_envs, num_agents, max_act_dim]`` (continuous: the Box action; discrete: a one-hot vector). It
-implements ``agents.base.Algorithm``; how it acts and updates (one agent at a time or all agents stacked)
-is a strategy chosen once (``agents.ddpg_updates``). MATD3 (``agents.matd3``) is this class with twin
+implements ``marl_stability.agents.base.Algorithm``; how it acts and updates (one agent at a time or all agents stacked)
+is a strategy chosen once (``agents.ddpg_updates``). MATD3 (``marl_stability.agents.matd3``) is this class with twin
 critics, target-policy smoothing and delayed actor updates switched on.
 
 Defaults follow openai/maddpg (Adam 1e-2, gamma 0.95, tau 0.01, batch 1024, two 64-unit ReLU layers, one
@@ -20,16 +20,33 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from marl_stability.agents.base import Algorithm, NonFiniteParameters
 from marl_stability.agents.buffer import ReplayBuffer
-from marl_stability.agents.ddpg_updates import STAT_KEYS, PerAgentUpdate, StackedUpdate, agent_stats, ddpg_feature_probes
-from marl_stability.agents.networks import CONTINUOUS_HEADS, Actor, Critic, stack_incompatibility
-from marl_stability.agents.optim import GradientStepper, all_finite, keep_fast_kernels, make_optimizer, nonfinite_evidence
+from marl_stability.agents.ddpg_updates import (
+    STAT_KEYS,
+    PerAgentUpdate,
+    StackedUpdate,
+    agent_stats,
+    ddpg_feature_probes,
+)
+from marl_stability.agents.networks import (
+    CONTINUOUS_HEADS,
+    Actor,
+    Critic,
+    stack_incompatibility,
+)
+from marl_stability.agents.optim import (
+    GradientStepper,
+    all_finite,
+    keep_fast_kernels,
+    make_optimizer,
+    nonfinite_evidence,
+)
 from marl_stability.envs.vector import AgentLayout
+
+from marl_stability.core.events import UpdateStats
+from marl_stability.core.plasticity import FeatureProbe
 from marl_stability.errors import UserError
-from marl_stability.events import UpdateStats
-from marl_stability.plasticity import FeatureProbe
 
 # The algorithm sees the agents exactly as the environment describes them: names, true obs/action sizes,
 # discrete flags and bounds (padded to the batched layout).

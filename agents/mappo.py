@@ -7,7 +7,7 @@ de Witt et al. 2020 for IPPO): decentralized PPO actors; they differ only in wha
   gives each agent its own value (agents' rewards differ in simple_spread: the collision term is local).
 - **IPPO**: each agent's value on its own observation (plus the id one-hot under sharing).
 
-Everything else is ``agents.ppo.PPO``, configured by the ``ppo:`` section (with the shared ``actor``,
+Everything else is ``marl_stability.agents.ppo.PPO``, configured by the ``ppo:`` section (with the shared ``actor``,
 ``critic``, ``actor_optim``, ``critic_optim`` and ``fixes`` sections).
 """
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from marl_stability.agents.ppo import PPO, homogeneous
 from marl_stability.envs.vector import AgentLayout
+
 from marl_stability.errors import UserError
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from marl_stability.agents.maddpg import MADDPG
 from marl_stability.envs.vector import AgentLayout
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marl_stability.plasticity import FeatureProbe
+from marl_stability.core.plasticity import FeatureProbe
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,

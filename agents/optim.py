@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from marl_stability.config import OptimConfig
-from marl_stability.events import GradEvent, UpdateStats
+from marl_stability.core.events import GradEvent, UpdateStats
 from marl_stability.fixes import ClipStats, GradClipper, measure_grads
 
 _NAN_CLIP = ClipStats(float("nan"), float("nan"), False)

@@ -1,4 +1,4 @@
-"""PPO for many agents: the common core of MAPPO and IPPO (``agents.mappo``), against the Algorithm interface.
+"""PPO for many agents: the common core of MAPPO and IPPO (``marl_stability.agents.mappo``), against the Algorithm interface.
 
 Rollouts come from the run's B env copies (``env.num_envs``): ``act`` samples every agent's action and
 records its log-probability and the critic's value; ``observe`` stores the step (bootstrapping from the
@@ -15,19 +15,29 @@ from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 import torch
-
 from marl_stability.agents.base import Algorithm, NonFiniteParameters
+from marl_stability.agents.ddpg_updates import agent_stats
 from marl_stability.agents.distributions import ActionHead
-from marl_stability.agents.ppo_losses import UpdateAccumulator
 from marl_stability.agents.networks import feature_probe
-from marl_stability.agents.ppo_networks import PolicyGroup, PolicyNet, ValueNet, ValueNormalizer
+from marl_stability.agents.optim import (
+    GradientStepper,
+    all_finite,
+    make_optimizer,
+    nonfinite_evidence,
+)
+from marl_stability.agents.ppo_losses import UpdateAccumulator
+from marl_stability.agents.ppo_networks import (
+    PolicyGroup,
+    PolicyNet,
+    ValueNet,
+    ValueNormalizer,
+)
 from marl_stability.agents.ppo_rollout import Rollout
 from marl_stability.agents.ppo_update import PPOUpdate
-from marl_stability.agents.optim import GradientStepper, all_finite, make_optimizer, nonfinite_evidence
-from marl_stability.agents.ddpg_updates import agent_stats
 from marl_stability.envs.vector import AgentLayout
-from marl_stability.events import UpdateStats
-from marl_stability.plasticity import FeatureProbe, even_rows
+
+from marl_stability.core.events import UpdateStats
+from marl_stability.core.plasticity import FeatureProbe, even_rows
 
 STAT_PREFIXES = ("loss/policy/", "loss/value/", "policy/", "value/",
                  "reward/raw_batch_", "reward/learner_batch_", "reward/learner_scale", "health/nonfinite_updates")

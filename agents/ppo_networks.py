@@ -2,7 +2,7 @@
 
 A group is the set of agents one actor and one critic serve: all agents together under parameter sharing
 (their inputs get an agent-id one-hot appended, so the shared networks can still tell them apart), or one
-agent each. The layers are ``agents.networks.MLP`` (the same switchable pieces as MADDPG's: activation,
+agent each. The layers are ``marl_stability.agents.networks.MLP`` (the same switchable pieces as MADDPG's: activation,
 LayerNorm/BatchNorm, residual, init, small last-layer init), with an optional LayerNorm on the inputs (the
 reference's feature normalization) and, for the actor, an orthogonal output layer of small gain.
 """
@@ -14,10 +14,10 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch import nn
-
 from marl_stability.agents.distributions import ActionHead, Distribution
 from marl_stability.agents.networks import MLP
+from torch import nn
+
 from marl_stability.fixes import RunningMeanStd
 
 

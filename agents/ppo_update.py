@@ -7,8 +7,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-
-from marl_stability.agents.ppo_losses import UpdateAccumulator, explained_variance, policy_loss, value_loss
+from marl_stability.agents.ppo_losses import (
+    UpdateAccumulator,
+    explained_variance,
+    policy_loss,
+    value_loss,
+)
 from marl_stability.agents.ppo_networks import PolicyGroup
 from marl_stability.agents.ppo_rollout import gae
 

@@ -4,7 +4,7 @@ Supported tasks: every mpe2 task (``SUPPORTED_ENV_IDS``: simple, simple_adversar
 simple_push, simple_reference, simple_speaker_listener, simple_spread, simple_tag, simple_world_comm,
 simple_formation, simple_line, collect_treasure), with continuous or discrete actions. The scenarios live
 in :mod:`envs.fast_mpe_tasks` (one module per task). :class:`FastMPEVectorEnv` steps B worlds with a
-handful of numpy calls per step and has the same interface as :class:`envs.vector.SyncVectorEnv`
+handful of numpy calls per step and has the same interface as :class:`marl_stability.envs.vector.SyncVectorEnv`
 (``layout``, ``num_envs``, ``reset``, ``step -> StepResult``, ``state_dict``, ``load_state_dict``,
 ``render``, ``close``). :class:`FastMPEParallelEnv` is a single-env PettingZoo ``ParallelEnv`` view of it.
 
@@ -69,13 +69,18 @@ from typing import Any
 import gymnasium
 import gymnasium.spaces
 import numpy as np
-from pettingzoo.utils.env import ParallelEnv
-
 from marl_stability.envs.fast_mpe_physics import ActionDecoder, Physics
 from marl_stability.envs.fast_mpe_tasks import TASKS
 from marl_stability.envs.fast_mpe_tasks.base import MOVE_DIM, Scenario, WorldState
 from marl_stability.envs.registry import EnvError
-from marl_stability.envs.vector import AgentLayout, StepResult, check_action_batch, check_finite_outputs, check_state_matches
+from marl_stability.envs.vector import (
+    AgentLayout,
+    StepResult,
+    check_action_batch,
+    check_finite_outputs,
+    check_state_matches,
+)
+from pettingzoo.utils.env import ParallelEnv
 
 __all__ = ["SUPPORTED_ENV_IDS", "FastMPEVectorEnv", "FastMPEParallelEnv", "make_scenario"]
 
@@ -388,7 +393,7 @@ class _FastMPEStateIO:
 class FastMPEVectorEnv(_FastMPEStateIO):
     """``num_envs`` mpe2 worlds stepped together in numpy, with autoreset.
 
-    Same interface and semantics as :class:`envs.vector.SyncVectorEnv` (see
+    Same interface and semantics as :class:`marl_stability.envs.vector.SyncVectorEnv` (see
     the module docstring for the deliberate differences).
     """
 

@@ -1,4 +1,4 @@
-"""The per-step maths of :class:`envs.fast_mpe.FastMPEVectorEnv` that every task shares: action decoding and
+"""The per-step maths of :class:`marl_stability.envs.fast_mpe.FastMPEVectorEnv` that every task shares: action decoding and
 mpe2's ``World.step`` (contact forces, integration, speed limits, communication state).
 
 At B = 256 a step is a few dozen numpy calls on small arrays, so their number and the operands' memory layout
@@ -19,8 +19,15 @@ values).
 from __future__ import annotations
 
 import numpy as np
-
-from marl_stability.envs.fast_mpe_tasks.base import CONTACT_FORCE, CONTACT_MARGIN, DAMPING, DT, MOVE_DIM, Scenario, WorldState
+from marl_stability.envs.fast_mpe_tasks.base import (
+    CONTACT_FORCE,
+    CONTACT_MARGIN,
+    DAMPING,
+    DT,
+    MOVE_DIM,
+    Scenario,
+    WorldState,
+)
 from marl_stability.envs.vector import AgentLayout
 
 __all__ = ["ActionDecoder", "Physics", "as_slice"]

@@ -19,11 +19,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import gymnasium.spaces
 import numpy as np
-from pettingzoo.utils import BaseParallelWrapper
-from pettingzoo.utils.env import ParallelEnv
-
 from marl_stability.envs.registry import EnvError
 from marl_stability.envs.wrappers import EpisodeStatistics
+from pettingzoo.utils import BaseParallelWrapper
+from pettingzoo.utils.env import ParallelEnv
 
 __all__ = ["NonFiniteActionError", "EnvOutputError", "AgentLayout", "StepResult", "SyncVectorEnv", "check_finite_outputs"]
 

@@ -13,10 +13,9 @@ from typing import Any
 
 import gymnasium.spaces
 import numpy as np
+from marl_stability.envs.registry import EnvError, make
 from pettingzoo.utils import BaseParallelWrapper
 from pettingzoo.utils.env import ParallelEnv
-
-from marl_stability.envs.registry import EnvError, make
 
 __all__ = ["RewardScale", "ObservationAffine", "EpisodeStatistics", "make_wrapped"]
 

@@ -1,3 +1,3 @@
-from marl_stability.cli import main
+from marl_stability.cli.main import main
 
 main()

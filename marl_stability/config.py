@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from marl_stability.errors import UserError
 
@@ -238,7 +245,7 @@ class TrainConfig(_Strict):
 
 
 class PlasticityConfig(_Strict):
-    """Plasticity and representation metrics of every actor and critic (``marl_stability.plasticity``), on the
+    """Plasticity and representation metrics of every actor and critic (``marl_stability.core.plasticity``), on the
     batch an update trained on."""
 
     enabled: bool = Field(True, description="dormant-unit ratios, effective/stable rank and feature norm of every "
@@ -378,7 +385,7 @@ class DetectorConfig(BaseModel):
 class RunConfig(_Strict):
     algo: str = Field("maddpg", description="algorithm: maddpg | matd3 (MADDPG + twin critics, target smoothing, "
                       "delayed actor updates) | mappo (PPO, centralized value) | ippo (PPO, value on each agent's "
-                      "observation) | package.module:Class (your own agents.base.Algorithm)")
+                      "observation) | package.module:Class (your own marl_stability.agents.base.Algorithm)")
     algo_params: dict[str, Any] = Field(
         default_factory=dict, description="free-form hyperparameters of your own algorithm (algo=package.module:Class)"
     )

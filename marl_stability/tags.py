@@ -13,7 +13,10 @@ LEGACY_PREFIXES: tuple[tuple[str, str], ...] = (
     ("update_ratio/", "optim/update_ratio/"), ("clip_active/", "optim/clip_active/"),
     ("clip_fraction/", "optim/clip_fraction/"), ("episode/", "rollout/"), ("eval/actions/", "hist/eval_actions/"),
     ("actions/", "hist/train_actions/"), ("actor/preact_max_abs_batch/", "policy/preact_max_abs_batch/"),
-    ("actor/preact/", "hist/eval_preact/"), ("critic/q_initial/", "q/initial/"), ("critic/", "q/"),
+    ("actor/preact_max_abs/", "policy/preact_max_abs/"), ("actor/preact_mean_abs/", "policy/preact_mean_abs/"),
+    ("actor/preact/", "hist/eval_preact/"), ("actor/saturation/", "policy/saturation/"),
+    ("actor/repeat_rate/", "policy/repeat_rate/"), ("actor/batch_same_action/", "policy/batch_same_action/"),
+    ("actor/sensitivity/", "policy/sensitivity/"), ("critic/q_initial/", "q/initial/"), ("critic/", "q/"),
 )
 
 

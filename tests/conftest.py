@@ -55,7 +55,7 @@ class GradRecorder:
 
 def mpe_actions(layout: Any, row: np.ndarray) -> dict[str, Any]:
     """SyncVectorEnv's conversion of one env's [N, A] row into mpe2's action dict (the lockstep tests' own
-    copy, kept apart from envs.vector on purpose)."""
+    copy, kept apart from marl_stability.envs.vector on purpose)."""
     out: dict[str, Any] = {}
     for i, agent in enumerate(layout.agents):
         dim = layout.act_dims[i]

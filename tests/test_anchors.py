@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from marl_stability import anchors
+from marl_stability.analysis import anchors
 
 # Exact numbers that depend on numpy/OpenBLAS arithmetic: .ci/blas_kernels.py reruns these under every
 # OpenBLAS kernel the machine can run.
@@ -38,7 +38,7 @@ def test_other_tasks_get_the_generic_anchors() -> None:
 
 def test_bad_input_is_one_line() -> None:
     for args in (["--episodes", "1"], ["--env", "no_such_env_v9", "--episodes", "4"]):
-        out = subprocess.run([sys.executable, "-m", "marl_stability.anchors", *args], capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "marl_stability.analysis.anchors", *args], capture_output=True,
                              text=True, check=False)
         assert out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
 
@@ -49,7 +49,7 @@ def test_a_seed_gives_the_runs_the_readme_was_measured_with(tmp_path) -> None:
     a change to any of them changes every seed's run and every number in the README (the lockstep test cannot
     see a changed reset stream: it copies mpe2's state in). Tolerance: other CPUs' float32 kernels."""
     from marl_stability.config import load_config
-    from marl_stability.trainer import Trainer
+    from marl_stability.training.trainer import Trainer
 
     cfg = load_config("experiments/repeated_action_fixed.yaml",
                       ["train.steps=10000", "maddpg.warmup_steps=10000", "train.eval_every=10000"])

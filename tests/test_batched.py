@@ -9,10 +9,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from marl_stability.agents.maddpg import AgentSpec
+from marl_stability.agents.networks import (
+    Actor,
+    ActorStack,
+    Critic,
+    CriticStack,
+    MLPStack,
+)
 
 from marl_stability import agents
-from marl_stability.agents.maddpg import AgentSpec
-from marl_stability.agents.networks import Actor, ActorStack, Critic, CriticStack, MLPStack
 from marl_stability.config import RunConfig, load_config
 from marl_stability.errors import UserError
 from marl_stability.fixes import build_fixes

@@ -1,5 +1,5 @@
 """The benchmark script's pieces run and return sane numbers (the speed targets themselves are checked by
-running `python -m marl_stability.bench`, not by timed tests)."""
+running `python -m marl_stability.bench.speed`, not by timed tests)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from marl_stability import bench
+from marl_stability.bench import speed as bench
 
 
 def test_env_rates_are_positive() -> None:

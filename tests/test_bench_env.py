@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from marl_stability.envs.fast_mpe import SUPPORTED_ENV_IDS
-from marl_stability import bench
+
+from marl_stability.bench import speed as bench
 
 
 @pytest.mark.parametrize("env_id", ["simple_world_comm_v3", "collect_treasure_v1", "simple_crypto_v3"])

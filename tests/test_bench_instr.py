@@ -1,4 +1,4 @@
-"""``python -m marl_stability.bench_instr``: bad input and a missing valgrind are one-line errors (exit 2); the
+"""``python -m marl_stability.bench.instructions``: bad input and a missing valgrind are one-line errors (exit 2); the
 measurement itself (slow: valgrind) counts instructions per step, about the same count on a rerun, and more for
 a bigger batch."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from marl_stability import bench_instr
+from marl_stability.bench import instructions as bench_instr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def test_bad_arguments_are_one_line_errors(argv: list[str], message: str,
 def test_missing_valgrind_from_the_command_line(tmp_path: Path) -> None:
     """Through ``python -m`` with a PATH that has no valgrind: exit 2, one line, nothing else."""
     env = {"PATH": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "marl_stability.bench_instr", "--env", "simple_v3"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "marl_stability.bench.instructions", "--env", "simple_v3"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("error: valgrind is not installed") and len(proc.stderr.splitlines()) == 1

@@ -14,16 +14,24 @@ from typing import Any, Optional
 import numpy as np
 import pytest
 
-from marl_stability import calibrate as cal
+from marl_stability.analysis import calibrate as cal
+from marl_stability.analysis.calibrate_eval import Row, choose, score
 from marl_stability.atomic import atomic_write_json
-from marl_stability.calibrate_eval import Row, choose, score
-from marl_stability.calibrate_runs import RunRecord, collapse_onset, label_run
-from marl_stability.calibrate_signals import (SignalParams, Trace, aggregate, drift_ratio, growth, log_slope, trace_of,
-                                              traces)
-from marl_stability.cli import main
+from marl_stability.cli.main import main
 from marl_stability.config import dump_yaml, load_config
-from marl_stability.sinks import TensorBoardSink
-from marl_stability.summary import RunSummary
+from marl_stability.core.sinks import TensorBoardSink
+from marl_stability.core.summary import RunSummary
+from marl_stability.runs.records import RunRecord, collapse_onset, label_run
+from marl_stability.runs.signals import (
+    SignalParams,
+    Trace,
+    aggregate,
+    drift_ratio,
+    growth,
+    log_slope,
+    trace_of,
+    traces,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENTS = ("agent_0", "agent_1")
@@ -275,7 +283,7 @@ TINY = ["maddpg.warmup_steps=200", "maddpg.batch_size=32", "maddpg.update_every=
 
 def test_real_tiny_runs_through_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     """Two seeds each of a tiny healthy run and the same run made to diverge (NaN critic loss from update 25)."""
-    from marl_stability.trainer import Trainer
+    from marl_stability.training.trainer import Trainer
 
     sweep = tmp_path / "tiny"
     for arm, extra in (("ok", []), ("nan", ["debug.inject_nonfinite_at_update=25"])):

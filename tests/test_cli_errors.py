@@ -1,7 +1,7 @@
 """Every user error of the CLI: exit code 2, exactly one ``error: ...`` line on stderr, no traceback, and
 nothing that existed on disk before is changed (or anything new left behind).
 
-Most cases run in-process through ``marl_stability.cli.main``; a few go through ``python -m marl_stability``.
+Most cases run in-process through ``marl_stability.cli.main.main``; a few go through ``python -m marl_stability``.
 Cases that pass validation as far as building the env use ``--overwrite`` on an existing run directory, so
 an error raised too late would show up as a deleted sentinel.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from marl_stability.cli import main
+from marl_stability.cli.main import main
 from marl_stability.config import dump_yaml, load_config
 
 PRESET = Path(__file__).resolve().parent.parent / "experiments" / "maddpg_spread.yaml"

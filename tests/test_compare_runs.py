@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from marl_stability import compare_runs
 from marl_stability.errors import UserError
+from marl_stability.studies import compare_runs
 
 
 def _run(root: Path, name: str, algo: str, final: float, status: str = "completed") -> Path:

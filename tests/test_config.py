@@ -30,7 +30,7 @@ def test_every_preset_validates_and_starts_with_a_comment() -> None:
 
 
 def test_every_ablation_file_expands_into_valid_arms() -> None:
-    from marl_stability.sweep import make_plan
+    from marl_stability.studies.sweep import make_plan
 
     ablations = SWEEP_FILES
     assert ablations
@@ -96,7 +96,7 @@ def test_schema_lists_every_section_with_descriptions() -> None:
 def test_config_module_does_not_import_torch() -> None:
     """The config sits at the bottom of the import graph: reading or validating a config (report, doctor,
     ``config`` command) must not load torch. A fresh interpreter, so earlier tests' imports do not count."""
-    code = ("import sys, marl_stability.config, marl_stability.summary, marl_stability.fmt; "
+    code = ("import sys, marl_stability.config, marl_stability.core.summary, marl_stability.fmt; "
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from marl_stability import cross_task as ct
-from marl_stability.anchors import SPREAD_ANCHORS, task_anchors
+from marl_stability.analysis import cross_task as ct
+from marl_stability.analysis.anchors import SPREAD_ANCHORS, task_anchors
 from marl_stability.config import flatten
-from marl_stability.sweep.plan import make_plan
+from marl_stability.runs.labels import is_collapsed
+from marl_stability.studies.sweep.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {
@@ -60,10 +61,10 @@ def _record(arm: str, seed: int, collapsed: list[str], task: str = "simple_sprea
 def test_collapse_criterion_uses_the_detector_thresholds():
     det = {"repeat_threshold": 0.9, "saturation_threshold": 0.9, "sensitivity_threshold": 1e-3}
     stats = {"repeat_rate": 1.0, "saturation": 0.95, "sensitivity": 0.0, "batch_same_action": 1.0}
-    assert ct._collapsed(stats, det)
+    assert is_collapsed(stats, det)
     for key, value in (("sensitivity", 0.01), ("repeat_rate", 0.89), ("saturation", 0.89),
                        ("batch_same_action", 0.36)):  # 0.36: a saturated speaker with one message per goal
-        assert not ct._collapsed({**stats, key: value}, det), key
+        assert not is_collapsed({**stats, key: value}, det), key
 
 
 def test_verdicts_counts_and_matrix():

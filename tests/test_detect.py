@@ -10,7 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from marl_stability.detect import (
+from marl_stability.hooks.detectors import (
     ActionCollapseDetector,
     DetectorConfig,
     Detectors,
@@ -347,7 +347,7 @@ def test_explosion_min_norm_ignores_growth_of_tiny_gradients() -> None:
 def test_standardized_sensitivity_ignores_input_scale_and_constant_features() -> None:
     """Rescaling the observations (obs_scale, or input normalization dividing a near-constant feature by a
     tiny std) must not change the measured dependence of the action on the state."""
-    from marl_stability.detect import standardized_sensitivity
+    from marl_stability.hooks.detectors import standardized_sensitivity
 
     torch.manual_seed(0)
     w = torch.randn(6, 3)

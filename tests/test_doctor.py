@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from marl_stability import doctor
-
-from marl_stability.cli import main
+from marl_stability.analysis import doctor
+from marl_stability.cli.main import main
 from marl_stability.config import dump_yaml, load_config
-from marl_stability.sinks import TensorBoardSink
-from marl_stability.trainer import Trainer
+from marl_stability.core.sinks import TensorBoardSink
+from marl_stability.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,19 +16,24 @@ import types
 from pathlib import Path
 from typing import Any
 
+import faulty_envs
 import numpy as np
 import pytest
 import torch
 import yaml
-
 from marl_stability.envs.fast_mpe import FastMPEVectorEnv
 from marl_stability.envs.vector import EnvOutputError, SyncVectorEnv
-from marl_stability import sweep
-from marl_stability.cli import main
-from marl_stability.config import DEFAULT_PRESET, dump_yaml, load_config, preset_names, resolve_preset
-from marl_stability.errors import UserError
 
-import faulty_envs
+from marl_stability.cli.main import main
+from marl_stability.config import (
+    DEFAULT_PRESET,
+    dump_yaml,
+    load_config,
+    preset_names,
+    resolve_preset,
+)
+from marl_stability.errors import UserError
+from marl_stability.studies import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"

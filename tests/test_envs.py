@@ -11,7 +11,6 @@ import gymnasium.spaces
 import numpy as np
 import pytest
 import torch
-
 from pettingzoo.utils.env import ParallelEnv
 
 # Imported before any test turns warnings into errors: importing pettingzoo.test
@@ -20,7 +19,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from pettingzoo.test import parallel_api_test
 
-from marl_stability import envs
 from marl_stability.envs import (
     AgentLayout,
     EnvError,
@@ -32,6 +30,8 @@ from marl_stability.envs import (
     make,
     make_wrapped,
 )
+
+from marl_stability import envs
 
 SPREAD = "simple_spread_v3"
 SPEAKER = "simple_speaker_listener_v4"

@@ -9,9 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import mpe_actions
-from marl_stability.envs.fast_mpe import SUPPORTED_ENV_IDS, FastMPEParallelEnv, FastMPEVectorEnv
+from marl_stability.envs.fast_mpe import (
+    SUPPORTED_ENV_IDS,
+    FastMPEParallelEnv,
+    FastMPEVectorEnv,
+)
 from marl_stability.envs.registry import EnvError
 from marl_stability.envs.vector import AgentLayout, NonFiniteActionError
 
@@ -123,7 +126,9 @@ def test_layout_matches_mpe2(env_id: str, kwargs: dict[str, Any]) -> None:
 @pytest.mark.parametrize("continuous", [True, False], ids=["continuous", "discrete"])
 @pytest.mark.parametrize("env_id", TASKS)
 def test_parallel_api(env_id: str, continuous: bool) -> None:
-    from pettingzoo.test import parallel_api_test  # import before turning warnings into errors
+    from pettingzoo.test import (
+        parallel_api_test,  # import before turning warnings into errors
+    )
 
     env = FastMPEParallelEnv(env_id, {"continuous_actions": continuous}, seed=0)
     with warnings.catch_warnings():
@@ -367,7 +372,11 @@ def test_norms_have_linalg_norms_bits_under_this_kernel() -> None:
     bit depends on the CPU's OpenBLAS kernel). Both of the port's ways of computing them equal it exactly under
     whatever kernel runs this test (.ci/blas_kernels.py runs it under each one the machine can run), and the
     start-up probe picks the elementwise formula only where that formula is exact."""
-    from marl_stability.envs.fast_mpe_tasks.base import NORM_IS_ELEMENTWISE, norm_by_ddot, norm_like_linalg
+    from marl_stability.envs.fast_mpe_tasks.base import (
+        NORM_IS_ELEMENTWISE,
+        norm_by_ddot,
+        norm_like_linalg,
+    )
 
     delta = np.random.default_rng(11).uniform(-3.0, 3.0, size=(2, 5000))
     expect = np.array([np.linalg.norm(delta[:, k]) for k in range(delta.shape[1])])
@@ -381,9 +390,8 @@ def test_assignment_reward_equals_mpe2s_on_each_norm_path(monkeypatch: pytest.Mo
     """The matched-distance reward of formation / line, against mpe2's own computation (``np.linalg.norm`` per
     pair, scipy's assignment, ``np.mean`` of the clipped distances), env by env: the ddot path (taken under
     AVX-512 kernels) on any kernel, the elementwise path where the start-up probe chose it."""
-    from scipy.optimize import linear_sum_assignment
-
     from marl_stability.envs.fast_mpe_tasks import assignment, base
+    from scipy.optimize import linear_sum_assignment
 
     rng = np.random.default_rng(3)
     n, b = 4, 64

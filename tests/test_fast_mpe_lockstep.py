@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import mpe_actions
 from marl_stability.envs.fast_mpe import SUPPORTED_ENV_IDS, FastMPEVectorEnv
 from marl_stability.envs.vector import AgentLayout

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from marl_stability.envs.fast_mpe import FastMPEVectorEnv, _spaces_for, _SpacesView
 from marl_stability.envs.fast_mpe_physics import ActionDecoder, Physics
-from marl_stability.envs.fast_mpe_tasks.base import CONTACT_FORCE, CONTACT_MARGIN, DAMPING, DT, Scenario, WorldState
+from marl_stability.envs.fast_mpe_tasks.base import (
+    CONTACT_FORCE,
+    CONTACT_MARGIN,
+    DAMPING,
+    DT,
+    Scenario,
+    WorldState,
+)
 from marl_stability.envs.registry import EnvError
 from marl_stability.envs.vector import AgentLayout
 

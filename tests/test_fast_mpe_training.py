@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from marl_stability.envs import FastMPEVectorEnv, uses_fast_backend
 from typer.testing import CliRunner
 
-from marl_stability.envs import FastMPEVectorEnv, uses_fast_backend
-from marl_stability.cli import app
+from marl_stability.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "experiments" / "maddpg_spread.yaml"

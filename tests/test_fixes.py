@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from marl_stability.agents.networks import MLP
 from torch import nn
 
-from marl_stability.agents.networks import MLP
 from marl_stability.config import ClipConfig, FixesConfig, ObsNormConfig
 from marl_stability.fixes import (
     ClipStats,
@@ -27,7 +27,6 @@ from marl_stability.fixes import (
     build_fixes,
     make_clipper,
 )
-
 
 # float(parameter) in assertions is intended
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True")

@@ -12,16 +12,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
 from marl_stability.agents.base import Algorithm
 from marl_stability.agents.optim import GradientStepper, make_optimizer
+
 from marl_stability.config import load_config
+from marl_stability.core.events import EvaluationEvent, UpdateStats
+from marl_stability.core.hooks import Hook, TagOwnershipError
+from marl_stability.core.sinks import MemorySink
+from marl_stability.core.summary import AgentActionStats
 from marl_stability.errors import UserError
-from marl_stability.events import EvaluationEvent, UpdateStats
-from marl_stability.hooks import Hook, TagOwnershipError
-from marl_stability.sinks import MemorySink
-from marl_stability.summary import AgentActionStats
-from marl_stability.trainer import Trainer
+from marl_stability.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "experiments" / "maddpg_spread.yaml"
@@ -145,7 +145,7 @@ def test_malformed_user_hooks_are_user_errors(tmp_path: Path, hook: type, messag
 
 
 def test_stop_takes_only_resumable_or_final_statuses() -> None:
-    from marl_stability.hooks import RunContext
+    from marl_stability.core.hooks import RunContext
 
     ctx = RunContext(cfg=tiny(), run_dir=Path("."), layout=None, algorithm=None, logger=MemorySinkLogger())
     with pytest.raises(ValueError, match="interrupted or diverged"):
@@ -178,8 +178,8 @@ def test_bad_user_hook_is_one_line_error(tmp_path: Path, spec: str, message: str
 
 
 def test_stop_when_saturated_example_hook() -> None:
-    from marl_stability.example_hooks import StopWhenSaturated
-    from marl_stability.hooks import RunContext
+    from marl_stability.core.hooks import RunContext
+    from marl_stability.hooks.examples import StopWhenSaturated
 
     ctx = RunContext(cfg=tiny(), run_dir=Path("."), layout=None, algorithm=None, logger=MemorySinkLogger())
     hook = StopWhenSaturated(ctx)
@@ -199,7 +199,7 @@ def test_stop_when_saturated_example_hook() -> None:
 
 class MemorySinkLogger:
     def __init__(self) -> None:
-        from marl_stability.sinks import Logger
+        from marl_stability.core.sinks import Logger
 
         self.sink = MemorySink()
         self.logger = Logger([self.sink])

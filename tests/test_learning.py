@@ -4,7 +4,7 @@
 Budget: 150k env steps per seed (about 3-4 minutes each on 2 CPU cores), seeds 0 and 1.
 Threshold: the mean of the last three evaluations (10 episodes each, no exploration noise) is at least
 -60 team return, where a random policy scores -74.6 +- 24.4 per episode (so +-8 for a 10-episode mean;
-`python -m marl_stability.anchors`).
+`python -m marl_stability.analysis.anchors`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from marl_stability.anchors import SPREAD_RANDOM
+from marl_stability.analysis.anchors import SPREAD_RANDOM
 from marl_stability.config import load_config
-from marl_stability.trainer import Trainer
+from marl_stability.training.trainer import Trainer
 
 PRESET = Path(__file__).resolve().parents[1] / "experiments" / "maddpg_spread.yaml"
 RANDOM_TEAM_RETURN = SPREAD_RANDOM
@@ -54,7 +54,7 @@ def test_reproduction_verdicts(tmp_path: Path) -> None:
     """
     import json
 
-    from marl_stability.reproduce import NO_GAIN_MARGIN, run_reproduce
+    from marl_stability.studies.reproduce import NO_GAIN_MARGIN, run_reproduce
 
     out = tmp_path / "repro"
     run_reproduce(out, seeds=REPRO_SEEDS, workers=2, quiet=True, render=False)

@@ -18,17 +18,17 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
-from pettingzoo import ParallelEnv
-
 from marl_stability.agents import MADDPG, MAPPO
 from marl_stability.agents.distributions import ActionHead, log_one_minus_tanh_sq
 from marl_stability.agents.ppo_rollout import Rollout, gae
-from marl_stability.build import build_run
-from marl_stability.cli import main
+from pettingzoo import ParallelEnv
+
+from marl_stability.cli.main import main
 from marl_stability.config import load_config
-from marl_stability.control_hooks import dashboard
-from marl_stability.sinks import MemorySink
-from marl_stability.trainer import TIMING_KEYS, Trainer
+from marl_stability.core.build import build_run
+from marl_stability.core.sinks import MemorySink
+from marl_stability.hooks.control import dashboard
+from marl_stability.training.trainer import TIMING_KEYS, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "experiments" / "mappo_spread.yaml"
@@ -443,7 +443,7 @@ def make_unstable_mappo_run(run: Path) -> None:
     grows past 0, the actions end at the bounds; no value normalization, MSE value loss, unbounded log-std,
     reward x10."""
     from marl_stability.config import dump_yaml
-    from marl_stability.sinks import TensorBoardSink
+    from marl_stability.core.sinks import TensorBoardSink
 
     cfg = load_config(PRESET, ["ppo.value_norm=false", "ppo.value_loss=mse", "ppo.log_std_bounds=null",
                                "env.reward_scale=10", "fixes.grad_clip.actor.mode=none",
@@ -468,7 +468,7 @@ def make_unstable_mappo_run(run: Path) -> None:
 
 
 def test_doctor_gives_on_policy_advice_ranked_with_its_evidence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from marl_stability.doctor import diagnose, render
+    from marl_stability.analysis.doctor import diagnose, render
 
     run = tmp_path / "unstable"
     make_unstable_mappo_run(run)
@@ -494,7 +494,7 @@ def test_doctor_gives_on_policy_advice_ranked_with_its_evidence(tmp_path: Path, 
 
 
 def test_doctor_on_a_healthy_mappo_run(tmp_path: Path) -> None:
-    from marl_stability.doctor import diagnose
+    from marl_stability.analysis.doctor import diagnose
 
     Trainer(tiny(200), tmp_path / "ok", quiet=True).run()
     d = diagnose(tmp_path / "ok")

@@ -14,14 +14,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from marl_stability.agents.ddpg_updates import PerAgentUpdate
+from test_batched import (
+    DISCRETE_SPEC,
+    NUM_ENVS,
+    SPEC,
+    _assert_same_networks,
+    _assert_same_stats,
+    _fill,
+)
 
 from marl_stability import agents
-from marl_stability.agents.ddpg_updates import PerAgentUpdate
 from marl_stability.config import RunConfig, load_config
+from marl_stability.core.sinks import MemorySink
 from marl_stability.fixes import build_fixes
-from marl_stability.sinks import MemorySink
-from marl_stability.trainer import TIMING_KEYS, Trainer
-from test_batched import DISCRETE_SPEC, NUM_ENVS, SPEC, _assert_same_networks, _assert_same_stats, _fill
+from marl_stability.training.trainer import TIMING_KEYS, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "experiments" / "matd3_spread.yaml"

@@ -9,10 +9,10 @@ from typing import Any, Optional
 
 import pytest
 
-from marl_stability import doctor, fix_evidence
+from marl_stability.analysis import doctor, fix_evidence
+from marl_stability.analysis.mechanism import classify
 from marl_stability.config import load_config
-from marl_stability.mechanism import classify
-from marl_stability.summary import RunSummary
+from marl_stability.core.summary import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = load_config(None).to_dict()  # explosion_growth 1000, baseline 20 updates, saturation threshold 0.9
@@ -190,7 +190,7 @@ def test_fix_evidence_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def _write(run: Path, seed: int, series: dict[str, list], final: dict[str, float], **kw: Any) -> None:
     from marl_stability.atomic import atomic_write_json
     from marl_stability.config import dump_yaml
-    from marl_stability.sinks import TensorBoardSink
+    from marl_stability.core.sinks import TensorBoardSink
 
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(dump_yaml(load_config(None, [f"seed={seed}"])))
@@ -206,7 +206,7 @@ def _write(run: Path, seed: int, series: dict[str, list], final: dict[str, float
 
 
 def test_mechanism_table_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    from marl_stability import mechanism
+    from marl_stability.analysis import mechanism
 
     root = tmp_path / "sweep" / "runs"
     for seed in range(2):
@@ -238,7 +238,7 @@ def test_mechanism_table_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 def test_fix_evidence_from_a_real_tiny_single_fix_sweep(tmp_path: Path):
     """Two arms (failure, clip), one seed, 400 env steps each: labels from the final evaluation, the doctor's fix
     name for the clip arm, counts and returns from the runs' summaries; the packaged file is not touched."""
-    from marl_stability.cli import main as cli
+    from marl_stability.cli.main import main as cli
 
     spec = tmp_path / "tiny_fixes.yaml"
     spec.write_text(
@@ -263,7 +263,7 @@ def test_fix_evidence_from_a_real_tiny_single_fix_sweep(tmp_path: Path):
     assert set(table["arms"]) == {"failure", "clip"}
     clip = table["arms"]["clip"]
     assert clip["fix"] == "clip gradients (global L2 norm)" and clip["n"] == 1 and clip["seeds"] == [0]
-    from marl_stability.summary import read_summary
+    from marl_stability.core.summary import read_summary
 
     run = read_summary(tmp_path / "sweep" / "runs" / "clip" / "seed_0" / "summary.json")
     assert clip["final_returns"] == [run.final_return] and clip["mean_final_return"] == run.final_return

@@ -1,4 +1,4 @@
-"""``marl_stability.monitor`` on plain torch models and loops: every logged statistic equals an independent
+"""``marl_stability.hooks.monitor`` on plain torch models and loops: every logged statistic equals an independent
 computation, logging cadence is respected, and all three writer kinds (Logger, logdir, SummaryWriter) work."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from marl_stability import monitor
-from marl_stability.sinks import Logger, MemorySink
+from marl_stability.hooks import monitor
+from marl_stability.core.sinks import Logger, MemorySink
 
 
 # --------------------------------------------------------------------------- helpers
@@ -56,7 +56,7 @@ def test_grad_norms_match_independent_computation(tmp_path: Path) -> None:
     model = _mlp()
     _backward(model, scale=7.0)
     sink = MemorySink()
-    from marl_stability.sinks import TensorBoardSink
+    from marl_stability.core.sinks import TensorBoardSink
 
     tb = TensorBoardSink(tmp_path)
     mon = monitor.attach({"critic/agent_0": model}, writer=Logger([sink, tb]))
@@ -138,6 +138,12 @@ def test_keys_renamed_in_0_2_0_still_answer_with_a_warning() -> None:
             assert stats.get(old) == stats[new]
         with pytest.warns(FutureWarning):
             assert stats[old] == stats[new] and old in stats
+    acts = mon.actions(torch.tensor([[0.0, 1.0], [0.0, 1.0]]), 0, agent="agent_0", low=0.0, high=1.0,
+                       preact=torch.tensor([[-3.0, 3.0], [-3.0, 3.0]]))
+    for old in ("actor/saturation/agent_0", "actor/batch_same_action/agent_0", "actor/preact_max_abs/agent_0",
+                "actor/preact_mean_abs/agent_0"):  # actions(): the actor/ -> policy/ renames
+        with pytest.warns(FutureWarning):
+            assert acts.get(old) == acts["policy/" + old.split("/", 1)[1]]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert post.get("optim/grad_norm_postclip/q") == post["optim/grad_norm_postclip/q"]

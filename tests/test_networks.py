@@ -8,13 +8,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from marl_stability import agents
 from conftest import GradRecorder
 from marl_stability.agents.buffer import ReplayBuffer
 from marl_stability.agents.maddpg import AgentSpec
-from marl_stability.agents.networks import ACTIVATIONS, MLP, Actor, HiddenLayer, OutputHead, gumbel_softmax_hard
+from marl_stability.agents.networks import (
+    ACTIVATIONS,
+    MLP,
+    Actor,
+    HiddenLayer,
+    OutputHead,
+    gumbel_softmax_hard,
+)
+from torch import nn
+
+from marl_stability import agents
 from marl_stability.config import ClipConfig, RunConfig
 from marl_stability.fixes import build_fixes, make_clipper
 

@@ -12,15 +12,22 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
 from marl_stability.agents.networks import MLP, feature_probe
-from marl_stability.cli import main
+
+from marl_stability.cli.main import main
 from marl_stability.config import RunConfig, describe_schema, load_config
-from marl_stability.hooks import Hook
-from marl_stability.plasticity import (FeatureProbe, even_rows, measure, metric_names, metrics_of, tag_of,
-                                       tau_label)
-from marl_stability.sinks import MemorySink
-from marl_stability.trainer import TIMING_KEYS, Trainer
+from marl_stability.core.hooks import Hook
+from marl_stability.core.plasticity import (
+    FeatureProbe,
+    even_rows,
+    measure,
+    metric_names,
+    metrics_of,
+    tag_of,
+    tau_label,
+)
+from marl_stability.core.sinks import MemorySink
+from marl_stability.training.trainer import TIMING_KEYS, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 MADDPG_PRESET = ROOT / "experiments" / "maddpg_spread.yaml"
@@ -305,7 +312,7 @@ def test_tags_are_readable_from_the_event_files(run: dict[str, Any]) -> None:
 def test_the_plasticity_dashboard_charts_logged_tags(run: dict[str, Any]) -> None:
     import re
 
-    from marl_stability.control_hooks import dashboard
+    from marl_stability.hooks.control import dashboard
 
     tags = [t for t in run["sink"].scalars if t.startswith("plasticity/")]
     layout = dashboard(run["algo"].stat_prefixes, run["cfg"].plasticity.taus)
@@ -396,7 +403,7 @@ def test_cost_benchmark_compares_on_and_off_and_times_one_measurement(monkeypatc
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     import sys
 
-    from marl_stability import bench_instrumentation
+    from marl_stability.bench import instrumentation as bench_instrumentation
 
     # 2600 env steps, warm-up 2000, one update per 25 env steps: 24 updates, measured every 8th -> 3 measurements
     monkeypatch.setattr(sys, "argv", ["bench", "--compare", "plasticity", "--steps", "2600", "--repeats", "1"])

@@ -35,10 +35,10 @@ def test_readme_monitor_example_runs(tmp_path: Path, capsys) -> None:  # type: i
 
 def test_readme_hook_example_stops_a_saturated_run() -> None:
     from marl_stability.config import RunConfig
-    from marl_stability.events import EvaluationEvent
-    from marl_stability.hooks import RunContext
-    from marl_stability.sinks import Logger, MemorySink
-    from marl_stability.summary import AgentActionStats
+    from marl_stability.core.events import EvaluationEvent
+    from marl_stability.core.hooks import RunContext
+    from marl_stability.core.sinks import Logger, MemorySink
+    from marl_stability.core.summary import AgentActionStats
 
     block = re.search(r"<!-- hook-example.*?-->\n```python\n(.*?)```", README.read_text(), re.S)
     assert block, "hook example block missing from README"

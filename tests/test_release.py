@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 
 from marl_stability import __version__
-from marl_stability.cli import main
+from marl_stability.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from scipy.stats import trim_mean
 
-from marl_stability import report
-from marl_stability.ablate_cli import main as ablate_main
-from marl_stability.checkpoint import atomic_write_json
-from marl_stability.sweep import Arm, Plan
+from marl_stability.cli.ablate import main as ablate_main
+from marl_stability.core.checkpoint import atomic_write_json
+from marl_stability.studies import report
+from marl_stability.studies.sweep import Arm, Plan
 
 BASE = [-100.0, -95.0, -110.0, -90.0, -105.0, -98.0, -102.0, -120.0, -85.0, -99.0]
 BETTER = [x + 40.0 for x in BASE]

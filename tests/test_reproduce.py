@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from marl_stability import reproduce
 from marl_stability.config import load_config
-from marl_stability.sweep import make_plan
+from marl_stability.studies import reproduce
+from marl_stability.studies.sweep import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "experiments"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from marl_stability.config import flatten, load_config
-from marl_stability.reproduce import ArmResult, verdict
-from marl_stability.sweep import make_plan
-from marl_stability.trainer import Trainer
+from marl_stability.studies.reproduce import ArmResult, verdict
+from marl_stability.studies.sweep import make_plan
+from marl_stability.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "experiments"

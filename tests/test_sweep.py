@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from marl_stability import sweep
-from marl_stability.report import build_report
-from marl_stability.ablate_cli import main as ablate_main
+from marl_stability.cli.ablate import main as ablate_main
 from marl_stability.errors import UserError
+from marl_stability.studies import sweep
+from marl_stability.studies.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "ablation_tiny.yaml"
@@ -296,7 +296,7 @@ def test_ablate_command_builds_the_report(tiny_sweep: dict[str, Any], tmp_path: 
 def test_resume_after_kill_9(tiny_sweep: dict[str, Any], tmp_path: Path) -> None:
     """kill -9 the sweep after its first trial ends; --resume runs only the rest and gives the same table."""
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "marl_stability.ablate_cli", "ablate", "-c", str(TINY), "--out", str(out),
+    cmd = [sys.executable, "-m", "marl_stability.cli.ablate", "ablate", "-c", str(TINY), "--out", str(out),
            "--workers", "1", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -361,7 +361,7 @@ def test_tiny_ablation_on_a_local_ray_instance(tiny_sweep: dict[str, Any], tmp_p
 
 
 def test_learning_table_of_a_sweep(tiny_sweep: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    from marl_stability import learning_table as lt
+    from marl_stability.studies import learning_table as lt
 
     out: Path = tiny_sweep["out"]
     arms = {a.arm: a for a in lt.load(out)}

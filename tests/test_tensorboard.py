@@ -1,5 +1,5 @@
 """What TensorBoard shows: HParams types and metrics, the first screen of Time Series, the summary text, the
-deep link. (What a browser renders is checked by ``python -m marl_stability.tb_screenshot``; these tests
+deep link. (What a browser renders is checked by ``python -m marl_stability.bench.tb_screenshot``; these tests
 check the event files it renders from.)"""
 
 from __future__ import annotations
@@ -11,9 +11,16 @@ from collections import Counter
 import pytest
 
 from marl_stability.config import RunConfig, flatten, load_config
-from marl_stability.summary import AgentActionStats, RunSummary
-from marl_stability.tb_run import (METRICS, hparams_of, hparams_summaries, metric_values, schema_kinds, summary_text,
-                                   tensorboard_link)
+from marl_stability.core.summary import AgentActionStats, RunSummary
+from marl_stability.core.tb_run import (
+    METRICS,
+    hparams_of,
+    hparams_summaries,
+    metric_values,
+    schema_kinds,
+    summary_text,
+    tensorboard_link,
+)
 
 # TensorBoard 2.21's Time Series sorts tag groups (the part before the first "/") alphabetically and opens
 # only the first two expanded (seen in headless Chromium: tb_screenshot prints each group's state).
@@ -136,7 +143,7 @@ TINY_RUNS = {
 def tb_run_tags(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[set[str], set[str]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from marl_stability.trainer import Trainer
+    from marl_stability.training.trainer import Trainer
 
     preset, extra = TINY_RUNS[request.param]
     cfg = load_config(preset, extra + ["train.steps=3000", "train.eval_every=1500", "train.eval_episodes=2",
@@ -163,14 +170,14 @@ def tb_run_tags(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     ("hist/eval_actions/agent_0/dim0", "hist/eval_actions/agent_0/dim0"),
 ])
 def test_runs_written_before_the_regrouping_still_read(old: str, new: str) -> None:
-    from marl_stability.tb_run import current_tag
+    from marl_stability.core.tb_run import current_tag
 
     assert current_tag(old) == new
 
 
 def test_screenshot_parser_reads_each_group_on_its_own():
     """A Time Series group whose toolbar has no card count must not take the next group's (perf/plasticity)."""
-    from marl_stability.tb_screenshot import timeseries_groups
+    from marl_stability.bench.tb_screenshot import timeseries_groups
 
     def group(name: str, count: str, icon: str) -> str:
         return (f'<span class="group-title" title="{name}">{name}</span>{count}'

@@ -7,15 +7,19 @@ import importlib
 
 import pytest
 
-TOOLS = ["anchors", "bench", "bench_instr", "bench_instrumentation", "bench_versions", "compare_runs", "cross_task",
-         "fix_evidence", "learning_table", "mechanism", "tb_screenshot"]
+from marl_stability.cli.main import main as cli_main
+from marl_stability.cli.tools import TOOLS
 
 
-@pytest.mark.parametrize("tool", TOOLS)
-def test_unknown_option_is_one_error_line(tool: str, capsys: pytest.CaptureFixture[str]) -> None:
-    mod = importlib.import_module(f"marl_stability.{tool}")
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+@pytest.mark.parametrize("how", ["module", "subcommand"])
+def test_unknown_option_is_one_error_line(tool: str, how: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both spellings: ``python -m <module> ARGS`` (the tool's main) and ``marl-stability <tool> ARGS``."""
     with pytest.raises(SystemExit) as e:
-        mod.main(["--no-such-option"])
+        if how == "module":
+            importlib.import_module(TOOLS[tool][0]).main(["--no-such-option"])
+        else:
+            cli_main([tool, "--no-such-option"])
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert err.count("\n") == 1 and err.startswith("error: "), err
@@ -23,9 +27,24 @@ def test_unknown_option_is_one_error_line(tool: str, capsys: pytest.CaptureFixtu
     assert "--no-such-option" in err or "the following arguments are required" in err, err
 
 
+def test_every_tool_is_a_subcommand_with_its_own_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """``marl-stability --help`` lists every tool; ``marl-stability <tool> --help`` is the tool's own help."""
+    cli_main(["--help"])
+    listing = capsys.readouterr().out
+    assert all(f" {name} " in listing for name in TOOLS)
+    tool_modules = {m for m, _ in TOOLS.values()}
+    runnable = {f"marl_stability.{p.parent.name}.{p.stem}" for p in
+                __import__("pathlib").Path(importlib.import_module("marl_stability").__file__).parent.glob("*/*.py")
+                if "def main(" in p.read_text() and p.parent.name in ("analysis", "studies", "bench")}
+    assert runnable <= tool_modules  # a new tool with a main() must become a subcommand
+    with pytest.raises(SystemExit) as e:
+        cli_main(["mechanism", "--help"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m marl_stability.analysis.mechanism")
+
+
 def test_help_is_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
-    from marl_stability import mechanism
+    from marl_stability.analysis import mechanism
 
     with pytest.raises(SystemExit) as e:
         mechanism.main(["--help"])
-    assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m marl_stability.mechanism")
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m marl_stability.analysis.mechanism")

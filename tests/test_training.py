@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from marl_stability.config import load_config
-from marl_stability.sinks import MemorySink
-from marl_stability.trainer import TIMING_KEYS, Trainer
+from marl_stability.core.sinks import MemorySink
+from marl_stability.training.trainer import TIMING_KEYS, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "experiments" / "maddpg_spread.yaml"
@@ -101,7 +101,7 @@ def test_run_writes_files_tags_and_summary(tmp_path: Path) -> None:
     # every dashboard chart matches at least one logged tag
     import re
 
-    from marl_stability.control_hooks import DASHBOARD
+    from marl_stability.hooks.control import DASHBOARD
 
     for category, charts in DASHBOARD.items():
         for title, (_, patterns) in charts.items():
@@ -227,10 +227,10 @@ def test_nonfinite_stop_mode_writes_forensics_and_diverges(tmp_path: Path) -> No
 
 def test_unbounded_box_actions_are_refused_up_front() -> None:
     import numpy as np
-
     from marl_stability.envs import AgentLayout
+
     from marl_stability.errors import UserError
-    from marl_stability.trainer import check_compatible
+    from marl_stability.training.trainer import check_compatible
 
     layout = AgentLayout(agents=("a", "b"), obs_dims=(3, 3), act_dims=(2, 2), discrete=(False, False),
                          act_low=np.array([[0, 0], [-np.inf, 0]], np.float32), act_high=np.ones((2, 2), np.float32))

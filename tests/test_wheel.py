@@ -18,8 +18,8 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from marl_stability import sweep
 from marl_stability.config import dump_yaml, load_config
+from marl_stability.studies import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -80,7 +80,7 @@ def test_wheel_install_runs_outside_the_repository(tmp_path: Path) -> None:
     # from the repository.
     names = ("reproduce", "ablation_spread", "reproduce_single_fixes")
     check = ("import json, sys; from marl_stability.config import resolve_preset; "
-             "from marl_stability.reproduce import DEFAULT_CONFIG; from marl_stability.sweep import make_plan; "
+             "from marl_stability.studies.reproduce import DEFAULT_CONFIG; from marl_stability.studies.sweep import make_plan; "
              "assert DEFAULT_CONFIG == 'reproduce'; "
              "print(json.dumps([make_plan(resolve_preset(n), probe=False).to_json() for n in sys.argv[1:]]))")
     done = subprocess.run([venv / "bin" / "python", "-c", check, *names], cwd=work, env=env, capture_output=True,

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from marl_stability.hooks import Hook
+from marl_stability.core.hooks import Hook
 
 
 class ThreadsSeen(Hook):

@@ -1,4 +1,4 @@
-"""Every mpe2 task as a batched scenario for :class:`envs.fast_mpe.FastMPEVectorEnv`: one module per task,
+"""Every mpe2 task as a batched scenario for :class:`marl_stability.envs.fast_mpe.FastMPEVectorEnv`: one module per task,
 shared pieces in :mod:`envs.fast_mpe_tasks.base`. :data:`TASKS` maps each env id to its kwargs (with
 mpe2's defaults) and its scenario builder."""
 

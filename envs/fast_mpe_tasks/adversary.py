@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from marl_stability.envs.fast_mpe_tasks.base import Scenario, WorldState, landmark_index, put_pairs
+from marl_stability.envs.fast_mpe_tasks.base import (
+    Scenario,
+    WorldState,
+    landmark_index,
+    put_pairs,
+)
 
 
 class AdversaryScenario(Scenario):

@@ -7,7 +7,6 @@ import itertools
 from functools import lru_cache
 
 import numpy as np
-
 from marl_stability.envs.fast_mpe_tasks.base import NORM_IS_ELEMENTWISE, norm_by_ddot
 
 DIST_THRESHOLD = 0.05  # terminate_on_success: every agent this close to its assigned target
@@ -67,9 +66,11 @@ def matched_distance_reward(agent_pos: np.ndarray, targets: np.ndarray) -> tuple
     a BLAS ``ddot`` whose last bit depends on the CPU's kernel: the chosen distances are computed the same way
     (:func:`~envs.fast_mpe_tasks.base.norm_like_linalg`'s rule) and averaged in numpy's order, so the reward equals
     mpe2's on every CPU. Only the *choice* of σ uses the cheaper ``sqrt(dx*dx + dy*dy)`` for all N*N pairs
-    (the summed distance of every permutation): the optimum is unique for positions in general position, and
-    two assignments whose summed distances tie to the last bit could be resolved differently from scipy (the
-    reward would then differ by rounding only).
+    (the summed distance of every permutation): the optimum is unique for positions in general position, but
+    under a fused ``ddot`` kernel two assignments whose summed distances differ by a few ulps could be ranked
+    differently from scipy's (which sees mpe2's norms); the reward is then that of another, equally good
+    assignment up to rounding, except that the clip at 2 can make the difference larger. Not seen in the
+    lockstep tests.
     """
     delta = agent_pos[:, :, None, :] - targets[:, None, :, :]  # [2, N, N, B]
     sq = delta * delta

@@ -12,8 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from marl_stability.envs.fast_mpe_tasks.base import AuxSpec, Scenario, WorldState, norm_like_linalg, others_index
+from marl_stability.envs.fast_mpe_tasks.base import (
+    AuxSpec,
+    Scenario,
+    WorldState,
+    norm_like_linalg,
+    others_index,
+)
 
 _BOUND = 0.95  # treasures are placed uniformly in [-0.95, 0.95]^2
 _DEAD_KEY = 1e6  # mpe2 sorts dead treasures last with this distance

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-
-from marl_stability.envs.fast_mpe_tasks.assignment import DIST_THRESHOLD, matched_distance_reward, shared_rows
+from marl_stability.envs.fast_mpe_tasks.assignment import (
+    DIST_THRESHOLD,
+    matched_distance_reward,
+    shared_rows,
+)
 from marl_stability.envs.fast_mpe_tasks.base import Scenario, WorldState, put_pairs
 
 TARGET_RADIUS = 0.5

@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from marl_stability.envs.fast_mpe_tasks.assignment import DIST_THRESHOLD, matched_distance_reward, shared_rows
-from marl_stability.envs.fast_mpe_tasks.base import AuxSpec, Scenario, WorldState, put_pairs
+from marl_stability.envs.fast_mpe_tasks.assignment import (
+    DIST_THRESHOLD,
+    matched_distance_reward,
+    shared_rows,
+)
+from marl_stability.envs.fast_mpe_tasks.base import (
+    AuxSpec,
+    Scenario,
+    WorldState,
+    put_pairs,
+)
 
 TOTAL_SEP = 1.25
 

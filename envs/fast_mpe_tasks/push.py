@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from marl_stability.envs.fast_mpe_tasks.base import Scenario, WorldState, landmark_index
 
 

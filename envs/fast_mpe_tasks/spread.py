@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from marl_stability.envs.fast_mpe_tasks.base import Scenario, WorldState, put_pairs
 
 

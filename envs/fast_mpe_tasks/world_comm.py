@@ -7,8 +7,13 @@ agents. Landmarks: obstacles (collide), food, forests (in that order, mpe2's ``w
 from __future__ import annotations
 
 import numpy as np
-
-from marl_stability.envs.fast_mpe_tasks.base import Scenario, WorldState, collisions, subtract_boundary_penalty, put_pairs
+from marl_stability.envs.fast_mpe_tasks.base import (
+    Scenario,
+    WorldState,
+    collisions,
+    put_pairs,
+    subtract_boundary_penalty,
+)
 
 
 class WorldCommScenario(Scenario):

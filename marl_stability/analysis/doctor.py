@@ -1,0 +1,428 @@
+"""``marl-stability doctor RUN_DIR``: read a run's events and summary, say what went wrong and what to try.
+
+For an off-policy run it names the mechanism (``marl_stability.analysis.mechanism``: explosion-first, saturation-first
+or neither) with the env step at which each signal moved, and ranks the fixes by what the single-fix table of
+that mechanism measured (``marl_stability/analysis/fix_evidence.json``: seeds left healthy, then mean final return),
+quoting the numbers: fixes that cured seeds first, then the fixes not measured for it (in the practitioner's
+order, the ones this run's data points at first), then the measured fixes that cured no seed. Without a
+mechanism (a healthy run, an on-policy run) the fixes keep the practitioner's order (gradient clipping and
+learning rate first, then initialization and output activation, then architecture and optimizer), promoted
+when the run's own data points at them. Every fix comes with its exact ``--set`` overrides.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from marl_stability.config import ON_POLICY_ALGORITHMS, DetectorConfig
+from marl_stability.core.summary import RunSummary, read_summary
+from marl_stability.errors import UserError
+from marl_stability.runs.scalars import read_scalars
+
+GROWTH_FACTOR = 10.0  # a layer's gradient "grew" when it exceeds this multiple of its early median
+
+
+@dataclass
+class Fix:
+    order: int  # practitioner's order (lower = try first)
+    name: str
+    overrides: list[str]
+    why: str = ""
+    evidence: bool = False  # the run's data points at this fix
+    applied: bool = False  # the run already uses it: not suggested
+
+
+def _first_growth(series: list[tuple[int, float]]) -> tuple[int, float] | None:
+    """(first step where the norm exceeds GROWTH_FACTOR x its early median, peak/early ratio) or None."""
+    values = np.array([v for _, v in series], float)
+    finite = values[np.isfinite(values)]
+    if len(finite) < 10:
+        return None
+    early = float(np.median(finite[: max(5, len(finite) // 10)]))
+    if early <= 0:
+        return None
+    peak = float(finite.max()) / early if np.isfinite(values).all() else math.inf
+    for step, v in series:
+        if not math.isfinite(v) or v > GROWTH_FACTOR * early:
+            return step, peak
+    return None
+
+
+def _last(scalars: dict[str, list[tuple[int, float]]], prefix: str) -> dict[str, float]:
+    return {tag[len(prefix):]: s[-1][1] for tag, s in scalars.items() if tag.startswith(prefix) and s}
+
+
+@dataclass
+class Evidence:
+    """What the run's TensorBoard scalars say, beyond the detectors in summary.json."""
+
+    grew: list[tuple[int, float, str]]  # (env step, -growth, layer): per network, the layer whose gradient grew first
+    saturation: dict[str, float]  # agent -> final evaluation's value
+    sensitivity: dict[str, float]
+    repeat: dict[str, float]
+    reward_magnitude: float | None  # median |raw batch reward|
+    max_preactivation: float | None  # largest |actor output pre-activation| seen
+
+
+def diagnose(run_dir: str | Path) -> dict[str, Any]:
+    run = Path(run_dir)
+    summary, cfg = _read_run(run)
+    scalars = read_scalars(run)
+    ev = _evidence(scalars)
+    s = summary if summary is not None else RunSummary(status="")  # no summary.json: nothing fired, no status
+    explosion, collapse, nonfinite = s.explosion_step, s.collapse_step, s.nonfinite_step
+    healthy = explosion is None and collapse is None and nonfinite is None
+    if cfg.get("algo") in ON_POLICY_ALGORITHMS:
+        return diagnose_on_policy(run, s, summary, cfg, ev, scalars)
+    fixes = [f for f in _candidate_fixes(s, cfg, ev) if not f.applied]
+    # Keep the practitioner's order, but within it the fixes the data points at come first.
+    fixes.sort(key=lambda f: (f.order, not f.evidence))
+    mech = _mechanism(summary, cfg, scalars)
+    measured = _measured(mech["mechanism"]) if mech is not None else {}
+    fixes = _rank_by_evidence(fixes, measured)
+    failing = mech is not None and mech["label"] != "healthy"
+    return {
+        "verdict": "healthy" if healthy and not failing else "unstable",
+        "mechanism": mech, "evidence_source": measured.get("", {}).get("source") if measured else None,
+        "run": str(run), "status": summary.status if summary is not None else None, "final_return": s.final_return,
+        "error": s.error,
+        "explosion_step": explosion, "collapse_step": collapse, "nonfinite_step": nonfinite,
+        "detector_messages": s.detector_messages,
+        "layers_grew_first": [{"layer": layer, "env_step": step, "growth": -neg} for step, neg, layer in ev.grew[:6]],
+        "saturation": ev.saturation, "repeat_rate": ev.repeat, "sensitivity": ev.sensitivity,
+        "max_preactivation": ev.max_preactivation, "reward_magnitude": ev.reward_magnitude,
+        "large_reward": _large_reward(cfg, ev),
+        "fixes": [{"name": f.name, "set": f.overrides, "why": f.why, "measured": measured.get(f.name)} for f in fixes],
+    }
+
+
+def _mechanism(summary: RunSummary | None, cfg: dict[str, Any], scalars: dict[str, list[tuple[int, float]]]) -> dict[str, Any] | None:
+    """The run's mechanism (None without a finished summary: no final evaluation to label)."""
+    if summary is None or summary.status not in ("completed", "diverged"):
+        return None
+    from marl_stability.analysis.mechanism import (
+        classify,  # lazy: mechanism -> calibrate_runs -> cross_task -> doctor
+    )
+
+    return classify(summary, cfg, scalars)
+
+
+def _measured(mechanism: str) -> dict[str, dict[str, Any]]:
+    """fix name -> what the mechanism's single-fix table measured for it ({} when nothing was measured); the
+    key "" holds where the numbers come from."""
+    from marl_stability.analysis import fix_evidence
+
+    evidence = fix_evidence.load()
+    rows = fix_evidence.ranked(evidence, mechanism)
+    if not rows:
+        return {}
+    table = evidence["mechanisms"][mechanism]
+    out: dict[str, dict[str, Any]] = {r["fix"]: r for r in rows}
+    out[""] = {"source": f"the {mechanism} single-fix table ({table.get('sweep')}, {table.get('env')}, "
+                         f"{table.get('env_steps')} env steps)"}
+    return out
+
+
+def _rank_by_evidence(fixes: list[Fix], measured: dict[str, dict[str, Any]]) -> list[Fix]:
+    """Measured fixes that left seeds healthy first (most healthy, then best return), then unmeasured fixes in
+    their current order, then measured fixes that cured no seed."""
+    if not measured:
+        return fixes
+    rank = {name: i for i, name in enumerate(n for n in measured if n)}
+
+    def key(pos_fix: tuple[int, Fix]) -> tuple[int, int]:
+        pos, f = pos_fix
+        m = measured.get(f.name)
+        if m is None:
+            return (1, pos)
+        return (0 if m["healthy"] > 0 else 2, rank[f.name])
+
+    return [f for _, f in sorted(enumerate(fixes), key=key)]
+
+
+def _read_run(run: Path) -> tuple[RunSummary | None, dict[str, Any]]:
+    """The run's summary (None when it has none yet) and its config as a plain mapping ({} when absent)."""
+    if not run.is_dir():
+        raise UserError(f"not a run directory: {run}")
+    if not any(run.glob("events.out.tfevents.*")):
+        raise UserError(f"no TensorBoard events in {run}")
+    summary = None
+    if (run / "summary.json").is_file():
+        summary = read_summary(run / "summary.json")
+        if summary is None:
+            raise UserError(f"corrupt summary.json or config.yaml in {run}")
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise UserError(f"corrupt summary.json or config.yaml in {run}") from None
+    if not isinstance(config or {}, dict):
+        raise UserError(f"summary.json or config.yaml in {run} is not a mapping")
+    return summary, config or {}
+
+
+def _evidence(scalars: dict[str, list[tuple[int, float]]]) -> Evidence:
+    # Per network ("critic/agent_0"), the layer whose gradient grew first (ties: the one that grew most).
+    first_by_net: dict[str, tuple[int, float, str]] = {}
+    for tag, series in scalars.items():
+        if not tag.startswith("layers/grad_norm/"):
+            continue
+        layer = tag[len("layers/grad_norm/"):]
+        found = _first_growth(series)
+        if found is None:
+            continue
+        net = layer.rsplit("/", 1)[0]
+        cand = (found[0], -found[1], layer)
+        if net not in first_by_net or cand < first_by_net[net]:
+            first_by_net[net] = cand
+    raw_reward = [abs(v) for tag, s in scalars.items() if tag.startswith("reward/raw_batch_mean/") for _, v in s]
+    preact = [v for tag, s in scalars.items() if tag.startswith("policy/preact_max_abs_batch/") for _, v in s]
+    return Evidence(
+        grew=sorted(first_by_net.values()),
+        saturation=_last(scalars, "eval/saturation/"),
+        sensitivity=_last(scalars, "eval/sensitivity/"),
+        repeat=_last(scalars, "eval/repeat_rate/"),
+        reward_magnitude=float(np.median(raw_reward)) if raw_reward else None,
+        max_preactivation=float(np.nanmax(preact)) if preact else None,
+    )
+
+
+def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    value = cfg.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _large_reward(cfg: dict[str, Any], ev: Evidence) -> bool:
+    reward_mag = ev.reward_magnitude
+    return (_section(cfg, "env").get("reward_scale", 1.0) or 1.0) > 1.0 or (reward_mag is not None and reward_mag > 10)
+
+
+def _lower_lr(cfg: dict[str, Any]) -> list[str]:
+    """Both learning rates 10x lower than the run's (Adam's 1e-2 -> 1e-3, as the single-fix tables measured)."""
+    out = []
+    for net in ("actor_optim", "critic_optim"):
+        lr = _section(cfg, net).get("lr")
+        out.append(f"{net}.lr={(float(lr) if isinstance(lr, (int, float)) else 1e-2) / 10:g}")
+    return out
+
+
+def _candidate_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence) -> list[Fix]:
+    """Every fix in the practitioner's order, with why this run's data points at it and whether it is applied."""
+    explosion, collapse = s.explosion_step, s.collapse_step
+    env_cfg, fixes_cfg, actor_cfg = _section(cfg, "env"), _section(cfg, "fixes"), _section(cfg, "actor")
+    lr = _section(cfg, "critic_optim").get("lr")
+    clip_mode = ((fixes_cfg.get("grad_clip") or {}).get("critic") or {}).get("mode", "none")
+    output = actor_cfg.get("output")
+    # The run's own collapse threshold (detectors.saturation_threshold), not a second constant.
+    threshold = _section(cfg, "detectors").get("saturation_threshold", DetectorConfig().saturation_threshold)
+    saturated = bool(ev.saturation) and max(ev.saturation.values()) >= threshold
+    big_reward, reward_mag, max_preact = _large_reward(cfg, ev), ev.reward_magnitude, ev.max_preactivation
+    sgd = "sgd" in (_section(cfg, "actor_optim").get("name"), _section(cfg, "critic_optim").get("name"))
+    return [
+        Fix(1, "clip gradients (global L2 norm)",
+            ["fixes.grad_clip.critic.mode=global_norm", "fixes.grad_clip.critic.max=1.0",
+             "fixes.grad_clip.actor.mode=global_norm", "fixes.grad_clip.actor.max=1.0"],
+            f"critic gradients exploded at env step {explosion} and clipping is off" if explosion is not None and clip_mode == "none" else "",
+            explosion is not None and clip_mode == "none", applied=clip_mode != "none"),
+        Fix(2, "lower the learning rate", _lower_lr(cfg),
+            f"lr is {lr}; " + ("SGD's step is lr x gradient" if sgd else "with Adam, norm clipping does not shrink the step size")
+            if lr and (lr > 1e-3 or sgd) and (explosion is not None or collapse is not None) else "",
+            bool(lr and (lr > 1e-3 or sgd) and (explosion is not None or collapse is not None)),
+            applied=bool(lr and lr <= 1e-3 and not sgd)),
+        Fix(2, "scale or normalize the reward", ["fixes.reward.mode=normalize"],
+            f"rewards are large (reward_scale {env_cfg.get('reward_scale', 1.0)}, median |batch reward| {reward_mag:.3g})" if big_reward and reward_mag is not None else "",
+            big_reward, applied=(fixes_cfg.get("reward") or {}).get("mode", "none") != "none"),
+        Fix(3, "small last-layer init", ["actor.last_layer_init=0.003"],
+            f"output pre-activations reached {max_preact:.3g}" if max_preact is not None and max_preact > 10 and actor_cfg.get("last_layer_init") is None else "",
+            bool(max_preact is not None and max_preact > 10 and actor_cfg.get("last_layer_init") is None),
+            applied=actor_cfg.get("last_layer_init") is not None),
+        Fix(3, "tanh output scaled to the action bounds", ["actor.output=tanh_scaled"],
+            f"actor output is {output}: the critic is queried outside the range the env applies" if output in ("linear_clip", "softsign", "tanh") else "",
+            output in ("linear_clip", "softsign", "tanh"), applied=output in ("tanh_scaled", "auto")),
+        Fix(3, "normalize observations", ["fixes.obs_norm.enabled=true"],
+            "observations are rescaled/offset by the env wrapper" if env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0 else "",
+            (env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0),
+            applied=bool((fixes_cfg.get("obs_norm") or {}).get("enabled", False))),
+        Fix(4, "normalization layers", ["actor.norm=layernorm", "critic.norm=layernorm"],
+            applied=actor_cfg.get("norm", "none") != "none"),
+        Fix(4, "residual blocks", ["actor.residual=true", "critic.residual=true"], applied=bool(actor_cfg.get("residual"))),
+        Fix(4, "openai/maddpg's pre-activation penalty", ["fixes.actor_preact_l2=0.001"],
+            "outputs collapsed into saturation" if saturated and collapse is not None else "",
+            saturated and collapse is not None, applied=(fixes_cfg.get("actor_preact_l2", 0.0) or 0.0) > 0),
+        Fix(5, "Huber critic loss", ["maddpg.critic_loss=huber"],
+            applied=_section(cfg, "maddpg").get("critic_loss") == "huber"),
+        Fix(5, "Adam instead of SGD", ["actor_optim.name=adam", "critic_optim.name=adam"],
+            "SGD's step grows with the gradient: an exploding critic moves its weights (and, through dQ/da, the "
+            "actor's) further every update" if explosion is not None and sgd else "",
+            explosion is not None and sgd, applied=not sgd),
+    ]
+
+
+def render(d: dict[str, Any]) -> str:
+    lines = [f"run {d['run']}: status {d['status']}, final team return {d['final_return']}"]
+    fired = [(k, d[k]) for k in ("explosion_step", "collapse_step", "nonfinite_step", "entropy_collapse_step",
+                                 "kl_spike_step") if d.get(k) is not None]
+    if fired:
+        lines.append("detectors fired: " + ", ".join(f"{k.replace('_step', '')} at env step {v}" for k, v in fired))
+        lines += [f"  - {m}" for m in d["detector_messages"]]
+    else:
+        lines.append("no detector fired: no gradient explosion, no action collapse, no non-finite values")
+    if d["status"] == "env_error":  # the env failed (summary.json error): not something a learning fix cures
+        lines.append(f"the environment failed: {d['error']}")
+    lines += _mechanism_lines(d.get("mechanism"))
+    if d["verdict"] == "healthy":
+        lines.append("verdict: healthy; nothing in this run calls for a fix" if d["status"] != "env_error" else
+                     "verdict: no training instability; fix the environment, then continue the run with --resume")
+        return "\n".join(lines)
+    if d["layers_grew_first"]:
+        lines.append(f"networks whose gradients grew >{GROWTH_FACTOR:g}x their early level, earliest first (with the layer that grew first):")
+        lines += [f"  - {g['layer']} at env step {g['env_step']} (peak {g['growth']:.3g}x)" for g in d["layers_grew_first"]]
+    if d["saturation"]:
+        lines.append("final evaluation, per agent: " + "; ".join(
+            f"{a}: saturation {d['saturation'][a]:.2f}, repeat {d['repeat_rate'].get(a, float('nan')):.2f}, "
+            f"sensitivity {d['sensitivity'].get(a, float('nan')):.3g}" for a in d["saturation"]))
+    if d["reward_magnitude"] is not None:
+        lines.append(f"median |reward| per agent step: {d['reward_magnitude']:.3g}" + (" (large)" if d["large_reward"] else ""))
+    if d.get("on_policy"):
+        lines.append("on-policy signals: " + "; ".join(f"{k} {v:.3g}" for k, v in d["on_policy"].items() if v is not None))
+    if d.get("evidence_source"):
+        lines.append(f"verdict: unstable. Fixes to try, in order (ranked by {d['evidence_source']}: seeds left "
+                     "healthy, then mean final return; fixes it did not measure in between, in the practitioner's order):")
+    else:
+        lines.append("verdict: unstable. Fixes to try, in order (practitioner's order; ones this run's data points at first):")
+    for i, f in enumerate(d["fixes"], 1):
+        sets = " ".join(f"--set {s}" for s in f["set"])
+        lines.append(f"  {i}. {f['name']}: {sets}" + (f"\n     measured: {_measured_text(f['measured'])}" if f.get("measured") else "")
+                     + (f"\n     why: {f['why']}" if f["why"] else ""))
+    return "\n".join(lines)
+
+
+def _mechanism_lines(mech: dict[str, Any] | None) -> list[str]:
+    if not mech:
+        return []
+    lines = [f"mechanism: {mech['mechanism']} ({mech['why']})", "when each signal moved (env steps):"]
+    lines += [f"  {e['env_step']:>9}  {e['event']}" for e in mech["timeline"]]
+    return lines
+
+
+def _measured_text(m: dict[str, Any]) -> str:
+    ret = m.get("mean_final_return")
+    return (f"left {m['healthy']}/{m['n']} seeds healthy ({', '.join(m['labels'])})"
+            + (f", mean final team return {ret:.1f}" if ret is not None else ""))
+
+
+# --------------------------------------------------------------------------- on-policy runs (MAPPO / IPPO)
+CLIP_FRACTION_HIGH = 0.3  # more than 30% of the samples outside the clip range: the update leaves the trust region
+LOG_STD_HIGH = 0.0  # a Gaussian std above half the action range: mostly clipped samples
+
+
+def _series_max(scalars: dict[str, list[tuple[int, float]]], prefix: str) -> tuple[float, int] | None:
+    """(largest finite value, its env step) over every tag under ``prefix`` (None when there is none)."""
+    best: tuple[float, int] | None = None
+    for tag, series in scalars.items():
+        if tag.startswith(prefix):
+            for step, v in series:
+                if math.isfinite(v) and (best is None or v > best[0]):
+                    best = (v, step)
+    return best
+
+
+def on_policy_signals(scalars: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
+    """The on-policy update statistics doctor reasons about: peaks (with their env step) and final values."""
+    last = lambda prefix: min(_last(scalars, prefix).values(), default=None)  # noqa: E731 -- worst agent
+    return {"kl_max": _series_max(scalars, "policy/approx_kl/"), "clip_fraction_max": _series_max(scalars, "policy/clip_fraction/"),
+            "log_std_max": _series_max(scalars, "policy/log_std_max/"), "value_loss_max": _series_max(scalars, "loss/value/"),
+            "entropy_final": last("policy/entropy/"), "explained_variance_final": last("value/explained_variance/")}
+
+
+def _on_policy_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence, sig: dict[str, Any]) -> list[Fix]:
+    """The on-policy fixes, each with the evidence line that points at it (empty: no evidence in this run)."""
+    ppo, fixes_cfg, env_cfg = _section(cfg, "ppo"), _section(cfg, "fixes"), _section(cfg, "env")
+    lr, eps = _section(cfg, "actor_optim").get("lr"), _section(cfg, "actor_optim").get("eps")
+    clip_mode = ((fixes_cfg.get("grad_clip") or {}).get("actor") or {}).get("mode", "none")
+    kl, clipf, log_std, vloss = sig["kl_max"], sig["clip_fraction_max"], sig["log_std_max"], sig["value_loss_max"]
+    trust = []
+    if s.kl_spike_step is not None:
+        trust.append(f"approx KL spiked at env step {s.kl_spike_step} (peak {kl[0]:.3g})" if kl else f"KL spike at {s.kl_spike_step}")
+    if clipf and clipf[0] > CLIP_FRACTION_HIGH:
+        trust.append(f"PPO clip fraction reached {clipf[0]:.2f} at env step {clipf[1]}")
+    if s.nonfinite_step is not None:
+        trust.append(f"non-finite values at env step {s.nonfinite_step}")
+    big_reward = _large_reward(cfg, ev)
+    sat = max(ev.saturation.values(), default=0.0)
+    gaussian = ppo.get("distribution", "auto") in ("auto", "gaussian")
+    entropy_low = s.entropy_collapse_step is not None
+    return [
+        Fix(1, "lower the learning rate and raise Adam's eps", ["actor_optim.lr=0.0003", "critic_optim.lr=0.0003",
+            "actor_optim.eps=1e-05", "critic_optim.eps=1e-05"], "; ".join(trust) + (f" (lr {lr}, eps {eps})" if trust else ""),
+            bool(trust), applied=bool(lr and lr <= 3e-4 and eps and eps >= 1e-5)),
+        Fix(1, "clip gradients (global L2 norm 10, the MAPPO reference)", ["fixes.grad_clip.actor.mode=global_norm",
+            "fixes.grad_clip.actor.max=10", "fixes.grad_clip.critic.mode=global_norm", "fixes.grad_clip.critic.max=10"],
+            f"gradients exploded at env step {s.explosion_step} and clipping is off" if s.explosion_step is not None else "",
+            s.explosion_step is not None, applied=clip_mode != "none"),
+        Fix(2, "value normalization", ["ppo.value_norm=true"],
+            f"value loss peaked at {vloss[0]:.3g} (env step {vloss[1]}) with raw-scale returns" if vloss and vloss[0] > 10 else
+            ("rewards are large and the critic regresses them unnormalized" if big_reward else ""),
+            bool((vloss and vloss[0] > 10) or big_reward), applied=bool(ppo.get("value_norm", True))),
+        Fix(2, "scale or normalize the reward", ["fixes.reward.mode=normalize"],
+            f"rewards are large (reward_scale {env_cfg.get('reward_scale', 1.0)}, median |batch reward| "
+            f"{ev.reward_magnitude:.3g})" if big_reward and ev.reward_magnitude is not None else "",
+            big_reward, applied=(fixes_cfg.get("reward") or {}).get("mode", "none") != "none"),
+        Fix(3, "raise the entropy coefficient", [f"ppo.entropy_coef={2 * float(ppo.get('entropy_coef', 0.01)) or 0.01:g}"],
+            f"policy entropy collapsed from env step {s.entropy_collapse_step} (final {sig['entropy_final']:.3g} per action "
+            "dimension)" if entropy_low and sig["entropy_final"] is not None else "", entropy_low),
+        Fix(3, "bound the log-std", ["ppo.log_std_bounds=[-5.0, -0.7]"],
+            f"log-std reached {log_std[0]:.3g} at env step {log_std[1]}: a Gaussian wider than the action range, mostly "
+            "clipped" if log_std and log_std[0] > LOG_STD_HIGH else
+            ("the entropy collapsed with an unbounded log-std" if entropy_low else ""),
+            bool((log_std and log_std[0] > LOG_STD_HIGH) or entropy_low), applied=ppo.get("log_std_bounds") is not None),
+        Fix(3, "a bounded action distribution (Beta on the bounds)", ["ppo.distribution=beta"],
+            f"actions end at the bounds (evaluation saturation {sat:.2f}) with a Gaussian clipped by the env"
+            if gaussian and sat >= 0.9 else "", gaussian and sat >= 0.9, applied=not gaussian),
+        Fix(4, "fewer PPO epochs", [f"ppo.epochs={max(1, int(ppo.get('epochs', 10)) // 2)}"],
+            f"PPO clip fraction reached {clipf[0]:.2f}" if clipf and clipf[0] > CLIP_FRACTION_HIGH else "",
+            bool(clipf and clipf[0] > CLIP_FRACTION_HIGH)),
+        Fix(4, "Huber value loss and value clipping", ["ppo.value_loss=huber", "ppo.value_clip=0.2"],
+            f"the value fit is poor (explained variance {sig['explained_variance_final']:.2f})"
+            if sig["explained_variance_final"] is not None and sig["explained_variance_final"] < 0.2 else "",
+            bool(sig["explained_variance_final"] is not None and sig["explained_variance_final"] < 0.2),
+            applied=ppo.get("value_loss") == "huber" and ppo.get("value_clip") is not None),
+        Fix(5, "advantage normalization", ["ppo.advantage_norm=true"], applied=bool(ppo.get("advantage_norm", True))),
+        Fix(5, "normalize observations", ["fixes.obs_norm.enabled=true"],
+            "observations are rescaled/offset by the env wrapper" if env_cfg.get("obs_scale", 1.0) != 1.0 or
+            env_cfg.get("obs_offset", 0.0) != 0.0 else "",
+            env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0,
+            applied=bool((fixes_cfg.get("obs_norm") or {}).get("enabled", False))),
+    ]
+
+
+def diagnose_on_policy(run: Path, s: RunSummary, summary: RunSummary | None, cfg: dict[str, Any], ev: Evidence,
+                       scalars: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
+    """``diagnose`` for MAPPO/IPPO: the fixes the run's data points at come first (strongest evidence first),
+    each with its evidence line; then the other fixes not yet applied, in the practitioner's order."""
+    sig = on_policy_signals(scalars)
+    fixes = [f for f in _on_policy_fixes(s, cfg, ev, sig) if not f.applied]
+    fixes.sort(key=lambda f: (not f.evidence, f.order))
+    fired = (s.explosion_step, s.collapse_step, s.nonfinite_step, s.entropy_collapse_step, s.kl_spike_step)
+    return {
+        "verdict": "healthy" if all(x is None for x in fired) else "unstable",
+        "run": str(run), "status": summary.status if summary is not None else None, "final_return": s.final_return,
+        "explosion_step": s.explosion_step, "collapse_step": s.collapse_step, "nonfinite_step": s.nonfinite_step,
+        "entropy_collapse_step": s.entropy_collapse_step, "kl_spike_step": s.kl_spike_step,
+        "detector_messages": s.detector_messages,
+        "layers_grew_first": [{"layer": layer, "env_step": step, "growth": -neg} for step, neg, layer in ev.grew[:6]],
+        "saturation": ev.saturation, "repeat_rate": ev.repeat, "sensitivity": ev.sensitivity,
+        "max_preactivation": ev.max_preactivation, "reward_magnitude": ev.reward_magnitude,
+        "large_reward": _large_reward(cfg, ev),
+        "on_policy": {"max approx KL": sig["kl_max"][0] if sig["kl_max"] else None,
+                      "max clip fraction": sig["clip_fraction_max"][0] if sig["clip_fraction_max"] else None,
+                      "max log-std": sig["log_std_max"][0] if sig["log_std_max"] else None,
+                      "final entropy (worst agent)": sig["entropy_final"],
+                      "final explained variance (worst agent)": sig["explained_variance_final"]},
+        "fixes": [{"name": f.name, "set": f.overrides, "why": f.why} for f in fixes],
+    }

@@ -1,0 +1,167 @@
+"""Look at what a user sees: start TensorBoard on a log directory, open it in headless Chromium (Debian's
+``chromium`` package: ``apt-get install chromium``), take screenshots and check what the pages show.
+
+    python -m marl_stability.bench.tb_screenshot LOGDIR [--out DIR] [--port 6123]
+
+LOGDIR is a sweep's ``runs/`` folder (runs named ``<arm>/seed_<n>``) or a single run. Writes to --out:
+
+- ``timeseries.png``: the first screen of Time Series as TensorBoard opens it;
+- ``story.png``: the deep link ``reproduce``/``ablate`` print (one colour per arm, story cards pinned);
+- ``hparams.png`` (table view), ``text.png`` (the runs' summary text), ``custom_scalars.png``;
+- ``report.json``: what the pages showed, read from Chromium's DOM and TensorBoard's HTTP API: Time Series
+  groups in order with their card counts and which are expanded; the run colours under the deep link; the
+  HParams columns and, per run, which values are missing.
+
+and prints the checks: the expanded groups are the story, runs of one arm share a colour and arms differ,
+every run has every HParams column with one type. Exit code 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from marl_stability.core.tb_run import first_agent, tensorboard_link
+from marl_stability.errors import ArgumentParser
+
+STORY_GROUPS = ("eval", "grad_norm")
+
+
+def _wait(url: str, seconds: float = 60.0) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"error: TensorBoard did not answer at {url}")
+
+
+def _chromium(browser: str, url: str, *args: str, height: int = 1200) -> str:
+    out = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                          f"--window-size=1600,{height}", "--virtual-time-budget=20000", *args, url],
+                         check=True, capture_output=True, timeout=180, text=True)
+    return out.stdout
+
+
+def _shot(browser: str, url: str, path: Path) -> None:
+    _chromium(browser, url, f"--screenshot={path}")
+
+
+def timeseries_groups(dom: str) -> list[dict[str, Any]]:
+    """Time Series groups in page order: name, card count, expanded (TensorBoard's group toolbar)."""
+    groups = []
+    starts = [m for m in re.finditer(r'class="group-title" title="([^"]+)"', dom)]
+    # Each group's toolbar is read on its own slice of the page: a toolbar without a card count (TensorBoard
+    # leaves it out for some groups) must not borrow the next group's.
+    for m, nxt in zip(starts, starts[1:] + [None]):
+        part = dom[m.end(): nxt.start() if nxt is not None else len(dom)]
+        count = re.search(r"group-card-count[^>]*>\s*(\d+) cards?", part)
+        icon = re.search(r'svgicon="(expand_less|expand_more)_24px"', part)
+        groups.append({"group": m.group(1), "cards": int(count.group(1)) if count else None,
+                       "expanded": bool(icon) and icon.group(1) == "expand_less"})
+    return groups
+
+
+def run_colours(dom: str) -> dict[str, str]:
+    """Run name -> the colour of its swatch in the run selector table."""
+    pattern = r'data-id="[^"/]*/([^"]+)".{0,4000}?run-color-swatch" style="background(?:-color)?:\s*(rgb\([^)]*\))'
+    return {run: colour for run, colour in re.findall(pattern, dom, re.S)}
+
+
+def _post(base: str, path: str, body: dict[str, Any]) -> Any:
+    req = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=30).read())
+
+
+def hparams_table(base: str) -> dict[str, Any]:
+    """The HParams plugin's experiment and one session group per run, from its HTTP API (what the table and
+    the parallel-coordinates view are drawn from): columns with their types, missing values per run."""
+    exp = _post(base, "/data/plugin/hparams/experiment", {"experimentName": ""})
+    infos = exp.get("hparamInfos", [])
+    cols = [{"hparam": i["name"]} for i in infos] + [{"metric": m["name"]} for m in exp.get("metricInfos", [])]
+    groups = _post(base, "/data/plugin/hparams/session_groups",
+                   {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                                              "STATUS_RUNNING"],
+                    "colParams": cols, "startIndex": 0, "sliceSize": 10000})
+    missing: dict[str, list[str]] = {}
+    for g in groups.get("sessionGroups", []):
+        have = g.get("hparams", {})
+        missing[g["name"]] = [i["name"] for i in infos if i["name"] not in have]
+    return {"columns": {i["name"]: i.get("type", "") for i in infos}, "sessions": len(missing), "missing": missing}
+
+
+def _checks(report: dict[str, Any]) -> list[tuple[bool, str]]:
+    groups = report["timeseries_groups"]
+    expanded = [g["group"] for g in groups if g["expanded"]]
+    out = [(tuple(expanded) == STORY_GROUPS, f"expanded Time Series groups {expanded} (want {list(STORY_GROUPS)}); "
+            f"{sum(g['cards'] or 0 for g in groups if g['expanded'])} cards open, {len(groups)} groups")]
+    by_arm: dict[str, set[str]] = defaultdict(set)
+    for run, colour in report["run_colours"].items():
+        by_arm[run.split("/")[0]].add(colour)
+    if len(by_arm) > 1:
+        one_each = all(len(c) == 1 for c in by_arm.values())
+        distinct = len({next(iter(c)) for c in by_arm.values()}) == len(by_arm)
+        out.append((one_each and distinct, f"run colours per arm under the deep link: "
+                    f"{ {a: sorted(c) for a, c in by_arm.items()} }"))
+    hp = report["hparams"]
+    holes = {run: cols for run, cols in hp["missing"].items() if cols}
+    out.append((hp["sessions"] == report["runs"] and not holes,
+                f"HParams: {hp['sessions']} of {report['runs']} runs, {len(hp['columns'])} columns, runs with missing "
+                f"values: {holes or 'none'}"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("logdir", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("tb_screens"))
+    ap.add_argument("--port", type=int, default=6123)
+    args = ap.parse_args(argv)
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        raise SystemExit("error: no chromium on PATH (apt-get install chromium)")
+    if not args.logdir.is_dir():
+        raise SystemExit(f"error: not a directory: {args.logdir}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = f"http://localhost:{args.port}"
+    tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(args.logdir), "--port",
+                           str(args.port), "--host=localhost"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(f"{base}/data/runs")
+        time.sleep(3)  # let it load the event files
+        runs = json.loads(urllib.request.urlopen(f"{base}/data/runs").read())
+        link = tensorboard_link(first_agent(args.logdir), args.port)
+        report: dict[str, Any] = {"runs": len(runs), "deep_link": link}
+        report["timeseries_groups"] = timeseries_groups(_chromium(browser, f"{base}/#timeseries", "--dump-dom"))
+        _shot(browser, f"{base}/#timeseries", args.out / "timeseries.png")
+        report["run_colours"] = run_colours(_chromium(browser, link, "--dump-dom"))
+        _shot(browser, link, args.out / "story.png")
+        report["hparams"] = hparams_table(base)
+        for page in ("hparams", "text&tagFilter=^summary", "custom_scalars"):
+            _shot(browser, f"{base}/#{page}", args.out / f"{page.split('&')[0]}.png")
+        checks = _checks(report)
+        report["checks"] = [{"ok": ok, "what": what} for ok, what in checks]
+        (args.out / "report.json").write_text(json.dumps(report, indent=2))
+        for ok, what in checks:
+            print(f"{'ok  ' if ok else 'FAIL'} {what}")
+        print(f"screenshots and report.json in {args.out}")
+    finally:
+        tb.terminate()
+        tb.wait(timeout=10)
+    if not all(ok for ok, _ in checks):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

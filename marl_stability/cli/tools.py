@@ -1,0 +1,50 @@
+"""The analysis, study and benchmark tools as ``marl-stability`` subcommands.
+
+Each tool keeps its own argument parser (``python -m marl_stability.<module>`` still works); the subcommand
+hands it every argument after its name, ``--help`` included, so the two spellings behave the same.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+# subcommand -> (module with main(argv), one-line help shown by `marl-stability --help`)
+TOOLS: dict[str, tuple[str, str]] = {
+    "mechanism": ("marl_stability.analysis.mechanism",
+                  "Which road each run took to the failure (explosion-first / saturation-first), from its logs."),
+    "fix-evidence": ("marl_stability.analysis.fix_evidence",
+                     "What each single fix measured against each road: the table doctor ranks fixes by."),
+    "cross-task": ("marl_stability.analysis.cross_task",
+                   "The repeated-action verdicts across tasks (reproduction and single-fix sweeps)."),
+    "anchors": ("marl_stability.analysis.anchors",
+                "Measure a task's score anchors: random, do-nothing and simple policies (and spread's optimum)."),
+    "learning-table": ("marl_stability.studies.learning_table",
+                       "Final return per seed of a sweep against a target, and the mean curve at chosen steps."),
+    "compare-runs": ("marl_stability.studies.compare_runs",
+                     "Compare groups of finished runs side by side (IQM, bootstrap intervals, P(improvement))."),
+    "bench": ("marl_stability.bench.speed",
+              "Benchmarks: env speed against mpe2 and full training runs, ratios measured in one run."),
+    "bench-instr": ("marl_stability.bench.instructions",
+                    "Instructions per env step of the fast mpe2 port, counted by valgrind (not wall clock)."),
+    "bench-instrumentation": ("marl_stability.bench.instrumentation",
+                              "Cost of the instrumentation: the same run with and without a piece of it."),
+    "bench-versions": ("marl_stability.bench.versions",
+                       "Training speed of two checkouts of this project, interleaved in one run."),
+    "tb-screenshot": ("marl_stability.bench.tb_screenshot",
+                      "Screenshots of TensorBoard on a log directory, in headless Chromium."),
+}
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def _command(module: str):  # type: ignore[no-untyped-def]
+    def run(ctx: typer.Context) -> None:
+        importlib.import_module(module).main(list(ctx.args))
+
+    return run
+
+
+def register(app: typer.Typer) -> None:
+    for name, (module, help_text) in TOOLS.items():
+        app.command(name, help=help_text, context_settings=PASS_THROUGH)(_command(module))

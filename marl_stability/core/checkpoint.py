@@ -1,0 +1,48 @@
+"""Atomic checkpoint files, loaded with ``torch.load(weights_only=True)`` (no code is ever unpickled)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from marl_stability.atomic import (  # noqa: F401 (re-exported)
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
+from marl_stability.errors import UserError
+
+
+def to_safe(obj: Any) -> Any:
+    """numpy arrays -> tensors, recursively, so the weights-only unpickler accepts the state."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: to_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_safe(v) for v in obj)
+    return obj
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write_bytes(path, lambda f: torch.save(to_safe(state), f))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"no checkpoint to resume from: {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated or not a checkpoint at all
+        raise UserError(f"cannot load checkpoint {path}: corrupt or not a marl-stability checkpoint ({e.__class__.__name__})") from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise UserError(f"cannot load checkpoint {path}: not a marl-stability checkpoint")
+    return state

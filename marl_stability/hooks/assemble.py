@@ -1,0 +1,59 @@
+"""Assembling a run's hooks: the built-in ones from config, then the user's (``train.hooks`` classes and hook
+objects or classes passed to the trainer). Above :mod:`marl_stability.hooks.builtin`, below the training loop."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Sequence
+
+from marl_stability.core.hooks import EVENTS, Hook, RunContext
+from marl_stability.errors import UserError
+from marl_stability.hooks.builtin import builtin_hooks
+
+
+# --------------------------------------------------------------------------- users' hooks from config
+def load_hook_class(spec: str) -> type:
+    """``package.module:ClassName`` -> the class (a one-line error if it cannot be imported)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UserError(f"train.hooks: {spec!r} is not module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 -- any import failure of a user's module is a user error
+        raise UserError(f"train.hooks: cannot import {module_name} ({e.__class__.__name__}: {e})") from None
+    cls = getattr(module, attr, None)
+    if not isinstance(cls, type):
+        raise UserError(f"train.hooks: {module_name} has no class {attr}")
+    return cls
+
+
+def build_hooks(ctx: RunContext, user_hooks: Sequence[Any] = ()) -> list[Hook]:
+    """The run's hooks, built once: the built-in ones from config, then the user's (classes from
+    ``train.hooks`` and hook objects or classes passed in). A class is called with the run context."""
+    hooks = builtin_hooks(ctx)
+    for item in [*(load_hook_class(s) for s in ctx.cfg.train.hooks), *user_hooks]:
+        hook = _construct(item, ctx) if isinstance(item, type) else item
+        if not hasattr(hook, "name") or not hook.name:
+            hook.name = type(hook).__name__
+        hooks.append(_complete(hook))
+    return hooks
+
+
+def _construct(cls: type, ctx: RunContext) -> Any:
+    try:
+        return cls(ctx)
+    except Exception as e:  # noqa: BLE001 -- a user's hook that cannot be built is a one-line error
+        raise UserError(f"hook {cls.__module__}:{cls.__name__} could not be built with the run context: "
+                        f"{e.__class__.__name__}: {e}") from None
+
+
+def _complete(hook: Any) -> Any:
+    """A user's hook need not subclass Hook: give it the missing no-op methods."""
+    if isinstance(hook, Hook):
+        return hook
+    for event in (*EVENTS, "summary", "state_dict", "load_state_dict"):
+        if not hasattr(hook, event):
+            setattr(hook, event, getattr(Hook(), event))
+    if not hasattr(hook, "prefixes"):
+        hook.prefixes = ()
+    return hook
