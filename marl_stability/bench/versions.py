@@ -20,7 +20,10 @@ from pathlib import Path
 from marl_stability.errors import ArgumentParser
 
 ARMS = {"batched agents": ["maddpg.batched_agents=auto"], "per-agent loop": ["maddpg.batched_agents=off"]}
-_CODE = ("import sys, json; from pathlib import Path; from marl_stability.bench.speed import training_rate; "
+# bench.speed since 0.2.0's layout; a flat marl_stability/bench.py in older checkouts.
+_CODE = ("import sys, json; from pathlib import Path\n"
+         "try:\n    from marl_stability.bench.speed import training_rate\n"
+         "except ImportError:\n    from marl_stability.bench import training_rate\n"
          "print(json.dumps(training_rate(json.loads(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])))")
 
 
