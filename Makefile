@@ -12,7 +12,7 @@ LOCK := requirements.lock
 # torch first: 2.13.0 is a CPU build on this machine's disk; anything else pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: setup test test-slow test-all test-kernels test-latest lock reproduce clean
+.PHONY: setup test test-unit test-lockstep test-integration test-slow test-all test-kernels test-latest lock reproduce clean
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q
+
+# One tier of the suite (tests/conftest.py: unit, lockstep, integration; the learning tier is test-slow).
+test-unit test-lockstep test-integration: test-%: setup
+	$(PY) -m pytest -q -m $*
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

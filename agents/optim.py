@@ -10,7 +10,7 @@ import torch
 
 from marl_stability.config import OptimConfig
 from marl_stability.core.events import GradEvent, UpdateStats
-from marl_stability.fixes import ClipStats, GradClipper, measure_grads
+from marl_stability.fixes.objects import ClipStats, GradClipper, measure_grads
 
 _NAN_CLIP = ClipStats(float("nan"), float("nan"), False)
 

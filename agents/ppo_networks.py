@@ -18,7 +18,7 @@ from marl_stability.agents.distributions import ActionHead, Distribution
 from marl_stability.agents.networks import MLP
 from torch import nn
 
-from marl_stability.fixes import RunningMeanStd
+from marl_stability.fixes.objects import RunningMeanStd
 
 
 class PolicyNet(nn.Module):

@@ -425,28 +425,6 @@ class RunConfig(_Strict):
         flat = {k: v for k, v in flatten(self.to_dict()).items() if k not in ignore}
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
-    def fix_settings(self) -> dict[str, Any]:
-        """The resolved settings of every stability fix, flat (what summary.json reports as ``fixes``)."""
-        d = self.to_dict()
-        out: dict[str, Any] = {}
-        for k, v in flatten(d["fixes"]).items():
-            out[k] = v
-        for net in ("actor", "critic"):
-            for key in ("activation", "norm", "residual", "init", "last_layer_init"):
-                out[f"{net}.{key}"] = d[net][key]
-        out["actor.output"] = d["actor"]["output"]
-        for opt in ("actor_optim", "critic_optim"):
-            out[f"{opt}.name"] = d[opt]["name"]
-            out[f"{opt}.lr"] = d[opt]["lr"]
-        out["maddpg.critic_loss"] = d["maddpg"]["critic_loss"]
-        if self.algo in ON_POLICY_ALGORITHMS:  # the on-policy fixes (MADDPG runs keep the summary they had)
-            for key in ("value_norm", "value_clip", "value_loss", "huber_delta", "advantage_norm", "entropy_coef",
-                        "distribution", "log_std", "log_std_bounds", "input_layernorm"):
-                out[f"ppo.{key}"] = d["ppo"][key]
-            for opt in ("actor_optim", "critic_optim"):
-                out[f"{opt}.eps"] = d[opt]["eps"]
-        return out
-
 
 def flatten(d: dict[str, Any], prefix: str = "", strict: bool = False) -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}; dict-valued free-form fields (env.kwargs) are flattened too.

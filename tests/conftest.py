@@ -65,3 +65,32 @@ def mpe_actions(layout: Any, row: np.ndarray) -> dict[str, Any]:
             act = np.asarray(row[i, :dim], dtype=np.float32)
             out[agent] = np.clip(act, layout.act_low[i, :dim], layout.act_high[i, :dim])
     return out
+
+
+# ---------------------------------------------------------------------------------------------- test tiers
+# Every test file in one tier (tests/test_structure.py checks the table covers them all); a test marked `slow`
+# is in the learning tier whatever its file. Run one tier with `pytest -m unit` (or `make test-unit`, ...).
+#   unit:        pure functions and objects, no training run, no subprocess: under a minute
+#   lockstep:    the fast port against mpe2 itself, bit for bit
+#   integration: real (tiny) runs, subprocesses, kill -9 resumes, sweeps on the process pool and on Ray, the
+#                wheel build, TensorBoard files read back
+#   learning:    long learning runs with a stated budget and threshold (marked slow; `make test-slow`)
+TIERS: dict[str, tuple[str, ...]] = {
+    "unit": ("test_batched.py", "test_bench_env.py", "test_bench_instr.py", "test_compare_runs.py", "test_config.py",
+             "test_cross_task.py", "test_detect.py", "test_envs.py", "test_fix_registry.py", "test_fixes.py",
+             "test_monitor.py", "test_networks.py", "test_release.py", "test_structure.py", "test_tool_args.py"),
+    "lockstep": ("test_fast_mpe.py", "test_fast_mpe_lockstep.py", "test_fast_mpe_physics.py"),
+    "integration": ("test_anchors.py", "test_bench.py", "test_calibrate.py", "test_cli_errors.py", "test_doctor.py",
+                    "test_edges.py", "test_fast_mpe_training.py", "test_hooks.py", "test_mappo.py", "test_matd3.py",
+                    "test_mechanism.py", "test_plasticity.py", "test_readme.py", "test_report.py", "test_reproduce.py",
+                    "test_reproduce_mappo.py", "test_sweep.py", "test_tensorboard.py", "test_training.py",
+                    "test_wheel.py"),
+    "learning": ("test_learning.py",),
+}
+TIER_OF_FILE = {name: tier for tier, names in TIERS.items() for name in names}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = "learning" if item.get_closest_marker("slow") else TIER_OF_FILE.get(item.path.name, "unit")
+        item.add_marker(getattr(pytest.mark, tier))

@@ -21,7 +21,7 @@ from marl_stability.agents.networks import (
 from marl_stability import agents
 from marl_stability.config import RunConfig, load_config
 from marl_stability.errors import UserError
-from marl_stability.fixes import build_fixes
+from marl_stability.fixes.objects import build_fixes
 
 N, OBS, ACT, B = 3, 4, 2, 32
 LOW = torch.tensor([-1.0, 0.0])

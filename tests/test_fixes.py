@@ -12,7 +12,7 @@ from marl_stability.agents.networks import MLP
 from torch import nn
 
 from marl_stability.config import ClipConfig, FixesConfig, ObsNormConfig
-from marl_stability.fixes import (
+from marl_stability.fixes.objects import (
     ClipStats,
     GlobalNormClip,
     GradClipper,

@@ -27,7 +27,7 @@ from test_batched import (
 from marl_stability import agents
 from marl_stability.config import RunConfig, load_config
 from marl_stability.core.sinks import MemorySink
-from marl_stability.fixes import build_fixes
+from marl_stability.fixes.objects import build_fixes
 from marl_stability.training.trainer import TIMING_KEYS, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

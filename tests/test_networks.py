@@ -23,7 +23,7 @@ from torch import nn
 
 from marl_stability import agents
 from marl_stability.config import ClipConfig, RunConfig
-from marl_stability.fixes import build_fixes, make_clipper
+from marl_stability.fixes.objects import build_fixes, make_clipper
 
 # float(parameter) in assertions is intended
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True")

@@ -244,3 +244,12 @@ def test_readme_architecture_matches_the_folders() -> None:
         folder, what = row
         for module in re.findall(r"`(\w+\.py)`", what):  # each file a layer row names is in its folder
             assert list((ROOT / folder).rglob(module)) or (ROOT / "marl_stability" / module).exists(), (folder, module)
+
+
+def test_every_test_file_has_one_tier() -> None:
+    """tests/conftest.py's tier table names every test file exactly once (a new file must choose its tier)."""
+    from conftest import TIERS
+
+    listed = [name for names in TIERS.values() for name in names]
+    assert len(listed) == len(set(listed))
+    assert sorted(listed) == sorted(p.name for p in (ROOT / "tests").glob("test_*.py"))

@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from marl_stability.config import ON_POLICY_ALGORITHMS, DetectorConfig
+from marl_stability.fixes import registry
 from marl_stability.core.summary import RunSummary, read_summary
 from marl_stability.errors import UserError
 from marl_stability.runs.scalars import read_scalars
@@ -202,65 +203,47 @@ def _large_reward(cfg: dict[str, Any], ev: Evidence) -> bool:
     return (_section(cfg, "env").get("reward_scale", 1.0) or 1.0) > 1.0 or (reward_mag is not None and reward_mag > 10)
 
 
-def _lower_lr(cfg: dict[str, Any]) -> list[str]:
-    """Both learning rates 10x lower than the run's (Adam's 1e-2 -> 1e-3, as the single-fix tables measured)."""
-    out = []
-    for net in ("actor_optim", "critic_optim"):
-        lr = _section(cfg, net).get("lr")
-        out.append(f"{net}.lr={(float(lr) if isinstance(lr, (int, float)) else 1e-2) / 10:g}")
-    return out
+def _advice(family: str, cfg: dict[str, Any], reasons: dict[str, tuple[str, bool]]) -> list[Fix]:
+    """The registry's fixes for ``family`` in the practitioner's order, each with this run's reason (why, and whether
+    the data points at it) and whether the run already uses it. A registered fix without a reason here is still
+    advised, without a why."""
+    return [Fix(spec.order[family], spec.title, spec.overrides_for(cfg), *reasons.get(spec.id, ("", False)),
+                applied=spec.applied(cfg)) for spec in registry.for_family(family)]
 
 
 def _candidate_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence) -> list[Fix]:
-    """Every fix in the practitioner's order, with why this run's data points at it and whether it is applied."""
+    """Every off-policy fix in the practitioner's order, with why this run's data points at it and whether it is
+    applied."""
     explosion, collapse = s.explosion_step, s.collapse_step
-    env_cfg, fixes_cfg, actor_cfg = _section(cfg, "env"), _section(cfg, "fixes"), _section(cfg, "actor")
+    env_cfg, actor_cfg = _section(cfg, "env"), _section(cfg, "actor")
     lr = _section(cfg, "critic_optim").get("lr")
-    clip_mode = ((fixes_cfg.get("grad_clip") or {}).get("critic") or {}).get("mode", "none")
+    clip_off = not registry.get("grad_clip").applied(cfg)
     output = actor_cfg.get("output")
     # The run's own collapse threshold (detectors.saturation_threshold), not a second constant.
     threshold = _section(cfg, "detectors").get("saturation_threshold", DetectorConfig().saturation_threshold)
     saturated = bool(ev.saturation) and max(ev.saturation.values()) >= threshold
     big_reward, reward_mag, max_preact = _large_reward(cfg, ev), ev.reward_magnitude, ev.max_preactivation
     sgd = "sgd" in (_section(cfg, "actor_optim").get("name"), _section(cfg, "critic_optim").get("name"))
-    return [
-        Fix(1, "clip gradients (global L2 norm)",
-            ["fixes.grad_clip.critic.mode=global_norm", "fixes.grad_clip.critic.max=1.0",
-             "fixes.grad_clip.actor.mode=global_norm", "fixes.grad_clip.actor.max=1.0"],
-            f"critic gradients exploded at env step {explosion} and clipping is off" if explosion is not None and clip_mode == "none" else "",
-            explosion is not None and clip_mode == "none", applied=clip_mode != "none"),
-        Fix(2, "lower the learning rate", _lower_lr(cfg),
-            f"lr is {lr}; " + ("SGD's step is lr x gradient" if sgd else "with Adam, norm clipping does not shrink the step size")
-            if lr and (lr > 1e-3 or sgd) and (explosion is not None or collapse is not None) else "",
-            bool(lr and (lr > 1e-3 or sgd) and (explosion is not None or collapse is not None)),
-            applied=bool(lr and lr <= 1e-3 and not sgd)),
-        Fix(2, "scale or normalize the reward", ["fixes.reward.mode=normalize"],
-            f"rewards are large (reward_scale {env_cfg.get('reward_scale', 1.0)}, median |batch reward| {reward_mag:.3g})" if big_reward and reward_mag is not None else "",
-            big_reward, applied=(fixes_cfg.get("reward") or {}).get("mode", "none") != "none"),
-        Fix(3, "small last-layer init", ["actor.last_layer_init=0.003"],
-            f"output pre-activations reached {max_preact:.3g}" if max_preact is not None and max_preact > 10 and actor_cfg.get("last_layer_init") is None else "",
-            bool(max_preact is not None and max_preact > 10 and actor_cfg.get("last_layer_init") is None),
-            applied=actor_cfg.get("last_layer_init") is not None),
-        Fix(3, "tanh output scaled to the action bounds", ["actor.output=tanh_scaled"],
-            f"actor output is {output}: the critic is queried outside the range the env applies" if output in ("linear_clip", "softsign", "tanh") else "",
-            output in ("linear_clip", "softsign", "tanh"), applied=output in ("tanh_scaled", "auto")),
-        Fix(3, "normalize observations", ["fixes.obs_norm.enabled=true"],
-            "observations are rescaled/offset by the env wrapper" if env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0 else "",
-            (env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0),
-            applied=bool((fixes_cfg.get("obs_norm") or {}).get("enabled", False))),
-        Fix(4, "normalization layers", ["actor.norm=layernorm", "critic.norm=layernorm"],
-            applied=actor_cfg.get("norm", "none") != "none"),
-        Fix(4, "residual blocks", ["actor.residual=true", "critic.residual=true"], applied=bool(actor_cfg.get("residual"))),
-        Fix(4, "openai/maddpg's pre-activation penalty", ["fixes.actor_preact_l2=0.001"],
-            "outputs collapsed into saturation" if saturated and collapse is not None else "",
-            saturated and collapse is not None, applied=(fixes_cfg.get("actor_preact_l2", 0.0) or 0.0) > 0),
-        Fix(5, "Huber critic loss", ["maddpg.critic_loss=huber"],
-            applied=_section(cfg, "maddpg").get("critic_loss") == "huber"),
-        Fix(5, "Adam instead of SGD", ["actor_optim.name=adam", "critic_optim.name=adam"],
-            "SGD's step grows with the gradient: an exploding critic moves its weights (and, through dQ/da, the "
-            "actor's) further every update" if explosion is not None and sgd else "",
-            explosion is not None and sgd, applied=not sgd),
-    ]
+    high_lr = bool(lr and (lr > 1e-3 or sgd) and (explosion is not None or collapse is not None))
+    big_preact = bool(max_preact is not None and max_preact > 10 and actor_cfg.get("last_layer_init") is None)
+    unbounded = output in ("linear_clip", "softsign", "tanh")
+    rescaled_obs = env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0
+    return _advice(registry.OFF, cfg, {
+        "grad_clip": (f"critic gradients exploded at env step {explosion} and clipping is off"
+                      if explosion is not None and clip_off else "", explosion is not None and clip_off),
+        "lower_lr": (f"lr is {lr}; " + ("SGD's step is lr x gradient" if sgd else "with Adam, norm clipping does not "
+                                         "shrink the step size") if high_lr else "", high_lr),
+        "reward_scale": (f"rewards are large (reward_scale {env_cfg.get('reward_scale', 1.0)}, median |batch reward| "
+                         f"{reward_mag:.3g})" if big_reward and reward_mag is not None else "", big_reward),
+        "small_init": (f"output pre-activations reached {max_preact:.3g}" if big_preact else "", big_preact),
+        "tanh_scaled": (f"actor output is {output}: the critic is queried outside the range the env applies"
+                        if unbounded else "", unbounded),
+        "obs_norm": ("observations are rescaled/offset by the env wrapper" if rescaled_obs else "", rescaled_obs),
+        "preact_penalty": ("outputs collapsed into saturation" if saturated and collapse is not None else "",
+                           saturated and collapse is not None),
+        "adam": ("SGD's step grows with the gradient: an exploding critic moves its weights (and, through dQ/da, the "
+                 "actor's) further every update" if explosion is not None and sgd else "", explosion is not None and sgd),
+    })
 
 
 def render(d: dict[str, Any]) -> str:
@@ -342,9 +325,8 @@ def on_policy_signals(scalars: dict[str, list[tuple[int, float]]]) -> dict[str, 
 
 def _on_policy_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence, sig: dict[str, Any]) -> list[Fix]:
     """The on-policy fixes, each with the evidence line that points at it (empty: no evidence in this run)."""
-    ppo, fixes_cfg, env_cfg = _section(cfg, "ppo"), _section(cfg, "fixes"), _section(cfg, "env")
+    ppo, env_cfg = _section(cfg, "ppo"), _section(cfg, "env")
     lr, eps = _section(cfg, "actor_optim").get("lr"), _section(cfg, "actor_optim").get("eps")
-    clip_mode = ((fixes_cfg.get("grad_clip") or {}).get("actor") or {}).get("mode", "none")
     kl, clipf, log_std, vloss = sig["kl_max"], sig["clip_fraction_max"], sig["log_std_max"], sig["value_loss_max"]
     trust = []
     if s.kl_spike_step is not None:
@@ -357,48 +339,33 @@ def _on_policy_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence, sig: dict
     sat = max(ev.saturation.values(), default=0.0)
     gaussian = ppo.get("distribution", "auto") in ("auto", "gaussian")
     entropy_low = s.entropy_collapse_step is not None
-    return [
-        Fix(1, "lower the learning rate and raise Adam's eps", ["actor_optim.lr=0.0003", "critic_optim.lr=0.0003",
-            "actor_optim.eps=1e-05", "critic_optim.eps=1e-05"], "; ".join(trust) + (f" (lr {lr}, eps {eps})" if trust else ""),
-            bool(trust), applied=bool(lr and lr <= 3e-4 and eps and eps >= 1e-5)),
-        Fix(1, "clip gradients (global L2 norm 10, the MAPPO reference)", ["fixes.grad_clip.actor.mode=global_norm",
-            "fixes.grad_clip.actor.max=10", "fixes.grad_clip.critic.mode=global_norm", "fixes.grad_clip.critic.max=10"],
-            f"gradients exploded at env step {s.explosion_step} and clipping is off" if s.explosion_step is not None else "",
-            s.explosion_step is not None, applied=clip_mode != "none"),
-        Fix(2, "value normalization", ["ppo.value_norm=true"],
-            f"value loss peaked at {vloss[0]:.3g} (env step {vloss[1]}) with raw-scale returns" if vloss and vloss[0] > 10 else
-            ("rewards are large and the critic regresses them unnormalized" if big_reward else ""),
-            bool((vloss and vloss[0] > 10) or big_reward), applied=bool(ppo.get("value_norm", True))),
-        Fix(2, "scale or normalize the reward", ["fixes.reward.mode=normalize"],
-            f"rewards are large (reward_scale {env_cfg.get('reward_scale', 1.0)}, median |batch reward| "
-            f"{ev.reward_magnitude:.3g})" if big_reward and ev.reward_magnitude is not None else "",
-            big_reward, applied=(fixes_cfg.get("reward") or {}).get("mode", "none") != "none"),
-        Fix(3, "raise the entropy coefficient", [f"ppo.entropy_coef={2 * float(ppo.get('entropy_coef', 0.01)) or 0.01:g}"],
-            f"policy entropy collapsed from env step {s.entropy_collapse_step} (final {sig['entropy_final']:.3g} per action "
-            "dimension)" if entropy_low and sig["entropy_final"] is not None else "", entropy_low),
-        Fix(3, "bound the log-std", ["ppo.log_std_bounds=[-5.0, -0.7]"],
-            f"log-std reached {log_std[0]:.3g} at env step {log_std[1]}: a Gaussian wider than the action range, mostly "
-            "clipped" if log_std and log_std[0] > LOG_STD_HIGH else
-            ("the entropy collapsed with an unbounded log-std" if entropy_low else ""),
-            bool((log_std and log_std[0] > LOG_STD_HIGH) or entropy_low), applied=ppo.get("log_std_bounds") is not None),
-        Fix(3, "a bounded action distribution (Beta on the bounds)", ["ppo.distribution=beta"],
-            f"actions end at the bounds (evaluation saturation {sat:.2f}) with a Gaussian clipped by the env"
-            if gaussian and sat >= 0.9 else "", gaussian and sat >= 0.9, applied=not gaussian),
-        Fix(4, "fewer PPO epochs", [f"ppo.epochs={max(1, int(ppo.get('epochs', 10)) // 2)}"],
-            f"PPO clip fraction reached {clipf[0]:.2f}" if clipf and clipf[0] > CLIP_FRACTION_HIGH else "",
-            bool(clipf and clipf[0] > CLIP_FRACTION_HIGH)),
-        Fix(4, "Huber value loss and value clipping", ["ppo.value_loss=huber", "ppo.value_clip=0.2"],
-            f"the value fit is poor (explained variance {sig['explained_variance_final']:.2f})"
-            if sig["explained_variance_final"] is not None and sig["explained_variance_final"] < 0.2 else "",
-            bool(sig["explained_variance_final"] is not None and sig["explained_variance_final"] < 0.2),
-            applied=ppo.get("value_loss") == "huber" and ppo.get("value_clip") is not None),
-        Fix(5, "advantage normalization", ["ppo.advantage_norm=true"], applied=bool(ppo.get("advantage_norm", True))),
-        Fix(5, "normalize observations", ["fixes.obs_norm.enabled=true"],
-            "observations are rescaled/offset by the env wrapper" if env_cfg.get("obs_scale", 1.0) != 1.0 or
-            env_cfg.get("obs_offset", 0.0) != 0.0 else "",
-            env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0,
-            applied=bool((fixes_cfg.get("obs_norm") or {}).get("enabled", False))),
-    ]
+    big_vloss = bool(vloss and vloss[0] > 10)
+    wide = bool(log_std and log_std[0] > LOG_STD_HIGH)
+    high_clip = bool(clipf and clipf[0] > CLIP_FRACTION_HIGH)
+    poor_fit = sig["explained_variance_final"] is not None and sig["explained_variance_final"] < 0.2
+    rescaled_obs = env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0
+    return _advice(registry.ON, cfg, {
+        "lr_eps": ("; ".join(trust) + (f" (lr {lr}, eps {eps})" if trust else ""), bool(trust)),
+        "grad_clip_10": (f"gradients exploded at env step {s.explosion_step} and clipping is off"
+                         if s.explosion_step is not None else "", s.explosion_step is not None),
+        "value_norm": (f"value loss peaked at {vloss[0]:.3g} (env step {vloss[1]}) with raw-scale returns" if big_vloss
+                       else ("rewards are large and the critic regresses them unnormalized" if big_reward else ""),
+                       big_vloss or big_reward),
+        "reward_scale": (f"rewards are large (reward_scale {env_cfg.get('reward_scale', 1.0)}, median |batch reward| "
+                         f"{ev.reward_magnitude:.3g})" if big_reward and ev.reward_magnitude is not None else "",
+                         big_reward),
+        "entropy": (f"policy entropy collapsed from env step {s.entropy_collapse_step} (final {sig['entropy_final']:.3g} "
+                    "per action dimension)" if entropy_low and sig["entropy_final"] is not None else "", entropy_low),
+        "log_std_bounds": (f"log-std reached {log_std[0]:.3g} at env step {log_std[1]}: a Gaussian wider than the "
+                           "action range, mostly clipped" if wide else
+                           ("the entropy collapsed with an unbounded log-std" if entropy_low else ""), wide or entropy_low),
+        "beta": (f"actions end at the bounds (evaluation saturation {sat:.2f}) with a Gaussian clipped by the env"
+                 if gaussian and sat >= 0.9 else "", gaussian and sat >= 0.9),
+        "fewer_epochs": (f"PPO clip fraction reached {clipf[0]:.2f}" if high_clip else "", high_clip),
+        "huber_value": (f"the value fit is poor (explained variance {sig['explained_variance_final']:.2f})"
+                        if poor_fit else "", bool(poor_fit)),
+        "obs_norm": ("observations are rescaled/offset by the env wrapper" if rescaled_obs else "", rescaled_obs),
+    })
 
 
 def diagnose_on_policy(run: Path, s: RunSummary, summary: RunSummary | None, cfg: dict[str, Any], ev: Evidence,

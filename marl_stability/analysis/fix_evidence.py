@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from marl_stability.errors import ArgumentParser, UserError
+from marl_stability.fixes import registry
 from marl_stability.runs.records import label_run
 from marl_stability.runs.scalars import read_scalars
 from marl_stability.runs.sweep_layout import FINAL_STATUSES
@@ -28,16 +29,6 @@ from marl_stability.runs.trials import collect
 
 MECHANISMS = ("saturation-first", "explosion-first")
 PACKAGED = Path(__file__).with_name("fix_evidence.json")
-# Arm name in the single-fix sweeps -> the doctor's fix name (marl_stability.analysis.doctor's Fix.name).
-ARM_FIX = {
-    "clip": "clip gradients (global L2 norm)",
-    "lower_lr": "lower the learning rate",
-    "reward_scale": "scale or normalize the reward",
-    "small_init": "small last-layer init",
-    "tanh_scaled": "tanh output scaled to the action bounds",
-    "obs_norm": "normalize observations",
-    "adam": "Adam instead of SGD",
-}
 
 
 @dataclass
@@ -70,6 +61,7 @@ class ArmEvidence:
 def sweep_evidence(sweep: Path) -> dict[str, Any]:
     """Every finished run of one single-fix sweep, labelled; ``{"sweep", "env", "env_steps", "arms": {...}}``."""
     trials = collect(sweep)
+    arm_fix = registry.arm_fixes()  # single-fix arm name -> the title of the fix it measured (doctor's name)
     arms: dict[str, ArmEvidence] = {}
     env, steps = None, None
     for row in sorted(trials.rows, key=lambda r: (r["arm"], r["seed"])):
@@ -79,7 +71,7 @@ def sweep_evidence(sweep: Path) -> dict[str, Any]:
         config = trials.plan.arm(row["arm"]).config
         env, steps = config["env"]["id"], config["train"]["steps"]
         label = label_run(summary, config, read_scalars(sweep / row["run_dir"]))[0]
-        ev = arms.setdefault(row["arm"], ArmEvidence(row["arm"], ARM_FIX.get(row["arm"])))
+        ev = arms.setdefault(row["arm"], ArmEvidence(row["arm"], arm_fix.get(row["arm"])))
         ev.seeds.append(int(row["seed"]))
         ev.labels.append(label)
         ev.final_returns.append(summary.final_return)

@@ -11,7 +11,7 @@ import numpy as np
 from marl_stability import agents, envs
 from marl_stability.config import RunConfig
 from marl_stability.errors import UserError
-from marl_stability.fixes import Fixes, build_fixes
+from marl_stability.fixes.objects import Fixes, build_fixes
 
 
 def make_venv(cfg: RunConfig, num_envs: int, seed: int) -> Any:

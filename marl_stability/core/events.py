@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 if TYPE_CHECKING:  # no torch import at module load for readers of these records
-    from marl_stability.fixes import ClipStats, GradNorms
+    from marl_stability.fixes.objects import ClipStats, GradNorms
 
 
 @dataclass

@@ -39,7 +39,7 @@ from torch import nn
 
 from marl_stability.core.events import GradEvent
 from marl_stability.core.sinks import Logger, TensorBoardSink
-from marl_stability.fixes import ClipStats, GradNorms, measure_grads
+from marl_stability.fixes.objects import ClipStats, GradNorms, measure_grads
 from marl_stability.tags import current_tag
 
 __all__ = [

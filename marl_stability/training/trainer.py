@@ -37,6 +37,7 @@ from marl_stability.core.sinks import Logger
 from marl_stability.core.summary import TIMING_KEYS, RunSummary
 from marl_stability.envs.vector import EnvOutputError
 from marl_stability.errors import UserError
+from marl_stability.fixes.registry import fix_settings
 from marl_stability.hooks.assemble import build_hooks
 
 __all__ = ["Trainer", "Progress", "TIMING_KEYS", "CHECKPOINT_FORMAT", "make_venv", "probe_env", "check_compatible"]
@@ -155,7 +156,7 @@ class Trainer:
         p = self.progress
         fields = {
             "status": self.status, "env": self.cfg.env.id, "algo": self.cfg.algo, "seed": self.cfg.seed,
-            "fixes": self.cfg.fix_settings(), "env_steps": p.env_steps, "updates": self.algo.updates,
+            "fixes": fix_settings(self.cfg), "env_steps": p.env_steps, "updates": self.algo.updates,
             "episodes": p.episodes, "final_return": p.final_return, "best_return": p.best_return,
             "eval_history": list(p.eval_history), "agents": list(self.spec.agents),
             "wall_seconds": round(p.wall_seconds, 3),
