@@ -34,5 +34,6 @@ class _SourceCheckoutFinder(importlib.abc.MetaPathFinder):
 
 
 if not (Path(__file__).resolve().parent / "envs").is_dir() and all(
-        (_SOURCE_ROOT / name / "__init__.py").is_file() for name in _MAPPED):
+        (_SOURCE_ROOT / name / "__init__.py").is_file() for name in _MAPPED) and not any(
+        type(f).__name__ == "_SourceCheckoutFinder" for f in sys.meta_path):  # once, also under importlib.reload
     sys.meta_path.insert(0, _SourceCheckoutFinder())

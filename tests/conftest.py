@@ -70,7 +70,8 @@ def mpe_actions(layout: Any, row: np.ndarray) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- test tiers
 # Every test file in one tier (tests/test_structure.py checks the table covers them all); a test marked `slow`
 # is in the learning tier whatever its file. Run one tier with `pytest -m unit` (or `make test-unit`, ...).
-#   unit:        pure functions and objects, no training run, no subprocess: under a minute
+#   unit:        functions and objects in process (a few start a short child process or a few-hundred-step run):
+#                about 35 s in all
 #   lockstep:    the fast port against mpe2 itself, bit for bit
 #   integration: real (tiny) runs, subprocesses, kill -9 resumes, sweeps on the process pool and on Ray, the
 #                wheel build, TensorBoard files read back

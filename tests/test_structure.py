@@ -192,10 +192,13 @@ PENDING_CYCLES = {("marl_stability.agents.ddpg_updates", "marl_stability.agents.
 
 
 def layer_of(module: str) -> int:
+    """The layer of a module: the longest LAYERS name that is it or a package above it; the package itself
+    (``marl_stability``) covers only its own __init__, so a new subpackage missing from LAYERS fails."""
     best, level = -1, -1
     for i, names in enumerate(LAYERS):
         for name in names:
-            if (module == name or module.startswith(name + ".")) and len(name) > best:
+            covers = module == name or (name != "marl_stability" and module.startswith(name + "."))
+            if covers and len(name) > best:
                 best, level = len(name), i
     assert level >= 0, f"{module} is in no layer: add it to LAYERS (and to the README's architecture)"
     return level
@@ -208,6 +211,27 @@ def test_imports_flow_down_the_layers() -> None:
     assert {layer_of(m) for m in everything} == set(range(len(LAYERS)))  # each layer has modules
     upward = sorted(f"{m} -> {t}" for m, targets in everything.items() for t in targets if layer_of(t) > layer_of(m))
     assert upward == []
+
+
+def test_layer_of_refuses_an_unlisted_subpackage() -> None:
+    import pytest
+
+    assert layer_of("marl_stability.config") == 0 and layer_of("marl_stability.envs.fast_mpe") == 2
+    with pytest.raises(AssertionError):
+        layer_of("marl_stability.newpackage.module")
+
+
+def test_no_import_uses_the_old_top_level_names() -> None:
+    """envs/ and agents/ are imported as marl_stability.envs / marl_stability.agents only: `import envs` works in a
+    checkout (its root on sys.path) but not from a wheel, and would load a second copy of every module."""
+    found = []
+    for path in python_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{rel(path)}:{node.lineno} {n}" for n in names if n.split(".")[0] in ("envs", "agents")]
+    # the one deliberate exception: measuring a checkout from before 0.2.0, whose envs package was top-level
+    assert found == ["marl_stability/bench/instructions.py:58 envs.fast_mpe"]
 
 
 def test_no_cycles_counting_lazy_imports() -> None:

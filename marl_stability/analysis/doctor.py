@@ -108,7 +108,7 @@ def _mechanism(summary: RunSummary | None, cfg: dict[str, Any], scalars: dict[st
     if summary is None or summary.status not in ("completed", "diverged"):
         return None
     from marl_stability.analysis.mechanism import (
-        classify,  # lazy: mechanism -> calibrate_runs -> cross_task -> doctor
+        classify,  # mechanism is a larger import, needed only for finished runs
     )
 
     return classify(summary, cfg, scalars)

@@ -55,7 +55,7 @@ def _measure_in_child(spec: dict[str, Any]) -> None:
     import numpy as np
 
     if spec["top_level_envs"]:  # a checkout from before 0.2.0, whose envs package was top-level
-        from marl_stability.envs.fast_mpe import FastMPEVectorEnv  # type: ignore[import-not-found]
+        from envs.fast_mpe import FastMPEVectorEnv  # type: ignore[import-not-found]  # noqa: I001
     else:
         from marl_stability.envs.fast_mpe import FastMPEVectorEnv
 

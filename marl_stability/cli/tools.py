@@ -7,6 +7,7 @@ hands it every argument after its name, ``--help`` included, so the two spelling
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
 
@@ -38,13 +39,19 @@ TOOLS: dict[str, tuple[str, str]] = {
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-def _command(module: str):  # type: ignore[no-untyped-def]
+def _command(module: str, name: str):  # type: ignore[no-untyped-def]
     def run(ctx: typer.Context) -> None:
-        importlib.import_module(module).main(list(ctx.args))
+        tool = importlib.import_module(module)
+        program = sys.argv[0]
+        sys.argv[0] = f"marl-stability {name}"  # argparse's default prog: usage lines name the subcommand
+        try:
+            tool.main(list(ctx.args))
+        finally:
+            sys.argv[0] = program
 
     return run
 
 
 def register(app: typer.Typer) -> None:
     for name, (module, help_text) in TOOLS.items():
-        app.command(name, help=help_text, context_settings=PASS_THROUGH)(_command(module))
+        app.command(name, help=help_text, context_settings=PASS_THROUGH)(_command(module, name))

@@ -12,11 +12,19 @@ from marl_stability.hooks.builtin import builtin_hooks
 
 
 # --------------------------------------------------------------------------- users' hooks from config
+# Module paths of this package's own hooks before 0.2.0's layout -> today's, so the config.yaml of an older run
+# (which a resume must match) still loads.
+LEGACY_HOOK_MODULES = {"marl_stability.example_hooks": "marl_stability.hooks.examples",
+                       "marl_stability.builtin_hooks": "marl_stability.hooks.builtin",
+                       "marl_stability.control_hooks": "marl_stability.hooks.control"}
+
+
 def load_hook_class(spec: str) -> type:
     """``package.module:ClassName`` -> the class (a one-line error if it cannot be imported)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UserError(f"train.hooks: {spec!r} is not module:Class")
+    module_name = LEGACY_HOOK_MODULES.get(module_name, module_name)
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 -- any import failure of a user's module is a user error
