@@ -82,7 +82,16 @@ def _module_level(tree: ast.Module) -> list[ast.stmt]:
     return found
 
 
-def _targets(node: ast.stmt, importer: str, is_package: bool, modules: set[str]) -> set[str]:
+def _literal_import(node: ast.AST) -> bool:
+    """``importlib.import_module("name")`` / ``import_module("name")`` / ``__import__("name")`` with a literal."""
+    if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+        return False
+    func = node.func
+    called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    return called in ("import_module", "__import__") and isinstance(node.args[0].value, str)
+
+
+def _targets(node: ast.AST, importer: str, is_package: bool, modules: set[str]) -> set[str]:
     """Our modules that one import statement loads, parent packages included."""
     names: list[str] = []
     if isinstance(node, ast.Import):
@@ -94,6 +103,8 @@ def _targets(node: ast.stmt, importer: str, is_package: bool, modules: set[str])
             package = package[: len(package) - (node.level - 1)]
             base = ".".join(package + ([base] if base else []))
         names = [base] + [f"{base}.{a.name}" for a in node.names]
+    if isinstance(node, ast.Call):  # importlib.import_module("marl_stability...") with a literal name
+        names = [node.args[0].value]
     out = set()
     for name in names:
         parts = name.split(".")
@@ -110,7 +121,7 @@ def import_graph(module_level_only: bool) -> dict[str, set[str]]:
     for name, path in files.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         nodes = _module_level(tree) if module_level_only else [
-            n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+            n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) or _literal_import(n)]
         is_package = path.name == "__init__.py"
         own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)}
         graph[name] = set().union(*(_targets(n, name, is_package, modules) for n in nodes)) - own
@@ -248,6 +259,10 @@ def test_no_cycles_counting_lazy_imports() -> None:
 
 def test_cycle_finder_finds_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    call = ast.parse('importlib.import_module("marl_stability.studies.report")').body[0].value
+    assert _literal_import(call) and _targets(call, "marl_stability.core.build", False,
+                                              {"marl_stability", "marl_stability.studies.report"}) == {
+        "marl_stability", "marl_stability.studies.report"}
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
 
 
