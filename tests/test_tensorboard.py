@@ -170,7 +170,7 @@ def tb_run_tags(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     ("hist/eval_actions/agent_0/dim0", "hist/eval_actions/agent_0/dim0"),
 ])
 def test_runs_written_before_the_regrouping_still_read(old: str, new: str) -> None:
-    from marl_stability.core.tb_run import current_tag
+    from marl_stability.tags import current_tag
 
     assert current_tag(old) == new
 

@@ -193,9 +193,12 @@ def _evidence(scalars: dict[str, list[tuple[int, float]]]) -> Evidence:
     )
 
 
-def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    value = cfg.get(name)
-    return value if isinstance(value, dict) else {}
+_section = registry.section  # one reader of a raw config's sections, shared with the fix registry
+
+
+def _rescaled_obs(env_cfg: dict[str, Any]) -> bool:
+    """The env wrapper rescales or offsets observations (the failure presets' way to induce it)."""
+    return env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0
 
 
 def _large_reward(cfg: dict[str, Any], ev: Evidence) -> bool:
@@ -207,8 +210,10 @@ def _advice(family: str, cfg: dict[str, Any], reasons: dict[str, tuple[str, bool
     """The registry's fixes for ``family`` in the practitioner's order, each with this run's reason (why, and whether
     the data points at it) and whether the run already uses it. A registered fix without a reason here is still
     advised, without a why."""
+    specs = registry.for_family(family)
+    assert set(reasons) <= {spec.id for spec in specs}, set(reasons) - {spec.id for spec in specs}  # a typo'd id
     return [Fix(spec.order[family], spec.title, spec.overrides_for(cfg), *reasons.get(spec.id, ("", False)),
-                applied=spec.applied(cfg)) for spec in registry.for_family(family)]
+                applied=spec.applied(cfg)) for spec in specs]
 
 
 def _candidate_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence) -> list[Fix]:
@@ -223,11 +228,11 @@ def _candidate_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence) -> list[F
     threshold = _section(cfg, "detectors").get("saturation_threshold", DetectorConfig().saturation_threshold)
     saturated = bool(ev.saturation) and max(ev.saturation.values()) >= threshold
     big_reward, reward_mag, max_preact = _large_reward(cfg, ev), ev.reward_magnitude, ev.max_preactivation
-    sgd = "sgd" in (_section(cfg, "actor_optim").get("name"), _section(cfg, "critic_optim").get("name"))
+    sgd = not registry.get("adam").applied(cfg)  # an SGD optimizer in actor or critic
     high_lr = bool(lr and (lr > 1e-3 or sgd) and (explosion is not None or collapse is not None))
     big_preact = bool(max_preact is not None and max_preact > 10 and actor_cfg.get("last_layer_init") is None)
     unbounded = output in ("linear_clip", "softsign", "tanh")
-    rescaled_obs = env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0
+    rescaled_obs = _rescaled_obs(env_cfg)
     return _advice(registry.OFF, cfg, {
         "grad_clip": (f"critic gradients exploded at env step {explosion} and clipping is off"
                       if explosion is not None and clip_off else "", explosion is not None and clip_off),
@@ -343,7 +348,7 @@ def _on_policy_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence, sig: dict
     wide = bool(log_std and log_std[0] > LOG_STD_HIGH)
     high_clip = bool(clipf and clipf[0] > CLIP_FRACTION_HIGH)
     poor_fit = sig["explained_variance_final"] is not None and sig["explained_variance_final"] < 0.2
-    rescaled_obs = env_cfg.get("obs_scale", 1.0) != 1.0 or env_cfg.get("obs_offset", 0.0) != 0.0
+    rescaled_obs = _rescaled_obs(env_cfg)
     return _advice(registry.ON, cfg, {
         "lr_eps": ("; ".join(trust) + (f" (lr {lr}, eps {eps})" if trust else ""), bool(trust)),
         "grad_clip_10": (f"gradients exploded at env step {s.explosion_step} and clipping is off"

@@ -20,7 +20,6 @@ from pydantic import BaseModel
 from marl_stability.config import RunConfig, flatten
 from marl_stability.core.summary import RunSummary, read_summary
 from marl_stability.fmt import fmt_number
-from marl_stability.tags import LEGACY_PREFIXES, current_tag  # noqa: F401  (re-exported for readers)
 
 Kind = Literal["bool", "number", "string"]
 

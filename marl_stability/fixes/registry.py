@@ -13,7 +13,7 @@ it). This module imports no torch (doctor and the docs read it); it sits in the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from marl_stability.config import ON_POLICY_ALGORITHMS, RunConfig, flatten
@@ -49,10 +49,10 @@ class FixSpec:
     evidence_arms: tuple[str, ...] = ()
     live: str | None = None
     advised: bool = True
-    families: tuple[str, ...] = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "families", tuple(self.order))
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(self.order)
 
     def overrides_for(self, cfg: dict[str, Any]) -> list[str]:
         return list(self.overrides(cfg) if callable(self.overrides) else self.overrides)

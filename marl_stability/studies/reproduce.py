@@ -38,7 +38,8 @@ from marl_stability.atomic import (
 )
 from marl_stability.config import ON_POLICY_ALGORITHMS, DetectorConfig, resolve_preset
 from marl_stability.core.summary import RunSummary
-from marl_stability.core.tb_run import current_tag, first_agent, tensorboard_link
+from marl_stability.core.tb_run import first_agent, tensorboard_link
+from marl_stability.tags import current_tag
 from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.runs.trials import Trials, collect, write_csv
