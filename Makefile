@@ -12,7 +12,7 @@ LOCK := requirements.lock
 # torch first: 2.13.0 is a CPU build on this machine's disk; anything else pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: setup test test-unit test-lockstep test-integration test-slow test-all test-kernels test-latest lock reproduce clean
+.PHONY: setup test test-unit test-lockstep test-integration test-slow test-all test-kernels test-latest lock reproduce docs docs-serve clean
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -68,8 +68,16 @@ lock:
 	mv $(LOCK).tmp $(LOCK)
 	rm -rf .venv-lock
 
+# The documentation site from docs/ (MkDocs Material, in the test extra): strict, so a broken link or a page
+# missing from the nav fails; into .site/. docs-serve: the same at http://127.0.0.1:8000, rebuilt on change.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 reproduce: setup
 	$(CLI) reproduce --out runs/reproduce --overwrite
 
 clean:
-	rm -rf $(VENV) .venv-latest .venv-lock *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-latest .venv-lock *.egg-info .pytest_cache .site

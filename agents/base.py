@@ -2,7 +2,7 @@
 
 An algorithm is built from the run config, the agents' layout (names, sizes, bounds) and the fixes, and
 holds the run's event bus: its gradient steps emit ``after_backward`` / ``after_clip`` / ``after_step``
-(``marl_stability.agents.optim.GradientStepper`` does that once for every algorithm). The loop
+(``self.stepper``, a ``marl_stability.agents.optim.GradientStepper``, does that once for every algorithm). The loop
 
 1. asks for actions (``act``, exploring or greedy) for a batch of env copies ``[E, N, obs]``,
 2. hands back each batch of transitions (``observe``),
@@ -15,6 +15,15 @@ and for evaluation and instrumentation uses ``policy_fn``/``preactivations`` (pe
 buffers, rollouts, epochs and minibatches stay inside the algorithm. ``state_dict``/``load_state_dict``
 make resume exact (networks, optimizers, buffers, RNGs, counters); ``snapshot``/``restore`` are the
 in-memory copies a rollback uses.
+
+The base class carries the duties every algorithm shares, so a subclass cannot forget them: ``update()`` (not
+overridable) counts the update, starts the stepper's record, runs the subclass's ``learn()`` (one update: every
+gradient step through ``self.stepper``, returning its scalars), refuses an optimizer step taken outside the
+stepper (``StepperBypassed``), checks every parameter of ``modules()`` for NaN/Inf (``NonFiniteParameters``)
+and returns the ``UpdateStats``. Capabilities are class attributes: ``on_policy`` (learns from rollouts of its
+current policy: the plasticity metrics run every update, the on-policy fixes and doctor's on-policy diagnosis
+apply) and ``hyperparameters`` (the config section holding its ``gamma``: ``"ppo"`` when on-policy, else
+``"maddpg"``, unless set).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
 import numpy as np
 import torch
 
+from marl_stability.agents.optim import GradientStepper, all_finite, nonfinite_evidence, optimizer_guard
 from marl_stability.core.events import UpdateStats
 from marl_stability.core.hooks import NullBus
 
@@ -40,23 +50,55 @@ class NonFiniteParameters(RuntimeError):
         self.evidence = evidence
 
 
+class StepperBypassed(RuntimeError):
+    """An optimizer stepped inside ``update()`` without the gradient stepper: gradient statistics, detectors and
+    clipping would silently miss that step."""
+
+
+# Scalars the base class adds to every update's (their prefixes are added to each subclass's stat_prefixes).
+BASE_STATS = ("health/nonfinite_updates", "reward/learner_scale")
+
+
 class Algorithm(ABC):
     """Base class of the algorithms (``agents.ALGORITHMS``)."""
 
     #: the config name (``algo: ...``)
     name: ClassVar[str] = ""
-    #: TensorBoard tag prefixes of the scalars ``update()`` returns (owned by the ``update_stats`` hook)
+    #: TensorBoard tag prefixes of the scalars ``learn()`` returns (owned by the ``update_stats`` hook);
+    #: the base class's own (:data:`BASE_STATS`) are added
     stat_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: learns from rollouts of its current policy (MAPPO, IPPO), not from a replay buffer
+    on_policy: ClassVar[bool] = False
+    #: config section of its hyperparameters, ``gamma`` included ("" = "ppo" when on_policy, else "maddpg")
+    hyperparameters: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "update" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} overrides update(): implement learn() instead (update() counts the "
+                            "update, checks the parameters and refuses steps that bypass self.stepper)")
+        cls.stat_prefixes = tuple(dict.fromkeys((*cls.stat_prefixes, *BASE_STATS)))
 
     def __init__(self, cfg: Any, layout: Any, fixes: Any, events: Any = None) -> None:
         self.cfg, self.spec, self.fixes = cfg, layout, fixes
         self.events = events if events is not None else NullBus()
         self.updates = 0
+        self.stepper = GradientStepper(self.events, {})
+        self._checked: Optional[list[torch.Tensor]] = None
+
+    @classmethod
+    def config_section(cls) -> str:
+        return cls.hyperparameters or ("ppo" if cls.on_policy else "maddpg")
+
+    @classmethod
+    def discount(cls, cfg: Any) -> float:
+        """The discount of this algorithm's returns under ``cfg`` (the reward normalizer accumulates with it)."""
+        return float(getattr(cfg, cls.config_section()).gamma)
 
     @property
     def gamma(self) -> float:
         """The discount of the learner's returns (the evaluation's value check discounts with it)."""
-        return float(self.cfg.maddpg.gamma)
+        return self.discount(self.cfg)
 
     @classmethod
     def check_layout(cls, cfg: Any, layout: Any) -> None:
@@ -77,8 +119,37 @@ class Algorithm(ABC):
         """How many ``update()`` calls are due now (counting them as asked)."""
 
     @abstractmethod
+    def learn(self) -> dict[str, float]:
+        """One update: every gradient step through ``self.stepper.step(loss, optimizer, params, clipper, model)``
+        (``model`` a name from ``modules()``); optionally ``self.stepper.use_batch(batch)`` first, so a non-finite
+        step's evidence holds the batch. Returns the update's scalars (tags under ``stat_prefixes``)."""
+
     def update(self) -> UpdateStats:
-        """One update; raises ``NonFiniteParameters`` when a parameter became NaN/Inf."""
+        """One update (the loop calls this): counts it, runs ``learn()``, refuses optimizer steps that bypassed
+        the stepper, raises ``NonFiniteParameters`` when a parameter became NaN/Inf."""
+        self.updates += 1
+        if not self.stepper.modules:
+            self.stepper.modules = self.modules()
+        self.stepper.begin(self.updates, {})
+        with optimizer_guard() as guard:
+            scalars = self.learn()
+        if guard.bypassed:
+            raise StepperBypassed(f"{type(self).__name__}.learn() stepped an optimizer {guard.bypassed} time(s) "
+                                  "without self.stepper: take every gradient step through self.stepper.step(...)")
+        if self._checked is None:
+            self._checked = [p for m in self.modules().values() for p in m.parameters()]
+        if not all_finite(self._checked):
+            evidence = self.stepper.evidence or nonfinite_evidence(self.stepper.modules, self.updates, "all", "parameters",
+                                                                   torch.tensor(float("nan")), self.stepper.batch)
+            raise NonFiniteParameters(f"non-finite parameters after update {self.updates}", evidence)
+        self.finish_update()
+        scalars["health/nonfinite_updates"] = float(self.stepper.nonfinite)
+        scalars["reward/learner_scale"] = self.fixes.reward.scale()
+        return self.stepper.result(scalars)
+
+    def finish_update(self) -> None:
+        """After ``learn()``, once every parameter is known to be finite (MADDPG: the soft target updates; PPO:
+        a new rollout). Nothing by default."""
 
     # ------------------------------------------------------------------ evaluation and instrumentation
     @abstractmethod
@@ -112,12 +183,6 @@ class Algorithm(ABC):
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-    def _inject_nonfinite(self) -> bool:
-        """Test hook (``debug.inject_nonfinite_at_update`` / ``_count``): whether this update gets a NaN."""
-        dbg = self.cfg.debug
-        return dbg.inject_nonfinite_at_update is not None and self.updates >= dbg.inject_nonfinite_at_update and (
-            dbg.inject_nonfinite_count is None or self.updates < dbg.inject_nonfinite_at_update + dbg.inject_nonfinite_count)
 
     @abstractmethod
     def snapshot(self) -> dict[str, Any]:

@@ -2,16 +2,19 @@
 
 The strategy is chosen once, when the algorithm is built (``maddpg.batched_agents``). Both compute the same
 losses; both return the update's statistics as per-agent vectors ``{key: tensor [N]}`` for the one stats
-builder (``agent_stats``). Both handle G critics per agent (MADDPG G=1; MATD3 G=2: the TD target takes the
+builder (``agents.stats.agent_stats``); the pure maths (joint inputs, TD target) is in ``ddpg_losses``. Both handle G critics per agent (MADDPG G=1; MATD3 G=2: the TD target takes the
 minimum over the target critics, the critic loss sums over them, the actor follows the first one).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
+from marl_stability.agents.ddpg_losses import joint as _joint
+from marl_stability.agents.ddpg_losses import reward_stats as _reward_stats
+from marl_stability.agents.ddpg_losses import td_target
 from marl_stability.agents.networks import (
     feature_probe,
     gumbel_softmax_hard,
@@ -20,8 +23,36 @@ from marl_stability.agents.networks import (
 
 from marl_stability.core.plasticity import FeatureProbe, even_rows
 
-if TYPE_CHECKING:
-    from marl_stability.agents.maddpg import MADDPG
+
+class DDPGLearner(Protocol):
+    """What an update strategy reads from its algorithm (MADDPG, MATD3): networks, optimizers, fixes, the
+    stepper, and the few rules a subclass may change (target smoothing, the minimum over critics)."""
+
+    spec: Any  # AgentLayout
+    hp: Any  # the maddpg config section
+    fixes: Any
+    stepper: Any  # GradientStepper
+    gen: torch.Generator
+    low: torch.Tensor
+    high: torch.Tensor
+    actors: list[Any]
+    target_actors: list[Any]
+    critics: list[Any]
+    critic_units: list[Any]
+    critic_groups: list[list[Any]]
+    target_critic_groups: list[list[Any]]
+    actor_params: list[list[torch.nn.Parameter]]
+    critic_params: list[list[torch.nn.Parameter]]
+    actor_opts: list[torch.optim.Optimizer]
+    critic_opts: list[torch.optim.Optimizer]
+    critic_loss_fn: Callable[..., torch.Tensor]
+
+    def set_mode(self, modules: Any, train: bool) -> None: ...
+    def agent_obs(self, obs: torch.Tensor, i: int) -> torch.Tensor: ...
+    def pad_actions(self, per_agent: list[torch.Tensor]) -> torch.Tensor: ...
+    def smooth_target(self, i: int, actions: torch.Tensor) -> torch.Tensor: ...
+    def smooth_target_stacked(self, actions: torch.Tensor) -> torch.Tensor: ...
+    def min_over_critics(self, qs: list[torch.Tensor]) -> torch.Tensor: ...
 
 # Per-agent statistics of every update, in this order (the critic's Q is the first critic's).
 STAT_KEYS = ("loss/critic", "loss/actor", "q/mean", "q/min", "q/max", "q/target_mean", "q/td_error_mean",
@@ -29,24 +60,7 @@ STAT_KEYS = ("loss/critic", "loss/actor", "q/mean", "q/min", "q/max", "q/target_
              "reward/learner_batch_mean", "reward/raw_batch_std", "reward/learner_batch_std")
 
 
-def agent_stats(names: Sequence[str], values: dict[str, torch.Tensor]) -> dict[str, float]:
-    """``{key: [N] tensor}`` -> ``{"key/agent": float}`` with one host transfer."""
-    keys = list(values)
-    rows = torch.stack([values[k].detach().to(torch.float32) for k in keys]).T.tolist()
-    return {f"{k}/{name}": row[j] for name, row in zip(names, rows) for j, k in enumerate(keys)}
-
-
-def _joint(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
-    return torch.cat([x[:, i, :d] for i, d in enumerate(dims)], dim=-1)
-
-
-def _reward_stats(raw: torch.Tensor, learner: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Raw vs learner reward of the batch, per agent ([B, N] -> [N] each)."""
-    return {"reward/raw_batch_mean": raw.mean(0), "reward/learner_batch_mean": learner.mean(0),
-            "reward/raw_batch_std": raw.std(0), "reward/learner_batch_std": learner.std(0)}
-
-
-def ddpg_feature_probes(a: "MADDPG", b: dict[str, torch.Tensor], obs: torch.Tensor, max_rows: int) -> list[FeatureProbe]:
+def ddpg_feature_probes(a: DDPGLearner, b: dict[str, torch.Tensor], obs: torch.Tensor, max_rows: int) -> list[FeatureProbe]:
     """Every actor on its agent's normalized observations and every critic on the joint (normalized observations,
     replayed actions) it regressed on, for the rows of one update's batch (both update strategies train on these
     inputs). MATD3's second twin is ``critic2/<agent>``."""
@@ -66,7 +80,7 @@ def ddpg_feature_probes(a: "MADDPG", b: dict[str, torch.Tensor], obs: torch.Tens
 class PerAgentUpdate:
     """The general strategy: one agent at a time (any obs/action sizes, BatchNorm)."""
 
-    def __init__(self, algo: "MADDPG") -> None:
+    def __init__(self, algo: DDPGLearner) -> None:
         self.a = algo
 
     # ------------------------------------------------------------------ acting
@@ -116,7 +130,7 @@ class PerAgentUpdate:
         for i, name in enumerate(sd.agents):
             with torch.no_grad():
                 target_q = a.min_over_critics([g[i](joint_next, joint_next_act) for g in a.target_critic_groups])
-                y = rew[:, i] + a.hp.gamma * (1.0 - b["term"][:, i]) * target_q
+                y = td_target(rew[:, i], a.hp.gamma, b["term"][:, i], target_q)
             row = self._critic_step(i, name, joint_obs, joint_act, y, inject)
             if actor_step:
                 row.update(self._actor_step(i, name, b, obs, joint_obs))
@@ -176,7 +190,7 @@ class StackedUpdate:
     The same random draws, in the same order, as the per-agent loop.
     """
 
-    def __init__(self, algo: "MADDPG") -> None:
+    def __init__(self, algo: DDPGLearner) -> None:
         from marl_stability.agents.networks import ActorStack, CriticStack
 
         a = self.a = algo
@@ -234,7 +248,7 @@ class StackedUpdate:
             target_q = self.joint_q(self.target_critic_stack, next_obs, next_act)  # [G * N, B]
             if groups > 1:
                 target_q = target_q.view(groups, n, batch).amin(0)
-            y = rew.T + a.hp.gamma * (1.0 - b["term"].T) * target_q  # [N, B]
+            y = td_target(rew.T, a.hp.gamma, b["term"].T, target_q)  # [N, B]
         stats = self._critic_steps(b, joint_obs, y, inject)
         if actor_step:
             stats.update(self._actor_steps(b, obs, joint_obs))

@@ -20,13 +20,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from marl_stability.agents.base import Algorithm, NonFiniteParameters
+from marl_stability.agents.base import Algorithm
 from marl_stability.agents.buffer import ReplayBuffer
+from marl_stability.agents.faults import nonfinite_injected
+from marl_stability.agents.stats import agent_stats
 from marl_stability.agents.ddpg_updates import (
     STAT_KEYS,
     PerAgentUpdate,
     StackedUpdate,
-    agent_stats,
     ddpg_feature_probes,
 )
 from marl_stability.agents.networks import (
@@ -36,15 +37,11 @@ from marl_stability.agents.networks import (
     stack_incompatibility,
 )
 from marl_stability.agents.optim import (
-    GradientStepper,
-    all_finite,
     keep_fast_kernels,
     make_optimizer,
-    nonfinite_evidence,
 )
 from marl_stability.envs.vector import AgentLayout
 
-from marl_stability.core.events import UpdateStats
 from marl_stability.core.plasticity import FeatureProbe
 from marl_stability.errors import UserError
 
@@ -109,7 +106,7 @@ class TwinCritic(torch.nn.Module):
 
 class MADDPG(Algorithm):
     name = "maddpg"
-    stat_prefixes = tuple(f"{k}/" for k in STAT_KEYS) + ("health/nonfinite_updates", "reward/learner_scale")
+    stat_prefixes = tuple(f"{k}/" for k in STAT_KEYS)
     num_critics = 1  # per agent; MATD3: 2
 
     def __init__(self, cfg: Any, spec: AgentLayout, fixes: Any, events: Any = None) -> None:
@@ -131,7 +128,8 @@ class MADDPG(Algorithm):
         self._last_batch: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None  # (batch, normalized obs)
         self._modules = {f"{kind}/{name}": m for name, actor, critic in zip(spec.agents, self.actors, self.critic_units)
                          for kind, m in (("actor", actor), ("critic", critic))}
-        self.stepper = GradientStepper(self.events, self._modules)
+        self.stepper.modules = self._modules
+        self._actor_stepped = False
         # Mean over the batch by default; the stacked update asks for reduction="none" and averages per agent.
         self.critic_loss_fn = (
             F.mse_loss if self.hp.critic_loss == "mse" else functools.partial(F.huber_loss, delta=self.hp.huber_delta)
@@ -280,30 +278,26 @@ class MADDPG(Algorithm):
         """The TD target's value: the one critic's, or the minimum over an agent's critics."""
         return qs[0] if len(qs) == 1 else torch.stack(qs).amin(0)
 
-    def update(self) -> UpdateStats:
-        """One gradient update of every critic (and actor, when due), then soft target updates."""
-        self.updates += 1
+    def learn(self) -> dict[str, float]:
+        """One gradient update of every critic (and actor, when due); the soft target updates follow in
+        ``finish_update`` once the parameters are known to be finite."""
         b = self.buffer.sample(self.hp.batch_size, self.rng)
-        self.stepper.begin(self.updates, b)
+        self.stepper.use_batch(b)
         obs, next_obs = self.fixes.obs(b["obs"]), self.fixes.obs(b["next_obs"])
         self._last_batch = (b, obs)
         rew = self.fixes.reward(b["rew"])
-        actor_step = self.actor_step_due()
-        values = self.strategy.update(b, obs, next_obs, rew, self._inject_nonfinite(), actor_step)
-        if not all_finite(self._all_params):
-            evidence = self.stepper.evidence or nonfinite_evidence(self._modules, self.updates, "all", "parameters",
-                                                                   torch.tensor(float("nan")), b)
-            raise NonFiniteParameters(f"non-finite parameters after update {self.updates}", evidence)
-        if actor_step:
+        self._actor_stepped = self.actor_step_due()
+        values = self.strategy.update(b, obs, next_obs, rew, nonfinite_injected(self.cfg, self.updates),
+                                      self._actor_stepped)
+        return agent_stats(self.spec.agents, values)
+
+    def finish_update(self) -> None:
+        if self._actor_stepped:
             # Soft target updates of every network in one fused call: target <- target + tau * (online - target).
             with torch.no_grad():
                 torch._foreach_lerp_(self._soft_pairs[0], self._soft_pairs[1], self.hp.tau)
                 if self._buffer_pairs[0]:
                     torch._foreach_copy_(self._buffer_pairs[0], self._buffer_pairs[1])
-        scalars = agent_stats(self.spec.agents, values)
-        scalars["health/nonfinite_updates"] = float(self.stepper.nonfinite)
-        scalars["reward/learner_scale"] = self.fixes.reward.scale()
-        return self.stepper.result(scalars)
 
     # ------------------------------------------------------------------ checkpointing
     def _groups(self) -> dict[str, list[Any]]:

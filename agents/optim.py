@@ -3,8 +3,11 @@ the events hooks see and the evidence of the first non-finite loss, gradient or 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Optional, Sequence
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
@@ -43,6 +46,47 @@ def all_finite(params: Sequence[torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack([p.sum() for p in params]).sum()))
 
 
+class _Guard(threading.local):
+    """Per thread: whether an ``Algorithm.update()`` is running, whether the stepper is stepping, and the optimizer
+    steps taken outside the stepper so far."""
+
+    active = False
+    stepping = False
+    bypassed = 0
+
+
+@dataclass
+class BypassCount:
+    bypassed: int = 0
+
+
+_GUARD = _Guard()
+_HOOK: list[Any] = []
+
+
+def _count_bypass(optimizer: Any, args: Any, kwargs: Any) -> None:
+    if _GUARD.active and not _GUARD.stepping:
+        _GUARD.bypassed += 1
+
+
+@contextlib.contextmanager
+def optimizer_guard() -> Iterator[BypassCount]:
+    """Count the optimizer steps taken inside the block but not through a ``GradientStepper`` (``.bypassed`` of
+    the yielded record, set on exit). One global optimizer pre-step hook, registered on first use; outside such a
+    block it does nothing."""
+    if not _HOOK:
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        _HOOK.append(register_optimizer_step_pre_hook(_count_bypass))
+    count, active, start = BypassCount(), _GUARD.active, _GUARD.bypassed
+    _GUARD.active = True
+    try:
+        yield count
+    finally:
+        count.bypassed = _GUARD.bypassed - start
+        _GUARD.active = active
+
+
 class GradientStepper:
     """The gradient step of one network, with its events. ``modules`` (name -> network) and ``batch`` feed
     the non-finite evidence: the first non-finite loss or gradient of an update is kept whole (batch,
@@ -60,6 +104,10 @@ class GradientStepper:
         """Start an update (required before its first ``step``): its index (1-based; the logging and sampling
         rates count it) and its batch (the evidence of a non-finite step). Resets the update's records."""
         self.update, self.batch, self.evidence, self.nonfinite, self.steps = update, batch, None, 0, []
+
+    def use_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        """The batch this update trains on: kept with the evidence of its first non-finite step."""
+        self.batch = batch
 
     def result(self, scalars: dict[str, float]) -> UpdateStats:
         """The update's record for the loop: the algorithm's scalars plus what the stepper saw."""
@@ -99,7 +147,11 @@ class GradientStepper:
             opt.zero_grad(set_to_none=True)
             return clip, False
         self.events.after_clip(ev)
-        opt.step()
+        stepping, _GUARD.stepping = _GUARD.stepping, True
+        try:
+            opt.step()
+        finally:
+            _GUARD.stepping = stepping
         self.events.after_step(ev)
         return clip, True
 

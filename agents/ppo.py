@@ -15,15 +15,13 @@ from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 import torch
-from marl_stability.agents.base import Algorithm, NonFiniteParameters
-from marl_stability.agents.ddpg_updates import agent_stats
+from marl_stability.agents.base import Algorithm
+from marl_stability.agents.faults import nonfinite_injected
+from marl_stability.agents.stats import agent_stats
 from marl_stability.agents.distributions import ActionHead
 from marl_stability.agents.networks import feature_probe
 from marl_stability.agents.optim import (
-    GradientStepper,
-    all_finite,
     make_optimizer,
-    nonfinite_evidence,
 )
 from marl_stability.agents.ppo_losses import UpdateAccumulator
 from marl_stability.agents.ppo_networks import (
@@ -36,7 +34,6 @@ from marl_stability.agents.ppo_rollout import Rollout
 from marl_stability.agents.ppo_update import PPOUpdate
 from marl_stability.envs.vector import AgentLayout
 
-from marl_stability.core.events import UpdateStats
 from marl_stability.core.plasticity import FeatureProbe, even_rows
 
 STAT_PREFIXES = ("loss/policy/", "loss/value/", "policy/", "value/",
@@ -54,6 +51,7 @@ class PPO(Algorithm):
     """The shared core; ``centralized`` (class attribute) chooses the critic's input."""
 
     stat_prefixes = STAT_PREFIXES
+    on_policy = True
     centralized: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, spec: AgentLayout, fixes: Any, events: Any = None) -> None:
@@ -68,7 +66,7 @@ class PPO(Algorithm):
         self.groups = [self._build_group(a) for a in ([list(range(spec.num_agents))] if self.sharing
                                                       else [[i] for i in range(spec.num_agents)])]
         self._modules = {f"{kind}/{g.name}": m for g in self.groups for kind, m in (("actor", g.actor), ("critic", g.critic))}
-        self.stepper = GradientStepper(self.events, self._modules)
+        self.stepper.modules = self._modules
         self.eye = torch.eye(spec.num_agents)
         self.rollout = Rollout(self.hp.rollout_steps, cfg.env.num_envs, spec.num_agents, spec.max_obs_dim,
                                spec.max_act_dim)
@@ -76,10 +74,6 @@ class PPO(Algorithm):
         self.env_steps = 0
         self.learner = PPOUpdate(self)
         self._last_obs: Optional[torch.Tensor] = None  # the last update's rollout observations (normalized)
-
-    @property
-    def gamma(self) -> float:
-        return float(self.hp.gamma)
 
     def distribution_kind(self, i: int) -> str:
         if self.spec.discrete[i]:
@@ -188,31 +182,27 @@ class PPO(Algorithm):
         return 1 if self.rollout.full else 0
 
     # ------------------------------------------------------------------ learning
-    def update(self) -> UpdateStats:
+    def learn(self) -> dict[str, float]:
         """GAE over the full rollout, then epochs x minibatches of PPO steps; the rollout starts anew."""
-        self.updates += 1
         batch, stats = self.learner.prepare()
-        self.stepper.begin(self.updates, batch)
+        self.stepper.use_batch(batch)
         self._last_obs = batch["obs"]
-        acc, inject, m = UpdateAccumulator(self.spec.num_agents), self._inject_nonfinite(), batch["obs"].shape[0]
+        acc, m = UpdateAccumulator(self.spec.num_agents), batch["obs"].shape[0]
+        inject = nonfinite_injected(self.cfg, self.updates)
         for _ in range(self.hp.epochs):
             perm = torch.from_numpy(self.rng.permutation(m))
             for rows in perm.chunk(self.hp.minibatches):
                 mb = {k: v[rows] for k, v in batch.items()}
                 for g in self.groups:
                     self.learner.group_step(g, mb, acc, inject)
-        if not all_finite([p for g in self.groups for p in g.actor_params + g.critic_params]):
-            evidence = self.stepper.evidence or nonfinite_evidence(self._modules, self.updates, "all", "parameters",
-                                                                   torch.tensor(float("nan")), batch)
-            raise NonFiniteParameters(f"non-finite parameters after update {self.updates}", evidence)
         stats.update(acc.result())
         stats.update(self.learner.policy_stats(batch["obs"]))
         scalars = agent_stats(self.spec.agents, stats)
         scalars.update(self.learner.group_scalars())
-        scalars["health/nonfinite_updates"] = float(self.stepper.nonfinite)
-        scalars["reward/learner_scale"] = self.fixes.reward.scale()
+        return scalars
+
+    def finish_update(self) -> None:
         self.rollout.clear()
-        return self.stepper.result(scalars)
 
     # ------------------------------------------------------------------ evaluation and instrumentation
     def modules(self) -> dict[str, torch.nn.Module]:

@@ -4,7 +4,7 @@ per-agent statistics measured after the epochs."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from marl_stability.agents.ppo_losses import (
@@ -16,14 +16,27 @@ from marl_stability.agents.ppo_losses import (
 from marl_stability.agents.ppo_networks import PolicyGroup
 from marl_stability.agents.ppo_rollout import gae
 
-if TYPE_CHECKING:
-    from marl_stability.agents.ppo import PPO
+
+class PPOLearner(Protocol):
+    """What the PPO update reads from its algorithm (MAPPO, IPPO): the rollout, the policy groups, fixes, the
+    stepper, and how each group's actor and critic see the observations."""
+
+    spec: Any  # AgentLayout
+    hp: Any  # the ppo config section
+    fixes: Any
+    stepper: Any  # GradientStepper
+    gen: torch.Generator
+    rollout: Any  # Rollout
+    groups: list[PolicyGroup]
+
+    def actor_input(self, g: PolicyGroup, obs: torch.Tensor) -> torch.Tensor: ...
+    def critic_input(self, g: PolicyGroup, obs: torch.Tensor) -> torch.Tensor: ...
 
 
 class PPOUpdate:
     """The update maths of a ``PPO`` algorithm (``a``): it reads the algorithm's rollout, networks and fixes."""
 
-    def __init__(self, algo: "PPO") -> None:
+    def __init__(self, algo: PPOLearner) -> None:
         self.a = algo
 
     def prepare(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

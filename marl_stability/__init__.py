@@ -8,7 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-# The one place the version is written (pyproject reads it). Semver for the public surface: README "Public
+# The one place the version is written (pyproject reads it). Semver for the public surface: docs/reliability.md "Public
 # surface and versioning"; every change to it is in CHANGELOG.md.
 __version__ = "0.2.0"
 

@@ -32,8 +32,9 @@ OutputHead = Literal["auto", "linear_clip", "softsign", "softsign_scaled", "tanh
 OptimizerName = Literal["adam", "rmsprop", "sgd"]
 ClipMode = Literal["none", "global_norm", "per_tensor", "value"]
 ActionDistribution = Literal["auto", "gaussian", "tanh_gaussian", "beta"]
-ON_POLICY_ALGORITHMS = ("mappo", "ippo")  # the algorithms configured by the ``ppo:`` section
-BUILTIN_ALGORITHMS = ("maddpg", "matd3", "mappo", "ippo")  # agents.ALGORITHMS (named here so reading a config needs no torch)
+# The names of agents.ALGORITHMS, so validating a config needs no torch (a test checks they agree). What an
+# algorithm is (on-policy, its discount's section) is a class attribute of the algorithm, not a list here.
+BUILTIN_ALGORITHMS = ("maddpg", "matd3", "mappo", "ippo")
 
 
 class _Strict(BaseModel):
@@ -236,7 +237,7 @@ class TrainConfig(_Strict):
     forensic_history: int = Field(50, ge=1, description="recent update stats kept for the forensic bundle")
     hooks: list[str] = Field(
         default_factory=list, description="extra hooks, as package.module:Class (each built with the run context; see "
-        "the README's 'Adding a hook')"
+        "docs/architecture.md, 'Adding a hook')"
     )
     torch_threads: int = Field(
         1, ge=1, description="torch intra-op threads (1 is fastest for 64-unit nets; 2 made 128-unit updates ~1.4x "
@@ -270,11 +271,11 @@ class PlasticityConfig(_Strict):
             raise ValueError(f"taus must be distinct, got {v}")
         return v
 
-    def resolved_every(self, algo: str) -> int:
-        """``every``, with null resolved for this algorithm (on-policy updates are rare and large: every one)."""
+    def resolved_every(self, on_policy: bool) -> int:
+        """``every``, with null resolved for the algorithm (on-policy updates are rare and large: every one)."""
         if self.every is not None:
             return self.every
-        return 1 if algo in ON_POLICY_ALGORITHMS else 50
+        return 1 if on_policy else 50
 
 
 class DebugConfig(_Strict):
@@ -286,8 +287,8 @@ class DebugConfig(_Strict):
     )
 
 
-# The growth rule's default multiple, from the detector-calibration corpus (README, "Calibrating the detectors";
-# docs/calibration/): above every run that did not explode (at most ~97x its early level) and below every
+# The growth rule's default multiple, from the detector-calibration corpus (docs/detectors.md, "Calibrating the detectors";
+# docs/results/calibration/): above every run that did not explode (at most ~97x its early level) and below every
 # explosion-first failure before its non-finite values (at least 4.7e3x).
 GROWTH_DEFAULT = 1000.0
 
@@ -300,7 +301,7 @@ class DetectorConfig(BaseModel):
 
     explosion_rule: Literal["growth", "median_ratio"] = Field(
         "growth", description="gradient explosion: growth = a norm above explosion_growth x the network's early "
-        "level (median of its first explosion_baseline norms; calibrated on held-out seeds, see the README); "
+        "level (median of its first explosion_baseline norms; calibrated on held-out seeds, see docs/detectors.md); "
         "median_ratio = a norm above explosion_ratio x the median of the previous explosion_window norms (the rule "
         "before the calibration)"
     )
@@ -415,12 +416,6 @@ class RunConfig(_Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    @property
-    def learner_gamma(self) -> float:
-        """The discount of the configured algorithm (``ppo.gamma`` for MAPPO/IPPO, else ``maddpg.gamma``): the
-        reward normalizer accumulates returns with it."""
-        return self.ppo.gamma if self.algo in ON_POLICY_ALGORITHMS else self.maddpg.gamma
-
     def fingerprint(self, ignore: tuple[str, ...] = ("train.steps",)) -> str:
         flat = {k: v for k, v in flatten(self.to_dict()).items() if k not in ignore}
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
@@ -517,7 +512,7 @@ def read_preset(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
 # experiments/*.yaml are the presets. A wheel ships them as marl_stability/presets/ (pyproject.toml maps that
 # package folder onto experiments/); a source checkout, and the editable install `make setup` makes, reads
 # experiments/ itself. `--config NAME` finds them from any working directory.
-DEFAULT_PRESET = "maddpg_spread"  # `train` without --config: the README's "sensible settings" preset
+DEFAULT_PRESET = "maddpg_spread"  # `train` without --config: the "sensible settings" preset (docs/configuration.md)
 PRESET_DIR_NAME = "experiments"
 
 

@@ -21,7 +21,8 @@ from marl_stability.cli.main import main
 from marl_stability.config import dump_yaml, load_config
 from marl_stability.core.sinks import TensorBoardSink
 from marl_stability.core.summary import RunSummary
-from marl_stability.runs.records import RunRecord, collapse_onset, label_run
+from marl_stability.runs.labelled import LabelledRun
+from marl_stability.runs.labels import collapse_onset, label_run
 from marl_stability.runs.signals import (
     SignalParams,
     Trace,
@@ -249,8 +250,8 @@ def test_trace_alarm_step_and_learning_start():
     assert sig["entropy"] is None
 
 
-def _rec(failing: bool, trace: Trace, onset: Optional[int] = 1000, seed: int = 0) -> RunRecord:
-    return RunRecord(run_dir="r", group="g", group_key="k", sweep="", seed=seed, status="completed", algo="maddpg",
+def _rec(failing: bool, trace: Trace, onset: Optional[int] = 1000, seed: int = 0) -> LabelledRun:
+    return LabelledRun(run_dir="r", group="g", group_key="k", sweep="", seed=seed, status="completed", algo="maddpg",
                      env="e", env_steps=2000, label="collapsed" if failing else "healthy",
                      onset=onset if failing else None, onset_note="", signals={"critic_grad_norm": trace})
 

@@ -51,9 +51,9 @@ def test_strict_flatten_keeps_env_kwargs_whole():
 
 
 def _record(arm: str, seed: int, collapsed: list[str], task: str = "simple_spread_v3", sweep: str = "single_fixes",
-            returns: dict | None = None, step: int | None = 30000) -> ct.RunRecord:
+            returns: dict | None = None, step: int | None = 30000) -> ct.TaskRun:
     agents = list(returns) if returns else ["agent_0", "agent_1"]
-    return ct.RunRecord(task=task, sweep=sweep, arm=arm, seed=seed, status="completed", final_return=-50.0 - seed,
+    return ct.TaskRun(task=task, sweep=sweep, arm=arm, seed=seed, status="completed", final_return=-50.0 - seed,
                         collapse_step=step, explosion_step=None, peak_critic_grad=100.0 + seed,
                         collapsed_agents=collapsed, agents=agents, agent_returns=returns or {a: -25.0 for a in agents})
 

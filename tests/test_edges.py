@@ -92,10 +92,10 @@ def test_train_help_names_the_default(capsys: pytest.CaptureFixture[str]) -> Non
     assert "default: maddpg_spread" in text and "Without --config it trains the maddpg_spread preset" in text
 
 
-def test_readme_states_the_default_and_env_error() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert "without `--config`" in readme and "`maddpg_spread`" in readme
-    assert "`env_error`" in readme and "threads_per_worker" in readme
+def test_docs_state_the_default_and_env_error() -> None:
+    commands, ablations = ((ROOT / "docs" / p).read_text() for p in ("commands.md", "ablations.md"))
+    assert "without `--config`" in commands and "`maddpg_spread`" in commands
+    assert "`env_error`" in commands and "threads_per_worker" in ablations
 
 
 # ---------------------------------------------------------------------------------------------- 9: preset names

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from marl_stability.analysis import doctor
+from marl_stability.agents import algorithm_class
 from marl_stability.config import RunConfig, flatten, load_config
 from marl_stability.fixes import registry
 from marl_stability.fixes.registry import OFF, ON, FixSpec
@@ -18,8 +19,8 @@ from test_doctor import make_collapsed_run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_readme_fix_table_is_the_registrys() -> None:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_docs_fix_table_is_the_registrys() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert registry.markdown_table() in text
 
 
@@ -64,7 +65,7 @@ def test_a_fix_added_only_to_the_registry_reaches_config_doctor_evidence_and_tab
         registry.register(toy)
     # config: summary.json's fixes report the key it owns
     cfg = load_config(ROOT / "experiments" / "repeated_action_failure.yaml")
-    assert registry.fix_settings(cfg)["maddpg.huber_delta"] == cfg.maddpg.huber_delta
+    assert registry.fix_settings(cfg, False)["maddpg.huber_delta"] == cfg.maddpg.huber_delta
     # doctor: advised, first (order 0), with its overrides
     run = tmp_path / "collapsed"
     make_collapsed_run(run)
@@ -72,7 +73,7 @@ def test_a_fix_added_only_to_the_registry_reaches_config_doctor_evidence_and_tab
     assert advice[0]["name"] == toy.title and advice[0]["set"] == toy.overrides
     # fix evidence: a single-fix arm named toy_arm is attributed to it (sweep_evidence reads this mapping)
     assert registry.arm_fixes()["toy_arm"] == toy.title
-    # the README table lists it
+    # the docs' fix table (docs/configuration.md) lists it
     assert f"| {toy.title} | `toy_huber_delta` | `maddpg.huber_delta` |" in registry.markdown_table()
 
 
@@ -85,5 +86,5 @@ def test_fix_settings_is_what_summary_json_reports(tmp_path: Path) -> None:
                        "train.eval_every=300", "train.eval_episodes=1", "env.num_envs=2"])
     Trainer(cfg, tmp_path / "r", quiet=True).run()
     reported = json.loads((tmp_path / "r" / "summary.json").read_text())["fixes"]
-    assert reported == json.loads(json.dumps(registry.fix_settings(cfg)))
+    assert reported == json.loads(json.dumps(registry.fix_settings(cfg, algorithm_class(cfg.algo).on_policy)))
     assert "grad_clip.critic.mode" in reported and "actor.output" in reported and "ppo.value_norm" not in reported

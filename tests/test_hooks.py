@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 from marl_stability.agents.base import Algorithm
-from marl_stability.agents.optim import GradientStepper, make_optimizer
+from marl_stability.agents.optim import make_optimizer
 
 from marl_stability.config import load_config
-from marl_stability.core.events import EvaluationEvent, UpdateStats
+from marl_stability.core.events import EvaluationEvent
 from marl_stability.core.hooks import Hook, TagOwnershipError
 from marl_stability.core.sinks import MemorySink
 from marl_stability.core.summary import AgentActionStats
@@ -216,6 +216,7 @@ class TinyOnPolicy(Algorithm):
 
     name = "tiny_on_policy"
     stat_prefixes = ("loss/policy/", "onpolicy/")
+    on_policy = True
     T, EPOCHS, STD = 10, 3, 0.2
 
     def __init__(self, cfg: Any, layout: Any, fixes: Any, events: Any = None) -> None:
@@ -225,7 +226,6 @@ class TinyOnPolicy(Algorithm):
         self.actors = [torch.nn.Linear(layout.obs_dims[i], layout.act_dims[i]) for i in range(layout.num_agents)]
         self.opts = [make_optimizer(a.parameters(), cfg.actor_optim) for a in self.actors]
         self.rollout: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.stepper = GradientStepper(self.events, self.modules())
 
     def _mean(self, i: int, o: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.actors[i](o))  # inside simple_spread's [0, 1] bounds
@@ -246,14 +246,13 @@ class TinyOnPolicy(Algorithm):
     def pending_updates(self) -> int:
         return 1 if len(self.rollout) >= self.T else 0
 
-    def update(self) -> UpdateStats:
-        self.updates += 1
+    def learn(self) -> dict[str, float]:
         obs = torch.as_tensor(np.stack([r[0] for r in self.rollout]))  # [T, E, N, D]
         act = torch.as_tensor(np.stack([r[1] for r in self.rollout]))
         rew = torch.as_tensor(np.stack([r[2] for r in self.rollout]))  # [T, E, N]
         togo = rew.flip(0).cumsum(0).flip(0)
         adv = (togo - togo.mean()) / (togo.std() + 1e-8)
-        self.stepper.begin(self.updates, {"obs": obs})
+        self.stepper.use_batch({"obs": obs})
         losses = []
         for _ in range(self.EPOCHS):  # several epochs over the same rollout
             for i, name in enumerate(self.spec.agents):
@@ -265,7 +264,7 @@ class TinyOnPolicy(Algorithm):
                                   f"actor/{name}")
                 losses.append(float(loss.detach()))
         self.rollout = []
-        return self.stepper.result({"loss/policy/last": losses[-1], "onpolicy/epochs": float(self.EPOCHS)})
+        return {"loss/policy/last": losses[-1], "onpolicy/epochs": float(self.EPOCHS)}
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {f"actor/{n}": a for n, a in zip(self.spec.agents, self.actors)}

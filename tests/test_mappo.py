@@ -29,6 +29,7 @@ from marl_stability.core.build import build_run
 from marl_stability.core.sinks import MemorySink
 from marl_stability.hooks.control import dashboard
 from marl_stability.training.trainer import TIMING_KEYS, Trainer
+from scalar_files import assert_scalar_file_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "experiments" / "mappo_spread.yaml"
@@ -370,6 +371,7 @@ def test_resume_after_kill_9_mid_rollout_is_exact(tmp_path: Path) -> None:
     resumed = json.loads((run / "summary.json").read_text())
     assert resumed["status"] == "completed" and resumed["updates"] == steps // 40
     assert without_timing(resumed) == without_timing(reference)
+    assert_scalar_file_exact(run, tmp_path / "ref")
 
 
 # --------------------------------------------------------------------------- bad input

@@ -29,6 +29,7 @@ from marl_stability.config import RunConfig, load_config
 from marl_stability.core.sinks import MemorySink
 from marl_stability.fixes.objects import build_fixes
 from marl_stability.training.trainer import TIMING_KEYS, Trainer
+from scalar_files import assert_scalar_file_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "experiments" / "matd3_spread.yaml"
@@ -190,3 +191,4 @@ def test_matd3_resume_after_kill_9_is_exact(tmp_path: Path) -> None:
     assert resumed["status"] == "completed"
     assert {k: v for k, v in resumed.items() if k not in TIMING_KEYS} == {
         k: v for k, v in reference.items() if k not in TIMING_KEYS}
+    assert_scalar_file_exact(run, tmp_path / "ref")

@@ -15,6 +15,7 @@ import torch
 from marl_stability.agents.networks import MLP, feature_probe
 
 from marl_stability.cli.main import main
+from marl_stability.agents import algorithm_class
 from marl_stability.config import RunConfig, describe_schema, load_config
 from marl_stability.core.hooks import Hook
 from marl_stability.core.plasticity import (
@@ -216,7 +217,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 def test_every_network_writes_every_metric_in_range(run: dict[str, Any]) -> None:
     cfg, sink, summary = run["cfg"], run["sink"], run["summary"]
-    every = cfg.plasticity.resolved_every(cfg.algo)
+    every = cfg.plasticity.resolved_every(algorithm_class(cfg.algo).on_policy)
     assert summary["status"] == "completed" and summary["updates"] >= 5
     names = metric_names(cfg.plasticity.taus, len(cfg.actor.hidden_sizes))
     expected = {tag_of(net, k) for net in run["networks"] for k in names}
@@ -243,7 +244,7 @@ def test_every_network_writes_every_metric_in_range(run: dict[str, Any]) -> None
 def test_summary_holds_the_last_measurement(run: dict[str, Any]) -> None:
     cfg, sink, summary = run["cfg"], run["sink"], run["summary"]
     block = summary["plasticity"]
-    every = cfg.plasticity.resolved_every(cfg.algo)
+    every = cfg.plasticity.resolved_every(algorithm_class(cfg.algo).on_policy)
     assert block["update"] == summary["updates"] // every * every
     assert sorted(block["networks"]) == sorted(run["networks"])
     for net, values in block["networks"].items():
@@ -358,9 +359,9 @@ def test_measuring_changes_no_training_number(preset: Path, overrides: list[str]
 def test_defaults_and_the_automatic_rate() -> None:
     cfg = RunConfig()
     assert cfg.plasticity.enabled and cfg.plasticity.taus == [0.0, 0.1] and cfg.plasticity.max_batch == 1024
-    assert cfg.plasticity.resolved_every("maddpg") == 50 and cfg.plasticity.resolved_every("matd3") == 50
-    assert cfg.plasticity.resolved_every("mappo") == 1 and cfg.plasticity.resolved_every("ippo") == 1
-    assert load_config(None, ["plasticity.every=7"]).plasticity.resolved_every("mappo") == 7
+    every = {name: cfg.plasticity.resolved_every(algorithm_class(name).on_policy) for name in ("maddpg", "matd3", "mappo", "ippo")}
+    assert every == {"maddpg": 50, "matd3": 50, "mappo": 1, "ippo": 1}
+    assert load_config(None, ["plasticity.every=7"]).plasticity.resolved_every(True) == 7
     schema = describe_schema()
     assert "plasticity:" in schema and "taus: [0.0, 0.1]" in schema and "max_batch: 1024" in schema
 

@@ -180,7 +180,7 @@ def test_sweep_never_imports_the_report() -> None:
         m: set() for m in sweep_modules}
 
 
-# The layers of marl_stability, lowest first (README "Architecture"). A module imports from its own layer or
+# The layers of marl_stability, lowest first (docs/architecture.md). A module imports from its own layer or
 # below, never above, not even lazily. envs/ and agents/ (marl_stability.envs / .agents) belong to the run core:
 # the algorithms emit core events and the core builds them.
 LAYERS: tuple[tuple[str, ...], ...] = (
@@ -196,10 +196,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("marl_stability.bench",),
     ("marl_stability.cli", "marl_stability.__main__"),
 )
-# Cycles inside one algorithm family, left until its files are split by responsibility (each entry a known cycle;
-# a stale entry fails the test).
-PENDING_CYCLES = {("marl_stability.agents.ddpg_updates", "marl_stability.agents.maddpg"),
-                  ("marl_stability.agents.ppo", "marl_stability.agents.ppo_update")}
 
 
 def layer_of(module: str) -> int:
@@ -211,7 +207,7 @@ def layer_of(module: str) -> int:
             covers = module == name or (name != "marl_stability" and module.startswith(name + "."))
             if covers and len(name) > best:
                 best, level = len(name), i
-    assert level >= 0, f"{module} is in no layer: add it to LAYERS (and to the README's architecture)"
+    assert level >= 0, f"{module} is in no layer: add it to LAYERS (and to docs/architecture.md)"
     return level
 
 
@@ -246,15 +242,10 @@ def test_no_import_uses_the_old_top_level_names() -> None:
 
 
 def test_no_cycles_counting_lazy_imports() -> None:
-    """The graph of every import (inside functions and under TYPE_CHECKING too) has no cycle but the pending ones."""
-    graph = import_graph(module_level_only=False)
-    found = set()
-    for a, b in sorted(PENDING_CYCLES):
-        assert b in graph[a] and a in graph[b], f"stale PENDING_CYCLES entry {a} <-> {b}"
-        found.add((a, b))
-    for a, b in found:  # take the known back-edges out; anything left is a new cycle
-        graph[b] = graph[b] - {a}
-    assert find_cycle(graph) == []
+    """The graph of every import (inside functions and under TYPE_CHECKING too) has no cycle: an update strategy
+    states what it needs from its algorithm as a Protocol (agents.ddpg_updates.DDPGLearner,
+    agents.ppo_update.PPOLearner) instead of importing the algorithm."""
+    assert find_cycle(import_graph(module_level_only=False)) == []
 
 
 def test_cycle_finder_finds_a_cycle() -> None:
@@ -266,23 +257,29 @@ def test_cycle_finder_finds_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
 
 
-def test_readme_architecture_matches_the_folders() -> None:
-    """Every ``marl_stability/...`` file or folder the README's architecture section names exists, and every
-    subpackage of marl_stability is named there."""
+def test_architecture_page_matches_the_folders() -> None:
+    """Every ``marl_stability/...`` file or folder the architecture page (docs/architecture.md) names exists, every
+    subpackage of marl_stability is named there, and each layer row names every module of its folder."""
+    import fnmatch
     import re
 
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## Architecture"):text.index("### Adding an algorithm")]
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text[text.index("# Architecture"):text.index("## Adding an algorithm")]
     named = set(re.findall(r"`(marl_stability/[\w/]*\w(?:\.py)?/?)`", section))
     assert len(named) > 10
     missing = sorted(p for p in named if not (ROOT / p.rstrip("/")).exists())
     assert missing == []
     subpackages = {p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "marl_stability").glob("*/__init__.py")}
     assert sorted(p for p in subpackages if f"`{p}/`" not in section) == []
-    for row in re.findall(r"^\| \w[\w ]* \| `(marl_stability/\w+/)`[^|]*\| (.*) \|$", section, re.M):
-        folder, what = row
-        for module in re.findall(r"`(\w+\.py)`", what):  # each file a layer row names is in its folder
+    rows = re.findall(r"^\| \w[\w ]* \| `(marl_stability/\w+/)`[^|]*\| (.*) \|$", section, re.M)
+    assert len(rows) >= 8
+    for folder, what in rows:
+        patterns = re.findall(r"`([\w*]+\.py)`", what)
+        for module in patterns:  # each file a layer row names is in its folder
             assert list((ROOT / folder).rglob(module)) or (ROOT / "marl_stability" / module).exists(), (folder, module)
+        unnamed = [m.name for m in (ROOT / folder).glob("*.py") if m.name != "__init__.py"
+                   and not any(fnmatch.fnmatch(m.name, pat) for pat in patterns)]
+        assert unnamed == [], f"{folder}: modules the architecture page does not name"
 
 
 def test_every_test_file_has_one_tier() -> None:
@@ -292,3 +289,46 @@ def test_every_test_file_has_one_tier() -> None:
     listed = [name for names in TIERS.values() for name in names]
     assert len(listed) == len(set(listed))
     assert sorted(listed) == sorted(p.name for p in (ROOT / "tests").glob("test_*.py"))
+
+
+# ---------------------------------------------------------------------------------------------- reading runs
+# What only marl_stability/runs/ may do with a finished run: parse its event files, load its summary or config.
+RUN_READING_IMPORTS = ("tensorboard.backend.event_processing", "marl_stability.core.summary.read_summary")
+RUN_READERS = ("marl_stability/runs/",)
+# The sweep runner decides from a trial's summary whether to run it again: running, not analysing.
+RUN_READING_EXEMPT = ("marl_stability/studies/sweep/",)
+
+
+def run_reading(path: Path) -> list[str]:
+    """``file:line what`` for each import of an event-file reader or of read_summary, and each yaml.safe_load."""
+    found, where = [], rel(path) if path.is_relative_to(ROOT) else path.name
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) == "yaml.safe_load":
+            names = ["yaml.safe_load"]
+        found += [f"{where}:{node.lineno} {n}" for n in names
+                  if n == "yaml.safe_load" or any(n.startswith(r) for r in RUN_READING_IMPORTS)]
+    return found
+
+
+def test_only_the_run_reader_reads_runs() -> None:
+    """Analysis and studies read runs through marl_stability.runs (RunRecord), never the files themselves."""
+    folders = ("marl_stability/analysis/", "marl_stability/studies/", "marl_stability/cli/", "marl_stability/bench/")
+    found = [hit for p in python_files() if rel(p).startswith(folders) and not rel(p).startswith(RUN_READING_EXEMPT)
+             for hit in run_reading(p)]
+    assert found == []
+
+
+def test_run_reading_check_sees_a_reader(tmp_path: Path) -> None:
+    path = tmp_path / "reader.py"
+    path.write_text("import yaml\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n"
+                    "from marl_stability.core.summary import RunSummary, read_summary\n"
+                    "def f(p):\n    return yaml.safe_load(p)\n")
+    assert [h.split(" ")[1] for h in run_reading(path)] == [
+        "tensorboard.backend.event_processing.event_accumulator",
+        "tensorboard.backend.event_processing.event_accumulator.EventAccumulator",
+        "marl_stability.core.summary.read_summary", "yaml.safe_load"]

@@ -16,6 +16,7 @@ import yaml
 from marl_stability.config import load_config
 from marl_stability.core.sinks import MemorySink
 from marl_stability.training.trainer import TIMING_KEYS, Trainer
+from scalar_files import assert_scalar_file_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "experiments" / "maddpg_spread.yaml"
@@ -163,6 +164,7 @@ def test_resume_after_kill_9_is_exact(tmp_path: Path) -> None:
     resumed = json.loads((run / "summary.json").read_text())
     assert resumed["status"] == "completed"
     assert without_timing(resumed) == without_timing(reference)
+    assert_scalar_file_exact(run, tmp_path / "ref")  # the columnar file continues from the checkpoint too
 
 
 def test_injected_nan_ends_run_diverged_cleanly(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from marl_stability.errors import ArgumentParser
 Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 SPREAD = "simple_spread_v3"
 # simple_spread_v3 (N=3, 25 steps, continuous): `python -m marl_stability.analysis.anchors --episodes 1000`
-# (docs/anchors.json), mean team return of 1000 episodes; std per episode 24.4 / 25.0 / 41.7 / 8.9.
+# (docs/results/anchors.json), mean team return of 1000 episodes; std per episode 24.4 / 25.0 / 41.7 / 8.9.
 SPREAD_RANDOM = -74.6
 SPREAD_DO_NOTHING = -73.5
 SPREAD_MOVE_RIGHT = -198.0
@@ -153,7 +153,7 @@ class TaskAnchors:
 
 
 SPREAD_ANCHORS = TaskAnchors(SPREAD, SPREAD_RANDOM, SPREAD_DO_NOTHING, SPREAD_ASSIGNMENT,
-                             "python -m marl_stability.analysis.anchors --episodes 1000 (docs/anchors.json)")
+                             "python -m marl_stability.analysis.anchors --episodes 1000 (docs/results/anchors.json)")
 
 
 def task_anchors(env_id: str, kwargs: Optional[dict[str, Any]] = None, episodes: int = 1000) -> TaskAnchors:

@@ -70,13 +70,8 @@ from marl_stability.analysis.calibrate_report import (
     verdict,
 )
 from marl_stability.errors import UserError
-from marl_stability.runs.records import (
-    RunRecord,
-    find_run_dirs,
-    read_config,
-    read_run,
-    skip_reason,
-)
+from marl_stability.runs.labelled import LabelledRun, disambiguate, read_run
+from marl_stability.runs.record import RunRecord, find_runs
 from marl_stability.runs.signals import SIGNALS, SignalParams, Trace, signal
 
 RECORDS_FORMAT = 1
@@ -105,7 +100,7 @@ def parse_seeds(text: str, option: str) -> list[int]:
 class Corpus:
     """The labelled runs of one calibration, and what was left out."""
 
-    records: list[RunRecord]
+    records: list[LabelledRun]
     params: SignalParams
     calibration_seeds: list[int]
     held_out_seeds: list[int]
@@ -115,12 +110,12 @@ class Corpus:
     def split_of(self) -> dict[int, str]:
         return {**{s: "calibration" for s in self.calibration_seeds}, **{s: "held-out" for s in self.held_out_seeds}}
 
-    def split(self, name: str) -> list[RunRecord]:
+    def split(self, name: str) -> list[LabelledRun]:
         seeds = set(self.calibration_seeds if name == "calibration" else self.held_out_seeds)
         return [r for r in self.records if r.seed in seeds]
 
 
-def _progress(items: list[Path], quiet: bool) -> Any:
+def _progress(items: list[RunRecord], quiet: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(items, desc="calibrate: reading runs", unit="run", dynamic_ncols=True,
@@ -130,29 +125,22 @@ def _progress(items: list[Path], quiet: bool) -> Any:
 def read_corpus(dirs: list[Path], calibration: list[int], held_out: list[int], params: SignalParams,
                 quiet: bool = False) -> Corpus:
     """Label every usable run under ``dirs`` whose seed is in one of the sets."""
-    from marl_stability.core.summary import read_summary
-    from marl_stability.runs.records import disambiguate
-
-    run_dirs = find_run_dirs(dirs)
-    if not run_dirs:
+    runs = find_runs(dirs)
+    if not runs:
         raise UserError("no run directories (config.yaml with summary.json or an event file) in "
                         + ", ".join(map(str, dirs)))
     corpus = Corpus([], params, calibration, held_out)
     wanted = set(calibration) | set(held_out)
-    for run_dir in _progress(run_dirs, quiet):
-        summary = read_summary(run_dir)
-        reason = skip_reason(run_dir, summary)
-        config = read_config(run_dir) if reason is None else None
-        if reason is None and config is None:
-            reason = "unreadable config.yaml"
+    for run in _progress(runs, quiet):
+        reason = run.skip_reason()
         if reason is not None:
-            corpus.skipped.append(f"{run_dir}: {reason}")
+            corpus.skipped.append(f"{run.dir}: {reason}")
             continue
-        assert summary is not None and config is not None
-        if summary.seed not in wanted:
+        assert run.summary is not None
+        if run.summary.seed not in wanted:
             corpus.ignored += 1
             continue
-        corpus.records.append(read_run(run_dir, summary, config, params))
+        corpus.records.append(read_run(run, params))
     if not corpus.records:
         raise UserError(f"no finished run with a seed in {seeds_text(calibration)} or {seeds_text(held_out)} in "
                         + ", ".join(map(str, dirs)) + f" ({len(corpus.skipped)} skipped, {corpus.ignored} ignored)")
@@ -167,9 +155,9 @@ def records_json(corpus: Corpus) -> dict[str, Any]:
             "ignored": corpus.ignored, "skipped": corpus.skipped, "records": [asdict(r) for r in corpus.records]}
 
 
-def _record(data: dict[str, Any]) -> RunRecord:
+def _record(data: dict[str, Any]) -> LabelledRun:
     signals = {k: (None if v is None else Trace(**v)) for k, v in data.pop("signals").items()}
-    return RunRecord(**data, signals=signals)
+    return LabelledRun(**data, signals=signals)
 
 
 def read_records(path: Path) -> Corpus:

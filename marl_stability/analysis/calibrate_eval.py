@@ -1,6 +1,6 @@
 """Threshold choice on the calibration seeds and scores on the held-out seeds (``marl-stability calibrate``).
 
-Everything here works on ``RunRecord``s, so a report re-renders from ``records.json`` without the runs.
+Everything here works on ``LabelledRun``s, so a report re-renders from ``records.json`` without the runs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from marl_stability.runs.records import ANY_DETECTOR, DETECTORS, RunRecord
+from marl_stability.runs.labelled import ANY_DETECTOR, DETECTORS, LabelledRun
 from marl_stability.runs.signals import SIGNALS, Trace
 
 MAX_CANDIDATES = 400  # thresholds tried per signal (quantiles of the distinct values beyond this)
@@ -53,7 +53,7 @@ class Score:
                 "median_lead": self.median_lead, "leads": self.leads}
 
 
-def score(cases: list[tuple[RunRecord, Optional[int]]]) -> Score:
+def score(cases: list[tuple[LabelledRun, Optional[int]]]) -> Score:
     """Score (run, alarm step or None) pairs: recall over failing runs, false alarms over healthy ones."""
     s = Score()
     for run, alarm in cases:
@@ -142,7 +142,7 @@ def _margin(traces: list[Trace], chosen: float) -> float:
     return math.sqrt(low * chosen) if low > 0 else (low + chosen) / 2
 
 
-def choose(runs: list[RunRecord], name: str, direction: str) -> Row:
+def choose(runs: list[LabelledRun], name: str, direction: str) -> Row:
     """The threshold of signal ``name`` on the calibration runs: most failing runs alarmed with zero false alarms
     on healthy runs; ties -> longer median lead, then the more conservative threshold. With no zero-false-alarm
     threshold: fewest false alarms, then most failing runs alarmed (the row is flagged)."""
@@ -176,17 +176,17 @@ def choose(runs: list[RunRecord], name: str, direction: str) -> Row:
     return row
 
 
-def evaluate(runs: list[RunRecord], name: str, threshold: float) -> Score:
+def evaluate(runs: list[LabelledRun], name: str, threshold: float) -> Score:
     """Score signal ``name`` at ``threshold`` over the runs that log it."""
     return score([(r, t.alarm_step(threshold)) for r in runs if (t := r.signals.get(name)) is not None])
 
 
-def detector_score(runs: list[RunRecord], name: str) -> Score:
+def detector_score(runs: list[LabelledRun], name: str) -> Score:
     """Score an existing detector as it fired during training, over the runs that fed it."""
     return score([(r, r.detectors[name]) for r in runs if name in r.detectors])
 
 
-def signal_rows(calibration: list[RunRecord], held_out: list[RunRecord]) -> list[Row]:
+def signal_rows(calibration: list[LabelledRun], held_out: list[LabelledRun]) -> list[Row]:
     """Every registry signal: its threshold from the calibration runs and its score on the held-out runs."""
     rows = []
     for s in SIGNALS:
@@ -199,7 +199,7 @@ def signal_rows(calibration: list[RunRecord], held_out: list[RunRecord]) -> list
     return sorted(rows, key=Row.sort_key)
 
 
-def detector_rows(calibration: list[RunRecord], held_out: list[RunRecord]) -> list[Row]:
+def detector_rows(calibration: list[LabelledRun], held_out: list[LabelledRun]) -> list[Row]:
     rows = [Row(name, "detector", calibration=detector_score(calibration, name), held_out=detector_score(held_out, name))
             for name in (*DETECTORS, ANY_DETECTOR)]
     return sorted(rows, key=Row.sort_key)

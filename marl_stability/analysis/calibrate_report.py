@@ -8,7 +8,8 @@ from typing import Optional
 
 from marl_stability.analysis.calibrate_eval import Row, Score
 from marl_stability.fmt import MISSING, fmt_number
-from marl_stability.runs.records import ANY_DETECTOR, DETECTORS, LABELS, RunRecord
+from marl_stability.runs.labelled import ANY_DETECTOR, DETECTORS, LabelledRun
+from marl_stability.runs.labels import LABELS
 from marl_stability.runs.signals import signal
 
 
@@ -52,10 +53,10 @@ def _held(s: Optional[Score]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- tables
-def label_table(records: list[RunRecord], split_of: dict[int, str]) -> list[str]:
+def label_table(records: list[LabelledRun], split_of: dict[int, str]) -> list[str]:
     lines = ["| group | config | split | runs | healthy | collapsed | diverged | onset, median env step (failing) |",
              "|---|---|---|---|---|---|---|---|"]
-    keyed: dict[tuple[str, str, str], list[RunRecord]] = {}
+    keyed: dict[tuple[str, str, str], list[LabelledRun]] = {}
     for r in sorted(records, key=lambda r: (r.group, r.group_key, r.seed)):
         keyed.setdefault((r.group, r.group_key, split_of[r.seed]), []).append(r)
     for (group, key, split), runs in sorted(keyed.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "calibration")):

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from marl_stability.config import ON_POLICY_ALGORITHMS, DetectorConfig
+from marl_stability.config import DetectorConfig
 from marl_stability.fixes import registry
-from marl_stability.core.summary import RunSummary, read_summary
+from marl_stability.core.summary import RunSummary
 from marl_stability.errors import UserError
-from marl_stability.runs.scalars import read_scalars
+from marl_stability.runs.record import RunRecord, find_run_dirs
 
 GROWTH_FACTOR = 10.0  # a layer's gradient "grew" when it exceeds this multiple of its early median
 
@@ -72,14 +71,14 @@ class Evidence:
 
 
 def diagnose(run_dir: str | Path) -> dict[str, Any]:
-    run = Path(run_dir)
-    summary, cfg = _read_run(run)
-    scalars = read_scalars(run)
+    record = RunRecord(run_dir)
+    summary, cfg = _read_run(record)
+    scalars, run = record.scalars, record.dir
     ev = _evidence(scalars)
     s = summary if summary is not None else RunSummary(status="")  # no summary.json: nothing fired, no status
     explosion, collapse, nonfinite = s.explosion_step, s.collapse_step, s.nonfinite_step
     healthy = explosion is None and collapse is None and nonfinite is None
-    if cfg.get("algo") in ON_POLICY_ALGORITHMS:
+    if record.on_policy:
         return diagnose_on_policy(run, s, summary, cfg, ev, scalars)
     fixes = [f for f in _candidate_fixes(s, cfg, ev) if not f.applied]
     # Keep the practitioner's order, but within it the fixes the data points at come first.
@@ -147,24 +146,28 @@ def _rank_by_evidence(fixes: list[Fix], measured: dict[str, dict[str, Any]]) -> 
     return [f for _, f in sorted(enumerate(fixes), key=key)]
 
 
-def _read_run(run: Path) -> tuple[RunSummary | None, dict[str, Any]]:
+def targets(paths: list[Path]) -> list[Path]:
+    """The runs to diagnose: each path that is a run itself, else the runs below it (a folder holding no run is
+    passed on as it is, for diagnose's one-line error)."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir() or RunRecord(path).has_events() or (path / "config.yaml").is_file():
+            out.append(path)
+        else:
+            out += find_run_dirs([path]) or [path]
+    return out
+
+
+def _read_run(run: RunRecord) -> tuple[RunSummary | None, dict[str, Any]]:
     """The run's summary (None when it has none yet) and its config as a plain mapping ({} when absent)."""
-    if not run.is_dir():
-        raise UserError(f"not a run directory: {run}")
-    if not any(run.glob("events.out.tfevents.*")):
-        raise UserError(f"no TensorBoard events in {run}")
-    summary = None
-    if (run / "summary.json").is_file():
-        summary = read_summary(run / "summary.json")
-        if summary is None:
-            raise UserError(f"corrupt summary.json or config.yaml in {run}")
-    try:
-        config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise UserError(f"corrupt summary.json or config.yaml in {run}") from None
-    if not isinstance(config or {}, dict):
-        raise UserError(f"summary.json or config.yaml in {run} is not a mapping")
-    return summary, config or {}
+    if not run.dir.is_dir():
+        raise UserError(f"not a run directory: {run.dir}")
+    if not run.has_events():
+        raise UserError(f"no TensorBoard events in {run.dir}")
+    if ((run.dir / "summary.json").is_file() and run.summary is None) or \
+            ((run.dir / "config.yaml").is_file() and run.config is None):
+        raise UserError(f"corrupt summary.json or config.yaml in {run.dir}")
+    return run.summary, run.config or {}
 
 
 def _evidence(scalars: dict[str, list[tuple[int, float]]]) -> Evidence:

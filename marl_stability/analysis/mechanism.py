@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from marl_stability.core.summary import RunSummary
-from marl_stability.runs.records import detector_thresholds, label_run
-from marl_stability.runs.scalars import read_scalars
+from marl_stability.runs.labels import detector_thresholds, label_run
 from marl_stability.runs.signals import Scalars, learning_start, series_of
 
 EARLY_GROWTH = 10.0  # the timeline's first mark on the way to the explosion threshold
@@ -216,38 +215,30 @@ def checked_detectors(config: dict[str, Any]) -> dict[str, Any]:
 def table(dirs: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per finished run below ``dirs`` (group, seed, label, mechanism, the steps that decide it, the peak
     critic growth before the failure onset) and the notes on skipped runs."""
-    from pathlib import Path
-
-    from marl_stability.core.summary import read_summary
     from marl_stability.errors import UserError
-    from marl_stability.runs.records import (
-        find_run_dirs,
-        group_name,
-        read_config,
-        skip_reason,
-    )
+    from marl_stability.runs.labelled import group_name
+    from marl_stability.runs.record import find_runs
 
     rows, notes = [], []
-    for run in find_run_dirs([Path(d) for d in dirs]):
-        summary = read_summary(run / "summary.json") if (run / "summary.json").is_file() else None
-        config = read_config(run)
-        why = skip_reason(run, summary) or (None if config is not None else "unreadable config.yaml")
+    for run in find_runs(dirs):
+        why = run.skip_reason()
         if why is None:
             try:
-                checked_detectors(config)
+                checked_detectors(run.config or {})
             except UserError as e:
                 why = f"invalid config.yaml: {e}"
         if why is not None:
-            notes.append(f"skipped {run}: {why}")
+            notes.append(f"skipped {run.dir}: {why}")
             continue
-        scalars = read_scalars(run)
+        summary, config, scalars = run.summary, run.config or {}, run.scalars
+        assert summary is not None
         d = classify(summary, config, scalars)
         baseline = _rule(config, detector_thresholds(config))[1]
-        name, sweep = group_name(run)
+        name, sweep = group_name(run.dir)
         rows.append({"group": f"{sweep}/{name}" if sweep else name, "seed": summary.seed, "label": d["label"], "mechanism": d["mechanism"],
                      "onset": d["onset"], "growth_step": d["growth_step"], "saturation_step": d["saturation_step"],
                      "peak_growth_before_onset": _peak_growth(scalars, baseline, d["onset"]),
-                     "explosion_growth": d["explosion_growth"], "run": str(run)})
+                     "explosion_growth": d["explosion_growth"], "run": str(run.dir)})
     return rows, notes
 
 

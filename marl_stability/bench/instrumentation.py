@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
 def direct_cost(trainer: Any, off_cpu_seconds: float) -> str:
     """One measurement's CPU time, times the number of measurements a run makes, as a share of the CPU time of a
     run without them."""
-    every = trainer.cfg.plasticity.resolved_every(trainer.cfg.algo)
+    every = trainer.cfg.plasticity.resolved_every(type(trainer.algo).on_policy)
     count = trainer.algo.updates // every
     one = measurement_seconds(trainer)
     return (f"one measurement of {len(trainer.algo.modules())} modules: {one * 1e3:.2f} ms; {count} measurements "

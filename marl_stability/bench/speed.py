@@ -119,7 +119,7 @@ def env_speed_table(seconds: float, rounds: int, tasks: tuple[str, ...] | None =
 
 def env_speed_markdown(table: dict[str, dict[str, Any]], batches: tuple[int, ...] = ENV_BATCHES,
                        spread_at: int = 256) -> str:
-    """The README's env-speed table: one row per task, port steps/s and ratio to mpe2 per batch size, and the
+    """The env-speed table (docs/environments.md): one row per task, port steps/s and ratio to mpe2 per batch size, and the
     range of the per-round ratios at ``spread_at`` (when the table has it)."""
     ranged = all("speedup_range" in row for row in table.values()) and spread_at in batches
     head = "| task | mpe2 steps/s | " + " | ".join(f"B = {b}" for b in batches) + " |"

@@ -29,7 +29,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from marl_stability.core.tb_run import first_agent, tensorboard_link
+from marl_stability.core.tb_run import tensorboard_link
+from marl_stability.runs.trials import first_agent
 from marl_stability.errors import ArgumentParser
 
 STORY_GROUPS = ("eval", "grad_norm")

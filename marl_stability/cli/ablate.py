@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from marl_stability.core.tb_run import tensorboard_hint
+from marl_stability.runs.trials import tensorboard_hint
 from marl_stability.errors import UserError
 
 
@@ -83,8 +83,9 @@ def reproduce_cmd(
                                           "(default: reproduce, i.e. experiments/reproduce.yaml)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no final summary"),
 ) -> None:
-    """Reproduce the repeated-action failure and its fix: the failure and fixed presets over several seeds,
-    then report.md, summary.json, figures and an episode GIF per arm in --out."""
+    """Reproduce the repeated-action failure and its fix (the failure and fixed presets over several seeds).
+
+    Then report.md, summary.json, figures and an episode GIF per arm in --out."""
     from marl_stability.studies.reproduce import (
         build_reproduction_report,
         run_reproduce,

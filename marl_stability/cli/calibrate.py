@@ -30,8 +30,10 @@ def calibrate_cmd(
                                                "(e.g. a detector default) on both splits; repeatable"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no printed table"),
 ) -> None:
-    """Calibrate early-warning signals and the detectors on labelled runs: thresholds chosen on the calibration
-    seeds, precision / recall / false alarms / lead time reported on the held-out seeds."""
+    """Calibrate early-warning signals and the detectors on labelled runs (held-out seeds score them).
+
+    Thresholds chosen on the calibration seeds, precision / recall / false alarms / lead time reported on the
+    held-out seeds."""
     from marl_stability.analysis.calibrate import calibrate
     from marl_stability.analysis.calibrate_report import signal_table
     from marl_stability.runs.signals import SignalParams

@@ -177,15 +177,22 @@ def train_cmd(
 
 @app.command("doctor")
 def doctor_cmd(
-    run_dir: Path = typer.Argument(..., help="a run directory (with TensorBoard events and summary.json)"),
-    as_json: bool = typer.Option(False, "--json", help="print the diagnosis as JSON"),
+    run_dirs: list[Path] = typer.Argument(..., help="run directories (with TensorBoard events and summary.json), "
+                                                    "or folders holding runs at any depth: each run is diagnosed"),
+    as_json: bool = typer.Option(False, "--json", help="print the diagnosis as JSON (a list for several runs)"),
 ) -> None:
-    """Diagnose a run: which detector fired and when, which layers' gradients grew first, saturation,
-    reward scale, and a ranked list of fixes with the exact --set overrides to try."""
-    from marl_stability.analysis.doctor import diagnose, render
+    """Diagnose a run: the mechanism, what fired when, and the fixes ranked by measured evidence.
 
-    d = diagnose(run_dir)
-    typer.echo(json.dumps(d, indent=2) if as_json else render(d))
+    Which detector fired and when, which layers' gradients grew first, saturation, reward scale, and a ranked list
+    of fixes with the exact --set overrides to try."""
+    from marl_stability.analysis.doctor import diagnose, render, targets
+
+    runs = targets(run_dirs)
+    found = [diagnose(r) for r in runs]
+    if as_json:
+        typer.echo(json.dumps(found[0] if len(found) == 1 else found, indent=2))
+    else:
+        typer.echo("\n\n".join(render(d) if len(found) == 1 else f"=== {d['run']}\n{render(d)}" for d in found))
 
 
 from marl_stability.cli.ablate import register as _register_ablate  # noqa: E402  (after the app's own commands)

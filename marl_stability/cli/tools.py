@@ -31,6 +31,8 @@ TOOLS: dict[str, tuple[str, str]] = {
                     "Instructions per env step of the fast mpe2 port, counted by valgrind (not wall clock)."),
     "bench-instrumentation": ("marl_stability.bench.instrumentation",
                               "Cost of the instrumentation: the same run with and without a piece of it."),
+    "bench-reading": ("marl_stability.bench.reading",
+                      "CPU time of doctor, mechanism and calibrate over the same runs, for one or two checkouts."),
     "bench-versions": ("marl_stability.bench.versions",
                        "Training speed of two checkouts of this project, interleaved in one run."),
     "tb-screenshot": ("marl_stability.bench.tb_screenshot",

@@ -64,7 +64,8 @@ def build_run(cfg: RunConfig, events: Any = None, num_envs: Optional[int] = None
     try:
         layout = venv.layout
         check_compatible(cfg, layout)
-        fixes = build_fixes(cfg.fixes, n, layout.num_agents, layout.max_obs_dim, cfg.learner_gamma)
+        gamma = agents.algorithm_class(cfg.algo).discount(cfg)  # the learner's discount: the class says whose
+        fixes = build_fixes(cfg.fixes, n, layout.num_agents, layout.max_obs_dim, gamma)
         algorithm = agents.make(cfg, layout, fixes, events)
     except BaseException:
         venv.close()

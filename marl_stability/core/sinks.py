@@ -109,6 +109,52 @@ class TensorBoardSink:
             self.flush()
 
 
+class ScalarFileSink:
+    """The run's columnar scalar file (:mod:`marl_stability.core.scalar_file`): written at every flush (the loop
+    flushes before each checkpoint) and at close (``complete``). A resumed run continues the file from its
+    checkpoint step (what a killed run wrote later is dropped, as TensorBoard's purge hides it); a resumed run
+    that has no file (begun by a version before 0.2.0) writes none, and readers fall back to its event files."""
+
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
+        from marl_stability.core.scalar_file import SCALAR_FILE, ScalarColumns, read_columns
+
+        self.path = Path(run_dir) / SCALAR_FILE
+        self.columns: ScalarColumns | None = ScalarColumns()
+        if resume_step is not None:
+            self.columns = read_columns(self.path)
+            if self.columns is not None:
+                self.columns.truncate_after(resume_step)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.columns is not None:
+            self.columns.append(tag, step, value)
+
+    def scalar_batch(self, values: dict[str, float], step: int) -> None:
+        if self.columns is not None:
+            append = self.columns.append
+            for tag, value in values.items():
+                append(tag, step, value)
+
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        return None
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        return None
+
+    def _write(self, complete: bool) -> None:
+        from marl_stability.core.scalar_file import write_scalar_file
+
+        if self.columns is not None:
+            write_scalar_file(self.path, self.columns, source="trainer", complete=complete)
+
+    def flush(self) -> None:
+        self._write(complete=False)
+
+    def close(self) -> None:
+        self._write(complete=True)
+        self.columns = None
+
+
 class Logger:
     """Fans metrics out to every sink."""
 

@@ -46,6 +46,8 @@ class RunSummary(BaseModel):
     status: str
     env: str = ""
     algo: str = "maddpg"
+    on_policy: bool = Field(False, description="the algorithm learns from rollouts of its current policy (its class's "
+                            "on_policy); written only when true, so off-policy runs keep the summary they had")
     seed: int = 0
     fixes: dict[str, Any] = Field(default_factory=dict)
     env_steps: int = 0
@@ -93,7 +95,7 @@ class RunSummary(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         out = self.model_dump(mode="python")
-        for key in ("plasticity", "hooks", "error"):  # runs without these keep the summary.json they always had
+        for key in ("on_policy", "plasticity", "hooks", "error"):  # runs without these keep the summary.json they always had
             if not out[key]:
                 del out[key]
         return out

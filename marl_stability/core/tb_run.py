@@ -12,13 +12,12 @@ the run ends.
 from __future__ import annotations
 
 import typing
-from pathlib import Path
 from typing import Any, Iterable, Literal, Optional
 
 from pydantic import BaseModel
 
 from marl_stability.config import RunConfig, flatten
-from marl_stability.core.summary import RunSummary, read_summary
+from marl_stability.core.summary import RunSummary
 from marl_stability.fmt import fmt_number
 
 Kind = Literal["bool", "number", "string"]
@@ -189,18 +188,3 @@ def tensorboard_link(agent: str, port: int = 6006) -> str:
     query = "&".join(f"{k}={urllib.parse.quote(v, safe=':/,[]{}^()')}" for k, v in
                      (("runColorGroup", "regex:^([^/]+)/"), ("pinnedCards", cards)))
     return f"http://localhost:{port}/?{query}#timeseries"
-
-
-def first_agent(runs_dir: Path) -> str:
-    """The first agent's name in a sweep's runs (``<arm>/seed_<n>/summary.json``), ``agent_0`` when none."""
-    for path in sorted(Path(runs_dir).glob("*/*/summary.json")):
-        s = read_summary(path)
-        if s is not None and s.agents:
-            return s.agents[0]
-    return "agent_0"
-
-
-def tensorboard_hint(runs_dir: Path, port: int = 6006) -> str:
-    """Two lines for a sweep's console output: the tensorboard command and the deep link."""
-    return (f"tensorboard --logdir {runs_dir} --port {port}\n"
-            f"  then open {tensorboard_link(first_agent(runs_dir), port)}  (one colour per arm, story cards pinned)")

@@ -5,7 +5,7 @@ algorithm families it is advice for and in which practitioner's order, where it 
 (what ``summary.json`` reports under ``fixes``), the overrides that turn it on for a given run, whether a run
 already uses it, which single-fix arms measured it, and whether and how it can be applied to a run in progress.
 Everything else is derived from here: :func:`fix_settings` (summary.json), doctor's candidate fixes, the fix-evidence
-table's arm -> fix mapping and the README's fix table (``tests/test_fixes.py`` checks each).
+table's arm -> fix mapping and the docs' fix table (docs/configuration.md) (``tests/test_fixes.py`` checks each).
 
 Adding a fix is one entry here plus its implementation (a config field and the object or network piece that reads
 it). This module imports no torch (doctor and the docs read it); it sits in the fixes layer, above config.
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from marl_stability.config import ON_POLICY_ALGORITHMS, RunConfig, flatten
+from marl_stability.config import RunConfig, flatten
 
 Family = Literal["off_policy", "on_policy"]
 ActsOn = Literal["algorithm", "network", "optimizer", "reward", "observation"]
@@ -202,18 +202,18 @@ def arm_fixes() -> dict[str, str]:
     return {arm: f.title for f in FIXES for arm in f.evidence_arms}
 
 
-def fix_settings(cfg: RunConfig) -> dict[str, Any]:
+def fix_settings(cfg: RunConfig, on_policy: bool) -> dict[str, Any]:
     """The resolved settings of every fix, flat and in config order (what summary.json reports as ``fixes``):
     the keys owned by an off-policy fix, and for an on-policy run also those of the on-policy fixes (off-policy
     runs keep the summary they had). Keys under ``fixes.`` drop that prefix."""
-    families = (OFF, ON) if cfg.algo in ON_POLICY_ALGORITHMS else (OFF,)
+    families = (OFF, ON) if on_policy else (OFF,)
     owners = [f for f in FIXES if any(fam in f.families for fam in families)]
     flat = flatten(cfg.to_dict())
     return {k.removeprefix("fixes."): v for k, v in flat.items() if any(f.owns(k) for f in owners)}
 
 
 def markdown_table() -> str:
-    """The README's fix table, one row per registered fix."""
+    """The docs' fix table (docs/configuration.md), one row per registered fix."""
     rows = ["| fix | id | config keys | acts at | advice for | on a live run | measured by arms |", "|---|---|---|---|---|---|---|"]
     for f in FIXES:
         keys = ", ".join(f"`{k}*`" if k.endswith(".") else f"`{k}`" for k in f.settings) or "—"

@@ -265,7 +265,7 @@ class PlasticityHook(Hook):
     def __init__(self, ctx: RunContext) -> None:
         self.ctx, self.log = ctx, ctx.scoped(self)
         cfg = ctx.cfg.plasticity
-        self.every, self.taus, self.max_batch = cfg.resolved_every(ctx.cfg.algo), tuple(cfg.taus), cfg.max_batch
+        self.every, self.taus, self.max_batch = cfg.resolved_every(type(ctx.algorithm).on_policy), tuple(cfg.taus), cfg.max_batch
         self.last: dict[str, Any] = {}
 
     def on_update(self, ev: UpdateEvent) -> None:

@@ -26,7 +26,7 @@ from marl_stability.core.events import (
 )
 from marl_stability.core.hooks import Hook, RunContext
 from marl_stability.core.plasticity import tau_label
-from marl_stability.core.sinks import TensorBoardSink
+from marl_stability.core.sinks import ScalarFileSink, TensorBoardSink
 from marl_stability.core.summary import RunSummary
 from marl_stability.core.tb_run import METRICS, hparams_of, metric_values, summary_text
 
@@ -241,7 +241,7 @@ def dashboard(stat_prefixes: tuple[str, ...], plasticity_taus: Optional[Sequence
 
 
 class TensorBoardHook(Hook):
-    """The TensorBoard sink: opened at start (a resumed run hides what a killed run wrote after its last
+    """The TensorBoard sink and the columnar scalar file (``scalars.npz``, what analysis reads): opened at start (a resumed run hides what a killed run wrote after its last
     checkpoint), with the dashboard layout and hparams on a new run, and the summary text at the end."""
 
     name = "tensorboard"
@@ -256,7 +256,7 @@ class TensorBoardHook(Hook):
     def on_start(self, resumed: bool) -> None:
         # Events logged at the checkpoint step itself were written before the checkpoint: keep them.
         sink = TensorBoardSink(self.ctx.run_dir, purge_step=self.ctx.env_steps + 1 if resumed else None)
-        self.ctx.logger.sinks.insert(0, sink)
+        self.ctx.logger.sinks[:0] = [sink, ScalarFileSink(self.ctx.run_dir, self.ctx.env_steps if resumed else None)]
         if not resumed:
             plasticity = self.ctx.cfg.plasticity
             sink.custom_scalars(dashboard(self.ctx.algorithm.stat_prefixes, plasticity.taus if plasticity.enabled else None))

@@ -43,7 +43,7 @@ class GradientExplosionDetector:
 
     Two rules for the reference (``rule``); non-finite norms are skipped (they are the non-finite detector's):
 
-    - ``"growth"`` (the default, calibrated on held-out seeds, see the README): the reference is the network's
+    - ``"growth"`` (the default, calibrated on held-out seeds, see docs/detectors.md): the reference is the network's
       own early level, the median of its first ``baseline`` finite norms; fire when a norm exceeds ``ratio`` x
       that level. Scale-free, and it sees a slow exponential climb (a tenfold rise every few thousand steps)
       that a running median follows and never flags;

@@ -1,4 +1,4 @@
-"""Example hooks to copy from (the README's "Adding a hook"). Use one from config::
+"""Example hooks to copy from (docs/architecture.md, "Adding a hook"). Use one from config::
 
     train:
       hooks: [marl_stability.hooks.examples:StopWhenSaturated]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from marl_stability.errors import UserError
-from marl_stability.core.summary import read_summary
+from marl_stability.runs.record import RunRecord
 
 INDEX_FORMAT = 1
 # summary.json statuses after which a trial never runs again. Not summary.FINAL_STATUSES: an "interrupted"
@@ -106,7 +106,7 @@ def new_entry(out: Path, arm: str, seed: int) -> dict[str, Any]:
 
 def reconcile(out: Path, entry: dict[str, Any]) -> None:
     """Bring one index entry in line with its run directory (the ground truth after a crash or kill)."""
-    summary = read_summary(out / entry["run_dir"])
+    summary = RunRecord(out / entry["run_dir"]).summary
     if summary is not None and summary.status in FINAL_STATUSES:
         entry.update(state=summary.status, error=None, summary=f"{entry['run_dir']}/summary.json")
     elif entry["state"] != "pending":

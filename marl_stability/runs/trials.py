@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from marl_stability.atomic import atomic_write_text
-from marl_stability.core.summary import RunSummary, read_summary
+from marl_stability.core.summary import RunSummary
+from marl_stability.core.tb_run import tensorboard_link
+from marl_stability.runs.record import RunRecord
 from marl_stability.errors import UserError
 from marl_stability.runs.sweep_layout import FINAL_STATUSES, Arm, Plan, read_plan, run_dir_of, trial_id
 
@@ -67,7 +69,7 @@ def collect(out: Path) -> Trials:
 def _row(trials: Trials, arm: Arm, seed: int, entry: Optional[dict[str, Any]]) -> dict[str, Any]:
     """The CSV row of one trial; a finished trial's summary and evaluation curve are kept in ``trials``."""
     run_dir = run_dir_of(trials.out, arm.name, seed)
-    summary = read_summary(run_dir)
+    summary = RunRecord(run_dir).summary
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(arm=arm.name, seed=seed, run_dir=str(run_dir.relative_to(trials.out)))
     if summary is not None and summary.status in FINAL_STATUSES:
@@ -110,3 +112,18 @@ def write_csv(trials: Trials, path: Path) -> None:
     for r in trials.rows:
         w.writerow([_csv_value(r.get(c)) for c in columns])
     atomic_write_text(path, buf.getvalue())
+
+
+def first_agent(runs_dir: Path) -> str:
+    """The first agent's name in a sweep's runs (``<arm>/seed_<n>/summary.json``), ``agent_0`` when none."""
+    for path in sorted(Path(runs_dir).glob("*/*/summary.json")):
+        s = RunRecord(path.parent).summary
+        if s is not None and s.agents:
+            return s.agents[0]
+    return "agent_0"
+
+
+def tensorboard_hint(runs_dir: Path, port: int = 6006) -> str:
+    """Two lines for a sweep's console output: the tensorboard command and the deep link."""
+    return (f"tensorboard --logdir {runs_dir} --port {port}\n"
+            f"  then open {tensorboard_link(first_agent(runs_dir), port)}  (one colour per arm, story cards pinned)")

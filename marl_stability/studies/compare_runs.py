@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from marl_stability.core.summary import RunSummary, read_summary
+from marl_stability.core.summary import RunSummary
+from marl_stability.runs.record import RunRecord
 from marl_stability.errors import ArgumentParser, UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.studies.report import _mean, bootstrap_ci, iqm, prob_improvement
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     groups: dict[str, list[RunSummary]] = defaultdict(list)
     for run in args.runs:
-        s = read_summary(run)
+        s = RunRecord(run.parent if run.name == "summary.json" else run).summary
         if s is None:
             raise UserError(f"{run}: no readable summary.json")
         if s.status not in COMPARABLE:  # interrupted / env_error runs did not use their budget

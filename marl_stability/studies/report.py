@@ -23,7 +23,8 @@ from typing import Any, Callable
 import numpy as np
 
 from marl_stability.atomic import atomic_write_bytes, atomic_write_text
-from marl_stability.core.tb_run import first_agent, tensorboard_link
+from marl_stability.core.tb_run import tensorboard_link
+from marl_stability.runs.trials import first_agent
 from marl_stability.fmt import fmt_number
 from marl_stability.runs.sweep_layout import (
     FINAL_STATUSES,

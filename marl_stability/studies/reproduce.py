@@ -36,12 +36,14 @@ from marl_stability.atomic import (
     atomic_write_json,
     atomic_write_text,
 )
-from marl_stability.config import ON_POLICY_ALGORITHMS, DetectorConfig, resolve_preset
+from marl_stability.config import DetectorConfig, resolve_preset
 from marl_stability.core.summary import RunSummary
-from marl_stability.core.tb_run import first_agent, tensorboard_link
-from marl_stability.tags import current_tag
+from marl_stability.core.tb_run import tensorboard_link
+from marl_stability.runs.trials import first_agent
 from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
+from marl_stability.runs.record import RunRecord
+from marl_stability.runs.scalars import Scalars
 from marl_stability.runs.trials import Trials, collect, write_csv
 from marl_stability.studies.report import _mean, _save, bootstrap_ci
 from marl_stability.studies.sweep import (
@@ -111,23 +113,8 @@ class RunData:
     seed: int
     run_dir: Path
     summary: RunSummary
-    scalars: dict[str, list[tuple[int, float]]]
+    scalars: Scalars
     histograms: dict[str, list[tuple[int, np.ndarray, np.ndarray]]]  # tag -> (step, bucket edges, counts)
-
-
-def _read_events(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, np.ndarray, np.ndarray]]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
-    acc.Reload()
-    tags = acc.Tags()
-    scalars = {current_tag(t): [(e.step, e.value) for e in acc.Scalars(t)] for t in tags.get("scalars", [])}
-    hists: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
-    for t in tags.get("histograms", []):
-        if current_tag(t).startswith("hist/eval_actions/"):
-            hists[current_tag(t)] = [(e.step, np.asarray(e.histogram_value.bucket_limit), np.asarray(e.histogram_value.bucket))
-                        for e in acc.Histograms(t)]
-    return scalars, hists
 
 
 def _load_runs(out: Path, trials: Trials) -> dict[str, list[RunData]]:
@@ -135,13 +122,14 @@ def _load_runs(out: Path, trials: Trials) -> dict[str, list[RunData]]:
     for row in trials.rows:
         if row["status"] not in FINAL_STATUSES:
             continue
-        run_dir = out / row["run_dir"]
-        scalars, hists = _read_events(run_dir)
-        runs[row["arm"]].append(RunData(int(row["seed"]), run_dir, trials.summaries[row["run_dir"]], scalars, hists))
+        run = RunRecord(out / row["run_dir"])
+        hists = {tag: [(h.step, h.edges, h.counts) for h in series]
+                 for tag, series in run.histograms("hist/eval_actions/").items()}
+        runs[row["arm"]].append(RunData(int(row["seed"]), run.dir, trials.summaries[row["run_dir"]], run.scalars, hists))
     return runs
 
 
-def _combine(scalars: dict[str, list[tuple[int, float]]], prefix: str, how: str) -> list[tuple[int, float]]:
+def _combine(scalars: Scalars, prefix: str, how: str) -> list[tuple[int, float]]:
     """Per-agent series ``<prefix>/<agent>`` -> one series (max or mean over agents at each step)."""
     by_step: dict[int, list[float]] = {}
     for tag, series in scalars.items():
@@ -760,8 +748,8 @@ def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str,
     anchors = task_anchors(env["id"], env["kwargs"])
     v = verdict(results["failure"], results["fixed"], anchors)
     budget = {a.name: int(a.config["train"]["steps"]) for a in plan.arms}
-    warmup = {a.name: 0 if a.config["algo"] in ON_POLICY_ALGORITHMS else int(a.config["maddpg"]["warmup_steps"])
-              for a in plan.arms}
+    on_policy = {a.name: any(RunRecord(r.run_dir).on_policy for r in runs.get(a.name, [])) for a in plan.arms}
+    warmup = {a.name: 0 if on_policy[a.name] else int(a.config["maddpg"]["warmup_steps"]) for a in plan.arms}
     quick = all(all(flatten(a.config).get(k) == val for k, val in QUICK.items()) for a in plan.arms)
     notes = []
     for name, u in unfinished.items():

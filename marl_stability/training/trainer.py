@@ -155,8 +155,8 @@ class Trainer:
     def _summary(self) -> RunSummary:
         p = self.progress
         fields = {
-            "status": self.status, "env": self.cfg.env.id, "algo": self.cfg.algo, "seed": self.cfg.seed,
-            "fixes": fix_settings(self.cfg), "env_steps": p.env_steps, "updates": self.algo.updates,
+            "status": self.status, "env": self.cfg.env.id, "algo": self.cfg.algo, "on_policy": type(self.algo).on_policy,
+            "seed": self.cfg.seed, "fixes": fix_settings(self.cfg, type(self.algo).on_policy), "env_steps": p.env_steps, "updates": self.algo.updates,
             "episodes": p.episodes, "final_return": p.final_return, "best_return": p.best_return,
             "eval_history": list(p.eval_history), "agents": list(self.spec.agents),
             "wall_seconds": round(p.wall_seconds, 3),

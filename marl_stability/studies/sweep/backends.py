@@ -112,7 +112,7 @@ class RayBackend:
         if workers < 1:
             raise UserError("--workers must be >= 1")
         # Trials run arbitrary training code on every node: Ray's token authentication stays on (the default
-        # for local instances since Ray 2.59; a cluster is started with RAY_AUTH_MODE=token, see the README).
+        # for local instances since Ray 2.59; a cluster is started with RAY_AUTH_MODE=token, see docs/ablations.md).
         # Ray reads the mode when it is imported, so it is checked here, not set.
         if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
             raise UserError("refusing to use Ray with RAY_AUTH_MODE=disabled: start the cluster with token authentication")
