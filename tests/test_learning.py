@@ -50,7 +50,7 @@ def test_reproduction_verdicts(tmp_path: Path) -> None:
     about 1.8 standard errors of a 10-episode mean above it; the 10 calibration seeds ended at -61.7 .. -41.4,
     seed 1, run here, at -61.7: runs are deterministic on one machine, but another CPU's fused kernels round
     differently, so a different machine may land a few points either side).
-    The 10-seed calibration behind these thresholds is in the README.
+    The 10-seed calibration behind these thresholds is in docs/findings.md.
     """
     import json
 

@@ -509,7 +509,7 @@ def test_doctor_on_a_healthy_mappo_run(tmp_path: Path) -> None:
 def test_mappo_learns_simple_spread(tmp_path: Path) -> None:
     """Budget: 600k env steps of experiments/mappo_spread.yaml, seed 0 (about 3 minutes at the ~3.4k env steps/s
     of a quiet 2-core machine). Threshold: the final evaluation (50 episodes) above -60, clearly above random
-    (-74.6) and do-nothing (-73.5); the same run measured -58.1 at 300k env steps (README, "MAPPO and IPPO")."""
+    (-74.6) and do-nothing (-73.5); the same run measured -58.1 at 300k env steps (docs/mappo.md)."""
     cfg = load_config(PRESET, ["train.steps=600000", "train.eval_every=300000", "train.eval_episodes=50"])
     summary = Trainer(cfg, tmp_path / "learn", quiet=True).run()
     assert summary["status"] == "completed" and summary["entropy_collapse_step"] is None

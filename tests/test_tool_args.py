@@ -48,3 +48,18 @@ def test_help_is_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         mechanism.main(["--help"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m marl_stability.analysis.mechanism")
+
+
+@pytest.mark.parametrize("how", ["subcommand", "module"])
+def test_double_dash_makes_every_later_word_positional(how: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """After ``--`` argparse reads ``--out`` as a folder name; the subcommand passes the ``--`` through as given
+    (click alone drops it, so the subcommand would have read --out as an option)."""
+    args = ["--", "--out", str(tmp_path / "table.md"), str(tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        if how == "subcommand":
+            cli_main(["mechanism", *args])
+        else:
+            importlib.import_module(TOOLS["mechanism"][0]).main(args)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --out does not exist"
+    assert not (tmp_path / "table.md").exists()

@@ -210,6 +210,16 @@ _register_tools(app)
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the typer app, turning every user error into one ``error:`` line and exit code 2."""
+    from marl_stability.cli.tools import RAW_ARGS
+
+    RAW_ARGS.append(list(sys.argv[1:] if argv is None else argv))
+    try:
+        _run(argv)
+    finally:
+        RAW_ARGS.pop()
+
+
+def _run(argv: Optional[list[str]]) -> None:
     try:
         code = app(args=argv, standalone_mode=False, prog_name="marl-stability")
         if isinstance(code, int) and code != 0:  # without standalone mode, an exit code is returned

@@ -41,13 +41,28 @@ TOOLS: dict[str, tuple[str, str]] = {
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
+# The command line as given (set by cli.main.main): click drops a "--" from a command's extra arguments, after
+# which argparse must see every word as positional, so a tool takes its arguments from here.
+RAW_ARGS: list[list[str]] = []
+
+
+def tool_args(name: str, parsed: list[str]) -> list[str]:
+    """The words after the subcommand ``name``, exactly as given (``--`` kept); click's ``parsed`` otherwise."""
+    raw = RAW_ARGS[-1] if RAW_ARGS else []
+    if name in raw:
+        rest = raw[raw.index(name) + 1:]
+        if [w for w in rest if w != "--"] == [w for w in parsed if w != "--"]:
+            return rest
+    return parsed
+
+
 def _command(module: str, name: str):  # type: ignore[no-untyped-def]
     def run(ctx: typer.Context) -> None:
         tool = importlib.import_module(module)
         program = sys.argv[0]
         sys.argv[0] = f"marl-stability {name}"  # argparse's default prog: usage lines name the subcommand
         try:
-            tool.main(list(ctx.args))
+            tool.main(tool_args(name, list(ctx.args)))
         finally:
             sys.argv[0] = program
 
