@@ -10,7 +10,7 @@ construction (1-based), so the n-th ``step()`` (or ``reset()``) of the training 
 * ``raise_step`` / ``raise_reset``: ``step()`` / ``reset()`` number ``at`` raises ``RuntimeError``;
 * ``none``: a healthy env.
 
-It is deterministic under ``reset(seed)`` plus actions, as the README asks of users' envs.
+It is deterministic under ``reset(seed)`` plus actions, as docs/environments.md asks of users' envs.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The measured score anchors: the constants the verdicts use agree with what the command measures; and a golden
-run number that pins the env stream the README was measured with."""
+run number that pins the env stream the docs were measured with."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from marl_stability.analysis import anchors
+from marl_stability.runs import anchors
 
 # Exact numbers that depend on numpy/OpenBLAS arithmetic: .ci/blas_kernels.py reruns these under every
 # OpenBLAS kernel the machine can run.
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.cpu_sensitive
 
 def test_anchor_constants_are_what_the_command_measures() -> None:
     """200 fresh episodes (seed 7, not the reported seed 0): each mean within 3 standard errors of the
-    1000-episode constant; and the ordering the README relies on."""
+    1000-episode constant; and the ordering the docs rely on."""
     got = anchors.measure(anchors.SPREAD, episodes=200, seed=7)
     expect = {"random": anchors.SPREAD_RANDOM, "do_nothing": anchors.SPREAD_DO_NOTHING,
               "move_right": anchors.SPREAD_MOVE_RIGHT, "assignment": anchors.SPREAD_ASSIGNMENT}
@@ -38,7 +38,7 @@ def test_other_tasks_get_the_generic_anchors() -> None:
 
 def test_bad_input_is_one_line() -> None:
     for args in (["--episodes", "1"], ["--env", "no_such_env_v9", "--episodes", "4"]):
-        out = subprocess.run([sys.executable, "-m", "marl_stability.analysis.anchors", *args], capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "marl_stability.runs.anchors", *args], capture_output=True,
                              text=True, check=False)
         assert out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
 
@@ -46,7 +46,7 @@ def test_bad_input_is_one_line() -> None:
 def test_a_seed_gives_the_runs_the_readme_was_measured_with(tmp_path) -> None:
     """Golden number: the fixed preset's first evaluation (10k env steps of warm-up, untrained actor, 10
     episodes) on seed 0. It depends on the env's initial-state stream, the network init and the evaluation;
-    a change to any of them changes every seed's run and every number in the README (the lockstep test cannot
+    a change to any of them changes every seed's run and every number in the docs (the lockstep test cannot
     see a changed reset stream: it copies mpe2's state in). Tolerance: other CPUs' float32 kernels."""
     from marl_stability.config import load_config
     from marl_stability.training.trainer import Trainer

@@ -22,7 +22,8 @@ from marl_stability.config import dump_yaml, load_config
 from marl_stability.core.sinks import TensorBoardSink
 from marl_stability.core.summary import RunSummary
 from marl_stability.runs.labelled import LabelledRun
-from marl_stability.runs.labels import collapse_onset, label_run
+from marl_stability.core.returns import drop_from_best
+from marl_stability.runs.labels import DROP_Z, collapse_onset, label_run
 from marl_stability.runs.signals import (
     SignalParams,
     Trace,
@@ -150,7 +151,7 @@ def test_labels_groups_and_detector_rows(result: cal.Result):
     assert collapse.held_out.recall == 1.0 and collapse.held_out.leads == [0] * 5
     assert "entropy_collapse" in [r.name for r in result.detectors]
     assert _row(result.detectors, "explosion").held_out.n_failing == 5  # fed: grad_norm tags exist
-    assert "| failing | `" in result.report and "| held-out | 5 | 0 | 5 | 0 | 12,000 |" in result.report
+    assert "| failing | `" in result.report and "| held-out | 5 | 0 | 5 | 0 | 0 | saturated 5 | 12,000 |" in result.report
 
 
 def test_outputs_and_from_records_rerender(result: cal.Result, tmp_path: Path, corpus_dir: Path):
@@ -187,21 +188,21 @@ CFG = load_config(None).to_dict()
 def test_diverged_labels_and_onsets():
     assert label_run(_summary(nonfinite_step=1234), CFG, {})[:3] == ("diverged", 1234, "")
     assert label_run(_summary(status="diverged", nonfinite_step=700), CFG, {})[:2] == ("diverged", 700)
-    label, onset, note, _ = label_run(_summary(status="diverged", env_steps=900), CFG, {})
+    label, onset, note, *_ = label_run(_summary(status="diverged", env_steps=900), CFG, {})
     assert (label, onset) == ("diverged", 900) and "no non-finite step" in note
 
 
 def test_collapsed_onset_is_the_start_of_the_final_collapsed_stretch():
     evals = {1000: COLLAPSED, 2000: LIVELY, 3000: COLLAPSED, 4000: COLLAPSED, 5000: COLLAPSED}
     s = _summary(action_stats={"agent_0": COLLAPSED})
-    assert label_run(s, CFG, _evals(evals)) == ("collapsed", 3000, "", ["agent_0"])
+    assert label_run(s, CFG, _evals(evals)) == ("collapsed", 3000, "", ["agent_0"], "saturated")
     assert collapse_onset(_evals(evals), "agent_0", load_config(None).detectors.model_dump()) == (3000, "")
     # no eval/batch_same_action tags: the detector thresholds alone decide, and the note says so
-    label, onset, note, _ = label_run(s, CFG, _evals(evals, same=False))
+    label, onset, note, *_ = label_run(s, CFG, _evals(evals, same=False))
     assert (label, onset) == ("collapsed", 3000) and "thresholds alone" in note
     # tags that do not show the end state: the final evaluation's step, noted
     s2 = _summary(action_stats={"agent_0": COLLAPSED}, eval_history=[{"env_steps": 5000}])
-    label, onset, note, _ = label_run(s2, CFG, _evals({5000: LIVELY}))
+    label, onset, note, *_ = label_run(s2, CFG, _evals({5000: LIVELY}))
     assert (label, onset) == ("collapsed", 5000) and "final evaluation" in note
 
 
@@ -214,6 +215,45 @@ def test_collapse_uses_the_run_config_thresholds_and_the_same_action_rate():
     speaker = {**COLLAPSED, "batch_same_action": 0.36}  # saturated, insensitive, but one message per goal
     assert label_run(_summary(action_stats={"agent_0": speaker}), CFG, {})[0] == "healthy"
     assert label_run(_summary(action_stats={"agent_0": LIVELY}), CFG, {})[:2] == ("healthy", None)
+
+
+def test_a_constant_policy_collapses_with_or_without_saturation():
+    """Saturation is the kind of a collapse, not a condition of it: a tanh scaled to the bounds can stop responding
+    in the middle of the range."""
+    unsaturated = {**COLLAPSED, "saturation": 0.0}
+    lab = label_run(_summary(action_stats={"agent_0": unsaturated}), CFG, _evals({5000: unsaturated}))
+    assert (lab.label, lab.kind, lab.onset) == ("collapsed", "unsaturated", 5000)
+    assert label_run(_summary(action_stats={"agent_0": COLLAPSED}), CFG, _evals({5000: COLLAPSED})).kind == "saturated"
+
+
+def _history(returns: list[float], every: int = 1000) -> list[dict[str, Any]]:
+    return [{"env_steps": every * (i + 1), "team_return": r} for i, r in enumerate(returns)]
+
+
+def test_a_run_that_ends_below_doing_nothing_is_degraded_never_healthy():
+    """What users see: a run that learned to -57 and fell back to -78 (do-nothing: -73.5) is not healthy."""
+    noisy = [-60.0, -58.0, -57.0, -59.0, -57.5, -62.0, -70.0, -76.0, -78.0, -77.0, -79.0]
+    s = _summary(action_stats={"agent_0": LIVELY}, eval_history=_history(noisy), final_return=noisy[-1])
+    assert label_run(s, CFG, {})[::4] == ("degraded", "dropped")  # without an anchor the drop rule alone sees it
+    lab = label_run(s, CFG, {}, do_nothing=-73.5)
+    assert (lab.label, lab.kind) == ("degraded", "below_do_nothing")
+    assert lab.onset == 9000  # the first trailing mean (of 3) at or below -73.5 that stays there
+    # never better than doing nothing: degraded from the first evaluation
+    flat = _summary(action_stats={"agent_0": LIVELY}, eval_history=_history([-75.0, -76.0, -74.0, -75.5]))
+    assert label_run(flat, CFG, {}, do_nothing=-73.5)[::4] == ("degraded", "below_do_nothing")
+
+
+def test_a_sustained_drop_beyond_the_evaluation_noise_is_degraded():
+    rng = np.random.default_rng(0)
+    rising = list(-60 + np.linspace(0, 20, 30) + rng.normal(0, 1.0, 30))  # learns, noise ~1
+    dropped = rising + list(-52 + rng.normal(0, 1.0, 8))  # then loses ~8: far beyond DROP_Z x noise
+    s = _summary(action_stats={"agent_0": LIVELY}, eval_history=_history(dropped))
+    lab = label_run(s, CFG, {}, do_nothing=-73.5)
+    assert (lab.label, lab.kind) == ("degraded", "dropped") and 30_000 < lab.onset <= 38_000
+    kept = _summary(action_stats={"agent_0": LIVELY}, eval_history=_history(rising))
+    assert label_run(kept, CFG, {}, do_nothing=-73.5).label == "healthy"
+    drop, noise = drop_from_best(dropped)
+    assert drop > DROP_Z * noise and 0.5 < noise < 2.0
 
 
 # ---------------------------------------------------------------------------------------------- signals, rule
@@ -282,9 +322,15 @@ TINY = ["maddpg.warmup_steps=200", "maddpg.batch_size=32", "maddpg.update_every=
         "train.eval_episodes=2", "train.checkpoint_every=600", "env.num_envs=2", "train.steps=600"]
 
 
-def test_real_tiny_runs_through_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    """Two seeds each of a tiny healthy run and the same run made to diverge (NaN critic loss from update 25)."""
+def test_real_tiny_runs_through_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch):
+    """Two seeds each of a tiny healthy run and the same run made to diverge (NaN critic loss from update 25).
+    Runs this short cannot beat doing nothing (they would be labelled degraded: tested above), so the do-nothing
+    anchor is left out here."""
+    from marl_stability.runs import anchors
     from marl_stability.training.trainer import Trainer
+
+    monkeypatch.setattr(anchors, "do_nothing_of", lambda config: None)
 
     sweep = tmp_path / "tiny"
     for arm, extra in (("ok", []), ("nan", ["debug.inject_nonfinite_at_update=25"])):

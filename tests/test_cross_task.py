@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from marl_stability.analysis import cross_task as ct
-from marl_stability.analysis.anchors import SPREAD_ANCHORS, task_anchors
+from marl_stability.runs.anchors import SPREAD_ANCHORS, task_anchors
 from marl_stability.config import flatten
 from marl_stability.runs.labels import is_collapsed
 from marl_stability.studies.sweep.plan import make_plan
@@ -62,9 +62,10 @@ def test_collapse_criterion_uses_the_detector_thresholds():
     det = {"repeat_threshold": 0.9, "saturation_threshold": 0.9, "sensitivity_threshold": 1e-3}
     stats = {"repeat_rate": 1.0, "saturation": 0.95, "sensitivity": 0.0, "batch_same_action": 1.0}
     assert is_collapsed(stats, det)
-    for key, value in (("sensitivity", 0.01), ("repeat_rate", 0.89), ("saturation", 0.89),
+    for key, value in (("sensitivity", 0.01), ("repeat_rate", 0.89),
                        ("batch_same_action", 0.36)):  # 0.36: a saturated speaker with one message per goal
         assert not is_collapsed({**stats, key: value}, det), key
+    assert is_collapsed({**stats, "saturation": 0.0}, det)  # saturation is the collapse's kind, not a condition
 
 
 def test_verdicts_counts_and_matrix():

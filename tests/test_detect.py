@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from marl_stability.hooks.detectors import (
     ActionCollapseDetector,
+    DegradationDetector,
     DetectorConfig,
     Detectors,
     GradientExplosionDetector,
@@ -237,6 +238,52 @@ def test_detectors_summary_min_over_keys_and_events() -> None:
         ("nonfinite", 250),
     ]
     assert d.fired_events() == []  # handed out once
+
+
+def _returns(seed: int, drop_at: int | None, n: int = 40) -> list[float]:
+    """Team returns of a run that learns from -70 to -50 over 20 evaluations (noise std 1.5), then holds or, from
+    ``drop_at``, falls back by 20."""
+    rng = np.random.default_rng(seed)
+    trend = np.minimum(-70 + np.arange(n), -50.0)
+    if drop_at is not None:
+        trend[drop_at:] -= 20.0
+    return list(trend + rng.normal(0, 1.5, n))
+
+
+def test_degradation_fires_on_a_sustained_drop_and_never_on_healthy_noise() -> None:
+    for seed in range(20):  # healthy: learns and holds; noise alone never fires it
+        d = DegradationDetector()
+        assert not any(d.update(r, 1000 * i) for i, r in enumerate(_returns(seed, None)))
+    d = DegradationDetector()
+    fired = [i for i, r in enumerate(_returns(0, 30)) if d.update(r, 1000 * i)]
+    assert len(fired) == 1 and d.first_step in (30_000, 31_000) and fired[0] * 1000 - d.first_step == 2000  # patience 3
+    assert "degradation" in d.message and d.update(-90.0, 99_000) is False  # fires once
+    d = DegradationDetector(min_evals=6)
+    assert not any(d.update(r, i) for i, r in enumerate([-50.0, -90.0, -90.0, -90.0, -90.0]))  # not armed yet
+    assert d.update(float("nan"), 6) is False and len(d.returns) == 5  # a NaN return is not a reading
+    # a dip before the run learned anything is not a degradation (e.g. the first updates after warm-up)
+    d = DegradationDetector()
+    dip = [-75.0, -76.5, -74.0, -75.5, -74.5, -75.0, -95.0, -110.0, -100.0, -105.0, -98.0, -76.0, -74.0]
+    assert not any([d.update(r, i) for i, r in enumerate(dip)])
+
+
+def test_degradation_in_the_summary_and_state() -> None:
+    returns = _returns(1, 25)
+
+    def run(split: int | None) -> dict:
+        d = Detectors(DetectorConfig())
+        for i, r in enumerate(returns):
+            if split is not None and i == split:
+                state = json.loads(json.dumps(d.state_dict()))
+                d = Detectors(DetectorConfig())
+                d.load_state_dict(state)
+            d.update_return(r, 1000 * i)
+        return d.summary()
+
+    ref = run(None)
+    assert ref["degradation_step"] in (25_000, 26_000) and ref["detector_messages"][0].startswith("degradation")
+    assert run(10) == ref and run(26) == ref
+    assert "degradation_step" not in Detectors().summary()  # not fed (no evaluation): absent, as before
 
 
 def test_detectors_state_round_trip() -> None:

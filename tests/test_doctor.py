@@ -26,18 +26,46 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return code, out.out, out.err
 
 
-def test_doctor_on_healthy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_never_calls_a_run_that_did_not_learn_healthy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """1,500 env steps train nothing: no detector fires, but the final return is no better than doing nothing
+    (simple_spread: -73.5), so the outcome is degraded and the verdict unstable, with what the label rests on."""
     cfg = load_config(ROOT / "experiments" / "maddpg_spread.yaml",
                       ["train.steps=1500", "maddpg.warmup_steps=300", "maddpg.batch_size=64", "maddpg.update_every=5",
                        "train.eval_every=500", "train.eval_episodes=2", "env.num_envs=2", "train.layer_stats_every=2"])
-    Trainer(cfg, tmp_path / "ok", quiet=True).run()
-    code, out, err = run_cli(["doctor", str(tmp_path / "ok"), "--json"], capsys)
+    Trainer(cfg, tmp_path / "short", quiet=True).run()
+    code, out, err = run_cli(["doctor", str(tmp_path / "short"), "--json"], capsys)
     assert code == 0, err
     d = json.loads(out)
-    assert d["verdict"] == "healthy" and d["collapse_step"] is None and d["explosion_step"] is None
-    assert set(d["saturation"]) == {"agent_0", "agent_1", "agent_2"}
-    code, out, _ = run_cli(["doctor", str(tmp_path / "ok")], capsys)
-    assert "verdict: healthy" in out
+    assert d["collapse_step"] is None and d["explosion_step"] is None and d["nonfinite_step"] is None
+    assert d["verdict"] == "unstable" and d["fixes"]
+    o = d["outcome"]
+    assert (o["label"], o["kind"], o["do_nothing"]) == ("degraded", "below_do_nothing", -73.5)
+    assert o["final_return"] <= -73.5 and set(d["saturation"]) == {"agent_0", "agent_1", "agent_2"}
+    code, out, _ = run_cli(["doctor", str(tmp_path / "short")], capsys)
+    assert "outcome: degraded (below do nothing)" in out and "do-nothing policy scores -73.5" in out
+    assert "verdict: healthy" not in out and "verdict: unstable" in out
+
+
+def test_doctor_on_a_healthy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that learned (well above doing nothing), kept it, and whose actions stay lively: healthy."""
+    run = tmp_path / "ok"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_yaml(load_config(ROOT / "experiments" / "maddpg_spread.yaml")))
+    sink = TensorBoardSink(run)
+    for step in range(1000, 20001, 1000):
+        sink.scalar("eval/team_return", -70.0 + step / 1000, step)
+    sink.close()
+    history = [{"env_steps": st, "team_return": -70.0 + st / 1000} for st in range(1000, 20001, 1000)]
+    lively = {"repeat_rate": 0.2, "saturation": 0.1, "sensitivity": 0.5, "batch_same_action": 0.0}
+    (run / "summary.json").write_text(json.dumps({
+        "status": "completed", "env": "simple_spread_v3", "algo": "maddpg", "final_return": -50.0, "best_return": -50.0,
+        "env_steps": 20000, "eval_history": history, "action_stats": {"agent_0": lively}, "agents": ["agent_0"]}))
+    code, out, err = run_cli(["doctor", str(run), "--json"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["verdict"] == "healthy" and d["outcome"]["label"] == "healthy"
+    code, out, _ = run_cli(["doctor", str(run)], capsys)
+    assert "verdict: healthy" in out and "outcome: healthy" in out
 
 
 def make_collapsed_run(run: Path) -> None:

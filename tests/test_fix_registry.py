@@ -1,5 +1,5 @@
 """The fix registry is the one declaration of each fix: summary.json's `fixes`, doctor's advice, the fix-evidence
-arm mapping and the README's fix table all come from it, and a fix added only to the registry reaches each."""
+arm mapping and the docs' fix table all come from it, and a fix added only to the registry reaches each."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 Budget: 150k env steps per seed (about 3-4 minutes each on 2 CPU cores), seeds 0 and 1.
 Threshold: the mean of the last three evaluations (10 episodes each, no exploration noise) is at least
 -60 team return, where a random policy scores -74.6 +- 24.4 per episode (so +-8 for a 10-episode mean;
-`python -m marl_stability.analysis.anchors`).
+`python -m marl_stability.runs.anchors`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from marl_stability.analysis.anchors import SPREAD_RANDOM
+from marl_stability.runs.anchors import SPREAD_RANDOM
 from marl_stability.config import load_config
 from marl_stability.training.trainer import Trainer
 

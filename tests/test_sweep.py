@@ -117,6 +117,22 @@ seeds: [3, 7]
     assert plan.arm("huber").config["maddpg"]["critic_loss"] == "huber"
     assert sweep.make_plan(path, seeds=2).seeds == [0, 1]
     assert sweep.Plan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+    # fresh seeds of one's own: an offset (of the file's seeds or of 0..N-1), or a list
+    choice = sweep.SeedChoice.parse
+    assert sweep.make_plan(path, seeds=choice(None, 1000, None)).seeds == [1003, 1007]
+    assert sweep.make_plan(path, seeds=choice(3, 1000, None)).seeds == [1000, 1001, 1002]
+    assert sweep.make_plan(path, seeds=choice(None, None, "11,20-22")).seeds == [11, 20, 21, 22]
+    assert choice(None, None, None) is None
+
+
+@pytest.mark.parametrize("count, offset, listed, message", [
+    (2, None, "5,6", "--seed-list names the seeds itself"), (None, 3, "5", "--seed-list names the seeds itself"),
+    (0, None, None, "--seeds must be >= 1"), (None, -1, None, "--seed-offset must be >= 0"),
+    (None, None, "5-3", "runs backwards"), (None, None, "a,b", "expected seeds like"),
+])
+def test_bad_seed_choices_are_one_line_errors(count, offset, listed, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UserError, match=message):
+        sweep.SeedChoice.parse(count, offset, listed)
 
 
 @pytest.mark.parametrize(

@@ -11,16 +11,21 @@ Labels (from the runs' evaluations and non-finite records, never from the detect
 - **diverged**: the run ended with status ``diverged`` (it stopped on non-finite values), or it recorded a
   non-finite step (summary ``nonfinite_step``, e.g. a run that rolled back and went on). Onset: that first
   non-finite step (a diverged run without one: its last env step; the record's ``onset_note`` says so).
-- **collapsed**: not diverged, and at the final evaluation (summary ``action_stats``) some agent is in the
-  end-state collapse: the collapse detector's own thresholds from the run's ``config.yaml``
-  (``repeat_rate >= repeat_threshold``, ``saturation >= saturation_threshold``, ``sensitivity <=
-  sensitivity_threshold``) AND ``batch_same_action >= 0.9`` (``runs.labels.is_collapsed``). Onset: for each
-  collapsed agent, the first evaluation from which its logged ``eval/repeat_rate|saturation|sensitivity|
-  batch_same_action/<agent>`` meet the same criterion at every later evaluation; the run's onset is the
-  earliest over its collapsed agents. Runs without ``eval/batch_same_action`` tags use the three detector
-  thresholds alone for the onset (noted); runs whose tags do not show the end state get the final
-  evaluation's step (noted).
-- **healthy**: neither. A **failing** run is diverged or collapsed.
+- **collapsed**: not diverged, and at the final evaluation (summary ``action_stats``) some agent's policy is
+  constant: the collapse detector's repeat and sensitivity thresholds from the run's ``config.yaml``
+  (``repeat_rate >= repeat_threshold``, ``sensitivity <= sensitivity_threshold``) AND ``batch_same_action >= 0.9``
+  (``runs.labels.is_collapsed``; saturation is its kind, ``saturated`` when every collapsed agent's saturation
+  >= ``saturation_threshold``, else ``unsaturated``). Onset: for each collapsed agent, the first evaluation from
+  which its logged ``eval/repeat_rate|sensitivity|batch_same_action/<agent>`` meet the same criterion at every
+  later evaluation; the run's onset is the earliest over its collapsed agents. Runs without
+  ``eval/batch_same_action`` tags use the detector thresholds alone for the onset (noted); runs whose tags do not
+  show the end state get the final evaluation's step (noted).
+- **degraded** (not learning): neither, and the mean of the last 3 evaluations is no better than the task's
+  do-nothing team return (kind ``below_do_nothing``; ``runs.anchors``; not for tasks with opposing teams), or it
+  lies more than ``runs.labels.DROP_Z`` x the run's evaluation noise below its best such mean (kind
+  ``dropped``). Onset: the first evaluation from which the trailing mean stays below the anchor (or the margin)
+  to the end.
+- **healthy**: none of these. A **failing** run is diverged, collapsed or degraded.
 
 Only runs whose summary has status ``completed`` or ``diverged`` are used; others (running, interrupted,
 env_error, crashed, no summary.json, no event file, unreadable config.yaml) are skipped with a one-line note.

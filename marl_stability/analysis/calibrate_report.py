@@ -54,8 +54,8 @@ def _held(s: Optional[Score]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- tables
 def label_table(records: list[LabelledRun], split_of: dict[int, str]) -> list[str]:
-    lines = ["| group | config | split | runs | healthy | collapsed | diverged | onset, median env step (failing) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| group | config | split | runs | healthy | collapsed | diverged | degraded | kinds (failing) | "
+             "onset, median env step (failing) |", "|---|---|---|---|---|---|---|---|---|---|"]
     keyed: dict[tuple[str, str, str], list[LabelledRun]] = {}
     for r in sorted(records, key=lambda r: (r.group, r.group_key, r.seed)):
         keyed.setdefault((r.group, r.group_key, split_of[r.seed]), []).append(r)
@@ -63,7 +63,10 @@ def label_table(records: list[LabelledRun], split_of: dict[int, str]) -> list[st
         counts = [sum(r.label == lab for r in runs) for lab in LABELS]
         onsets = [r.onset for r in runs if r.failing and r.onset is not None]
         onset = f"{statistics.median(onsets):,.0f}" if onsets else MISSING
-        lines.append(f"| {group} | `{key[:8]}` | {split} | {len(runs)} | " + " | ".join(map(str, counts)) + f" | {onset} |")
+        kinds = sorted({r.kind for r in runs if r.failing and r.kind})
+        kind_text = ", ".join(f"{k.replace('_', ' ')} {sum(r.kind == k for r in runs)}" for k in kinds) or MISSING
+        lines.append(f"| {group} | `{key[:8]}` | {split} | {len(runs)} | " + " | ".join(map(str, counts))
+                     + f" | {kind_text} | {onset} |")
     return lines
 
 

@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from marl_stability.analysis.anchors import COMPETITIVE_TASKS
+from marl_stability.runs.anchors import COMPETITIVE_TASKS
 from marl_stability.atomic import atomic_write_json, atomic_write_text
 from marl_stability.errors import ArgumentParser, UserError
 from marl_stability.fmt import fmt_number

@@ -78,16 +78,18 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
     s = summary if summary is not None else RunSummary(status="")  # no summary.json: nothing fired, no status
     explosion, collapse, nonfinite = s.explosion_step, s.collapse_step, s.nonfinite_step
     healthy = explosion is None and collapse is None and nonfinite is None
+    result = outcome(record)
     if record.on_policy:
-        return diagnose_on_policy(run, s, summary, cfg, ev, scalars)
+        d = diagnose_on_policy(run, s, summary, cfg, ev, scalars)
+        return _with_outcome(d, result)
     fixes = [f for f in _candidate_fixes(s, cfg, ev) if not f.applied]
     # Keep the practitioner's order, but within it the fixes the data points at come first.
     fixes.sort(key=lambda f: (f.order, not f.evidence))
-    mech = _mechanism(summary, cfg, scalars)
+    mech = _mechanism(summary, cfg, scalars, record.do_nothing)
     measured = _measured(mech["mechanism"]) if mech is not None else {}
     fixes = _rank_by_evidence(fixes, measured)
     failing = mech is not None and mech["label"] != "healthy"
-    return {
+    return _with_outcome({
         "verdict": "healthy" if healthy and not failing else "unstable",
         "mechanism": mech, "evidence_source": measured.get("", {}).get("source") if measured else None,
         "run": str(run), "status": summary.status if summary is not None else None, "final_return": s.final_return,
@@ -99,10 +101,37 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
         "max_preactivation": ev.max_preactivation, "reward_magnitude": ev.reward_magnitude,
         "large_reward": _large_reward(cfg, ev),
         "fixes": [{"name": f.name, "set": f.overrides, "why": f.why, "measured": measured.get(f.name)} for f in fixes],
-    }
+    }, result)
 
 
-def _mechanism(summary: RunSummary | None, cfg: dict[str, Any], scalars: dict[str, list[tuple[int, float]]]) -> dict[str, Any] | None:
+def outcome(record: RunRecord) -> dict[str, Any] | None:
+    """The finished run's label (``runs.labels``: healthy, collapsed, diverged or degraded, with its kind and onset),
+    judged against the task's do-nothing return, with what the label rests on: the final and best team returns,
+    the drop from the best against the run's evaluation noise, the peak gradient norms. None for a run that has
+    not finished (no final evaluation to judge)."""
+    s = record.summary
+    if s is None or s.status not in ("completed", "diverged"):
+        return None
+    from marl_stability.core.returns import drop_from_best
+
+    lab = record.label
+    returns = [r for _, r in s.returns()]
+    drop, noise = drop_from_best(returns)
+    return {"label": lab.label, "kind": lab.kind, "onset": lab.onset, "do_nothing": record.do_nothing,
+            "final_return": s.final_return, "best_return": s.best_return, "drop_from_best": drop, "eval_noise": noise,
+            "max_grad_norm": dict(s.max_grad_norm)}
+
+
+def _with_outcome(d: dict[str, Any], result: dict[str, Any] | None) -> dict[str, Any]:
+    """A run whose outcome is not healthy (e.g. below the do-nothing return) is never called healthy."""
+    d["outcome"] = result
+    if result is not None and result["label"] != "healthy":
+        d["verdict"] = "unstable"
+    return d
+
+
+def _mechanism(summary: RunSummary | None, cfg: dict[str, Any], scalars: dict[str, list[tuple[int, float]]],
+               do_nothing: float | None = None) -> dict[str, Any] | None:
     """The run's mechanism (None without a finished summary: no final evaluation to label)."""
     if summary is None or summary.status not in ("completed", "diverged"):
         return None
@@ -110,7 +139,7 @@ def _mechanism(summary: RunSummary | None, cfg: dict[str, Any], scalars: dict[st
         classify,  # mechanism is a larger import, needed only for finished runs
     )
 
-    return classify(summary, cfg, scalars)
+    return classify(summary, cfg, scalars, do_nothing)
 
 
 def _measured(mechanism: str) -> dict[str, dict[str, Any]]:
@@ -265,6 +294,7 @@ def render(d: dict[str, Any]) -> str:
         lines.append("no detector fired: no gradient explosion, no action collapse, no non-finite values")
     if d["status"] == "env_error":  # the env failed (summary.json error): not something a learning fix cures
         lines.append(f"the environment failed: {d['error']}")
+    lines += _outcome_lines(d.get("outcome"))
     lines += _mechanism_lines(d.get("mechanism"))
     if d["verdict"] == "healthy":
         lines.append("verdict: healthy; nothing in this run calls for a fix" if d["status"] != "env_error" else
@@ -291,6 +321,22 @@ def render(d: dict[str, Any]) -> str:
         lines.append(f"  {i}. {f['name']}: {sets}" + (f"\n     measured: {_measured_text(f['measured'])}" if f.get("measured") else "")
                      + (f"\n     why: {f['why']}" if f["why"] else ""))
     return "\n".join(lines)
+
+
+def _outcome_lines(o: dict[str, Any] | None) -> list[str]:
+    if not o:
+        return []
+    kind = f" ({o['kind'].replace('_', ' ')})" if o["kind"] else ""
+    line = f"outcome: {o['label']}{kind}" + (f" from env step {o['onset']}" if o["onset"] is not None else "")
+    lines = [line]
+    if o["final_return"] is not None:
+        anchor = (f"; the task's do-nothing policy scores {o['do_nothing']:.1f}" if o["do_nothing"] is not None else "")
+        best = f", best {o['best_return']:.1f}" if o["best_return"] is not None else ""
+        lines.append(f"  final team return {o['final_return']:.1f}{best}; the last evaluations are "
+                     f"{o['drop_from_best']:.1f} below the run's best (evaluation noise {o['eval_noise']:.2g}){anchor}")
+    if o["label"] == "degraded" and o["max_grad_norm"]:
+        lines.append("  peak pre-clip gradient norms: " + ", ".join(f"{k} {v:.3g}" for k, v in o["max_grad_norm"].items()))
+    return lines
 
 
 def _mechanism_lines(mech: dict[str, Any] | None) -> list[str]:

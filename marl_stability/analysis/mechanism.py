@@ -147,13 +147,15 @@ def _decide(label: str, onset: Optional[int], growth: float, t_grow: Optional[in
     return "neither", f"the run {label} at env step {onset} with neither the critic gradient growth nor saturation before it"
 
 
-def classify(summary: RunSummary, config: dict[str, Any], scalars: Scalars) -> dict[str, Any]:
+def classify(summary: RunSummary, config: dict[str, Any], scalars: Scalars,
+             do_nothing: Optional[float] = None) -> dict[str, Any]:
     """The run's mechanism, label, onset and timeline (see the module docstring). The critic growth is the online
     explosion rule's (``detectors.explosion_rule: growth``) applied to the logged norms."""
     det = detector_thresholds(config)
     growth, baseline, min_norm = _rule(config, det)
     sat_threshold, repeat_threshold = float(det["saturation_threshold"]), float(det["repeat_threshold"])
-    label, onset, _, collapsed = label_run(summary, config, scalars)
+    lab = label_run(summary, config, scalars, do_nothing)
+    label, onset, collapsed = lab.label, lab.onset, lab.agents
     start = learning_start(scalars)
     t_grow10 = _first_growth(scalars, "grad_norm/critic/", baseline, EARLY_GROWTH, min_norm, start)
     t_grow = _first_growth(scalars, "grad_norm/critic/", baseline, growth, min_norm, start)
@@ -232,7 +234,7 @@ def table(dirs: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
             continue
         summary, config, scalars = run.summary, run.config or {}, run.scalars
         assert summary is not None
-        d = classify(summary, config, scalars)
+        d = classify(summary, config, scalars, run.do_nothing)
         baseline = _rule(config, detector_thresholds(config))[1]
         name, sweep = group_name(run.dir)
         rows.append({"group": f"{sweep}/{name}" if sweep else name, "seed": summary.seed, "label": d["label"], "mechanism": d["mechanism"],

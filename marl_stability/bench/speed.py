@@ -13,7 +13,7 @@
 3. full runs of experiments/maddpg_spread_fast.yaml (one per seed, one after the other): wall time, final,
    last-3 mean and best team return, and the env step and wall second at which an evaluation first reached
    the target: normalized score 0.7 between the measured random policy (0) and the hand-coded assignment
-   controller (1) of ``marl_stability.analysis.anchors``, i.e. a team return of -34.4.
+   controller (1) of ``marl_stability.runs.anchors``, i.e. a team return of -34.4.
 4. peak resident memory of the process (the full runs dominate it).
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from marl_stability.analysis.anchors import SPREAD_ASSIGNMENT, SPREAD_RANDOM
+from marl_stability.runs.anchors import SPREAD_ASSIGNMENT, SPREAD_RANDOM
 from marl_stability.config import presets_dir
 from marl_stability.errors import ArgumentParser
 from marl_stability.fmt import fmt_number

@@ -15,12 +15,15 @@ import typer
 
 from marl_stability.runs.trials import tensorboard_hint
 from marl_stability.errors import UserError
+from marl_stability.studies.sweep.spec import SeedChoice
 
 
 def ablate_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="ablation file or preset name, e.g. "
                                           "ablation_spread (optional with --resume)"),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds 0..N-1 (default: the file's seeds; with --resume adds seeds)"),
+    seed_offset: Optional[int] = typer.Option(None, "--seed-offset", help="shift the seeds: K..K+N-1 (fresh seeds of your own)"),
+    seed_list: Optional[str] = typer.Option(None, "--seed-list", help="exactly these seeds, e.g. 1000-1009 or 3,7,11"),
     workers: int = typer.Option(1, "--workers", "-j", help="trials run in parallel (one CPU each)"),
     backend: str = typer.Option("local", "--backend", help="local (process pool) or ray"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--backend ray; default: a local Ray)"),
@@ -40,8 +43,8 @@ def ablate_cmd(
         ab = load_ablation(config)
         out = Path("runs") / "ablations" / (ab.name or config.stem)
     try:
-        outcome = run_sweep(config, out, seeds=seeds, workers=workers, backend=backend, address=address,
-                            resume=resume, quiet=quiet)
+        outcome = run_sweep(config, out, seeds=SeedChoice.parse(seeds, seed_offset, seed_list), workers=workers,
+                            backend=backend, address=address, resume=resume, quiet=quiet)
     except KeyboardInterrupt:
         print(f"interrupted: unfinished trials stopped at a checkpoint; continue with --resume --out {out}", file=sys.stderr)
         # SystemExit, not typer.Exit: click's standalone_mode=False would turn Exit into a return value (exit 0).
@@ -71,6 +74,8 @@ def report_cmd(
 
 def reproduce_cmd(
     seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds 0..N-1 per arm (default: the file's, 3)"),
+    seed_offset: Optional[int] = typer.Option(None, "--seed-offset", help="shift the seeds: K..K+N-1 (fresh seeds of your own)"),
+    seed_list: Optional[str] = typer.Option(None, "--seed-list", help="exactly these seeds, e.g. 1000-1009 or 3,7,11"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (default: runs/reproduce, or runs/reproduce_quick)"),
     quick: bool = typer.Option(False, "--quick", help="a few-minute smoke version (40k env steps, shorter warm-up)"),
     workers: int = typer.Option(2, "--workers", "-j", help="trials run in parallel (one CPU each)"),
@@ -93,12 +98,12 @@ def reproduce_cmd(
 
     out = out or Path("runs") / ("reproduce_quick" if quick else "reproduce")
     if report_only:
-        if resume or overwrite or quick or seeds is not None:
+        if resume or overwrite or quick or seeds is not None or seed_offset is not None or seed_list is not None:
             raise UserError("--report-only takes only --out")
         result = build_reproduction_report(out)
     else:
         try:
-            result = run_reproduce(out, seeds=seeds, quick=quick, workers=workers, backend=backend, address=address,
+            result = run_reproduce(out, seeds=SeedChoice.parse(seeds, seed_offset, seed_list), quick=quick, workers=workers, backend=backend, address=address,
                                    resume=resume, overwrite=overwrite, quiet=quiet, config=config)
         except KeyboardInterrupt:
             print(f"interrupted: unfinished runs stopped at a checkpoint; continue with --resume --out {out}", file=sys.stderr)

@@ -19,7 +19,7 @@ TOOLS: dict[str, tuple[str, str]] = {
                      "What each single fix measured against each road: the table doctor ranks fixes by."),
     "cross-task": ("marl_stability.analysis.cross_task",
                    "The repeated-action verdicts across tasks (reproduction and single-fix sweeps)."),
-    "anchors": ("marl_stability.analysis.anchors",
+    "anchors": ("marl_stability.runs.anchors",
                 "Measure a task's score anchors: random, do-nothing and simple policies (and spread's optimum)."),
     "learning-table": ("marl_stability.studies.learning_table",
                        "Final return per seed of a sweep against a target, and the mean curve at chosen steps."),

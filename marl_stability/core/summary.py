@@ -62,6 +62,8 @@ class RunSummary(BaseModel):
     nonfinite_step: Optional[int] = None
     entropy_collapse_step: Optional[int] = Field(None, description="on-policy: first env step of an entropy collapse")
     kl_spike_step: Optional[int] = Field(None, description="on-policy: env step of the first KL spike")
+    degradation_step: Optional[int] = Field(None, description="env step from which the team return stayed below "
+                                            "the run's best by more than the degradation margin (None: never)")
     detector_messages: list[str] = Field(default_factory=list)
     repeated_action_rate: Optional[float] = None
     saturation_rate: Optional[float] = None

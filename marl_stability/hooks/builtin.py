@@ -326,6 +326,7 @@ class DetectorHook(Hook):
     def on_evaluation(self, ev: EvaluationEvent) -> None:
         for agent, st in ev.derived["action_stats"].items():
             self.detectors.update_actions(agent, st.repeat_rate, st.saturation, st.sensitivity, self.ctx.env_steps)
+        self.detectors.update_return(ev.team_return, self.ctx.env_steps)
         self._flush()
 
     def on_nonfinite(self, ev: NonFiniteEvent) -> None:

@@ -236,6 +236,49 @@ class ActionCollapseDetector(StreakDetector):
         return True
 
 
+# --------------------------------------------------------------------------- degradation (not learning)
+class DegradationDetector(StreakDetector):
+    """Fires once when the team return has fallen from what the run had learned and stays down: the trailing mean
+    of the last evaluations (``core.returns.SMOOTH_EVALS``) lies more than ``z`` x the evaluation noise (robust,
+    from the evaluations so far) below the best trailing mean so far, at ``patience`` consecutive evaluations —
+    counted only once that best lies more than the same margin above the run's first trailing mean (the run
+    learned something to lose; a dip before that is not a degradation) and ``min_evals`` evaluations exist.
+    ``first_step`` is the first evaluation of that streak. The online form of the *degraded (dropped)* label of
+    ``runs.labels``."""
+
+    def __init__(self, z: float = 4.0, patience: int = 3, min_evals: int = 6, name: str = "degradation") -> None:
+        super().__init__(patience, name)
+        self.z, self.min_evals = float(z), int(min_evals)
+        self.returns: list[float] = []
+
+    def update(self, team_return: float, step: int) -> bool:
+        """Feed one evaluation's team return; True only on the call where the detector first fires."""
+        from marl_stability.core.returns import SMOOTH_EVALS, eval_noise, smoothed
+
+        if not math.isfinite(team_return):
+            return False
+        self.returns.append(float(team_return))
+        if self.fired or len(self.returns) < max(self.min_evals, SMOOTH_EVALS + 1):
+            return False
+        m, noise = smoothed(self.returns), eval_noise(self.returns)
+        margin = self.z * noise
+        learned = float(m.max() - m[SMOOTH_EVALS - 1]) > margin
+        drop = float(m.max() - m[-1])
+        if not self._advance(noise > 0 and learned and drop > margin, step):
+            return False
+        self.message = (f"degradation [{self.name}] since step {self.first_step} (confirmed at step {int(step)}): the "
+                        f"team return's trailing mean is {fmt_number(drop, '.3g')} below the run's best, more than "
+                        f"{fmt_number(self.z, '.3g')} x its evaluation noise {fmt_number(noise, '.3g')}")
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "returns": list(self.returns)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.returns = [float(x) for x in state["returns"]]
+
+
 # --------------------------------------------------------------------------- non-finite values
 class NonFiniteDetector:
     """Fires once on the first count of non-finite values > 0 (a NaN count also fires: it is itself non-finite)."""
@@ -339,6 +382,8 @@ class Detectors:
         self.nonfinite = NonFiniteDetector()
         self.entropy: dict[str, EntropyCollapseDetector] = {}
         self.kl: dict[str, KLSpikeDetector] = {}
+        c = self.cfg
+        self.degradation = DegradationDetector(c.degradation_z, c.degradation_patience, c.degradation_min_evals)
         # (name, step, message) of detectors that fired and were not yet handed out by fired_events().
         self._pending: list[tuple[str, int, str]] = []
 
@@ -419,6 +464,13 @@ class Detectors:
             self._record(det)
         return fired
 
+    def update_return(self, team_return: float, step: int) -> bool:
+        """Feed one evaluation's team return; True when the degradation detector fires now."""
+        fired = self.degradation.update(team_return, step)
+        if fired:
+            self._record(self.degradation)
+        return fired
+
     def update_nonfinite(self, count: int | float, step: int) -> bool:
         """Feed one non-finite count; True when the detector fires now."""
         fired = self.nonfinite.update(count, step)
@@ -448,7 +500,7 @@ class Detectors:
 
     def _all(self) -> list[Any]:
         return [*self.explosion.values(), *self.collapse.values(), self.nonfinite, *self.entropy.values(),
-                *self.kl.values()]
+                *self.kl.values(), self.degradation]
 
     def summary(self) -> dict[str, Any]:
         """Steps of the three failure signals plus the messages of every fired detector, ordered by step."""
@@ -459,6 +511,8 @@ class Detectors:
             "nonfinite_step": self.nonfinite_step,
             "detector_messages": [d.message for d in fired],
         }
+        if self.degradation.returns:
+            out["degradation_step"] = self.degradation.first_step
         if self.entropy or self.kl:
             out["entropy_collapse_step"] = _min_step(list(self.entropy.values()))
             out["kl_spike_step"] = _min_step(list(self.kl.values()))
@@ -476,6 +530,7 @@ class Detectors:
             "nonfinite": self.nonfinite.state_dict(),
             "entropy": {a: [d.threshold, d.state_dict()] for a, d in self.entropy.items()},
             "kl": {a: d.state_dict() for a, d in self.kl.items()},
+            "degradation": self.degradation.state_dict(),
             "pending": [[n, s, m] for n, s, m in self._pending],
         }
 
@@ -496,6 +551,8 @@ class Detectors:
             det.load_state_dict(sd)
         for agent, sd in state.get("kl", {}).items():
             self._kl_for(agent).load_state_dict(sd)
+        if "degradation" in state:  # a checkpoint from before the detector: it starts from the resume
+            self.degradation.load_state_dict(state["degradation"])
         self._pending = [(str(n), int(s), str(m)) for n, s, m in state.get("pending", [])]
 
 

@@ -24,6 +24,7 @@ DETECTORS: dict[str, tuple[str, Optional[str]]] = {
     "nonfinite": ("nonfinite_step", None),
     "entropy_collapse": ("entropy_collapse_step", "entropy"),
     "kl_spike": ("kl_spike_step", "approx_kl"),
+    "degradation": ("degradation_step", None),
 }
 ANY_DETECTOR = "any"  # the earliest step any existing detector fired
 
@@ -41,10 +42,11 @@ class LabelledRun:
     algo: str
     env: str
     env_steps: int
-    label: str  # healthy | collapsed | diverged
+    label: str  # healthy | collapsed | diverged | degraded
     onset: Optional[int]  # env step the failure began (None for healthy runs)
     onset_note: str  # how the onset was found ("" when the definition applied as written)
     learning_start: Optional[int] = None  # first gradient update's env step: signals are read from here on
+    kind: str = ""  # collapsed: saturated | unsaturated; degraded: below_do_nothing | dropped (runs.labels)
     collapsed_agents: list[str] = field(default_factory=list)
     detectors: dict[str, Optional[int]] = field(default_factory=dict)  # fired step (None: never); absent: n/a
     signals: dict[str, Optional[Trace]] = field(default_factory=dict)  # None: n/a (no tag logged)
@@ -101,10 +103,10 @@ def read_run(run: RunRecord, params: SignalParams) -> LabelledRun:
     """Label one finished run and compute its signals."""
     summary, config, scalars = run.summary, run.config or {}, run.scalars
     assert summary is not None, "read_run needs a run with a summary (skip_reason() is None)"
-    label, onset, note, agents = run.label
+    label, onset, note, agents, kind = run.label
     sig = traces(scalars, params)
     name, sweep = group_name(run.dir)
     return LabelledRun(run_dir=str(run.dir), group=name, group_key=group_key(config), sweep=sweep, seed=summary.seed,
                        status=summary.status, algo=summary.algo, env=summary.env, env_steps=summary.env_steps,
-                       label=label, onset=onset, onset_note=note, learning_start=learning_start(scalars),
+                       label=label, kind=kind, onset=onset, onset_note=note, learning_start=learning_start(scalars),
                        collapsed_agents=agents, detectors=detector_steps(summary, sig), signals=sig)

@@ -1,33 +1,82 @@
-"""A finished run's label from its evaluations (never from the detectors): healthy, collapsed or diverged, the
-onset of the failure, and the collapse rule the final evaluation is judged by (calibration, cross-task verdicts,
-fix evidence, doctor). Definitions: the docstring of :mod:`marl_stability.analysis.calibrate`."""
+"""A finished run's label from its evaluations (never from the detectors): healthy, collapsed, diverged or
+degraded, its kind, the onset of the failure, and the collapse rule the final evaluation is judged by
+(calibration, cross-task verdicts, fix evidence, doctor). Definitions: the docstring of
+:mod:`marl_stability.analysis.calibrate`."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple, Optional
 
+import numpy as np
+
+from marl_stability.core.returns import SMOOTH_EVALS, drop_from_best, smoothed
 from marl_stability.core.summary import RunSummary
 
 Scalars = Mapping[str, list[tuple[int, float]]]
-LABELS = ("healthy", "collapsed", "diverged")
+LABELS = ("healthy", "collapsed", "diverged", "degraded")
+FAILING = ("collapsed", "diverged", "degraded")
+# Kinds: collapsed -> saturated | unsaturated (the agents' final saturation); degraded -> below_do_nothing (the final
+# return is no better than the task's do-nothing policy) | dropped (a sustained drop from the run's own best).
 EVAL_STATS = ("repeat_rate", "saturation", "sensitivity", "batch_same_action")  # eval/<stat>/<agent>
 
 SAME_ACTION_THRESHOLD = 0.9  # share of pairs of different states given the same action
 
 
+# "dropped": the mean of the last SMOOTH_EVALS evaluations is below the best such mean of the run by more than
+# DROP_Z times the run's evaluation noise (robust std of one evaluation: 1.4826 x median |R_t - R_t-1| / sqrt 2).
+# DROP_Z: above every healthy run's drop on the design seeds (the largest: 1.6, calibration_saturation fixed arm,
+# seeds 0-9; docs/detectors.md, "Degraded runs").
+DROP_Z = 2.5
+
+
 def is_collapsed(stats: dict[str, Any], det: dict[str, Any]) -> bool:
     """One agent's final action statistics against the detector thresholds ``det`` (the run's config): repeated,
-    saturated, insensitive to its input, and the same action across states."""
-    return (stats["repeat_rate"] >= det["repeat_threshold"] and stats["saturation"] >= det["saturation_threshold"]
-            and stats["sensitivity"] <= det["sensitivity_threshold"]
+    insensitive to its input, and the same action across states — saturated or not (a tanh output scaled to the
+    bounds can stop responding without saturating); :func:`collapse_kind` tells which."""
+    return (stats["repeat_rate"] >= det["repeat_threshold"] and stats["sensitivity"] <= det["sensitivity_threshold"]
             and stats["batch_same_action"] >= SAME_ACTION_THRESHOLD)
 
 
+def collapse_kind(stats: list[dict[str, Any]], det: dict[str, Any]) -> str:
+    """``saturated`` when every collapsed agent's actions sit at a bound, else ``unsaturated``."""
+    return "saturated" if stats and all(s["saturation"] >= det["saturation_threshold"] for s in stats) else "unsaturated"
+
+
 class Label(NamedTuple):
-    label: str  # healthy | collapsed | diverged
+    label: str  # healthy | collapsed | diverged | degraded
     onset: Optional[int]  # env step the failure began (None for healthy runs)
     note: str  # how the onset was found ("" when the definition applied as written)
     agents: list[str]  # collapsed agents
+    kind: str = ""  # collapsed: saturated | unsaturated; degraded: below_do_nothing | dropped
+
+
+def degradation(history: list[tuple[int, float]], do_nothing: Optional[float],
+                drop_z: float = DROP_Z) -> Optional[tuple[str, int]]:
+    """(kind, onset) when the run is degraded, else None. ``below_do_nothing``: the final trailing mean is no better
+    than the task's do-nothing return; onset: the first evaluation from which every trailing mean stays at or below
+    it. ``dropped``: the final trailing mean lies more than ``drop_z`` x the run's evaluation noise below its best;
+    onset: the first evaluation after the best from which every trailing mean stays below best - margin."""
+    if len(history) < SMOOTH_EVALS:
+        return None
+    steps, returns = [s for s, _ in history], [r for _, r in history]
+    m = smoothed(returns)
+    if do_nothing is not None and m[-1] <= do_nothing:
+        return "below_do_nothing", _stays_from(steps, m <= do_nothing)
+    drop, noise = drop_from_best(returns)
+    if noise > 0 and drop > drop_z * noise:
+        best_at = int(np.argmax(m))
+        below = m < m[best_at] - drop_z * noise
+        below[: best_at + 1] = False
+        return "dropped", _stays_from(steps, below)
+    return None
+
+
+def _stays_from(steps: list[int], flags: np.ndarray) -> int:
+    """The first step from which ``flags`` holds at every later evaluation (the last one's step at least)."""
+    i = len(flags) - 1
+    while i > 0 and flags[i - 1]:
+        i -= 1
+    return steps[i]
 
 
 def detector_thresholds(config: dict[str, Any]) -> dict[str, Any]:
@@ -65,16 +114,26 @@ def collapse_onset(scalars: Scalars, agent: str, det: dict[str, Any]) -> tuple[O
     return onset, "" if same else "onset from the detector thresholds alone (no eval/batch_same_action tags)"
 
 
-def label_run(summary: RunSummary, config: dict[str, Any], scalars: Scalars) -> Label:
-    """(label, onset step, onset note, collapsed agents) of one run; definitions in ``marl_stability.analysis.calibrate``."""
+def label_run(summary: RunSummary, config: dict[str, Any], scalars: Scalars,
+              do_nothing: Optional[float] = None) -> Label:
+    """(label, onset step, onset note, collapsed agents, kind) of one run; ``do_nothing``: the task's do-nothing
+    team return (None: not judged against it). Definitions in ``marl_stability.analysis.calibrate``."""
     det = detector_thresholds(config)
-    collapsed = [a for a, st in summary.action_stats.items() if is_collapsed(st.model_dump(), det)]
+    final_stats = {a: st.model_dump() for a, st in summary.action_stats.items()}
+    collapsed = [a for a, st in final_stats.items() if is_collapsed(st, det)]
     if summary.status == "diverged" or summary.nonfinite_step is not None:
         if summary.nonfinite_step is not None:
             return Label("diverged", summary.nonfinite_step, "", collapsed)
         return Label("diverged", summary.env_steps, "no non-finite step recorded: onset = the run's last env step", collapsed)
-    if not collapsed:
-        return Label("healthy", None, "", [])
+    if collapsed:
+        return _collapsed(summary, scalars, det, collapsed, collapse_kind([final_stats[a] for a in collapsed], det))
+    degraded = degradation(summary.returns(), do_nothing)
+    if degraded is not None:
+        return Label("degraded", degraded[1], "", [], degraded[0])
+    return Label("healthy", None, "", [])
+
+
+def _collapsed(summary: RunSummary, scalars: Scalars, det: dict[str, Any], collapsed: list[str], kind: str) -> Label:
     onsets, notes = [], []
     for agent in collapsed:
         step, note = collapse_onset(scalars, agent, det)
@@ -83,6 +142,6 @@ def label_run(summary: RunSummary, config: dict[str, Any], scalars: Scalars) -> 
         if note:
             notes.append(note)
     if onsets:
-        return Label("collapsed", min(onsets), "; ".join(sorted(set(notes))), collapsed)
+        return Label("collapsed", min(onsets), "; ".join(sorted(set(notes))), collapsed, kind)
     final = summary.eval_history[-1].env_steps if summary.eval_history else summary.env_steps
-    return Label("collapsed", final, "; ".join(notes) + ": onset = the final evaluation", collapsed)
+    return Label("collapsed", final, "; ".join(notes) + ": onset = the final evaluation", collapsed, kind)

@@ -132,7 +132,14 @@ class RunRecord:
         """The run's outcome from its evaluations (definitions in :mod:`marl_stability.analysis.calibrate`)."""
         if self.summary is None:
             raise UserError(f"{self.dir}: no readable summary.json")
-        return label_run(self.summary, self.config or {}, self.scalars)
+        return label_run(self.summary, self.config or {}, self.scalars, self.do_nothing)
+
+    @cached_property
+    def do_nothing(self) -> Optional[float]:
+        """The do-nothing team return of the run's task (``runs.anchors``; None for competitive tasks)."""
+        from marl_stability.runs.anchors import do_nothing_of
+
+        return do_nothing_of(self.config or {})
 
 
 # ---------------------------------------------------------------------------------------------- discovery

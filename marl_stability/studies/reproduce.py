@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from marl_stability.analysis.anchors import (
+from marl_stability.runs.anchors import (
     COMPETITIVE_TASKS,
     SPREAD_ANCHORS,
     TaskAnchors,
@@ -45,10 +45,11 @@ from marl_stability.fmt import fmt_number
 from marl_stability.runs.record import RunRecord
 from marl_stability.runs.scalars import Scalars
 from marl_stability.runs.trials import Trials, collect, write_csv
-from marl_stability.studies.report import _mean, _save, bootstrap_ci
+from marl_stability.studies.report import _mean, _save, bootstrap_ci, wilson_interval
 from marl_stability.studies.sweep import (
     FINAL_STATUSES,
     Plan,
+    SeedChoice,
     load_ablation,
     make_plan,
     read_plan,
@@ -67,7 +68,7 @@ QUICK = {
     "train.eval_episodes": 5,
     "train.checkpoint_every": 20_000,
 }
-# Measured anchors (team return, `python -m marl_stability.analysis.anchors`): simple_spread_v3's stored ones, or random and
+# Measured anchors (team return, `python -m marl_stability.runs.anchors`): simple_spread_v3's stored ones, or random and
 # do-nothing measured for the reproduction's own task when it runs on another (anchors.task_anchors).
 # A collapsed policy's eval return is noisy only through the random initial states: a 10-episode eval of a
 # fixed policy has a standard error of about 23 / sqrt(10) ~ 7 team-return units. The change after collapse
@@ -79,7 +80,7 @@ NO_GAIN_MARGIN = 10.0
 
 
 # ---------------------------------------------------------------------------------------------- running
-def run_reproduce(out: Path, seeds: Optional[int] = None, quick: bool = False, workers: int = 1, backend: str = "local",
+def run_reproduce(out: Path, seeds: "Optional[int | SeedChoice]" = None, quick: bool = False, workers: int = 1, backend: str = "local",
                   address: Optional[str] = None, resume: bool = False, overwrite: bool = False, quiet: bool = False,
                   config: Optional[Path] = None, render: bool = True) -> dict[str, Any]:
     """Run (or continue) the failure-vs-fixed sweep in ``out`` and write its report; returns the summary."""
@@ -596,7 +597,7 @@ def _results_section(res: dict[str, ArmResult], episodes_per_eval: int) -> list[
     """The per-arm table and the per-seed numbers."""
     lines = ["", "## Results", "",
              f"Final team return: the last evaluation ({episodes_per_eval} greedy episodes), mean over seeds with a "
-             "95% percentile bootstrap CI. Detector columns: seeds where it fired, and the env step it fired at. "
+             "95% percentile bootstrap CI. Detector columns: seeds where it fired [95% Wilson interval of the rate], and the env step it fired at. "
              "Action columns: the final evaluation, mean over seeds (sensitivity = standardized ‖∂a/∂obs‖; "
              "0 = the action ignores the observation).", ""]
     if any(a.extended for a in res.values()):
@@ -609,8 +610,8 @@ def _results_section(res: dict[str, ArmResult], episodes_per_eval: int) -> list[
         lo, hi = a.final_return_ci
         lines.append(
             f"| {a.name} | {a.n} | {fmt_number(a.final_return_mean, '.1f')} [{fmt_number(lo, '.1f')}, "
-            f"{fmt_number(hi, '.1f')}] | {a.collapses}/{a.n} | "
-            f"{_steps(a.collapse_steps)} | {a.explosions}/{a.n} | {_range(a.peak_critic_grad)} | "
+            f"{fmt_number(hi, '.1f')}] | {_rate(a.collapses, a.n)} | "
+            f"{_steps(a.collapse_steps)} | {_rate(a.explosions, a.n)} | {_range(a.peak_critic_grad)} | "
             f"{fmt_number(_nanmean(a.repeat, a.n), '.2f')} | "
             f"{fmt_number(_nanmean(a.saturation, a.n), '.2f')} | "
             f"{fmt_number(_nanmean(a.sensitivity, a.n), '.3g')} |")
@@ -624,6 +625,14 @@ def _results_section(res: dict[str, ArmResult], episodes_per_eval: int) -> list[
     return lines
 
 
+def _rate(k: int, n: int) -> str:
+    """``k/n [lo, hi]``: a rate with its 95% Wilson interval (what ten seeds can and cannot say)."""
+    if n == 0:
+        return "0/0"
+    lo, hi = wilson_interval(k, n)
+    return f"{k}/{n} [{lo:.2f}, {hi:.2f}]"
+
+
 def _failure_table(res: dict[str, ArmResult]) -> list[str]:
     """Every detector's count and first step per arm (shown when one beyond the action collapse fired)."""
     lines = ["| arm | any failure | first failure | diverged (non-finite) | entropy collapse | KL spike (warning) |",
@@ -631,7 +640,7 @@ def _failure_table(res: dict[str, ArmResult]) -> list[str]:
     for a in res.values():
         def n(xs: list[Optional[int]]) -> str:
             return f"{_fired(xs)}/{a.n}" + (f" ({_steps(xs)})" if _fired(xs) else "")
-        lines.append(f"| {a.name} | {a.failures}/{a.n} | {_steps(a.failure_steps)} | {n(a.nonfinite_steps)} | "
+        lines.append(f"| {a.name} | {_rate(a.failures, a.n)} | {_steps(a.failure_steps)} | {n(a.nonfinite_steps)} | "
                      f"{n(a.entropy_collapse_steps)} | {n(a.kl_spike_steps)} |")
     return lines + [""]
 
@@ -705,7 +714,7 @@ def _competitive_note(anchors: TaskAnchors) -> list[str]:
 
 def _scale_note(anchors: TaskAnchors) -> str:
     if anchors.controller is not None:
-        return (f"For scale (measured here, `python -m marl_stability.analysis.anchors`, 1000 episodes): doing nothing scores "
+        return (f"For scale (measured here, `python -m marl_stability.runs.anchors`, 1000 episodes): doing nothing scores "
                 f"{anchors.do_nothing:g}, a hand-coded optimal landmark assignment controller {anchors.controller:g}.")
     return f"For scale: doing nothing scores {anchors.do_nothing:g} ({anchors.source})."
 
@@ -800,7 +809,9 @@ def _arm_json(r: ArmResult, out: Path) -> dict[str, Any]:
         "preset": r.preset,
         "seeds": r.seeds,
         "collapse_rate": clean(r.rate(r.collapses)),
+        "collapse_rate_ci": list(wilson_interval(r.collapses, r.n)) if r.n else None,
         "explosion_rate": clean(r.rate(r.explosions)),
+        "explosion_rate_ci": list(wilson_interval(r.explosions, r.n)) if r.n else None,
         "collapse_steps": r.collapse_steps,
         "explosion_steps": r.explosion_steps,
         "nonfinite_steps": r.nonfinite_steps,

@@ -39,6 +39,7 @@ from marl_stability.studies.sweep.spec import (
     ArmSpec,
     BaseSpec,
     FactorSpec,
+    SeedChoice,
     default_reference,
     expand_design,
     load_ablation,
@@ -54,7 +55,7 @@ from marl_stability.studies.sweep.trial import (
 
 __all__ = [
     "FAIL_ENV_VAR", "FINAL_STATUSES", "INDEX_FORMAT", "MAX_ATTEMPTS", "TRIAL_STATES", "AblationFile", "Arm", "ArmSpec",
-    "Backend", "BaseSpec", "FactorSpec", "LocalBackend", "Plan", "RayBackend", "SweepOutcome", "Trial", "TrialResult",
+    "Backend", "BaseSpec", "FactorSpec", "LocalBackend", "Plan", "RayBackend", "SeedChoice", "SweepOutcome", "Trial", "TrialResult",
     "WorkerLost", "default_reference", "expand_design", "load_ablation", "make_backend", "make_plan", "one_line",
     "override_strings", "read_index", "read_plan", "read_summary", "run_dir_of", "run_sweep", "run_trial", "trial_id",
 ]

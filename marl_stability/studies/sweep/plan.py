@@ -11,6 +11,7 @@ from marl_stability.config import RunConfig, flatten, load_config
 from marl_stability.errors import UserError
 from marl_stability.runs.sweep_layout import Arm, Plan
 from marl_stability.studies.sweep.spec import (
+    SeedChoice,
     AblationFile,
     default_reference,
     expand_design,
@@ -33,7 +34,7 @@ def _levels_by_matching(ab: AblationFile, flat_cfg: dict[str, Any]) -> dict[str,
     return out
 
 
-def make_plan(path: str | Path, seeds: Optional[int] = None, probe: bool = True,
+def make_plan(path: str | Path, seeds: "Optional[int | SeedChoice]" = None, probe: bool = True,
               extra: Optional[dict[str, Any]] = None) -> Plan:
     """Read an ablation file, expand its design and validate every arm's config (and env) before any trial runs.
 
@@ -73,9 +74,10 @@ def make_plan(path: str | Path, seeds: Optional[int] = None, probe: bool = True,
         arms.append(Arm(spec.name, levels, spec.overrides, d))
     if probe:
         _probe_envs(arms)
-    seed_list = list(range(seeds)) if seeds is not None else ab.seed_list()
-    if seeds is not None and seeds < 1:
+    choice = SeedChoice.of(seeds)
+    if choice is not None and choice.count is not None and choice.count < 1:
         raise UserError("--seeds must be >= 1")
+    seed_list = choice.resolve(ab.seed_list()) if choice is not None else ab.seed_list()
     return Plan(
         name=ab.name or path.stem, design=ab.design, reference=reference, factors=list(ab.factors),
         seeds=seed_list, arms=arms, description=(ab.description or "").strip(), base_config=str(ab.base.config),

@@ -28,6 +28,7 @@ from marl_stability.runs.sweep_layout import (
 )
 from marl_stability.studies.sweep.backends import Backend, WorkerLost, make_backend
 from marl_stability.studies.sweep.plan import make_plan
+from marl_stability.studies.sweep.spec import SeedChoice
 from marl_stability.studies.sweep.trial import Trial, TrialResult, torch_threads
 
 MAX_ATTEMPTS = 3  # a trial whose worker process dies this many times is recorded as failed
@@ -42,7 +43,7 @@ class SweepOutcome:
     failed: dict[str, str] = field(default_factory=dict)  # trial id -> error
 
 
-def _prepare(config: Optional[Path], out: Path, seeds: Optional[int], resume: bool,
+def _prepare(config: Optional[Path], out: Path, seeds: "Optional[int | SeedChoice]", resume: bool,
              extra: Optional[dict[str, Any]] = None) -> tuple[Plan, dict[str, Any], Optional[str]]:
     """Validate everything and decide the trial set; touches no file."""
     if out.exists() and not out.is_dir():
@@ -73,9 +74,10 @@ def _prepare(config: Optional[Path], out: Path, seeds: Optional[int], resume: bo
                     raise UserError(f"--resume: {config} does not match the sweep in {out} (arm {a.name} differs); use another --out")
             plan.seeds = sorted(set(plan.seeds) | set(new.seeds))
         elif seeds is not None:
-            if seeds < 1:
+            choice = SeedChoice.of(seeds)
+            if choice.count is not None and choice.count < 1:
                 raise UserError("--seeds must be >= 1")
-            plan.seeds = sorted(set(plan.seeds) | set(range(seeds)))
+            plan.seeds = sorted(set(plan.seeds) | set(choice.resolve(plan.seeds)))
         # More seeds extend the sweep; results of seeds already run are never dropped.
     for a in plan.arms:
         for s in plan.seeds:
@@ -120,7 +122,7 @@ def varying_keys(plan: Plan) -> tuple[str, ...]:
 def run_sweep(
     config: Optional[Path],
     out: Path,
-    seeds: Optional[int] = None,
+    seeds: "Optional[int | SeedChoice]" = None,
     workers: int = 1,
     backend: str = "local",
     address: Optional[str] = None,

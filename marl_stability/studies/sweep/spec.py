@@ -114,6 +114,46 @@ class AblationFile(_Forbid):
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
 
+@dataclass(frozen=True)
+class SeedChoice:
+    """Which seeds a sweep runs, from the command line: ``--seeds N`` (0..N-1), shifted by ``--seed-offset K``
+    (K..K+N-1; without --seeds the file's seeds, shifted), or ``--seed-list`` (exactly these)."""
+
+    count: Optional[int] = None
+    offset: int = 0
+    listed: Optional[tuple[int, ...]] = None
+
+    def resolve(self, default: list[int]) -> list[int]:
+        if self.listed is not None:
+            return list(self.listed)
+        base = list(range(self.count)) if self.count is not None else default
+        return [s + self.offset for s in base]
+
+    @classmethod
+    def of(cls, seeds: "Optional[int | SeedChoice]") -> "Optional[SeedChoice]":
+        """An int (the old ``seeds=N``) is ``--seeds N``."""
+        if seeds is None or isinstance(seeds, SeedChoice):
+            return seeds
+        return cls(count=int(seeds))
+
+    @classmethod
+    def parse(cls, count: Optional[int], offset: Optional[int], listed: Optional[str]) -> "Optional[SeedChoice]":
+        """The CLI options as one choice (None: the file's seeds); a one-line UserError for a bad combination."""
+        if listed is not None and (count is not None or offset is not None):
+            raise UserError("--seed-list names the seeds itself: leave out --seeds and --seed-offset")
+        if count is not None and count < 1:
+            raise UserError("--seeds must be >= 1")
+        if offset is not None and offset < 0:
+            raise UserError("--seed-offset must be >= 0")
+        if listed is not None:
+            from marl_stability.analysis.calibrate import parse_seeds
+
+            return cls(listed=tuple(parse_seeds(listed, "--seed-list")))
+        if count is None and offset is None:
+            return None
+        return cls(count=count, offset=offset or 0)
+
+
 def _fix_yaml11_keys(obj: Any) -> Any:
     """PyYAML reads unquoted ``on:``/``off:`` keys as booleans (YAML 1.1); give factor levels their names back."""
     if isinstance(obj, dict):

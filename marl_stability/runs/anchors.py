@@ -1,7 +1,7 @@
 """Measured score anchors: what simple policies score on a task, on the same env and episode length as the
 runs they are compared with (team return = sum over agents and steps of one episode).
 
-    python -m marl_stability.analysis.anchors [--env simple_spread_v3] [--episodes 200] [--seed 0] [--json FILE]
+    python -m marl_stability.runs.anchors [--env simple_spread_v3] [--episodes 200] [--seed 0] [--json FILE]
 
 - ``random``: uniform actions over the action space;
 - ``do_nothing``: the all-zero action (continuous) or the no-op (discrete);
@@ -28,7 +28,7 @@ from marl_stability.errors import ArgumentParser
 
 Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 SPREAD = "simple_spread_v3"
-# simple_spread_v3 (N=3, 25 steps, continuous): `python -m marl_stability.analysis.anchors --episodes 1000`
+# simple_spread_v3 (N=3, 25 steps, continuous): `python -m marl_stability.runs.anchors --episodes 1000`
 # (docs/results/anchors.json), mean team return of 1000 episodes; std per episode 24.4 / 25.0 / 41.7 / 8.9.
 SPREAD_RANDOM = -74.6
 SPREAD_DO_NOTHING = -73.5
@@ -153,7 +153,7 @@ class TaskAnchors:
 
 
 SPREAD_ANCHORS = TaskAnchors(SPREAD, SPREAD_RANDOM, SPREAD_DO_NOTHING, SPREAD_ASSIGNMENT,
-                             "python -m marl_stability.analysis.anchors --episodes 1000 (docs/results/anchors.json)")
+                             "python -m marl_stability.runs.anchors --episodes 1000 (docs/results/anchors.json)")
 
 
 def task_anchors(env_id: str, kwargs: Optional[dict[str, Any]] = None, episodes: int = 1000) -> TaskAnchors:
@@ -166,6 +166,26 @@ def task_anchors(env_id: str, kwargs: Optional[dict[str, Any]] = None, episodes:
     args = " ".join(f"{k}={v}" for k, v in sorted(kw.items()))
     return TaskAnchors(env_id, round(m["random"]["mean"], 1), round(m["do_nothing"]["mean"], 1), None,
                        f"measured for this report: {episodes} episodes, seed 0, {args}")
+
+
+_DO_NOTHING: dict[str, Optional[float]] = {}
+
+
+def do_nothing_of(config: dict[str, Any]) -> Optional[float]:
+    """The do-nothing team return of a run's task (its resolved config's ``env.id`` and ``env.kwargs``), what a
+    run that learned must beat; None for a task with two opposing teams (its team return mixes both) or an env
+    that cannot be measured here. Measured once per task and kwargs in this process."""
+    env = config.get("env") if isinstance(config.get("env"), dict) else {}
+    env_id, kwargs = env.get("id"), env.get("kwargs") or {}
+    if not isinstance(env_id, str) or env_id in COMPETITIVE_TASKS or not isinstance(kwargs, dict):
+        return None
+    key = json.dumps([env_id, kwargs], sort_keys=True, default=str)
+    if key not in _DO_NOTHING:
+        try:
+            _DO_NOTHING[key] = task_anchors(env_id, kwargs).do_nothing
+        except Exception:  # noqa: BLE001 -- a user's env that cannot be built or measured here: no anchor
+            _DO_NOTHING[key] = None
+    return _DO_NOTHING[key]
 
 
 def main(argv: Optional[list[str]] = None) -> None:
