@@ -46,7 +46,9 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("repro")
     out = tmp / "out"
-    r = cli("reproduce", "--config", str(tiny_file(tmp)), "--out", str(out), "--workers", "2", cwd=tmp)
+    # seeds of one's own (the file says 2 seeds: 0 and 1)
+    r = cli("reproduce", "--config", str(tiny_file(tmp)), "--out", str(out), "--workers", "2", "--seed-list", "3,7",
+            cwd=tmp)
     assert r.returncode == 0, r.stderr
     assert "failure reproduced:" in r.stdout and "report:" in r.stdout
     return out
@@ -61,7 +63,7 @@ def test_reproduction_writes_every_artifact(tiny_run: Path) -> None:
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     # one TensorBoard run per arm x seed, side by side under runs/
     for arm in ("failure", "fixed"):
-        for seed in (0, 1):
+        for seed in (3, 7):
             run = out / "runs" / arm / f"seed_{seed}"
             assert list(run.glob("events.out.tfevents.*")), run
             assert (run / "config.yaml").is_file()
@@ -71,7 +73,9 @@ def test_summary_json_has_the_promised_schema(tiny_run: Path) -> None:
     s = json.loads((tiny_run / "summary.json").read_text())
     assert set(s["arms"]) == {"failure", "fixed"}
     for arm in s["arms"].values():
-        assert arm["seeds"] == [0, 1]
+        assert arm["seeds"] == [3, 7]
+        lo, hi = arm["collapse_rate_ci"]  # the 95% Wilson interval of the rate: 2 seeds say little
+        assert 0.0 <= lo <= arm["collapse_rate"] <= hi <= 1.0 and hi - lo > 0.5
         for key in ("collapse_rate", "explosion_rate", "final_return_mean"):
             assert arm[key] is None or isinstance(arm[key], float), key
         assert 0.0 <= arm["collapse_rate"] <= 1.0 and 0.0 <= arm["explosion_rate"] <= 1.0

@@ -93,5 +93,5 @@ def test_reproduce_on_policy_end_to_end(tmp_path, workers):
     assert summary["episodes"]["failure"]["skipped"].startswith("the run diverged")
     assert summary["episodes"]["fixed"]["frames"] > 1
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "| failure | 2/2 |" in report and "diverged (non-finite)" in report
+    assert "| failure | 2/2 [0.34, 1.00] |" in report and "diverged (non-finite)" in report  # with its Wilson interval
     assert "failure: not rendered, the run diverged" in report

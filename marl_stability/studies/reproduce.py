@@ -94,7 +94,8 @@ def run_reproduce(out: Path, seeds: "Optional[int | SeedChoice]" = None, quick: 
         plan = read_plan(out)
         if not set(ARMS) <= {a.name for a in plan.arms}:
             raise UserError(f"--overwrite: {out} holds the sweep {plan.name!r}, not a reproduction; not deleting it")
-    if seeds is not None and seeds < 1:
+    choice = SeedChoice.of(seeds)
+    if choice is not None and choice.count is not None and choice.count < 1:
         raise UserError("--seeds must be >= 1")
     if not resume:
         plan = make_plan(config, seeds, probe=False, extra=QUICK if quick else None)
@@ -116,6 +117,7 @@ class RunData:
     summary: RunSummary
     scalars: Scalars
     histograms: dict[str, list[tuple[int, np.ndarray, np.ndarray]]]  # tag -> (step, bucket edges, counts)
+    label: str = ""  # runs.labels: "healthy", "collapsed (saturated)", "degraded (below_do_nothing)", ...
 
 
 def _load_runs(out: Path, trials: Trials) -> dict[str, list[RunData]]:
@@ -126,7 +128,10 @@ def _load_runs(out: Path, trials: Trials) -> dict[str, list[RunData]]:
         run = RunRecord(out / row["run_dir"])
         hists = {tag: [(h.step, h.edges, h.counts) for h in series]
                  for tag, series in run.histograms("hist/eval_actions/").items()}
-        runs[row["arm"]].append(RunData(int(row["seed"]), run.dir, trials.summaries[row["run_dir"]], run.scalars, hists))
+        lab = run.label
+        label = f"{lab.label} ({lab.kind})" if lab.kind else lab.label
+        runs[row["arm"]].append(RunData(int(row["seed"]), run.dir, trials.summaries[row["run_dir"]], run.scalars, hists,
+                                        label))
     return runs
 
 
@@ -193,6 +198,12 @@ class ArmResult:
     post_collapse_gain: list[Optional[float]] = field(default_factory=list)
     still_collapsed: list[bool] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # each run's label (runs.labels), with its kind
+
+    @property
+    def failing_labels(self) -> int:
+        """Runs whose label is not healthy (collapsed, diverged, or degraded: below doing nothing, or dropped)."""
+        return sum(not lab.startswith("healthy") for lab in self.labels)
 
     @property
     def n(self) -> int:
@@ -265,6 +276,7 @@ def arm_result(name: str, preset: str, runs: list[RunData], unfinished: list[str
         nonfinite_steps=[r.summary.nonfinite_step for r in runs],
         entropy_collapse_steps=[r.summary.entropy_collapse_step for r in runs],
         kl_spike_steps=[r.summary.kl_spike_step for r in runs],
+        labels=[r.label for r in runs],
     )
     for r, onset, rep, sat in zip(runs, res.collapse_steps, res.repeat, res.saturation):
         res.post_collapse_gain.append(None if onset is None else _post_collapse(r.summary.returns(), int(onset)))
@@ -295,19 +307,21 @@ def verdict(failure: ArmResult, fixed: ArmResult, anchors: TaskAnchors = SPREAD_
         and no_gain
     lo = fixed.final_return_ci[0]
     fixed_ok = fixed.n > 0 and (fixed.failures if extended else fixed.collapses) == 0 and math.isfinite(lo) \
-        and lo > anchors.random
+        and lo > anchors.random and fixed.failing_labels == 0
     criteria = {
         "failure": "a failure detector (action collapse, non-finite values, entropy collapse) fired in >= 90% "
                    "of seeds, and where the run went on after an action collapse, the return did not improve "
                    f"(as for the collapse alone: 95% bootstrap CI of the change below +{NO_GAIN_MARGIN:g})",
-        "fixed": "no failure detector (action collapse, non-finite values, entropy collapse) fired in any seed "
-                 f"and the 95% CI of the mean final team return is above random ({anchors.random:g})",
+        "fixed": "no failure detector (action collapse, non-finite values, entropy collapse) fired in any seed, "
+                 f"the 95% CI of the mean final team return is above random ({anchors.random:g}), and every run is "
+                 "labelled healthy (none ends no better than doing nothing or dropped from its best)",
     } if extended else {
         "failure": f"collapse detector fired in >= 90% of seeds, and the return did not improve after collapse: "
                    f"the change from the first to the second half of the evaluations after onset, averaged over "
                    f"collapsed seeds, has a 95% bootstrap CI below +{NO_GAIN_MARGIN:g}",
-        "fixed": f"no collapse in any seed and the 95% CI of the mean final team return above random "
-                 f"({anchors.random:g})",
+        "fixed": f"no collapse in any seed, the 95% CI of the mean final team return above random "
+                 f"({anchors.random:g}), and every run labelled healthy (none ends no better than doing nothing "
+                 "or dropped from its best)",
     }
     return {
         "failure_reproduced": failure_ok,
@@ -615,13 +629,15 @@ def _results_section(res: dict[str, ArmResult], episodes_per_eval: int) -> list[
             f"{fmt_number(_nanmean(a.repeat, a.n), '.2f')} | "
             f"{fmt_number(_nanmean(a.saturation, a.n), '.2f')} | "
             f"{fmt_number(_nanmean(a.sensitivity, a.n), '.3g')} |")
-    lines += ["", "Per seed (final team return / collapse onset / peak critic grad norm / peak actor grad norm):", ""]
+    lines += ["", "Per seed (final team return / collapse onset / peak critic grad norm / peak actor grad norm / label: "
+              "healthy, collapsed, diverged, or degraded — no better than doing nothing, or dropped from its best):", ""]
     for a in res.values():
+        labels = a.labels or [""] * a.n
         per = "; ".join(f"s{s}: {fmt_number(r, '.1f')} / {c if c is not None else '-'} / {fmt_number(g, '.3g')} / "
-                        f"{fmt_number(ag, '.3g')}"
-                        for s, r, c, g, ag in zip(a.seeds, a.final_returns, a.collapse_steps, a.peak_critic_grad,
-                                                  a.peak_actor_grad))
-        lines.append(f"- {a.name}: {per or 'none'}")
+                        f"{fmt_number(ag, '.3g')} / {lab or '?'}"
+                        for s, r, c, g, ag, lab in zip(a.seeds, a.final_returns, a.collapse_steps, a.peak_critic_grad,
+                                                       a.peak_actor_grad, labels))
+        lines.append(f"- {a.name}: {per or 'none'}; not healthy: {_rate(a.failing_labels, a.n)}")
     return lines
 
 
@@ -818,6 +834,8 @@ def _arm_json(r: ArmResult, out: Path) -> dict[str, Any]:
         "entropy_collapse_steps": r.entropy_collapse_steps,
         "kl_spike_steps": r.kl_spike_steps,
         "still_collapsed_at_end": r.still_collapsed,
+        "labels": r.labels,
+        "not_healthy": r.failing_labels,
         "post_collapse_return_change": r.post_collapse_gain,
         "final_return_mean": clean(r.final_return_mean),
         "final_return_ci": [clean(c) for c in r.final_return_ci],
