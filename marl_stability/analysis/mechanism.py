@@ -252,12 +252,12 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(rows, key=lambda r: (r["group"], r["seed"])):
         groups.setdefault(r["group"], []).append(r)
-    lines = ["| group | runs | healthy | collapsed | diverged | explosion-first | saturation-first | undetermined | neither |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| group | runs | healthy | collapsed | diverged | degraded | explosion-first | saturation-first | "
+             "undetermined | neither |", "|---|---|---|---|---|---|---|---|---|---|"]
     for g, rs in groups.items():
         count = lambda key, v: sum(r[key] == v for r in rs)  # noqa: E731
         lines.append(f"| {g} | {len(rs)} | {count('label', 'healthy')} | {count('label', 'collapsed')} | "
-                     f"{count('label', 'diverged')} | {count('mechanism', 'explosion-first')} | "
+                     f"{count('label', 'diverged')} | {count('label', 'degraded')} | {count('mechanism', 'explosion-first')} | "
                      f"{count('mechanism', 'saturation-first')} | {count('mechanism', 'undetermined')} | "
                      f"{count('mechanism', 'neither')} |")
     lines += ["", "| group | seed | label | mechanism | critic growth threshold reached | first saturated evaluation | "
