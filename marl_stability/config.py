@@ -374,8 +374,8 @@ class DetectorConfig(BaseModel):
     kl_spike_absolute: float = Field(1.0, gt=0, description="KL spike: fire when an update's approx KL exceeds this")
 
     degradation_z: float = Field(
-        4.0, gt=0, description="degradation (not learning): fire when the trailing mean of the last 3 evaluations' "
-        "team return lies more than this multiple of the evaluation noise below the run's best trailing mean, after "
+        4.0, gt=0, description="degradation (not learning): fire when the trailing median of the last 3 evaluations' "
+        "team return lies more than this multiple of the evaluation noise below the run's best trailing median, after "
         "that best rose by as much above the first one")
     degradation_patience: int = Field(3, ge=1, description="degradation: consecutive evaluations below that margin")
     degradation_min_evals: int = Field(6, ge=2, description="degradation: evaluations seen before it is armed")

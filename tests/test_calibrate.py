@@ -431,3 +431,16 @@ def test_given_thresholds_are_scored_on_both_splits(result: cal.Result, tmp_path
         with pytest.raises(cal.UserError):
             cal.calibrate([], tmp_path / "bad", from_records=out / "records.json", quiet=True, scores=[bad])
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_lucky_first_evaluation_is_no_best_and_frozen_returns_still_drop():
+    """The best is a mean over complete windows (a single lucky first evaluation is not a best to fall from), and
+    evaluations that repeat one return (zero measured noise) still show a real drop."""
+    lucky = [-15.0, -30.0, -31.0, -30.0, -31.0, -30.0, -31.0, -30.0]
+    assert label_run(_summary(action_stats={"agent_0": LIVELY}, eval_history=_history(lucky)), CFG, {}).label == "healthy"
+    frozen = [-60.0, -40.0, -30.0, -25.0, -25.0, -80.0, -80.0, -80.0, -80.0, -80.0, -80.0]
+    lab = label_run(_summary(action_stats={"agent_0": LIVELY}, eval_history=_history(frozen)), CFG, {})
+    assert lab[::4] == ("degraded", "dropped")
+    # a task whose team return mixes two opposing teams: the drop of the sum is not judged
+    assert label_run(_summary(action_stats={"agent_0": LIVELY}, eval_history=_history(frozen)), CFG, {},
+                     judge_drop=False).label == "healthy"

@@ -20,10 +20,10 @@ Labels (from the runs' evaluations and non-finite records, never from the detect
   later evaluation; the run's onset is the earliest over its collapsed agents. Runs without
   ``eval/batch_same_action`` tags use the detector thresholds alone for the onset (noted); runs whose tags do not
   show the end state get the final evaluation's step (noted).
-- **degraded** (not learning): neither, and the mean of the last 3 evaluations is no better than the task's
+- **degraded** (not learning): neither, and the median of the last 3 evaluations is no better than the task's
   do-nothing team return (kind ``below_do_nothing``; ``runs.anchors``; not for tasks with opposing teams), or it
-  lies more than ``runs.labels.DROP_Z`` x the run's evaluation noise below its best such mean (kind
-  ``dropped``). Onset: the first evaluation from which the trailing mean stays below the anchor (or the margin)
+  lies more than ``runs.labels.DROP_Z`` x the run's evaluation noise below its best such median (kind
+  ``dropped``). Onset: the first evaluation from which the trailing median stays below the anchor (or the margin)
   to the end.
 - **healthy**: none of these. A **failing** run is diverged, collapsed or degraded.
 

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from marl_stability.errors import ArgumentParser, UserError
 from marl_stability.fixes import registry
-from marl_stability.runs.anchors import do_nothing_of
+from marl_stability.runs.anchors import do_nothing_of, shared_team_return
 from marl_stability.runs.labels import label_run
 from marl_stability.runs.record import RunRecord
 from marl_stability.runs.sweep_layout import FINAL_STATUSES
@@ -71,7 +71,8 @@ def sweep_evidence(sweep: Path) -> dict[str, Any]:
         summary = trials.summaries[row["run_dir"]]
         config = trials.plan.arm(row["arm"]).config
         env, steps = config["env"]["id"], config["train"]["steps"]
-        label = label_run(summary, config, RunRecord(sweep / row["run_dir"]).scalars, do_nothing_of(config)).label
+        label = label_run(summary, config, RunRecord(sweep / row["run_dir"]).scalars, do_nothing_of(config),
+                          judge_drop=shared_team_return(config)).label
         ev = arms.setdefault(row["arm"], ArmEvidence(row["arm"], arm_fix.get(row["arm"])))
         ev.seeds.append(int(row["seed"]))
         ev.labels.append(label)

@@ -154,7 +154,9 @@ def classify(summary: RunSummary, config: dict[str, Any], scalars: Scalars,
     det = detector_thresholds(config)
     growth, baseline, min_norm = _rule(config, det)
     sat_threshold, repeat_threshold = float(det["saturation_threshold"]), float(det["repeat_threshold"])
-    lab = label_run(summary, config, scalars, do_nothing)
+    from marl_stability.runs.anchors import shared_team_return
+
+    lab = label_run(summary, config, scalars, do_nothing, judge_drop=shared_team_return(config))
     label, onset, collapsed = lab.label, lab.onset, lab.agents
     start = learning_start(scalars)
     t_grow10 = _first_growth(scalars, "grad_norm/critic/", baseline, EARLY_GROWTH, min_norm, start)

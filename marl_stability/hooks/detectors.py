@@ -238,10 +238,10 @@ class ActionCollapseDetector(StreakDetector):
 
 # --------------------------------------------------------------------------- degradation (not learning)
 class DegradationDetector(StreakDetector):
-    """Fires once when the team return has fallen from what the run had learned and stays down: the trailing mean
+    """Fires once when the team return has fallen from what the run had learned and stays down: the trailing median
     of the last evaluations (``core.returns.SMOOTH_EVALS``) lies more than ``z`` x the evaluation noise (robust,
-    from the evaluations so far) below the best trailing mean so far, at ``patience`` consecutive evaluations —
-    counted only once that best lies more than the same margin above the run's first trailing mean (the run
+    from the evaluations so far) below the best trailing median so far, at ``patience`` consecutive evaluations —
+    counted only once that best lies more than the same margin above the run's first trailing median (the run
     learned something to lose; a dip before that is not a degradation) and ``min_evals`` evaluations exist.
     ``first_step`` is the first evaluation of that streak. The online form of the *degraded (dropped)* label of
     ``runs.labels``."""
@@ -253,21 +253,21 @@ class DegradationDetector(StreakDetector):
 
     def update(self, team_return: float, step: int) -> bool:
         """Feed one evaluation's team return; True only on the call where the detector first fires."""
-        from marl_stability.core.returns import SMOOTH_EVALS, eval_noise, smoothed
+        from marl_stability.core.returns import full_windows, noise_floor
 
         if not math.isfinite(team_return):
             return False
         self.returns.append(float(team_return))
-        if self.fired or len(self.returns) < max(self.min_evals, SMOOTH_EVALS + 1):
+        if self.fired or len(self.returns) < max(self.min_evals, 4):
             return False
-        m, noise = smoothed(self.returns), eval_noise(self.returns)
+        m, noise = full_windows(self.returns), noise_floor(self.returns)  # complete trailing windows only
         margin = self.z * noise
-        learned = float(m.max() - m[SMOOTH_EVALS - 1]) > margin
+        learned = float(m.max() - m[0]) > margin
         drop = float(m.max() - m[-1])
-        if not self._advance(noise > 0 and learned and drop > margin, step):
+        if not self._advance(learned and drop > margin, step):
             return False
         self.message = (f"degradation [{self.name}] since step {self.first_step} (confirmed at step {int(step)}): the "
-                        f"team return's trailing mean is {fmt_number(drop, '.3g')} below the run's best, more than "
+                        f"team return's trailing median is {fmt_number(drop, '.3g')} below the run's best, more than "
                         f"{fmt_number(self.z, '.3g')} x its evaluation noise {fmt_number(noise, '.3g')}")
         return True
 

@@ -171,6 +171,13 @@ def task_anchors(env_id: str, kwargs: Optional[dict[str, Any]] = None, episodes:
 _DO_NOTHING: dict[str, Optional[float]] = {}
 
 
+def shared_team_return(config: dict[str, Any]) -> bool:
+    """Whether the run's team return is one team's (False for tasks with two opposing teams, whose sum mixes both:
+    neither the do-nothing anchor nor a drop of the sum says how the agents learned)."""
+    env = config.get("env") if isinstance(config.get("env"), dict) else {}
+    return env.get("id") not in COMPETITIVE_TASKS
+
+
 def do_nothing_of(config: dict[str, Any]) -> Optional[float]:
     """The do-nothing team return of a run's task (its resolved config's ``env.id`` and ``env.kwargs``), what a
     run that learned must beat; None for a task with two opposing teams (its team return mixes both) or an env

@@ -24,7 +24,7 @@ DETECTORS: dict[str, tuple[str, Optional[str]]] = {
     "nonfinite": ("nonfinite_step", None),
     "entropy_collapse": ("entropy_collapse_step", "entropy"),
     "kl_spike": ("kl_spike_step", "approx_kl"),
-    "degradation": ("degradation_step", None),
+    "degradation": ("degradation_step", "summary"),  # fed where summary.json has the key (runs of 0.2.0 on)
 }
 ANY_DETECTOR = "any"  # the earliest step any existing detector fired
 
@@ -92,7 +92,10 @@ def detector_steps(summary: RunSummary, signals: dict[str, Optional[Trace]]) -> 
     """Each existing detector's fired step (None: never) where it was fed; ``any``: the earliest of them."""
     out: dict[str, Optional[int]] = {}
     for name, (fieldname, fed_by) in DETECTORS.items():
-        if fed_by is None or signals.get(fed_by) is not None:
+        if fed_by == "summary":
+            if fieldname in summary.model_fields_set:
+                out[name] = getattr(summary, fieldname)
+        elif fed_by is None or signals.get(fed_by) is not None:
             out[name] = getattr(summary, fieldname)
     fired = [s for s in out.values() if s is not None]
     out[ANY_DETECTOR] = min(fired) if fired else None

@@ -22,9 +22,9 @@ EVAL_STATS = ("repeat_rate", "saturation", "sensitivity", "batch_same_action")  
 SAME_ACTION_THRESHOLD = 0.9  # share of pairs of different states given the same action
 
 
-# "dropped": the mean of the last SMOOTH_EVALS evaluations is below the best such mean of the run by more than
+# "dropped": the median of the last SMOOTH_EVALS evaluations is below the best such median (complete windows) of the run by more than
 # DROP_Z times the run's evaluation noise (robust std of one evaluation: 1.4826 x median |R_t - R_t-1| / sqrt 2).
-# DROP_Z: above every healthy run's drop on the design seeds (the largest: 1.6, calibration_saturation fixed arm,
+# DROP_Z: above every healthy run's drop on the design seeds (the largest: 1.3, calibration_saturation fixed arm,
 # seeds 0-9; docs/detectors.md, "Degraded runs").
 DROP_Z = 2.5
 
@@ -50,21 +50,23 @@ class Label(NamedTuple):
     kind: str = ""  # collapsed: saturated | unsaturated; degraded: below_do_nothing | dropped
 
 
-def degradation(history: list[tuple[int, float]], do_nothing: Optional[float],
-                drop_z: float = DROP_Z) -> Optional[tuple[str, int]]:
-    """(kind, onset) when the run is degraded, else None. ``below_do_nothing``: the final trailing mean is no better
-    than the task's do-nothing return; onset: the first evaluation from which every trailing mean stays at or below
-    it. ``dropped``: the final trailing mean lies more than ``drop_z`` x the run's evaluation noise below its best;
-    onset: the first evaluation after the best from which every trailing mean stays below best - margin."""
+def degradation(history: list[tuple[int, float]], do_nothing: Optional[float], drop_z: float = DROP_Z,
+                judge_drop: bool = True) -> Optional[tuple[str, int]]:
+    """(kind, onset) when the run is degraded, else None. ``below_do_nothing``: the final trailing median is no better
+    than the task's do-nothing return; onset: the first evaluation from which every trailing median stays at or below
+    it. ``dropped``: the final trailing median lies more than ``drop_z`` x the run's evaluation noise below its best;
+    onset: the first evaluation after the best from which every trailing median stays below best - margin."""
     if len(history) < SMOOTH_EVALS:
         return None
     steps, returns = [s for s, _ in history], [r for _, r in history]
     m = smoothed(returns)
     if do_nothing is not None and m[-1] <= do_nothing:
         return "below_do_nothing", _stays_from(steps, m <= do_nothing)
+    if not judge_drop:
+        return None
     drop, noise = drop_from_best(returns)
-    if noise > 0 and drop > drop_z * noise:
-        best_at = int(np.argmax(m))
+    if drop > drop_z * noise:
+        best_at = SMOOTH_EVALS - 1 + int(np.argmax(m[SMOOTH_EVALS - 1:]))  # complete windows only
         below = m < m[best_at] - drop_z * noise
         below[: best_at + 1] = False
         return "dropped", _stays_from(steps, below)
@@ -115,9 +117,10 @@ def collapse_onset(scalars: Scalars, agent: str, det: dict[str, Any]) -> tuple[O
 
 
 def label_run(summary: RunSummary, config: dict[str, Any], scalars: Scalars,
-              do_nothing: Optional[float] = None) -> Label:
+              do_nothing: Optional[float] = None, judge_drop: bool = True) -> Label:
     """(label, onset step, onset note, collapsed agents, kind) of one run; ``do_nothing``: the task's do-nothing
-    team return (None: not judged against it). Definitions in ``marl_stability.analysis.calibrate``."""
+    team return (None: not judged against it); ``judge_drop``: apply the drop rule (not for a task whose team
+    return mixes two opposing teams). Definitions in ``marl_stability.analysis.calibrate``."""
     det = detector_thresholds(config)
     final_stats = {a: st.model_dump() for a, st in summary.action_stats.items()}
     collapsed = [a for a, st in final_stats.items() if is_collapsed(st, det)]
@@ -127,7 +130,7 @@ def label_run(summary: RunSummary, config: dict[str, Any], scalars: Scalars,
         return Label("diverged", summary.env_steps, "no non-finite step recorded: onset = the run's last env step", collapsed)
     if collapsed:
         return _collapsed(summary, scalars, det, collapsed, collapse_kind([final_stats[a] for a in collapsed], det))
-    degraded = degradation(summary.returns(), do_nothing)
+    degraded = degradation(summary.returns(), do_nothing, judge_drop=judge_drop)
     if degraded is not None:
         return Label("degraded", degraded[1], "", [], degraded[0])
     return Label("healthy", None, "", [])

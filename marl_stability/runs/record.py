@@ -132,7 +132,10 @@ class RunRecord:
         """The run's outcome from its evaluations (definitions in :mod:`marl_stability.analysis.calibrate`)."""
         if self.summary is None:
             raise UserError(f"{self.dir}: no readable summary.json")
-        return label_run(self.summary, self.config or {}, self.scalars, self.do_nothing)
+        from marl_stability.runs.anchors import shared_team_return
+
+        return label_run(self.summary, self.config or {}, self.scalars, self.do_nothing,
+                         judge_drop=shared_team_return(self.config or {}))
 
     @cached_property
     def do_nothing(self) -> Optional[float]:

@@ -773,7 +773,10 @@ def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str,
     anchors = task_anchors(env["id"], env["kwargs"])
     v = verdict(results["failure"], results["fixed"], anchors)
     budget = {a.name: int(a.config["train"]["steps"]) for a in plan.arms}
-    on_policy = {a.name: any(RunRecord(r.run_dir).on_policy for r in runs.get(a.name, [])) for a in plan.arms}
+    from marl_stability.agents import algorithm_class  # an arm without finished runs: its class says
+
+    on_policy = {a.name: any(RunRecord(r.run_dir).on_policy for r in runs[a.name]) if runs.get(a.name)
+                 else algorithm_class(a.config["algo"]).on_policy for a in plan.arms}
     warmup = {a.name: 0 if on_policy[a.name] else int(a.config["maddpg"]["warmup_steps"]) for a in plan.arms}
     quick = all(all(flatten(a.config).get(k) == val for k, val in QUICK.items()) for a in plan.arms)
     notes = []

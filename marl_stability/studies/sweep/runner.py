@@ -77,6 +77,8 @@ def _prepare(config: Optional[Path], out: Path, seeds: "Optional[int | SeedChoic
             choice = SeedChoice.of(seeds)
             if choice.count is not None and choice.count < 1:
                 raise UserError("--seeds must be >= 1")
+            if choice.count is None and choice.listed is None:
+                raise UserError("--resume: --seed-offset needs --seeds N (the saved seeds are already shifted)")
             plan.seeds = sorted(set(plan.seeds) | set(choice.resolve(plan.seeds)))
         # More seeds extend the sweep; results of seeds already run are never dropped.
     for a in plan.arms:
