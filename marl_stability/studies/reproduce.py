@@ -595,8 +595,7 @@ def _what_ran(arm: ArmResult, cfg: dict[str, Any], budget: int) -> str:
     return (
         f"- **{arm.name}** (`{arm.preset}`): {cfg['env']['id']}, {budget:,} env steps, seeds "
         f"{', '.join(map(str, arm.seeds)) or 'none finished'}; actor output `{cfg['actor']['output']}`, last-layer "
-        f"init {cfg['actor']['last_layer_init'] or 'PyTorch default'}, Adam lr {cfg['actor_optim']['lr']:g}/"
-        f"{cfg['critic_optim']['lr']:g}, reward x{cfg['env']['reward_scale']:g}, reward transform "
+        f"init {cfg['actor']['last_layer_init'] or 'PyTorch default'}, {_optimizers(cfg)}, reward x{cfg['env']['reward_scale']:g}, reward transform "
         f"`{fx['reward']['mode']}`, obs norm {'on' if fx['obs_norm']['enabled'] else 'off'}, gradient clip "
         f"actor `{fx['grad_clip']['actor']['mode']}` / critic `{fx['grad_clip']['critic']['mode']}`"
         + (f" (max {fx['grad_clip']['critic']['max']:g})" if fx['grad_clip']['critic']['mode'] != 'none' else "")
@@ -639,6 +638,17 @@ def _results_section(res: dict[str, ArmResult], episodes_per_eval: int) -> list[
                                                        a.peak_actor_grad, labels))
         lines.append(f"- {a.name}: {per or 'none'}; not healthy: {_rate(a.failing_labels, a.n)}")
     return lines
+
+
+def _optimizers(cfg: dict[str, Any]) -> str:
+    """``Adam lr 0.001/0.01`` (actor/critic), or each optimizer named when they differ (it was always "Adam")."""
+    a, c = cfg["actor_optim"], cfg["critic_optim"]
+    names = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop"}
+    mom = lambda o: f" momentum {o['momentum']:g}" if o["name"] != "adam" and o.get("momentum") else ""  # noqa: E731
+    if a["name"] == c["name"] and mom(a) == mom(c):
+        return f"{names.get(a['name'], a['name'])}{mom(a)} lr {a['lr']:g}/{c['lr']:g}"
+    return (f"actor {names.get(a['name'], a['name'])}{mom(a)} lr {a['lr']:g}, critic {names.get(c['name'], c['name'])}"
+            f"{mom(c)} lr {c['lr']:g}")
 
 
 def _rate(k: int, n: int) -> str:
@@ -698,7 +708,7 @@ def _verdict_section(failure: ArmResult, fixed: ArmResult, v: dict[str, Any], an
             f"{fixed.n} seeds; final team return {fmt_number(fixed.final_return_mean, '.1f')} [{fmt_number(lo, '.1f')}, "
             f"{fmt_number(hi, '.1f')}] versus "
             f"random {anchors.random:g} and the failure arm's {fmt_number(failure.final_return_mean, '.1f')}. "
-            + _scale_note(anchors))
+            + _labels_note(fixed) + _scale_note(anchors))
     lines += [f"- Criteria: failure — {v['criteria']['failure']}; fixed — {v['criteria']['fixed']}.",
               "- A collapsed policy's return does not always look bad: saturated components can cancel "
               f"(doing nothing scores {anchors.do_nothing:g} here). The actions, not the return, show the failure."]
@@ -715,9 +725,15 @@ def _extended_verdict_section(failure: ArmResult, fixed: ArmResult, v: dict[str,
             f"- **Fixed preset: {'cured' if v['fixed_cured'] else 'NOT cured'}.** A failure detector fired in "
             f"{fixed.failures}/{fixed.n} seeds (KL-spike warning in {_fired(fixed.kl_spike_steps)}/"
             f"{fixed.n}); final team return {fmt_number(fixed.final_return_mean, '.1f')} [{fmt_number(lo, '.1f')}, "
-            f"{fmt_number(hi, '.1f')}] versus random {anchors.random:g}. " + _scale_note(anchors))
+            f"{fmt_number(hi, '.1f')}] versus random {anchors.random:g}. " + _labels_note(fixed) + _scale_note(anchors))
     lines.append(f"- Criteria: failure — {v['criteria']['failure']}; fixed — {v['criteria']['fixed']}.")
     return lines + _competitive_note(anchors)
+
+
+def _labels_note(arm: ArmResult) -> str:
+    """The runs not labelled healthy (e.g. no better than doing nothing at the end), or nothing."""
+    bad = [f"s{s}: {lab}" for s, lab in zip(arm.seeds, arm.labels) if not lab.startswith("healthy")]
+    return f"Not labelled healthy: {_rate(len(bad), arm.n)} ({', '.join(bad)}). " if bad else ""
 
 
 def _competitive_note(anchors: TaskAnchors) -> list[str]:
