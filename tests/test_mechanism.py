@@ -221,9 +221,9 @@ def test_mechanism_table_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     mechanism.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "mech.md")])
     out, err = capsys.readouterr()
     assert "skipped" in err and "status 'running'" in err and "detectors.saturation_threshold" in err
-    assert "| sweep/explode | 2 | 0 | 2 | 0 | 2 | 0 | 0 | 0 |" in out
-    assert "| sweep/saturate | 2 | 0 | 2 | 0 | 0 | 2 | 0 | 0 |" in out
-    assert "| sweep/healthy | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 1 |" in out
+    assert "| sweep/explode | 2 | 0 | 2 | 0 | 0 | 2 | 0 | 0 | 0 |" in out  # degraded: the 6th column
+    assert "| sweep/saturate | 2 | 0 | 2 | 0 | 0 | 0 | 2 | 0 | 0 |" in out
+    assert "| sweep/healthy | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 0 | 1 |" in out
     assert "| sweep/explode | 1 | collapsed | explosion-first | 6000 | 10000 | 10000 | 2e+03 |" in out
     assert (tmp_path / "mech.md").read_text() == out
     with pytest.raises(SystemExit) as e:
