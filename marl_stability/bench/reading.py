@@ -36,10 +36,10 @@ def cpu_of(cmd: list[str], tree: Path, cwd: Path) -> float:
 
 
 def run_dirs(paths: list[Path]) -> list[Path]:
-    found = []
-    for p in paths:
-        found += sorted({q.parent for q in p.rglob("config.yaml") if (q.parent / "summary.json").is_file()
-                         and "forensics" not in q.parts})
+    """The finished runs (with a summary.json) below ``paths``, found by the run reader's discovery."""
+    from marl_stability.runs.record import find_run_dirs
+
+    found = [d for d in find_run_dirs(paths) if (d / "summary.json").is_file()]
     if not found:
         raise UserError("no finished runs (config.yaml with summary.json) under " + ", ".join(map(str, paths)))
     return found

@@ -116,28 +116,32 @@ class SeriesView(Mapping[str, list[tuple[int, float]]]):
         return len(self._index)
 
 
-def read_scalar_file(path: Path) -> Optional[tuple[SeriesView, dict[str, Any]]]:
-    """(series, meta) of a scalar file; None when it is missing, unreadable or of another format."""
+def _load(path: Path) -> Optional[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+    """(arrays, meta) of a scalar file of this format whose arrays agree with each other; None otherwise."""
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 return None
-            tags, offsets = data["tags"].tolist(), data["offsets"]
-            steps, values = data["steps"], data["values"]
+            arrays = {k: data[k] for k in ("tags", "offsets", "steps", "values")}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-    if len(offsets) != len(tags) + 1 or int(offsets[-1]) != len(steps) or len(steps) != len(values):
+    tags, offsets, steps = arrays["tags"], arrays["offsets"], arrays["steps"]
+    if len(offsets) != len(tags) + 1 or int(offsets[-1]) != len(steps) or len(steps) != len(arrays["values"]):
         return None
-    return SeriesView(tags, offsets, steps, values), meta
+    return arrays, meta
+
+
+def read_scalar_file(path: Path) -> Optional[tuple[SeriesView, dict[str, Any]]]:
+    """(series, meta) of a scalar file; None when it is missing, unreadable or of another format."""
+    loaded = _load(path)
+    if loaded is None:
+        return None
+    a, meta = loaded
+    return SeriesView(a["tags"].tolist(), a["offsets"], a["steps"], a["values"]), meta
 
 
 def read_columns(path: Path) -> Optional[ScalarColumns]:
     """The file as appendable columns (a resumed run continues it); None when missing or unreadable."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if json.loads(str(data["meta"])).get("format") != FORMAT:
-                return None
-            return ScalarColumns.from_arrays({k: data[k] for k in ("tags", "offsets", "steps", "values")})
-    except (OSError, ValueError, KeyError, EOFError, AttributeError, zipfile.BadZipFile):
-        return None
+    loaded = _load(path)
+    return None if loaded is None else ScalarColumns.from_arrays(loaded[0])
