@@ -71,6 +71,10 @@ class Algorithm(ABC):
     on_policy: ClassVar[bool] = False
     #: config section of its hyperparameters, ``gamma`` included ("" = "ppo" when on_policy, else "maddpg")
     hyperparameters: ClassVar[str] = ""
+    #: ``state_dict`` keys that only a resume needs (experience data such as a replay buffer): a finished run's
+    #: final checkpoint (``train.checkpoints: final``) leaves them out, so ``load_state_dict`` must accept a
+    #: state without them (and leave that part empty)
+    resume_only: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -107,6 +107,7 @@ class TwinCritic(torch.nn.Module):
 class MADDPG(Algorithm):
     name = "maddpg"
     stat_prefixes = tuple(f"{k}/" for k in STAT_KEYS)
+    resume_only = ("buffer",)
     num_critics = 1  # per agent; MATD3: 2
 
     def __init__(self, cfg: Any, spec: AgentLayout, fixes: Any, events: Any = None) -> None:
@@ -330,7 +331,8 @@ class MADDPG(Algorithm):
         self._load_groups(state)
         self.fixes.obs.load_state_dict(state["obs_norm"])
         self.fixes.reward.load_state_dict(state["reward_transform"])
-        self.buffer.load_state_dict(state["buffer"])
+        if "buffer" in state:  # absent from a finished run's final checkpoint (resume_only)
+            self.buffer.load_state_dict(state["buffer"])
         self.gen.set_state(state["torch_gen"])
         self.rng.bit_generator.state = state["np_rng"]
         c = state["counters"]

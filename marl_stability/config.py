@@ -218,6 +218,13 @@ class TrainConfig(_Strict):
     eval_every: int = Field(10_000, ge=1, description="env steps between evaluations")
     eval_episodes: int = Field(10, ge=1, description="episodes per evaluation (no exploration noise)")
     checkpoint_every: int = Field(50_000, ge=1, description="env steps between checkpoints")
+    checkpoints: Literal["final", "resume", "none"] = Field(
+        "final", description="final: checkpoints hold all a resume needs (replay buffer included) while the run "
+        "goes; when it ends (completed, diverged) the resume checkpoint is replaced by checkpoints/final.pt without "
+        "the replay buffer (networks, optimizers, normalizers: enough to render, evaluate or restart from it); "
+        "interrupted and failed runs keep theirs. resume: the full checkpoint is kept at the end as well, so a "
+        "finished run can be extended (--resume --steps N). none: no checkpoints (an interrupted run starts over)"
+    )
     log_every: int = Field(10, ge=1, description="log update stats every N updates")
     layer_stats: bool = Field(True, description="per-layer gradient/weight norms and update ratios of every network "
                               "(the gradients hook)")

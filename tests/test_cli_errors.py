@@ -261,7 +261,8 @@ def test_corrupt_checkpoint(ws: Workspace, preset: Path, capsys: pytest.CaptureF
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny real training (200 env steps, a few updates, a checkpoint), run once for this module."""
     logdir = tmp_path_factory.mktemp("trained")
-    main(["train", "-c", str(PRESET), "--steps", "200", *TINY, "--logdir", str(logdir), "--name", "tiny", "-q"])
+    main(["train", "-c", str(PRESET), "--steps", "200", *TINY, "--set", "train.checkpoints=resume", "--logdir",
+          str(logdir), "--name", "tiny", "-q"])
     run = logdir / "tiny"
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "config.yaml").is_file()
     return run
@@ -292,6 +293,18 @@ def test_truncated_real_checkpoint(trained_run: Path, tmp_path: Path, snapshot: 
     before = snapshot(tmp_path)
     code, out, err = run_inprocess(["train", "--logdir", tmp_path, "--name", "cut", "--resume", "-q"], capsys)
     assert_user_error(code, out, err, "cannot load checkpoint", "corrupt")
+    assert snapshot(tmp_path) == before
+
+
+def test_resume_of_a_finished_run_that_kept_its_final_checkpoint_only(tmp_path: Path, snapshot: Any,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """train.checkpoints=final (the default): the finished run cannot be extended, and says how to get that."""
+    main(["train", "-c", str(PRESET), "--steps", "200", *TINY, "--logdir", str(tmp_path), "--name", "done", "-q"])
+    assert sorted(p.name for p in (tmp_path / "done" / "checkpoints").iterdir()) == ["final.pt"]
+    before = snapshot(tmp_path)
+    code, out, err = run_inprocess(["train", "--logdir", tmp_path, "--name", "done", "--resume", "--steps", "300",
+                                    "-q"], capsys)
+    assert_user_error(code, out, err, "final checkpoint", "train.checkpoints=resume")
     assert snapshot(tmp_path) == before
 
 

@@ -75,7 +75,7 @@ def test_train_without_config_runs_the_default_preset(tmp_path: Path, capsys: py
     # --resume without --config takes the run's own config.yaml, not the default preset: a run whose config
     # differs from the default (another seed and learning rate) continues, and its config is unchanged.
     code, _, err = run_cli(["train", "--logdir", tmp_path, "--name", "other", "--steps", 120, "--seed", 3, "-q",
-                            "--set", "actor_optim.lr=0.005", *TINY_ARGS], capsys)
+                            "--set", "actor_optim.lr=0.005", "--set", "train.checkpoints=resume", *TINY_ARGS], capsys)
     assert code == 0, err
     written = (tmp_path / "other" / "config.yaml").read_text()
     code, _, err = run_cli(["train", "--logdir", tmp_path, "--name", "other", "--resume", "--steps", 160, "-q"], capsys)

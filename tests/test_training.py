@@ -57,7 +57,9 @@ def read_tags(run_dir: Path) -> tuple[set[str], set[str], bool]:
 def test_run_writes_files_tags_and_summary(tmp_path: Path) -> None:
     run = tmp_path / "spread"
     summary = Trainer(tiny_config(), run, quiet=True).run()
-    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    # train.checkpoints=final (the default): the finished run keeps final.pt only, without the replay buffer
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "final.pt").is_file()
+    assert not (run / "checkpoints" / "last.pt").exists()
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["train"]["steps"] == 1500 and saved["fixes"]["obs_norm"]["enabled"] is True
     on_disk = json.loads((run / "summary.json").read_text())
@@ -244,8 +246,47 @@ def test_resume_keeps_the_evaluation_logged_at_the_checkpoint_step(tmp_path: Pat
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "r"
-    Trainer(tiny_config(1000), run, quiet=True).run()  # evaluations at 500 and 1000, checkpoint at 1000
-    Trainer(tiny_config(1500), run, quiet=True).run(resume=True)  # extend the same run to 1500
+    keep = ["train.checkpoints=resume"]  # a finished run keeps what a resume needs only when asked to
+    Trainer(tiny_config(1000, keep), run, quiet=True).run()  # evaluations at 500 and 1000, checkpoint at 1000
+    Trainer(tiny_config(1500, keep), run, quiet=True).run(resume=True)  # extend the same run to 1500
     acc = EventAccumulator(str(run))
     acc.Reload()
     assert [e.step for e in acc.Scalars("eval/team_return")] == [500, 1000, 1500]
+
+
+def test_checkpoint_policies_keep_what_each_promises(tmp_path: Path) -> None:
+    """final (default): final.pt without the replay buffer, acting exactly as the full checkpoint does; resume:
+    the full last.pt stays; none: no checkpoint at all. The summary is the same under all three."""
+    import numpy as np
+    import torch
+
+    from marl_stability.studies.reproduce import load_policy
+
+    summaries, dirs = {}, {}
+    for mode in ("final", "resume", "none"):
+        dirs[mode] = tmp_path / mode
+        summaries[mode] = without_timing(Trainer(tiny_config(1500, [f"train.checkpoints={mode}"]), dirs[mode],
+                                                 quiet=True).run())
+    assert summaries["final"] == summaries["resume"] == summaries["none"]
+    ckpts = {m: sorted(p.name for p in (d / "checkpoints").glob("*")) if (d / "checkpoints").exists() else []
+             for m, d in dirs.items()}
+    assert ckpts == {"final": ["final.pt"], "resume": ["last.pt"], "none": []}
+    final = torch.load(dirs["final"] / "checkpoints" / "final.pt", weights_only=True)
+    full = torch.load(dirs["resume"] / "checkpoints" / "last.pt", weights_only=True)
+    assert final["kind"] == "final" and "buffer" not in final["algo"] and full["algo"]["buffer"]["size"] == 1500
+    assert (dirs["final"] / "checkpoints" / "final.pt").stat().st_size < (dirs["resume"] / "checkpoints" / "last.pt").stat().st_size
+    obs = np.random.default_rng(0).normal(size=(4, 3, 18)).astype(np.float32)
+    acts = [load_policy(dirs[m])[1].act(obs, explore=False) for m in ("final", "resume")]
+    np.testing.assert_array_equal(acts[0], acts[1])
+
+
+def test_a_diverged_run_keeps_its_last_state_before_the_divergence(tmp_path: Path) -> None:
+    import torch
+
+    cfg = tiny_config(3000, ["debug.inject_nonfinite_at_update=100", "train.max_nonfinite=3"])
+    summary = Trainer(cfg, tmp_path / "nan", quiet=True).run()
+    assert summary["status"] == "diverged" and summary["env_steps"] > 1000  # past the checkpoint at 1000
+    assert sorted(p.name for p in (tmp_path / "nan" / "checkpoints").iterdir()) == ["final.pt"]
+    final = torch.load(tmp_path / "nan" / "checkpoints" / "final.pt", weights_only=True)
+    assert final["progress"]["env_steps"] == 1000 and "buffer" not in final["algo"]
+    assert all(torch.isfinite(t).all() for a in final["algo"]["actors"] for t in a.values())

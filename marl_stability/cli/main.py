@@ -137,6 +137,7 @@ def train_cmd(
 
     Without --config it trains the maddpg_spread preset (MADDPG on simple_spread_v3 with the sensible settings).
     """
+    from marl_stability.core.checkpoint import final_checkpoint, resume_checkpoint
     from marl_stability.core.summary import RunSummary
     from marl_stability.fmt import fmt_number
     from marl_stability.training.trainer import Trainer
@@ -157,7 +158,11 @@ def train_cmd(
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} exists and is not a directory")
     if resume:
-        if not (run_dir / "checkpoints" / "last.pt").is_file():
+        if not resume_checkpoint(run_dir).is_file():
+            if final_checkpoint(run_dir).is_file():
+                raise UserError(f"--resume: {run_dir} has finished and kept only its final checkpoint (no replay "
+                                "buffer: train.checkpoints=final); to extend finished runs, train them with "
+                                "--set train.checkpoints=resume")
             raise UserError(f"--resume: no checkpoint in {run_dir}")
     elif run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:

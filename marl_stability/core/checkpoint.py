@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -28,6 +28,24 @@ def to_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_safe(v) for v in obj)
     return obj
+
+
+def resume_checkpoint(run_dir: Path) -> Path:
+    """Everything a resume needs (replay buffer, env copies, hooks): written while a run goes."""
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
+def final_checkpoint(run_dir: Path) -> Path:
+    """What a finished run keeps by default (``train.checkpoints: final``): networks, optimizers, normalizers."""
+    return Path(run_dir) / "checkpoints" / "final.pt"
+
+
+def policy_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The checkpoint to act from: the final one, else the resume one; None without either."""
+    for path in (final_checkpoint(run_dir), resume_checkpoint(run_dir)):
+        if path.is_file():
+            return path
+    return None
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

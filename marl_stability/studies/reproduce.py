@@ -465,10 +465,10 @@ def load_policy(run_dir: Path) -> tuple[Any, Any]:
     """(config, algorithm) of a finished run, restored from its last checkpoint."""
     from marl_stability.config import RunConfig
     from marl_stability.core.build import build_run
-    from marl_stability.core.checkpoint import load_checkpoint
+    from marl_stability.core.checkpoint import load_checkpoint, policy_checkpoint
 
-    path = run_dir / "checkpoints" / "last.pt"
-    if not path.is_file():
+    path = policy_checkpoint(run_dir)
+    if path is None:
         raise UserError(f"{run_dir} has no checkpoint to render from")
     state = load_checkpoint(path)
     cfg = RunConfig.model_validate(state["config"])

@@ -22,7 +22,9 @@ from marl_stability.core.build import build_run, check_compatible, make_venv, pr
 from marl_stability.core.checkpoint import (
     atomic_write_json,
     atomic_write_text,
+    final_checkpoint,
     load_checkpoint,
+    resume_checkpoint,
     save_checkpoint,
 )
 from marl_stability.core.evaluation import evaluate
@@ -101,13 +103,11 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        return resume_checkpoint(self.run_dir)
 
     # ------------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, obs: np.ndarray) -> None:
-        self.bus.before_checkpoint()
-        self.progress.wall_seconds = self._elapsed()
-        save_checkpoint(self.checkpoint_path, {
+    def _state(self, obs: np.ndarray) -> dict[str, Any]:
+        return {
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_dict(),
             "algo": self.algo.state_dict(),
@@ -115,15 +115,32 @@ class Trainer:
             "obs": obs,
             "progress": asdict(self.progress),
             "hooks": self.bus.state_dict(),
-        })
+        }
+
+    def _save_checkpoint(self, obs: np.ndarray) -> None:
+        if self.cfg.train.checkpoints == "none":
+            return
+        self.bus.before_checkpoint()
+        self.progress.wall_seconds = self._elapsed()
+        save_checkpoint(self.checkpoint_path, self._state(obs))
         self.progress.checkpoints += 1
+
+    def _save_final(self, state: dict[str, Any]) -> None:
+        """Replace the resume checkpoint by the final one: ``state`` without what only a resume needs (the
+        replay buffer, the env copies' state, the hooks' detector state)."""
+        dropped = type(self.algo).resume_only
+        save_checkpoint(final_checkpoint(self.run_dir), {
+            "format": CHECKPOINT_FORMAT, "kind": "final", "config": state["config"],
+            "algo": {k: v for k, v in state["algo"].items() if k not in dropped}, "progress": state["progress"],
+        })
+        self.checkpoint_path.unlink(missing_ok=True)
 
     def _check_saved_config(self, state: dict[str, Any]) -> None:
         try:
             saved = RunConfig.model_validate(state["config"])
         except Exception:
             raise UserError(f"checkpoint {self.checkpoint_path} holds an invalid config") from None
-        diff = config_diff(saved, self.cfg, ignore=("train.steps",))
+        diff = config_diff(saved, self.cfg, ignore=("train.steps", "train.checkpoints"))
         if diff:
             before, now = flatten(saved.to_dict()), flatten(self.cfg.to_dict())
             shown = ", ".join(f"{k} (checkpoint {before.get(k)!r}, now {now.get(k)!r})" for k in diff[:3])
@@ -254,8 +271,14 @@ class Trainer:
             if not p.eval_history or p.eval_history[-1]["env_steps"] != p.env_steps:
                 self._evaluate()
             self.ctx.status = "completed"
-        if self.status in ("completed", "interrupted"):
+        mode = self.cfg.train.checkpoints
+        if self.status == "interrupted" or (self.status == "completed" and mode == "resume"):
             self._save_checkpoint(obs)
+        elif mode == "final" and self.status == "completed":
+            self.progress.wall_seconds = self._elapsed()
+            self._save_final(self._state(obs))
+        elif mode == "final" and self.checkpoint_path.is_file():  # diverged: the last state before it
+            self._save_final(load_checkpoint(self.checkpoint_path))
 
     def _finish(self) -> dict[str, Any]:
         self.progress.wall_seconds = self._elapsed()
