@@ -25,8 +25,9 @@ from marl_stability.core.tb_run import (
 # TensorBoard 2.21's Time Series sorts tag groups (the part before the first "/") alphabetically and opens
 # only the first two expanded (seen in headless Chromium: tb_screenshot prints each group's state).
 EXPANDED_GROUPS = 2
-FIRST_SCREEN = ("eval", "grad_norm")
-FIRST_SCREEN_MAX_CARDS = 30  # 3 agents: 19 eval scalars + 6 gradient norms
+FIRST_SCREEN = ("Story", "eval")
+FIRST_SCREEN_MAX_CARDS = 30  # 3 agents: 10 story cards + 19 eval scalars
+PAGE_CARDS = 12  # TensorBoard pages a group at 12 cards
 
 
 def test_schema_kinds_follow_the_schema_not_the_values() -> None:
@@ -49,8 +50,11 @@ def test_hparam_columns_have_one_type_across_runs() -> None:
     assert failure.actor.last_layer_init is None and fixed.actor.last_layer_init is not None
     assert a["actor.last_layer_init"] == "none" and b["actor.last_layer_init"] == str(fixed.actor.last_layer_init)
     assert type(a["fixes.obs_norm.enabled"]) is bool
-    assert list(a)[:4] == ["arm", "seed", "algo", "env.id"]
-    assert set(flatten(failure.to_dict())) <= set(a)
+    assert list(a)[:5] == ["Arm", "Seed", "Fixes", "algo", "env.id"]
+    assert set(flatten(failure.to_dict())) - {"seed"} <= set(a) and a["Seed"] == float(failure.seed)
+    # the fixes each arm uses, by registry id: the fixed arm's changes in one column
+    assert a["Fixes"] == "adam" and set(b["Fixes"].split(", ")) == {
+        "grad_clip", "lower_lr", "reward_scale", "small_init", "tanh_scaled", "obs_norm", "adam"}
 
 
 def test_hparams_summary_declares_the_types() -> None:
@@ -66,7 +70,9 @@ def test_hparams_summary_declares_the_types() -> None:
     assert [m.name.tag for m in exp.metric_infos] == [t for t, _ in METRICS]
     start = metadata.parse_session_start_info_plugin_data(start_summary.value[0].metadata.plugin_data.content)
     assert start.hparams["fixes.obs_norm.enabled"].WhichOneof("kind") == "bool_value"
-    assert start.hparams["arm"].string_value == "x"
+    assert start.hparams["Arm"].string_value == "x"
+    differs = {i.name for i in exp.hparam_infos if i.differs}
+    assert {"Arm", "Seed", "Fixes"} <= differs
 
 
 def _summary(**kw: object) -> RunSummary:
@@ -80,21 +86,28 @@ def _summary(**kw: object) -> RunSummary:
     return RunSummary(**base)
 
 
-def test_metric_values_censor_detector_steps_at_the_run_end() -> None:
+def test_metric_values_say_fired_and_write_a_step_only_where_it_fired() -> None:
     v = metric_values(_summary())
-    assert set(v) == {t for t, _ in METRICS if t.startswith("hparams/")}
-    assert v["hparams/collapse_step"] == 30000.0
-    assert v["hparams/explosion_step"] == 150000.0  # never fired: the run's last step, not NaN
+    assert v["hparams/collapse"] == 1.0 and v["hparams/collapse_step"] == 30000.0
+    assert v["hparams/explosion"] == 0.0 and "hparams/explosion_step" not in v  # never fired: no censored step
+    assert "hparams/entropy_collapse" not in v  # an on-policy detector in an off-policy run: not a "0"
+    assert set(v) <= {t for t, _ in METRICS}
     assert v["hparams/final_return"] == pytest.approx(-72.00183748527441)
     assert v["hparams/max_grad_norm_critic"] == pytest.approx(12.3456789)
+    # the five metrics TensorBoard's HParams view shows by default
+    assert [t for t, _ in METRICS[:5]] == ["hparams/final_return", "hparams/collapse", "hparams/repeat_rate",
+                                           "hparams/saturation", "hparams/max_grad_norm_critic"]
+    on = metric_values(_summary(on_policy=True, kl_spike_step=4000))
+    assert on["hparams/entropy_collapse"] == 0.0 and on["hparams/kl_spike"] == 1.0 and on["hparams/kl_spike_step"] == 4000
 
 
 def test_summary_text_is_rounded_and_complete() -> None:
     text = summary_text(_summary(), "")
     assert "-72.00" in text and "-72.0018" not in text
     assert "env step 30000" in text and "did not fire" in text
-    assert "agent_0 | 1.00 | 0.98 | 1.00 | 0" in text
+    assert "| agent_0 | 1.00 | 0.98 | 1.00 | 0 |" in text
     assert "collapse: agent_0 repeats its action" in text
+    assert text.startswith("| outcome | value |")
     assert "status | diverged (critic loss NaN)" in summary_text(_summary(status="diverged"), "critic loss NaN")
 
 
@@ -122,12 +135,17 @@ def test_first_screen_tells_the_story(tb_run_tags: tuple[set[str], set[str]]) ->
     order = sorted(groups)
     assert tuple(order[:EXPANDED_GROUPS]) == FIRST_SCREEN, order
     assert sum(groups[g] for g in FIRST_SCREEN) <= FIRST_SCREEN_MAX_CARDS, groups
+    # the first group fits one page: the team return first, then each agent's repeat rate, saturation, critic norm
+    story = sorted(t for t in scalars if t.startswith("Story/"))
+    assert len(story) <= PAGE_CARDS and story[0] == "Story/0_team_return", story
+    assert [t.split("/")[1] for t in story[1:4]] == ["1_repeat_rate"] * 3, story
+    assert any(t.startswith("Story/3_critic_grad_norm/") for t in story), story
     assert not any(t.startswith(FIRST_SCREEN) for t in histograms)
     per_layer = {t for t in scalars if t.count("/") >= 4 or "_layer" in t}
     assert per_layer and all(t.startswith(("layers/", "plasticity/")) for t in per_layer)
     assert any(t.startswith("layers/") for t in per_layer) and any(t.startswith("plasticity/") for t in per_layer)
-    assert len(groups) <= 15, groups  # 18 before the regrouping (MADDPG); MAPPO adds value/, every run plasticity/
-    assert {f"hparams/{k}" for k in ("final_return", "collapse_step", "saturation")} <= scalars
+    assert len(groups) <= 16, groups  # 18 before the regrouping (MADDPG); MAPPO adds value/, every run plasticity/ and Story/
+    assert {f"hparams/{k}" for k in ("final_return", "collapse", "saturation")} <= scalars
 
 
 TINY_RUNS = {
@@ -188,3 +206,36 @@ def test_screenshot_parser_reads_each_group_on_its_own():
     assert timeseries_groups(dom) == [{"group": "eval", "cards": 19, "expanded": True},
                                       {"group": "perf", "cards": None, "expanded": False},
                                       {"group": "plasticity", "cards": 80, "expanded": False}]
+
+
+def test_detector_messages_are_grouped_one_line_per_detector() -> None:
+    from marl_stability.core.tb_run import grouped_messages
+
+    msgs = [f"action collapse [collapse/agent_{i}] since step {30000 + i}: repeat 1 >= 0.9" for i in range(3)]
+    msgs += ["gradient explosion [explosion/critic/agent_1] at step 500: norm 3e4", "non-finite values [nonfinite] at step 9"]
+    lines = grouped_messages(msgs, ["agent_0", "agent_1", "agent_2"])
+    assert lines == ["**action collapse** [collapse] for agent_0, agent_1, agent_2; first: since step 30000: repeat 1 >= 0.9",
+                     "**gradient explosion** [explosion/critic] for agent_1; first: at step 500: norm 3e4",
+                     "**non-finite values** [nonfinite]; first: at step 9"]
+
+
+def test_custom_scalars_show_one_agent_per_run(tb_run_tags: tuple[set[str], set[str]]) -> None:
+    """Custom Scalars (TensorBoard matches each chart's regexes with a search): per-agent charts hold the first
+    agent's line (or a shared network's) only, so a chart has one line per run, not one per run and agent."""
+    import re
+
+    from marl_stability.agents import ALGORITHMS
+    from marl_stability.hooks.control import dashboard
+
+    scalars, _ = tb_run_tags
+    prefixes = tuple(p for cls in ALGORITHMS.values() for p in cls.stat_prefixes)
+    layout = dashboard(prefixes, None, focus="agent_0")
+    drawn = 0
+    for charts in layout.values():
+        for name, (_, patterns) in charts.items():
+            lines = {t for t in scalars for p in patterns if re.search(p, t)}
+            assert not any(t.endswith(("/agent_1", "/agent_2")) for t in lines), (name, sorted(lines))
+            drawn += bool(lines)
+    assert drawn >= 12
+    assert {t for t in scalars for p in layout["Gradients"]["critic grad norm (pre-clip)"][1] if re.search(p, t)} <= {
+        "grad_norm/critic/agent_0", "grad_norm/critic/shared"}

@@ -33,7 +33,8 @@ from marl_stability.core.tb_run import tensorboard_link
 from marl_stability.runs.trials import first_agent
 from marl_stability.errors import ArgumentParser
 
-STORY_GROUPS = ("eval", "grad_norm")
+STORY_GROUPS = ("Story", "eval")
+PAGE_CARDS = 12  # TensorBoard pages a group at 12 cards
 
 
 def _wait(url: str, seconds: float = 60.0) -> None:
@@ -107,6 +108,9 @@ def _checks(report: dict[str, Any]) -> list[tuple[bool, str]]:
     expanded = [g["group"] for g in groups if g["expanded"]]
     out = [(tuple(expanded) == STORY_GROUPS, f"expanded Time Series groups {expanded} (want {list(STORY_GROUPS)}); "
             f"{sum(g['cards'] or 0 for g in groups if g['expanded'])} cards open, {len(groups)} groups")]
+    first = groups[0] if groups else {"group": None, "cards": None}
+    out.append((first["group"] == STORY_GROUPS[0] and (first["cards"] or 0) <= PAGE_CARDS,
+                f"first group {first['group']!r} holds {first['cards']} cards (at most {PAGE_CARDS}: one page)"))
     by_arm: dict[str, set[str]] = defaultdict(set)
     for run, colour in report["run_colours"].items():
         by_arm[run.split("/")[0]].add(colour)
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         report["run_colours"] = run_colours(_chromium(browser, link, "--dump-dom"))
         _shot(browser, link, args.out / "story.png")
         report["hparams"] = hparams_table(base)
-        for page in ("hparams", "text&tagFilter=^summary", "custom_scalars"):
+        for page in ("hparams", "text", "custom_scalars"):
             _shot(browser, f"{base}/#{page}", args.out / f"{page.split('&')[0]}.png")
         checks = _checks(report)
         report["checks"] = [{"ok": ok, "what": what} for ok, what in checks]

@@ -4,13 +4,14 @@ HParams: every column has one type across runs, taken from the config schema, ne
 (a float that is ``None`` in one run and ``0.003`` in another would otherwise be a string in one and a
 number in the other, and TensorBoard's parallel-coordinates view draws the mismatched runs as NaN paths).
 Optional and free-form values are strings (``"none"``, ``"0.003"``), booleans are booleans, plain numbers
-are numbers. The first columns are the ones that tell runs apart: ``arm``, ``seed``, ``algo``, ``env.id``,
-then the fixes. The metrics are the run's outcome (:data:`METRICS`), written as ``hparams/...`` scalars when
+are numbers. The first columns are the ones that tell runs apart: ``Arm``, ``Seed``, ``Fixes`` (the registry's
+fixes the run uses), ``algo``, ``env.id``, then the fixes' keys. The metrics are the run's outcome (:data:`METRICS`), written as ``hparams/...`` scalars when
 the run ends.
 """
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Any, Iterable, Literal, Optional
 
@@ -22,22 +23,35 @@ from marl_stability.fmt import fmt_number
 
 Kind = Literal["bool", "number", "string"]
 
-# (tag, description). Detector steps of a run whose detector never fired are the run's last env step: "no
-# alarm by the end" sorts after every alarm and keeps the run in the parallel-coordinates view.
+# Detector alarms in HParams: ``hparams/<name>`` is 1 when the alarm fired and 0 when it did not; its step,
+# ``hparams/<name>_step``, is written only where it fired (a "never" is no event, and a censored step posing as
+# one read as "fired at the end" in the parallel-coordinates view). The on-policy ones only for on-policy runs.
+DETECTOR_METRICS: tuple[tuple[str, str, bool], ...] = (  # (name, what fired, on-policy only)
+    ("collapse", "the collapse alarm", False),
+    ("explosion", "the gradient-explosion alarm", False),
+    ("nonfinite", "a non-finite value", False),
+    ("degradation", "the degradation alarm", False),
+    ("entropy_collapse", "the entropy-collapse alarm", True),
+    ("kl_spike", "the KL-spike alarm", True),
+)
+# (tag, description). TensorBoard's HParams view shows the first five metrics by default: the outcome, whether
+# the run collapsed, the final action statistics a collapse is read from and the peak critic gradient.
 METRICS: tuple[tuple[str, str], ...] = (
-    ("eval/team_return", "team return of each evaluation (the last one is the final return)"),
     ("hparams/final_return", "team return of the last evaluation"),
-    ("hparams/best_return", "best team return of any evaluation"),
-    ("hparams/collapse_step", "env step of the collapse alarm (the run's last step when it never fired)"),
-    ("hparams/explosion_step", "env step of the gradient-explosion alarm (last step when it never fired)"),
-    ("hparams/nonfinite_step", "env step of the first non-finite value (last step when there was none)"),
-    ("hparams/max_grad_norm_critic", "peak pre-clip gradient norm of the critics"),
-    ("hparams/max_grad_norm_actor", "peak pre-clip gradient norm of the actors"),
+    ("hparams/collapse", "1: the collapse alarm fired, 0: it did not"),
     ("hparams/repeat_rate", "final evaluation: share of steps whose action did not change (mean over agents)"),
     ("hparams/saturation", "final evaluation: share of action components at a bound (mean over agents)"),
+    ("hparams/max_grad_norm_critic", "peak pre-clip gradient norm of the critics"),
+    ("hparams/best_return", "best team return of any evaluation"),
     ("hparams/sensitivity", "final evaluation: standardized |d action / d obs| (mean over agents)"),
+    ("hparams/max_grad_norm_actor", "peak pre-clip gradient norm of the actors"),
+    *((f"hparams/{n}", f"1: {what} fired, 0: it did not" + (" (on-policy runs)" if on else ""))
+      for n, what, on in DETECTOR_METRICS if n != "collapse"),
+    *((f"hparams/{n}_step", f"env step of {what} (only in runs where it fired)") for n, what, _ in DETECTOR_METRICS),
+    ("eval/team_return", "team return of each evaluation (the last one is the final return)"),
 )
-FIRST_COLUMNS = ("arm", "seed", "algo", "env.id")
+FIRST_COLUMNS = ("algo", "env.id")  # after Arm, Seed and Fixes (hparams_of)
+IDENTITY_COLUMNS = ("Arm", "Seed", "Fixes")
 
 
 def _kind(annotation: Any) -> Kind:
@@ -74,40 +88,59 @@ def _typed(value: Any, kind: Kind) -> Any:
     return "none" if value is None else str(value)
 
 
-def hparams_of(cfg: RunConfig, labels: Optional[dict[str, str]] = None) -> dict[str, Any]:
-    """Column name -> value (bool, float or str, by the schema), labels (``arm``) first."""
+def fixes_in_effect(cfg: RunConfig, on_policy: bool = False) -> str:
+    """The ids of the registry's fixes this config uses, for its algorithm family, in registry order."""
+    from marl_stability.fixes.registry import FIXES, OFF, ON
+
+    flat = cfg.to_dict()
+    families = (OFF, ON) if on_policy else (OFF,)
+    ids = [f.id for f in FIXES if any(fam in f.families for fam in families) and f.applied(flat)]
+    return ", ".join(ids) or "none"
+
+
+def hparams_of(cfg: RunConfig, labels: Optional[dict[str, str]] = None, on_policy: bool = False) -> dict[str, Any]:
+    """Column name -> value (bool, float or str, by the schema). First the columns that tell runs apart, with
+    capitalized names so that TensorBoard (which sorts columns by name, code point order) shows them first:
+    ``Arm`` (the ``arm`` label), ``Seed`` and ``Fixes`` (:func:`fixes_in_effect`); then every config key."""
     kinds = schema_kinds()
     flat = flatten(cfg.to_dict())
+    labels = dict(labels or {})
+    out: dict[str, Any] = {"Arm": str(labels.pop("arm", "")), "Seed": float(cfg.seed),
+                           "Fixes": fixes_in_effect(cfg, on_policy)}
+    out.update({k: str(v) for k, v in labels.items()})
     fixes = [k for k in flat if k.startswith(("fixes.", "actor.", "critic.", "actor_optim.", "critic_optim."))]
-    order = [k for k in FIRST_COLUMNS if k in flat] + fixes + sorted(set(flat) - set(fixes) - set(FIRST_COLUMNS))
-    out: dict[str, Any] = {k: str(v) for k, v in (labels or {}).items()}
+    rest = set(flat) - set(fixes) - set(FIRST_COLUMNS) - {"seed"}  # seed: the Seed column
+    order = [k for k in FIRST_COLUMNS if k in flat] + fixes + sorted(rest)
     for key in order:
         out[key] = _typed(flat[key], kinds.get(key, "string"))
     return out
 
 
 def metric_values(summary: RunSummary) -> dict[str, float]:
-    """The ``hparams/...`` scalars of a finished run (NaN where the run has no such number)."""
+    """The ``hparams/...`` scalars of a finished run: NaN where the run has no such number; a detector's step
+    only where it fired."""
     nan = float("nan")
 
     def num(x: Optional[float]) -> float:
         return nan if x is None else float(x)
 
-    def step(x: Optional[int]) -> float:
-        return float(summary.env_steps if x is None else x)
-
-    return {
+    out = {
         "hparams/final_return": num(summary.final_return),
         "hparams/best_return": num(summary.best_return),
-        "hparams/collapse_step": step(summary.collapse_step),
-        "hparams/explosion_step": step(summary.explosion_step),
-        "hparams/nonfinite_step": step(summary.nonfinite_step),
         "hparams/max_grad_norm_critic": num(summary.grad_peak("critic")),
         "hparams/max_grad_norm_actor": num(summary.grad_peak("actor")),
         "hparams/repeat_rate": num(summary.repeated_action_rate),
         "hparams/saturation": num(summary.saturation_rate),
         "hparams/sensitivity": num(summary.action_sensitivity),
     }
+    for name, _, on_policy_only in DETECTOR_METRICS:
+        if on_policy_only and not summary.on_policy:
+            continue
+        step = getattr(summary, f"{name}_step")
+        out[f"hparams/{name}"] = float(step is not None)
+        if step is not None:
+            out[f"hparams/{name}_step"] = float(step)
+    return out
 
 
 def hparams_summaries(hparams: dict[str, Any], metrics: Iterable[tuple[str, str]],
@@ -122,7 +155,8 @@ def hparams_summaries(hparams: dict[str, Any], metrics: Iterable[tuple[str, str]
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
     types = {bool: api_pb2.DATA_TYPE_BOOL, float: api_pb2.DATA_TYPE_FLOAT64, str: api_pb2.DATA_TYPE_STRING}
-    wanted = set(varying)
+    renamed = {"arm": "Arm", "seed": "Seed"}
+    wanted = {renamed.get(k, k) for k in varying} | set(IDENTITY_COLUMNS)
     start = plugin_data_pb2.SessionStartInfo()
     infos = []
     for name, value in hparams.items():
@@ -145,9 +179,37 @@ def hparams_summaries(hparams: dict[str, Any], metrics: Iterable[tuple[str, str]
             value(metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start))]
 
 
+# The run's summary in the Text tab: a capitalized tag, so that it comes before the lower-case detector messages
+# (TensorBoard sorts text tags by code point and expands the first two).
+SUMMARY_TAG = "Summary"
+_MESSAGE = re.compile(r"^(?P<what>[^\[]+?) \[(?P<name>[^\]]+)\] (?P<rest>.*)$")
+
+
+def grouped_messages(messages: Iterable[str], agents: Iterable[str]) -> list[str]:
+    """One line per detector (``explosion/critic``, ``collapse``, ...) naming the agents it fired for, with the
+    first message's details; messages of another form are kept as they are."""
+    agent_set = set(agents)
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    lines: list[str] = []
+    for m in messages:
+        match = _MESSAGE.match(m)
+        if match is None:
+            lines.append(m)
+            continue
+        head, _, last = match["name"].rpartition("/")
+        key = (match["what"], head) if head and last in agent_set else (match["what"], match["name"])
+        groups.setdefault(key, []).append((last if head and last in agent_set else "", match["rest"]))
+    for (what, name), hits in groups.items():
+        who = [a for a, _ in hits if a]
+        for_whom = f" for {', '.join(who)}" if who else ""
+        lines.append(f"**{what}** [{name}]{for_whom}; first: {hits[0][1]}")
+    return lines
+
+
 def summary_text(summary: RunSummary, stop_reason: str = "") -> str:
-    """The run's ``summary`` text (markdown, rendered by TensorBoard's Text tab): how it ended, returns,
-    detector steps, peak gradient norms and the final action statistics, rounded, as in ``summary.json``."""
+    """The run's summary text (markdown, rendered by TensorBoard's Text tab): how it ended, returns, detector
+    steps, peak gradient norms and the final action statistics, rounded, as in ``summary.json``; then each
+    detector that fired, once, with the agents it fired for."""
     never = "did not fire"
     why = f" ({stop_reason})" if stop_reason else ""
     rows = [
@@ -156,20 +218,43 @@ def summary_text(summary: RunSummary, stop_reason: str = "") -> str:
         ("final / best team return", f"{fmt_number(summary.final_return)} / {fmt_number(summary.best_return)}"),
         ("collapse alarm", never if summary.collapse_step is None else f"env step {summary.collapse_step}"),
         ("explosion alarm", never if summary.explosion_step is None else f"env step {summary.explosion_step}"),
+        ("degradation alarm", never if summary.degradation_step is None else f"env step {summary.degradation_step}"),
         ("first non-finite value", "none" if summary.nonfinite_step is None else f"env step {summary.nonfinite_step}"),
         ("peak grad norm (critic / actor)",
          f"{fmt_number(summary.grad_peak('critic'), '.3g')} / {fmt_number(summary.grad_peak('actor'), '.3g')}"),
     ]
-    lines = ["| run | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    lines = ["| outcome | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     if summary.action_stats:
-        lines += ["", "final evaluation | repeat rate | saturation | same action | sensitivity",
-                  "---|---|---|---|---"]
+        lines += ["", "| agent, final evaluation | repeat rate | saturation | same action across states | sensitivity |",
+                  "|---|---|---|---|---|"]
         for agent, st in summary.action_stats.items():
-            lines.append(f"{agent} | {fmt_number(st.repeat_rate)} | {fmt_number(st.saturation)} | "
-                         f"{fmt_number(st.batch_same_action)} | {fmt_number(st.sensitivity, '.3g')}")
+            lines.append(f"| {agent} | {fmt_number(st.repeat_rate)} | {fmt_number(st.saturation)} | "
+                         f"{fmt_number(st.batch_same_action)} | {fmt_number(st.sensitivity, '.3g')} |")
     if summary.detector_messages:
-        lines += [""] + [f"- {m}" for m in summary.detector_messages]
+        lines += ["", "Detectors that fired:", ""]
+        lines += [f"- {m}" for m in grouped_messages(summary.detector_messages, summary.agents)]
     return "\n".join(lines)
+
+
+# The Story group: the first group TensorBoard's Time Series shows expanded when opened plainly (groups sort by
+# code point, so a capitalized name comes before every lower-case one; cards sort the same way inside a group,
+# hence the numbers): the team return first, then each agent's repeat rate, saturation and critic gradient norm
+# -- at most 1 + 3 x 3 = 10 cards, under TensorBoard's 12 per page. The same values as the source tags.
+STORY_GROUP = "Story"
+STORY_SOURCES = (("eval/team_return", "0_team_return"), ("eval/repeat_rate/{agent}", "1_repeat_rate/{agent}"),
+                 ("eval/saturation/{agent}", "2_saturation/{agent}"),
+                 ("grad_norm/critic/{agent}", "3_critic_grad_norm/{agent}"))
+STORY_AGENTS = 3
+
+
+def story_aliases(agents: Iterable[str]) -> dict[str, str]:
+    """Source tag -> its ``Story/...`` twin, for the first :data:`STORY_AGENTS` agents (and a shared critic)."""
+    shown = [*list(agents)[:STORY_AGENTS], "shared"]
+    out = {}
+    for source, alias in STORY_SOURCES:
+        for agent in shown if "{agent}" in source else [""]:
+            out[source.format(agent=agent)] = f"{STORY_GROUP}/{alias.format(agent=agent)}"
+    return out
 
 
 # The cards a failure story is read from, pinned at the top of Time Series by the deep link below.

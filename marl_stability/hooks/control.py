@@ -28,7 +28,7 @@ from marl_stability.core.hooks import Hook, RunContext
 from marl_stability.core.plasticity import tau_label
 from marl_stability.core.sinks import ScalarFileSink, TensorBoardSink
 from marl_stability.core.summary import RunSummary
-from marl_stability.core.tb_run import METRICS, hparams_of, metric_values, summary_text
+from marl_stability.core.tb_run import METRICS, SUMMARY_TAG, hparams_of, metric_values, story_aliases, summary_text
 
 FORENSICS_FORMAT = 1
 
@@ -192,7 +192,8 @@ DASHBOARD = {
         "learner reward scale": ["Multiline", [r"reward/learner_scale"]],
     },
     "Health": {
-        "non-finite": ["Multiline", [r"health/.*"]],
+        "non-finite": ["Multiline", [r"health/(nonfinite_events|nonfinite_updates|rollbacks)$",
+                                     r"health/nonfinite_(grads|params)/.*"]],
         "env steps per second": ["Multiline", [r"perf/env_steps_per_second"]],
     },
 }
@@ -227,9 +228,12 @@ def plasticity_dashboard(taus: Sequence[float]) -> dict[str, list[Any]]:
     return charts
 
 
-def dashboard(stat_prefixes: tuple[str, ...], plasticity_taus: Optional[Sequence[float]] = None) -> dict[str, dict[str, list[Any]]]:
+def dashboard(stat_prefixes: tuple[str, ...], plasticity_taus: Optional[Sequence[float]] = None,
+              focus: Optional[str] = None) -> dict[str, dict[str, list[Any]]]:
     """The Custom Scalars layout of a run: the charts above, plus the algorithm's own (MATD3's twin gap, the
-    on-policy dashboard) and, when the plasticity metrics are on (their taus given), a Plasticity dashboard."""
+    on-policy dashboard) and, when the plasticity metrics are on (their taus given), a Plasticity dashboard.
+    ``focus`` (an agent's name): per-agent charts show that agent only (and networks shared by all agents), so a
+    chart holds one line per run instead of one per run and agent."""
     layout = {cat: dict(charts) for cat, charts in DASHBOARD.items()}
     if "q/twin_gap/" in stat_prefixes:
         layout["Critic"][TWIN_CHART[0]] = TWIN_CHART[1]
@@ -237,7 +241,21 @@ def dashboard(stat_prefixes: tuple[str, ...], plasticity_taus: Optional[Sequence
         layout["On-policy"] = dict(ON_POLICY_DASHBOARD)
     if plasticity_taus is not None:
         layout["Plasticity"] = plasticity_dashboard(plasticity_taus)
+    if focus is not None:
+        layout = {cat: {name: [kind, [_focused(p, focus) for p in pats]] for name, (kind, pats) in charts.items()}
+                  for cat, charts in layout.items()}
     return layout
+
+
+# Charts whose tags are not per agent or per network: every line is wanted.
+_WHOLE_RUN = ("perf/", "eval/team_return", "rollout/team_return", "reward/learner_scale")
+
+
+def _focused(pattern: str, agent: str) -> str:
+    """``prefix.*`` -> only the tags of ``agent`` (or of a network shared by all agents) under that prefix."""
+    if pattern.startswith(_WHOLE_RUN) or not pattern.endswith(".*"):
+        return pattern
+    return f"{pattern[:-2]}(?:.*/)?(?:{re.escape(agent)}|shared)$"
 
 
 class TensorBoardHook(Hook):
@@ -245,7 +263,7 @@ class TensorBoardHook(Hook):
     checkpoint), with the dashboard layout and hparams on a new run, and the summary text at the end."""
 
     name = "tensorboard"
-    prefixes = ("summary", "hparams/")
+    prefixes = (SUMMARY_TAG, "hparams/")
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx, self.log = ctx, ctx.scoped(self)
@@ -255,12 +273,15 @@ class TensorBoardHook(Hook):
 
     def on_start(self, resumed: bool) -> None:
         # Events logged at the checkpoint step itself were written before the checkpoint: keep them.
-        sink = TensorBoardSink(self.ctx.run_dir, purge_step=self.ctx.env_steps + 1 if resumed else None)
+        sink = TensorBoardSink(self.ctx.run_dir, purge_step=self.ctx.env_steps + 1 if resumed else None,
+                               aliases=story_aliases(self.ctx.layout.agents))
         self.ctx.logger.sinks[:0] = [sink, ScalarFileSink(self.ctx.run_dir, self.ctx.env_steps if resumed else None)]
         if not resumed:
             plasticity = self.ctx.cfg.plasticity
-            sink.custom_scalars(dashboard(self.ctx.algorithm.stat_prefixes, plasticity.taus if plasticity.enabled else None))
-            sink.hparams(hparams_of(self.ctx.cfg, self.labels), METRICS, self.varying)
+            sink.custom_scalars(dashboard(self.ctx.algorithm.stat_prefixes, plasticity.taus if plasticity.enabled else None,
+                                          focus=self.ctx.layout.agents[0]))
+            on_policy = type(self.ctx.algorithm).on_policy
+            sink.hparams(hparams_of(self.ctx.cfg, self.labels, on_policy), METRICS, self.varying)
 
     def before_checkpoint(self) -> None:
         # Flushed before the checkpoint: a kill -9 later loses nothing that the resumed run will not rewrite.
@@ -268,7 +289,7 @@ class TensorBoardHook(Hook):
 
     def on_end(self, summary: RunSummary) -> None:
         self.log.record_dict(metric_values(summary), self.ctx.env_steps)
-        self.log.text("summary", summary_text(summary, self.ctx.stop_reason), self.ctx.env_steps)
+        self.log.text(SUMMARY_TAG, summary_text(summary, self.ctx.stop_reason), self.ctx.env_steps)
 
 
 # --------------------------------------------------------------------------- progress
