@@ -52,27 +52,19 @@ class TensorBoardSink:
     ``add_histogram``) and never closes it: the user owns it.
     """
 
-    def __init__(self, logdir: str | Path | None = None, purge_step: int | None = None, writer: Any = None,
-                 aliases: dict[str, str] | None = None) -> None:
+    def __init__(self, logdir: str | Path | None = None, purge_step: int | None = None, writer: Any = None) -> None:
         self._owns = writer is None
         if writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(log_dir=str(logdir), purge_step=purge_step, flush_secs=30)
         self.writer = writer
-        # tag -> a second tag the same value is shown under (the Story group, marl_stability.core.tb_run);
-        # TensorBoard only: the scalar file and every analysis keep one name per series
-        self.aliases = dict(aliases or {})
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
-        if tag in self.aliases:
-            self.writer.add_scalar(self.aliases[tag], value, step)
 
     def scalar_batch(self, values: dict[str, float], step: int) -> None:
         """Many scalars of one step in one event: ~5 us per value instead of ~70 us through add_scalar."""
-        if self.aliases:
-            values = {**values, **{self.aliases[t]: v for t, v in values.items() if t in self.aliases}}
         file_writer = getattr(self.writer, "file_writer", None) if self._owns else None
         if file_writer is None:  # a user's writer: only its public API
             for tag, value in values.items():

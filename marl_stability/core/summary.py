@@ -77,6 +77,9 @@ class RunSummary(BaseModel):
     plasticity: dict[str, Any] = Field(
         default_factory=dict, description="the last plasticity measurement: env_steps, update, networks: {network: "
         "{metric: value}} (metrics as in the plasticity/ tags; empty when plasticity.enabled is false)")
+    fix_engagement: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per fix the run uses (registry id): engaged (true/false: measured; null: "
+        "acts by construction, not measured) and how (the evidence)")
     hooks: dict[str, dict[str, Any]] = Field(default_factory=dict, description="what users' hooks add, by hook name")
     error: Optional[str] = Field(None, description="env_error: the environment's failure (env, agent, field, env step); "
                                  "crashed: the exception")
@@ -97,7 +100,7 @@ class RunSummary(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         out = self.model_dump(mode="python")
-        for key in ("on_policy", "plasticity", "hooks", "error"):  # runs without these keep the summary.json they always had
+        for key in ("on_policy", "plasticity", "fix_engagement", "hooks", "error"):  # runs without these keep the summary.json they always had
             if not out[key]:
                 del out[key]
         return out

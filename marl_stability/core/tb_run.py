@@ -230,31 +230,25 @@ def summary_text(summary: RunSummary, stop_reason: str = "") -> str:
         for agent, st in summary.action_stats.items():
             lines.append(f"| {agent} | {fmt_number(st.repeat_rate)} | {fmt_number(st.saturation)} | "
                          f"{fmt_number(st.batch_same_action)} | {fmt_number(st.sensitivity, '.3g')} |")
+    if summary.fix_engagement:
+        lines += ["", "| fix in effect | acted | how we know |", "|---|---|---|"]
+        acted = {True: "yes", False: "**no**", None: "by construction"}
+        for fix, e in summary.fix_engagement.items():
+            lines.append(f"| {fix} | {acted[e.get('engaged')]} | {e.get('how', '')} |")
     if summary.detector_messages:
         lines += ["", "Detectors that fired:", ""]
         lines += [f"- {m}" for m in grouped_messages(summary.detector_messages, summary.agents)]
     return "\n".join(lines)
 
 
-# The Story group: the first group TensorBoard's Time Series shows expanded when opened plainly (groups sort by
-# code point, so a capitalized name comes before every lower-case one; cards sort the same way inside a group,
-# hence the numbers): the team return first, then each agent's repeat rate, saturation and critic gradient norm
-# -- at most 1 + 3 x 3 = 10 cards, under TensorBoard's 12 per page. The same values as the source tags.
+# The Story group (written by the ``story`` hook, marl_stability.hooks.builtin.StoryHook): the first group
+# TensorBoard's Time Series shows expanded when opened plainly -- groups sort by code point, so a capitalized name
+# comes before every lower-case one; cards sort the same way inside a group, hence the numbers. The team return
+# first (as logged, and as the trailing median of the last evaluations, which the chart's outlier-ignoring y-range
+# does not clip), then each of the first three agents' repeat rate, saturation and pre-clip critic gradient norm:
+# at most 2 + 3 x 3 = 11 cards, under TensorBoard's 12 per page.
 STORY_GROUP = "Story"
-STORY_SOURCES = (("eval/team_return", "0_team_return"), ("eval/repeat_rate/{agent}", "1_repeat_rate/{agent}"),
-                 ("eval/saturation/{agent}", "2_saturation/{agent}"),
-                 ("grad_norm/critic/{agent}", "3_critic_grad_norm/{agent}"))
 STORY_AGENTS = 3
-
-
-def story_aliases(agents: Iterable[str]) -> dict[str, str]:
-    """Source tag -> its ``Story/...`` twin, for the first :data:`STORY_AGENTS` agents (and a shared critic)."""
-    shown = [*list(agents)[:STORY_AGENTS], "shared"]
-    out = {}
-    for source, alias in STORY_SOURCES:
-        for agent in shown if "{agent}" in source else [""]:
-            out[source.format(agent=agent)] = f"{STORY_GROUP}/{alias.format(agent=agent)}"
-    return out
 
 
 # The cards a failure story is read from, pinned at the top of Time Series by the deep link below.

@@ -10,9 +10,12 @@ hook (``name``)        owns
 ``train_actions``      histograms of the actions taken while training
 ``evaluation``         evaluation returns, action statistics (repeat, saturation, same action,
                        sensitivity), action and pre-activation histograms, value check
+``story``              the ``Story/`` group TensorBoard opens first: team return, then the first three
+                       agents' repeat rate, saturation and critic gradient norm (copies of the above)
 ``plasticity``         dormant-unit ratios, effective/stable rank and feature norm of every network's
                        hidden features on the update batch (``marl_stability.core.plasticity``)
 ``detectors``          the failure detectors (explosion, collapse, non-finite) and their messages
+``fix_engagement``     which of the run's fixes acted (summary.json ``fix_engagement``; no tags)
 ``nonfinite``          the non-finite policy (stop or rollback) and its counters
 ``forensics``          the evidence bundle of the first non-finite event (files, no tags)
 ``tensorboard``        the TensorBoard sink, its dashboard layout, hparams and the summary text
@@ -38,6 +41,8 @@ from marl_stability.core.events import (
     UpdateEvent,
 )
 from marl_stability.core.hooks import Hook, RunContext
+from marl_stability.core.returns import SMOOTH_EVALS
+from marl_stability.core.tb_run import STORY_AGENTS, STORY_GROUP
 from marl_stability.hooks import monitor
 from marl_stability.core.summary import AgentActionStats
 from marl_stability.hooks.control import (
@@ -47,6 +52,7 @@ from marl_stability.hooks.control import (
     nonfinite_policy,
 )
 from marl_stability.hooks.detectors import Detectors, standardized_sensitivity
+from marl_stability.hooks.engagement import FixEngagementHook
 
 
 def _every(n: int, k: int) -> bool:
@@ -252,6 +258,45 @@ class EvaluationHook(Hook):
         self.final = {a: AgentActionStats(**v) for a, v in state["final"].items()}
 
 
+# --------------------------------------------------------------------------- the Story group
+class StoryHook(Hook):
+    """The ``Story/`` group TensorBoard opens first (:data:`marl_stability.core.tb_run.STORY_GROUP`): the team
+    return as logged and as the trailing median of the last ``SMOOTH_EVALS`` evaluations, then each of the first
+    three agents' repeat rate, saturation (from the evaluation's action statistics) and pre-clip critic gradient
+    norm (every gradient step of every ``train.log_every``-th update, like ``grad_norm/``). The same numbers as their source tags."""
+
+    name = "story"
+    prefixes = (f"{STORY_GROUP}/",)
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx, self.log = ctx, ctx.scoped(self)
+        self.agents = set(ctx.layout.agents[:STORY_AGENTS]) | {"shared"}
+        self.returns: collections.deque[float] = collections.deque(maxlen=SMOOTH_EVALS)
+
+    def on_evaluation(self, ev: EvaluationEvent) -> None:
+        step, group = self.ctx.env_steps, STORY_GROUP
+        self.returns.append(ev.team_return)
+        values = {f"{group}/0_team_return": ev.team_return,
+                  f"{group}/0_team_return_median{SMOOTH_EVALS}": float(np.median(self.returns))}
+        for agent, st in (ev.derived.get("action_stats") or {}).items():
+            if agent in self.agents:
+                values[f"{group}/1_repeat_rate/{agent}"] = st.repeat_rate
+                values[f"{group}/2_saturation/{agent}"] = st.saturation
+        self.log.record_dict(values, step)
+
+    def after_backward(self, ev: GradEvent) -> None:
+        kind, _, owner = ev.model.partition("/")
+        if kind == "critic" and owner in self.agents and _every(ev.update, self.ctx.cfg.train.log_every):
+            self.log.record(f"{STORY_GROUP}/3_critic_grad_norm/{owner}", ev.norms.total, self.ctx.env_steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"returns": list(self.returns)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.returns.clear()
+        self.returns.extend(float(r) for r in state["returns"])
+
+
 # --------------------------------------------------------------------------- plasticity
 class PlasticityHook(Hook):
     """Every ``plasticity.every`` updates, right after the update: the plasticity and representation metrics of
@@ -347,6 +392,6 @@ def builtin_hooks(ctx: RunContext) -> list[Hook]:
     """The hooks every run has, in dispatch order: the sink first (others write from on_start on), the
     measurements, then the detectors, forensics and the non-finite policy that read them, the bar last."""
     measurements = [GradientStatsHook(ctx), UpdateStatsHook(ctx), EpisodeHook(ctx), TrainActionsHook(ctx),
-                    EvaluationHook(ctx)] + ([PlasticityHook(ctx)] if ctx.cfg.plasticity.enabled else [])
-    return [TensorBoardHook(ctx), *measurements, DetectorHook(ctx), ForensicsHook(ctx), nonfinite_policy(ctx),
-            ProgressHook(ctx)]
+                    EvaluationHook(ctx), StoryHook(ctx)] + ([PlasticityHook(ctx)] if ctx.cfg.plasticity.enabled else [])
+    return [TensorBoardHook(ctx), *measurements, FixEngagementHook(ctx), DetectorHook(ctx), ForensicsHook(ctx),
+            nonfinite_policy(ctx), ProgressHook(ctx)]

@@ -28,7 +28,7 @@ from marl_stability.core.hooks import Hook, RunContext
 from marl_stability.core.plasticity import tau_label
 from marl_stability.core.sinks import ScalarFileSink, TensorBoardSink
 from marl_stability.core.summary import RunSummary
-from marl_stability.core.tb_run import METRICS, SUMMARY_TAG, hparams_of, metric_values, story_aliases, summary_text
+from marl_stability.core.tb_run import METRICS, SUMMARY_TAG, hparams_of, metric_values, summary_text
 
 FORENSICS_FORMAT = 1
 
@@ -273,8 +273,7 @@ class TensorBoardHook(Hook):
 
     def on_start(self, resumed: bool) -> None:
         # Events logged at the checkpoint step itself were written before the checkpoint: keep them.
-        sink = TensorBoardSink(self.ctx.run_dir, purge_step=self.ctx.env_steps + 1 if resumed else None,
-                               aliases=story_aliases(self.ctx.layout.agents))
+        sink = TensorBoardSink(self.ctx.run_dir, purge_step=self.ctx.env_steps + 1 if resumed else None)
         self.ctx.logger.sinks[:0] = [sink, ScalarFileSink(self.ctx.run_dir, self.ctx.env_steps if resumed else None)]
         if not resumed:
             plasticity = self.ctx.cfg.plasticity

@@ -123,7 +123,41 @@ def first_agent(runs_dir: Path) -> str:
     return "agent_0"
 
 
+def tensorboard_command(runs_dir: Path, port: int = 6006) -> str:
+    """A TensorBoard command that works without activating the virtual environment: this interpreter runs it."""
+    import shlex
+    import sys
+
+    return f"{shlex.quote(sys.executable)} -m tensorboard.main --logdir {shlex.quote(str(runs_dir))} --port {port}"
+
+
 def tensorboard_hint(runs_dir: Path, port: int = 6006) -> str:
-    """Two lines for a sweep's console output: the tensorboard command and the deep link."""
-    return (f"tensorboard --logdir {runs_dir} --port {port}\n"
-            f"  then open {tensorboard_link(first_agent(runs_dir), port)}  (one colour per arm, story cards pinned)")
+    """A sweep's console output about TensorBoard: the deep link first (the thing to open), then the command."""
+    return (f"open {tensorboard_link(first_agent(runs_dir), port)}\n"
+            f"  (one colour per arm, the story cards pinned) once TensorBoard runs:\n"
+            f"  {tensorboard_command(runs_dir, port)}")
+
+
+def fix_engagement_section(trials: Trials) -> list[str]:
+    """Markdown: per arm and fix in effect, in how many finished runs the fix acted (measured: clip fraction,
+    reward scale, normalizer statistics, Huber range -- ``marl_stability.hooks.engagement``), with the first run's
+    evidence; fixes that act by construction say so. Empty when no run recorded it (runs before 0.3.0)."""
+    by_arm: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for row in trials.rows:
+        s = trials.summaries.get(row["run_dir"])
+        for fix, e in (s.fix_engagement if s is not None else {}).items():
+            by_arm.setdefault(row["arm"], {}).setdefault(fix, []).append(e)
+    if not by_arm:
+        return []
+    lines = ["", "## Which fixes acted", "",
+             "Per arm, each fix the runs use and in how many runs it changed anything, measured where a fix can idle "
+             "(gradient clipping: steps clipped; reward scaling: the learner's scale; observation normalization: the "
+             "running statistics; Huber loss: TD errors beyond its delta). A fix that never acted did none of the "
+             "arm's work.", "", "| arm | fix | acted | evidence (first run) |", "|---|---|---|---|"]
+    for arm, fixes in by_arm.items():
+        for fix, records in fixes.items():
+            measured = [r for r in records if r.get("engaged") is not None]
+            acted = (f"{sum(bool(r['engaged']) for r in measured)}/{len(measured)} runs" if measured
+                     else "by construction")
+            lines.append(f"| `{arm}` | `{fix}` | {acted} | {records[0].get('how', '')} |")
+    return lines

@@ -29,7 +29,7 @@ from marl_stability.fmt import fmt_number
 from marl_stability.runs.sweep_layout import (
     FINAL_STATUSES,
 )
-from marl_stability.runs.trials import Trials, collect, write_csv
+from marl_stability.runs.trials import Trials, collect, fix_engagement_section, write_csv
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -212,6 +212,7 @@ def render_markdown(trials: Trials, stats: list[ArmStats], figures: list[str], f
     lines += _arms_table(plan.reference, stats)
     lines += _effects_section(plan.reference, stats)
     lines += _unfinished_section(trials.rows)
+    lines += fix_engagement_section(trials)
     lines += ["", "## Figures", ""]
     if figures:
         lines += [f"![{Path(f).stem}]({f})" for f in figures]
@@ -281,8 +282,8 @@ def _method_section(out: Path) -> list[str]:
         f"of seeds (scipy `trim_mean(x, 0.25)`). Intervals: {int(CONFIDENCE * 100)}% percentile bootstrap, "
         f"{N_RESAMPLES} resamples with a fixed seed, seeds resampled within each arm. P(improvement): mean over "
         "pairs of 1[x > y] + 0.5·1[x = y]. Per-trial numbers: `results.csv`. Compare arms in TensorBoard with "
-        f"`tensorboard --logdir {out / 'runs'}` (runs are named `<arm>/seed_<n>`; the HParams tab has every "
-        "config key and the outcome metrics). [This link]"
+        f"`python -m tensorboard.main --logdir {out / 'runs'}` (runs are named `<arm>/seed_<n>`; the HParams tab has "
+        "`Arm`, `Seed`, the `Fixes` each run uses, every config key and the outcome metrics). [This link]"
         f"({tensorboard_link(first_agent(out / 'runs'))}) opens Time Series with one colour per arm and the story cards "
         "pinned.",
         "",

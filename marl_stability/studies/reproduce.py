@@ -44,7 +44,7 @@ from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.runs.record import RunRecord
 from marl_stability.runs.scalars import Scalars
-from marl_stability.runs.trials import Trials, collect, write_csv
+from marl_stability.runs.trials import Trials, collect, fix_engagement_section, write_csv
 from marl_stability.studies.report import _mean, _save, bootstrap_ci, wilson_interval
 from marl_stability.studies.sweep import (
     FINAL_STATUSES,
@@ -574,7 +574,7 @@ def _steps(xs: list[Optional[int]]) -> str:
 
 def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Plan, budget: dict[str, int], quick: bool,
                     figures: list[str], episodes: dict[str, Any], notes: list[str], tb_dir: str,
-                    anchors: TaskAnchors = SPREAD_ANCHORS) -> str:
+                    anchors: TaskAnchors = SPREAD_ANCHORS, engagement: Optional[list[str]] = None) -> str:
     lines = ["# Reproduction: the repeated-action failure and its fix", ""]
     if quick:
         lines += ["**Quick smoke version** (`--quick`): short budget, shorter warm-up, 5 evaluation episodes. The "
@@ -585,6 +585,7 @@ def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Plan, bu
     lines += _results_section(res, plan.arm("failure").config["train"]["eval_episodes"])
     lines += _verdict_section(res["failure"], res["fixed"], v, anchors)
     lines += [f"- {n}" for n in notes]
+    lines += engagement or []
     lines += _figures_section(figures, episodes, tb_dir)
     return "\n".join(lines)
 
@@ -762,10 +763,11 @@ def _figures_section(figures: list[str], episodes: dict[str, Any], tb_dir: str) 
         lines += ["Episodes rendered from the first seed of each arm's final checkpoint (greedy, env seed 12345): "
                   + "; ".join(f"{arm}: not rendered, {e['skipped']}" if e.get("skipped") else
                               f"{arm}: team return {e['team_return']:.1f}" for arm, e in episodes.items()) + "."]
-    lines += ["", f"TensorBoard: `tensorboard --logdir {tb_dir}` shows every arm x seed side by side (run names "
-              "`<arm>/seed_<n>`; the Custom Scalars tab has the gradient, critic, action and reward dashboards; "
-              f"[this link]({tensorboard_link(first_agent(Path(tb_dir)))}) opens Time Series with one colour per arm and the story "
-              "cards pinned).", ""]
+    lines += ["", f"TensorBoard: [this link]({tensorboard_link(first_agent(Path(tb_dir)))}) opens Time Series with one "
+              "colour per arm and the story cards pinned, once `python -m tensorboard.main --logdir "
+              f"{tb_dir}` runs (every arm x seed side by side, run names `<arm>/seed_<n>`; opened plainly, the first "
+              "group, `Story`, holds the team return and each agent's repeat rate, saturation and critic gradient; the "
+              "Custom Scalars tab has the gradient, critic, action and reward dashboards for the first agent).", ""]
     return lines
 
 
@@ -808,7 +810,8 @@ def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str,
             figures += media
     except ImportError as e:  # pragma: no cover - matplotlib/Pillow are dependencies
         notes.append(f"Figures skipped: {e}.")
-    text = render_markdown(results, v, plan, budget, quick, figures, episodes, notes, str(out / "runs"), anchors)
+    text = render_markdown(results, v, plan, budget, quick, figures, episodes, notes, str(out / "runs"), anchors,
+                           fix_engagement_section(trials))
     atomic_write_text(out / "report.md", text)
     summary = {
         "format": 1,
