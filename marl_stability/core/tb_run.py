@@ -208,8 +208,8 @@ def grouped_messages(messages: Iterable[str], agents: Iterable[str]) -> list[str
 
 def summary_text(summary: RunSummary, stop_reason: str = "") -> str:
     """The run's summary text (markdown, rendered by TensorBoard's Text tab): how it ended, returns, detector
-    steps, peak gradient norms and the final action statistics, rounded, as in ``summary.json``; then each
-    detector that fired, once, with the agents it fired for."""
+    steps, peak gradient norms; each detector that fired, once, with the agents it fired for; which fixes acted;
+    the final action statistics per agent -- rounded, as in ``summary.json``."""
     never = "did not fire"
     why = f" ({stop_reason})" if stop_reason else ""
     rows = [
@@ -224,29 +224,29 @@ def summary_text(summary: RunSummary, stop_reason: str = "") -> str:
          f"{fmt_number(summary.grad_peak('critic'), '.3g')} / {fmt_number(summary.grad_peak('actor'), '.3g')}"),
     ]
     lines = ["| outcome | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    # what a reader needs first comes first (TensorBoard's text card scrolls): what fired, what acted, then agents
+    if summary.detector_messages:
+        lines += ["", "Detectors that fired:", ""]
+        lines += [f"- {m}" for m in grouped_messages(summary.detector_messages, summary.agents)]
+    if summary.fix_engagement:
+        lines += ["", "| fix in effect | acted | how we know |", "|---|---|---|"]
+        acted = {True: "yes", False: "**no**", None: "by construction"}
+        for fix, e in summary.fix_engagement.items():
+            lines.append(f"| {fix} | {acted[e.get('engaged')]} | {e.get('how', '')} |")
     if summary.action_stats:
         lines += ["", "| agent, final evaluation | repeat rate | saturation | same action across states | sensitivity |",
                   "|---|---|---|---|---|"]
         for agent, st in summary.action_stats.items():
             lines.append(f"| {agent} | {fmt_number(st.repeat_rate)} | {fmt_number(st.saturation)} | "
                          f"{fmt_number(st.batch_same_action)} | {fmt_number(st.sensitivity, '.3g')} |")
-    if summary.fix_engagement:
-        lines += ["", "| fix in effect | acted | how we know |", "|---|---|---|"]
-        acted = {True: "yes", False: "**no**", None: "by construction"}
-        for fix, e in summary.fix_engagement.items():
-            lines.append(f"| {fix} | {acted[e.get('engaged')]} | {e.get('how', '')} |")
-    if summary.detector_messages:
-        lines += ["", "Detectors that fired:", ""]
-        lines += [f"- {m}" for m in grouped_messages(summary.detector_messages, summary.agents)]
     return "\n".join(lines)
 
 
 # The Story group (written by the ``story`` hook, marl_stability.hooks.builtin.StoryHook): the first group
 # TensorBoard's Time Series shows expanded when opened plainly -- groups sort by code point, so a capitalized name
 # comes before every lower-case one; cards sort the same way inside a group, hence the numbers. The team return
-# first (as logged, and as the trailing median of the last evaluations, which the chart's outlier-ignoring y-range
-# does not clip), then each of the first three agents' repeat rate, saturation and pre-clip critic gradient norm:
-# at most 2 + 3 x 3 = 11 cards, under TensorBoard's 12 per page.
+# first, then each of the first three agents' repeat rate, saturation and pre-clip critic gradient norm: at most
+# 1 + 3 x 3 = 10 cards, under TensorBoard's 12 per page.
 STORY_GROUP = "Story"
 STORY_AGENTS = 3
 
@@ -267,3 +267,10 @@ def tensorboard_link(agent: str, port: int = 6006) -> str:
     query = "&".join(f"{k}={urllib.parse.quote(v, safe=':/,[]{}^()')}" for k, v in
                      (("runColorGroup", "regex:^([^/]+)/"), ("pinnedCards", cards)))
     return f"http://localhost:{port}/?{query}#timeseries"
+
+
+# TensorBoard's y-range ignores outliers by default (its 5th to 95th percentile of all points on a card, padded
+# by 5%): the best evaluations of the arm that learns sit above it. Said wherever a report points to TensorBoard.
+OUTLIER_NOTE = ("TensorBoard scales each chart's y-axis to the 5th-95th percentile of its points by default, which "
+                "cuts off the best returns of the arm that learns: untick Settings > \"Ignore outliers in chart "
+                "scaling\" (Time Series; the same box in Scalars and Custom Scalars) to see every point.")

@@ -41,7 +41,6 @@ from marl_stability.core.events import (
     UpdateEvent,
 )
 from marl_stability.core.hooks import Hook, RunContext
-from marl_stability.core.returns import SMOOTH_EVALS
 from marl_stability.core.tb_run import STORY_AGENTS, STORY_GROUP
 from marl_stability.hooks import monitor
 from marl_stability.core.summary import AgentActionStats
@@ -261,8 +260,7 @@ class EvaluationHook(Hook):
 # --------------------------------------------------------------------------- the Story group
 class StoryHook(Hook):
     """The ``Story/`` group TensorBoard opens first (:data:`marl_stability.core.tb_run.STORY_GROUP`): the team
-    return as logged and as the trailing median of the last ``SMOOTH_EVALS`` evaluations, then each of the first
-    three agents' repeat rate, saturation (from the evaluation's action statistics) and pre-clip critic gradient
+    return, then each of the first three agents' repeat rate, saturation (from the evaluation's action statistics) and pre-clip critic gradient
     norm (every gradient step of every ``train.log_every``-th update, like ``grad_norm/``). The same numbers as their source tags."""
 
     name = "story"
@@ -271,13 +269,10 @@ class StoryHook(Hook):
     def __init__(self, ctx: RunContext) -> None:
         self.ctx, self.log = ctx, ctx.scoped(self)
         self.agents = set(ctx.layout.agents[:STORY_AGENTS]) | {"shared"}
-        self.returns: collections.deque[float] = collections.deque(maxlen=SMOOTH_EVALS)
 
     def on_evaluation(self, ev: EvaluationEvent) -> None:
         step, group = self.ctx.env_steps, STORY_GROUP
-        self.returns.append(ev.team_return)
-        values = {f"{group}/0_team_return": ev.team_return,
-                  f"{group}/0_team_return_median{SMOOTH_EVALS}": float(np.median(self.returns))}
+        values = {f"{group}/0_team_return": ev.team_return}
         for agent, st in (ev.derived.get("action_stats") or {}).items():
             if agent in self.agents:
                 values[f"{group}/1_repeat_rate/{agent}"] = st.repeat_rate
@@ -288,13 +283,6 @@ class StoryHook(Hook):
         kind, _, owner = ev.model.partition("/")
         if kind == "critic" and owner in self.agents and _every(ev.update, self.ctx.cfg.train.log_every):
             self.log.record(f"{STORY_GROUP}/3_critic_grad_norm/{owner}", ev.norms.total, self.ctx.env_steps)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"returns": list(self.returns)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.returns.clear()
-        self.returns.extend(float(r) for r in state["returns"])
 
 
 # --------------------------------------------------------------------------- plasticity

@@ -88,7 +88,7 @@ class FixEngagementHook(Hook):
             return False, "no input varied"
         s, shift = std[live], np.abs(mean[live]) / std[live]
         engaged = bool(((s < OBS_STD_BAND[0]) | (s > OBS_STD_BAND[1])).any() or (shift > OBS_MEAN_SHIFT).any())
-        return engaged, (f"input std {s.min():.3g} to {s.max():.3g}, |mean| up to {shift.max():.3g} std, over "
+        return engaged, (f"input std {s.min():.3g} to {s.max():.3g}, means up to {shift.max():.3g} std from 0, over "
                          f"{int(live.sum())} inputs (normalization divides by the std and removes the mean)")
 
     def _huber(self) -> tuple[bool, str]:

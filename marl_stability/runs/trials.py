@@ -135,7 +135,8 @@ def tensorboard_hint(runs_dir: Path, port: int = 6006) -> str:
     """A sweep's console output about TensorBoard: the deep link first (the thing to open), then the command."""
     return (f"open {tensorboard_link(first_agent(runs_dir), port)}\n"
             f"  (one colour per arm, the story cards pinned) once TensorBoard runs:\n"
-            f"  {tensorboard_command(runs_dir, port)}")
+            f"  {tensorboard_command(runs_dir, port)}\n"
+            f"  To see the best returns too, untick Settings > \"Ignore outliers in chart scaling\".")
 
 
 def fix_engagement_section(trials: Trials) -> list[str]:

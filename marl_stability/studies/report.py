@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from marl_stability.atomic import atomic_write_bytes, atomic_write_text
-from marl_stability.core.tb_run import tensorboard_link
+from marl_stability.core.tb_run import OUTLIER_NOTE, tensorboard_link
 from marl_stability.runs.trials import first_agent
 from marl_stability.fmt import fmt_number
 from marl_stability.runs.sweep_layout import (
@@ -285,7 +285,7 @@ def _method_section(out: Path) -> list[str]:
         f"`python -m tensorboard.main --logdir {out / 'runs'}` (runs are named `<arm>/seed_<n>`; the HParams tab has "
         "`Arm`, `Seed`, the `Fixes` each run uses, every config key and the outcome metrics). [This link]"
         f"({tensorboard_link(first_agent(out / 'runs'))}) opens Time Series with one colour per arm and the story cards "
-        "pinned.",
+        "pinned. " + OUTLIER_NOTE,
         "",
     ]
 

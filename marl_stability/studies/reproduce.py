@@ -38,7 +38,7 @@ from marl_stability.atomic import (
 )
 from marl_stability.config import DetectorConfig, resolve_preset
 from marl_stability.core.summary import RunSummary
-from marl_stability.core.tb_run import tensorboard_link
+from marl_stability.core.tb_run import OUTLIER_NOTE, tensorboard_link
 from marl_stability.runs.trials import first_agent
 from marl_stability.errors import UserError
 from marl_stability.fmt import fmt_number
@@ -767,7 +767,8 @@ def _figures_section(figures: list[str], episodes: dict[str, Any], tb_dir: str) 
               "colour per arm and the story cards pinned, once `python -m tensorboard.main --logdir "
               f"{tb_dir}` runs (every arm x seed side by side, run names `<arm>/seed_<n>`; opened plainly, the first "
               "group, `Story`, holds the team return and each agent's repeat rate, saturation and critic gradient; the "
-              "Custom Scalars tab has the gradient, critic, action and reward dashboards for the first agent).", ""]
+              "Custom Scalars tab has the gradient, critic, action and reward dashboards for the first agent). "
+              + OUTLIER_NOTE, ""]
     return lines
 
 
