@@ -64,3 +64,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "format" not in state:
         raise UserError(f"cannot load checkpoint {path}: not a marl-stability checkpoint")
     return state
+
+
+def save_final_checkpoint(run_dir: Path, state: dict[str, Any], resume_only: tuple[str, ...]) -> None:
+    """Replace a run's resume checkpoint by its final one: ``state`` without what only a resume needs (the
+    algorithm's ``resume_only`` keys such as the replay buffer, the env copies' state, the hooks' state)."""
+    save_checkpoint(final_checkpoint(run_dir), {
+        "format": state["format"], "kind": "final", "config": state["config"],
+        "algo": {k: v for k, v in state["algo"].items() if k not in resume_only}, "progress": state["progress"],
+    })
+    resume_checkpoint(run_dir).unlink(missing_ok=True)

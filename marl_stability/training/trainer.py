@@ -22,10 +22,10 @@ from marl_stability.core.build import build_run, check_compatible, make_venv, pr
 from marl_stability.core.checkpoint import (
     atomic_write_json,
     atomic_write_text,
-    final_checkpoint,
     load_checkpoint,
     resume_checkpoint,
     save_checkpoint,
+    save_final_checkpoint,
 )
 from marl_stability.core.evaluation import evaluate
 from marl_stability.core.events import (
@@ -63,6 +63,21 @@ class Progress:
 
 def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
+
+
+def check_saved_config(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:
+    """A resume continues the run it was written by: the saved config must equal ``cfg`` except the budget and
+    the checkpoint policy (one line naming the first keys that differ, otherwise)."""
+    try:
+        saved = RunConfig.model_validate(state["config"])
+    except Exception:
+        raise UserError(f"checkpoint {path} holds an invalid config") from None
+    diff = config_diff(saved, cfg, ignore=("train.steps", "train.checkpoints"))
+    if diff:
+        before, now = flatten(saved.to_dict()), flatten(cfg.to_dict())
+        shown = ", ".join(f"{k} (checkpoint {before.get(k)!r}, now {now.get(k)!r})" for k in diff[:3])
+        more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise UserError(f"checkpoint was written with another config: {shown}{more}")
 
 
 class Trainer:
@@ -125,33 +140,11 @@ class Trainer:
         save_checkpoint(self.checkpoint_path, self._state(obs))
         self.progress.checkpoints += 1
 
-    def _save_final(self, state: dict[str, Any]) -> None:
-        """Replace the resume checkpoint by the final one: ``state`` without what only a resume needs (the
-        replay buffer, the env copies' state, the hooks' detector state)."""
-        dropped = type(self.algo).resume_only
-        save_checkpoint(final_checkpoint(self.run_dir), {
-            "format": CHECKPOINT_FORMAT, "kind": "final", "config": state["config"],
-            "algo": {k: v for k, v in state["algo"].items() if k not in dropped}, "progress": state["progress"],
-        })
-        self.checkpoint_path.unlink(missing_ok=True)
-
-    def _check_saved_config(self, state: dict[str, Any]) -> None:
-        try:
-            saved = RunConfig.model_validate(state["config"])
-        except Exception:
-            raise UserError(f"checkpoint {self.checkpoint_path} holds an invalid config") from None
-        diff = config_diff(saved, self.cfg, ignore=("train.steps", "train.checkpoints"))
-        if diff:
-            before, now = flatten(saved.to_dict()), flatten(self.cfg.to_dict())
-            shown = ", ".join(f"{k} (checkpoint {before.get(k)!r}, now {now.get(k)!r})" for k in diff[:3])
-            more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
-            raise UserError(f"checkpoint was written with another config: {shown}{more}")
-
     def _restore(self) -> np.ndarray:
         state = load_checkpoint(self.checkpoint_path)
         if state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"checkpoint {self.checkpoint_path} has format {state.get('format')}, expected {CHECKPOINT_FORMAT}")
-        self._check_saved_config(state)
+        check_saved_config(state, self.cfg, self.checkpoint_path)
         try:
             self.algo.load_state_dict(state["algo"])
             self.venv.load_state_dict(state["env"])
@@ -276,9 +269,9 @@ class Trainer:
             self._save_checkpoint(obs)
         elif mode == "final" and self.status == "completed":
             self.progress.wall_seconds = self._elapsed()
-            self._save_final(self._state(obs))
+            save_final_checkpoint(self.run_dir, self._state(obs), type(self.algo).resume_only)
         elif mode == "final" and self.checkpoint_path.is_file():  # diverged: the last state before it
-            self._save_final(load_checkpoint(self.checkpoint_path))
+            save_final_checkpoint(self.run_dir, load_checkpoint(self.checkpoint_path), type(self.algo).resume_only)
 
     def _finish(self) -> dict[str, Any]:
         self.progress.wall_seconds = self._elapsed()
