@@ -7,20 +7,26 @@ LOGDIR is a sweep's ``runs/`` folder (runs named ``<arm>/seed_<n>``) or a single
 
 - ``timeseries.png``: the first screen of Time Series as TensorBoard opens it;
 - ``story.png``: the deep link ``reproduce``/``ablate`` print (one colour per arm, story cards pinned);
-- ``hparams.png`` (table view), ``text.png`` (the runs' summary text), ``custom_scalars.png``;
+- ``hparams.png`` (table view), ``hparams_parallel.png`` (the parallel-coordinates view, opened by a click over
+  the DevTools protocol), ``text.png`` (the runs' summary text), ``custom_scalars.png``; all at 1600x1000;
 - ``report.json``: what the pages showed, read from Chromium's DOM and TensorBoard's HTTP API: Time Series
   groups in order with their card counts and which are expanded; the run colours under the deep link; the
   HParams columns and, per run, which values are missing.
 
-and prints the checks: the expanded groups are the story, runs of one arm share a colour and arms differ,
+and prints the checks: the expanded groups are the story (the first one page of at most 12 cards), runs of one arm
+share a colour and arms differ,
 every run has every HParams column with one type. Exit code 1 when a check fails.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -33,6 +39,7 @@ from marl_stability.core.tb_run import tensorboard_link
 from marl_stability.runs.trials import first_agent
 from marl_stability.errors import ArgumentParser
 
+WIDTH, HEIGHT = 1600, 1000  # the screen a user is assumed to have
 STORY_GROUPS = ("Story", "eval")
 PAGE_CARDS = 12  # TensorBoard pages a group at 12 cards
 
@@ -48,15 +55,98 @@ def _wait(url: str, seconds: float = 60.0) -> None:
     raise SystemExit(f"error: TensorBoard did not answer at {url}")
 
 
-def _chromium(browser: str, url: str, *args: str, height: int = 1200) -> str:
+def _chromium(browser: str, url: str, *args: str, height: int = 0) -> str:
     out = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                          f"--window-size=1600,{height}", "--virtual-time-budget=20000", *args, url],
+                          f"--window-size={WIDTH},{height or HEIGHT}", "--virtual-time-budget=20000", *args, url],
                          check=True, capture_output=True, timeout=180, text=True)
     return out.stdout
 
 
 def _shot(browser: str, url: str, path: Path) -> None:
     _chromium(browser, url, f"--screenshot={path}")
+
+
+class _DevTools:
+    """The few Chrome DevTools Protocol calls a click needs, over a minimal websocket (standard library only)."""
+
+    def __init__(self, ws_url: str) -> None:
+        hostport, path = ws_url.removeprefix("ws://").split("/", 1)
+        host, port = hostport.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=120)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(4096)
+        self.buf, self.n = head.split(b"\r\n\r\n", 1)[1], 0
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("DevTools closed the connection")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _message(self) -> dict[str, Any]:
+        payload = b""
+        while True:
+            b0, b1 = self._read(2)
+            size = b1 & 0x7F
+            if size == 126:
+                size = struct.unpack(">H", self._read(2))[0]
+            elif size == 127:
+                size = struct.unpack(">Q", self._read(8))[0]
+            mask = self._read(4) if b1 & 0x80 else b""
+            data = self._read(size)
+            payload += bytes(b ^ mask[i % 4] for i, b in enumerate(data)) if mask else data
+            if b0 & 0x80:
+                return json.loads(payload)
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.n += 1
+        data = json.dumps({"id": self.n, "method": method, "params": params}).encode()
+        size = len(data)
+        head = bytes([0x81]) + (bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack(">H", size)
+                                if size < 65536 else bytes([0x80 | 127]) + struct.pack(">Q", size))
+        mask = os.urandom(4)
+        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+        while True:
+            msg = self._message()
+            if msg.get("id") == self.n:
+                return msg.get("result", {})
+
+
+# Finds an element through every shadow root (TensorBoard's HParams dashboard is Polymer) and clicks it.
+_CLICK_JS = """(() => { const stack = [document.documentElement];
+  while (stack.length) { const n = stack.pop();
+    if (n.tagName === %s && n.textContent.trim().toUpperCase().includes(%s)) { n.click(); return true; }
+    if (n.shadowRoot) stack.push(...n.shadowRoot.children); stack.push(...(n.children || [])); }
+  return false; })()"""
+
+
+def _shot_after_click(browser: str, url: str, tag: str, text: str, path: Path, port: int) -> bool:
+    """Open ``url``, click the first ``tag`` element whose text holds ``text`` (e.g. a tab), screenshot; False when
+    there was nothing to click."""
+    proc = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                             f"--window-size={WIDTH},{HEIGHT}", f"--remote-debugging-port={port}", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(f"http://127.0.0.1:{port}/json")
+        time.sleep(12)  # let TensorBoard load its data
+        pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json").read())
+        tools = _DevTools(next(p for p in pages if p.get("type") == "page")["webSocketDebuggerUrl"])
+        found = tools.call("Runtime.evaluate", expression=_CLICK_JS % (json.dumps(tag.upper()), json.dumps(text.upper())),
+                           returnByValue=True).get("result", {}).get("value", False)
+        time.sleep(6)
+        shot = tools.call("Page.captureScreenshot", format="png")
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return bool(found)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def timeseries_groups(dom: str) -> list[dict[str, Any]]:
@@ -155,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
         report["hparams"] = hparams_table(base)
         for page in ("hparams", "text", "custom_scalars"):
             _shot(browser, f"{base}/#{page}", args.out / f"{page.split('&')[0]}.png")
+        report["parallel_coordinates"] = _shot_after_click(browser, f"{base}/#hparams", "paper-tab",
+                                                           "parallel coordinates", args.out / "hparams_parallel.png",
+                                                           args.port + 1)
         checks = _checks(report)
         report["checks"] = [{"ok": ok, "what": what} for ok, what in checks]
         (args.out / "report.json").write_text(json.dumps(report, indent=2))
