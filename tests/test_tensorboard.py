@@ -258,3 +258,18 @@ def test_story_cards_are_the_numbers_of_their_sources(tb_run_tags: tuple[set[str
         owner = agent if f"grad_norm/critic/{agent}" in series else "shared"
         assert series[f"Story/3_critic_grad_norm/{owner}"] == series[f"grad_norm/critic/{owner}"]
     assert _RUN_DIRS
+
+
+def test_screenshot_checks_want_the_story_group_first_and_on_one_page() -> None:
+    from marl_stability.bench.tb_screenshot import _checks
+
+    def report(groups: list[tuple[str, int, bool]]) -> dict:
+        return {"timeseries_groups": [{"group": g, "cards": n, "expanded": e} for g, n, e in groups],
+                "run_colours": {}, "runs": 1, "hparams": {"sessions": 1, "columns": {"Arm": "string"}, "missing": {}}}
+
+    good = dict((what.split()[0], ok) for ok, what in _checks(report([("Story", 10, True), ("eval", 19, True)])))
+    assert good == {"expanded": True, "first": True, "HParams:": True}
+    crowded = _checks(report([("Story", 13, True), ("eval", 19, True)]))
+    assert [ok for ok, what in crowded if what.startswith("first group")] == [False]
+    old = _checks(report([("eval", 19, True), ("grad_norm", 6, True)]))
+    assert not any(ok for ok, what in old if what.startswith(("expanded", "first group")))
