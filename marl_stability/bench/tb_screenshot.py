@@ -5,7 +5,8 @@
 
 LOGDIR is a sweep's ``runs/`` folder (runs named ``<arm>/seed_<n>``) or a single run. Writes to --out:
 
-- ``timeseries.png``: the first screen of Time Series as TensorBoard opens it;
+- ``timeseries.png``: the first screen of Time Series as TensorBoard opens it; ``timeseries_all_points.png``: the
+  same with "Ignore outliers in chart scaling" unticked (every point of the team return on its chart);
 - ``story.png``: the deep link ``reproduce``/``ablate`` print (one colour per arm, story cards pinned);
 - ``hparams.png`` (table view), ``hparams_parallel.png`` (the parallel-coordinates view, opened by a click over
   the DevTools protocol), ``text.png`` (the runs' summary text), ``custom_scalars.png``; all at 1600x1000;
@@ -33,7 +34,7 @@ import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from marl_stability.core.tb_run import tensorboard_link
 from marl_stability.runs.trials import first_agent
@@ -60,10 +61,6 @@ def _chromium(browser: str, url: str, *args: str, height: int = 0) -> str:
                           f"--window-size={WIDTH},{height or HEIGHT}", "--virtual-time-budget=20000", *args, url],
                          check=True, capture_output=True, timeout=180, text=True)
     return out.stdout
-
-
-def _shot(browser: str, url: str, path: Path) -> None:
-    _chromium(browser, url, f"--screenshot={path}")
 
 
 class _DevTools:
@@ -119,31 +116,38 @@ class _DevTools:
                 return msg.get("result", {})
 
 
-# Finds an element through every shadow root (TensorBoard's HParams dashboard is Polymer) and clicks it.
+# Finds an element through every shadow root (TensorBoard's HParams dashboard is Polymer) and clicks it (its input or
+# button when it has one: a Material checkbox toggles on its input).
 _CLICK_JS = """(() => { const stack = [document.documentElement];
   while (stack.length) { const n = stack.pop();
-    if (n.tagName === %s && n.textContent.trim().toUpperCase().includes(%s)) { n.click(); return true; }
+    if (n.tagName === %s && n.textContent.trim().toUpperCase().includes(%s)) {
+      const inner = n.querySelector && n.querySelector("input, button"); (inner || n).click(); return true; }
     if (n.shadowRoot) stack.push(...n.shadowRoot.children); stack.push(...(n.children || [])); }
   return false; })()"""
 
 
-def _shot_after_click(browser: str, url: str, tag: str, text: str, path: Path, port: int) -> bool:
-    """Open ``url``, click the first ``tag`` element whose text holds ``text`` (e.g. a tab), screenshot; False when
-    there was nothing to click."""
+def _shot(browser: str, url: str, path: Path, port: int, click: Optional[tuple[str, str]] = None) -> bool:
+    """Open ``url`` in a 1600x1000 viewport, let TensorBoard load and draw (real time: its charts draw in a worker,
+    which a virtual-time screenshot races), click the first ``click[0]`` element whose text holds ``click[1]``
+    (e.g. a tab or a settings checkbox), screenshot. Returns whether there was something to click."""
     proc = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                             f"--window-size={WIDTH},{HEIGHT}", f"--remote-debugging-port={port}", url],
+                             f"--window-size={WIDTH},{HEIGHT}", f"--remote-debugging-port={port}", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait(f"http://127.0.0.1:{port}/json")
-        time.sleep(12)  # let TensorBoard load its data
         pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json").read())
         tools = _DevTools(next(p for p in pages if p.get("type") == "page")["webSocketDebuggerUrl"])
-        found = tools.call("Runtime.evaluate", expression=_CLICK_JS % (json.dumps(tag.upper()), json.dumps(text.upper())),
-                           returnByValue=True).get("result", {}).get("value", False)
-        time.sleep(6)
-        shot = tools.call("Page.captureScreenshot", format="png")
-        path.write_bytes(base64.b64decode(shot["data"]))
-        return bool(found)
+        tools.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False)
+        tools.call("Page.navigate", url=url)
+        time.sleep(15)
+        found = False
+        if click is not None:
+            expression = _CLICK_JS % (json.dumps(click[0].upper()), json.dumps(click[1].upper()))
+            found = bool(tools.call("Runtime.evaluate", expression=expression, returnByValue=True)
+                         .get("result", {}).get("value", False))
+            time.sleep(6)
+        path.write_bytes(base64.b64decode(tools.call("Page.captureScreenshot", format="png")["data"]))
+        return found
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -239,15 +243,17 @@ def main(argv: list[str] | None = None) -> None:
         link = tensorboard_link(first_agent(args.logdir), args.port)
         report: dict[str, Any] = {"runs": len(runs), "deep_link": link}
         report["timeseries_groups"] = timeseries_groups(_chromium(browser, f"{base}/#timeseries", "--dump-dom"))
-        _shot(browser, f"{base}/#timeseries", args.out / "timeseries.png")
+        port = args.port + 1
+        _shot(browser, f"{base}/#timeseries", args.out / "timeseries.png", port)
+        report["outliers_unticked"] = _shot(browser, f"{base}/#timeseries", args.out / "timeseries_all_points.png",
+                                            port, ("mat-checkbox", "ignore outliers"))
         report["run_colours"] = run_colours(_chromium(browser, link, "--dump-dom"))
-        _shot(browser, link, args.out / "story.png")
+        _shot(browser, link, args.out / "story.png", port)
         report["hparams"] = hparams_table(base)
         for page in ("hparams", "text", "custom_scalars"):
-            _shot(browser, f"{base}/#{page}", args.out / f"{page.split('&')[0]}.png")
-        report["parallel_coordinates"] = _shot_after_click(browser, f"{base}/#hparams", "paper-tab",
-                                                           "parallel coordinates", args.out / "hparams_parallel.png",
-                                                           args.port + 1)
+            _shot(browser, f"{base}/#{page}", args.out / f"{page}.png", port)
+        report["parallel_coordinates"] = _shot(browser, f"{base}/#hparams", args.out / "hparams_parallel.png", port,
+                                               ("paper-tab", "parallel coordinates"))
         checks = _checks(report)
         report["checks"] = [{"ok": ok, "what": what} for ok, what in checks]
         (args.out / "report.json").write_text(json.dumps(report, indent=2))
