@@ -145,7 +145,7 @@ def test_run_record_reads_every_part_of_a_run(tiny_run: Path) -> None:
     hist = run.histograms("hist/eval_actions/")
     assert hist and all(h.counts.sum() > 0 for series in hist.values() for h in series)
     texts = run.texts()
-    assert "summary" in texts and "completed" in texts["summary"][-1][1]
+    assert "Summary" in texts and "completed" in texts["Summary"][-1][1]
     assert run.skip_reason() is None and run.label.label in ("healthy", "collapsed")
     assert run.label.onset is None or run.label.label == "collapsed"
 
