@@ -56,3 +56,20 @@ def test_text_summary_and_reports_say_which_fixes_acted() -> None:
     assert "| `fixed` | `grad_clip` | 1/2 runs | critic clipped in 0.0% of 10 gradient steps |" in lines
     assert "| `fixed` | `small_init` | by construction |" in "\n".join(lines)
     assert fix_engagement_section(SimpleNamespace(rows=[], summaries={})) == []
+
+
+def test_on_policy_runs_list_only_on_policy_fixes() -> None:
+    from marl_stability.core.tb_run import fixes_in_effect
+
+    fixed = fixes_in_effect(load_config("experiments/mappo_fixed.yaml"), on_policy=True).split(", ")
+    assert "grad_clip_10" in fixed and not {"grad_clip", "tanh_scaled", "lower_lr"} & set(fixed)
+
+
+def test_observation_statistics_count_each_agents_own_inputs_only(tmp_path: Path) -> None:
+    """speaker_listener: the speaker sees 3 inputs, the listener 11; the speaker's 8 padding columns are no input."""
+    cfg = load_config("experiments/repeated_action_fixed.yaml", [
+        "env.id=simple_speaker_listener_v4", "env.kwargs={continuous_actions: true}", "train.steps=600",
+        "maddpg.warmup_steps=300", "maddpg.batch_size=32", "train.eval_every=600", "train.eval_episodes=1",
+        "train.checkpoints=none", "env.num_envs=2"])
+    e = Trainer(cfg, tmp_path / "sl", quiet=True).run()["fix_engagement"]["obs_norm"]
+    assert "over 14 inputs" in e["how"], e

@@ -290,3 +290,14 @@ def test_a_diverged_run_keeps_its_last_state_before_the_divergence(tmp_path: Pat
     final = torch.load(tmp_path / "nan" / "checkpoints" / "final.pt", weights_only=True)
     assert final["progress"]["env_steps"] == 1000 and "buffer" not in final["algo"]
     assert all(torch.isfinite(t).all() for a in final["algo"]["actors"] for t in a.values())
+
+
+def test_a_stale_resume_checkpoint_goes_when_a_run_ends_without_one(tmp_path: Path) -> None:
+    """A run trained with checkpoints=resume, then continued under checkpoints=none: the old last.pt would roll a later
+    --resume back to the earlier state, so it is removed once the run's summary is written."""
+    run = tmp_path / "r"
+    Trainer(tiny_config(1000, ["train.checkpoints=resume"]), run, quiet=True).run()
+    assert (run / "checkpoints" / "last.pt").is_file()
+    summary = Trainer(tiny_config(1500, ["train.checkpoints=none"]), run, quiet=True).run(resume=True)
+    assert summary["status"] == "completed" and summary["env_steps"] == 1500
+    assert not (run / "checkpoints" / "last.pt").exists() and not (run / "checkpoints" / "final.pt").exists()

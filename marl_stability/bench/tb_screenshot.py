@@ -75,7 +75,12 @@ class _DevTools:
                            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
         head = b""
         while b"\r\n\r\n" not in head:
-            head += self.sock.recv(4096)
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("DevTools closed the connection during the handshake")
+            head += chunk
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise ConnectionError(f"DevTools refused the websocket: {head.splitlines()[0]!r}")
         self.buf, self.n = head.split(b"\r\n\r\n", 1)[1], 0
 
     def _read(self, n: int) -> bytes:
@@ -98,9 +103,18 @@ class _DevTools:
                 size = struct.unpack(">Q", self._read(8))[0]
             mask = self._read(4) if b1 & 0x80 else b""
             data = self._read(size)
-            payload += bytes(b ^ mask[i % 4] for i, b in enumerate(data)) if mask else data
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(data)) if mask else data
+            opcode = b0 & 0x0F
+            if opcode == 0x8:
+                raise ConnectionError("DevTools closed the connection")
+            if opcode in (0x9, 0xA):  # ping / pong: not part of a message
+                continue
+            payload += data
             if b0 & 0x80:
                 return json.loads(payload)
+
+    def close(self) -> None:
+        self.sock.close()
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         self.n += 1
@@ -147,10 +161,15 @@ def _shot(browser: str, url: str, path: Path, port: int, click: Optional[tuple[s
                          .get("result", {}).get("value", False))
             time.sleep(6)
         path.write_bytes(base64.b64decode(tools.call("Page.captureScreenshot", format="png")["data"]))
+        tools.close()
         return found
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def timeseries_groups(dom: str) -> list[dict[str, Any]]:

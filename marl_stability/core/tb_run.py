@@ -93,8 +93,8 @@ def fixes_in_effect(cfg: RunConfig, on_policy: bool = False) -> str:
     from marl_stability.fixes.registry import FIXES, OFF, ON
 
     flat = cfg.to_dict()
-    families = (OFF, ON) if on_policy else (OFF,)
-    ids = [f.id for f in FIXES if any(fam in f.families for fam in families) and f.applied(flat)]
+    family = ON if on_policy else OFF  # the other family's fixes (MADDPG's output head for MAPPO) do not apply
+    ids = [f.id for f in FIXES if family in f.families and f.applied(flat)]
     return ", ".join(ids) or "none"
 
 

@@ -43,10 +43,9 @@ class FixEngagementHook(Hook):
         from marl_stability.fixes.registry import FIXES, OFF, ON
 
         self.ctx = ctx
-        on_policy = type(ctx.algorithm).on_policy
-        families = (OFF, ON) if on_policy else (OFF,)
+        family = ON if type(ctx.algorithm).on_policy else OFF  # the other family's fixes do not apply
         cfg = ctx.cfg.to_dict()
-        self.fixes = [f for f in FIXES if any(fam in f.families for fam in families) and f.applied(cfg)]
+        self.fixes = [f for f in FIXES if family in f.families and f.applied(cfg)]
         self.clipped: dict[str, list[int]] = {}  # network kind -> [steps, clipped steps]
         self.scale: Optional[list[float]] = None  # [min, max] learner reward scale
         self.td = [0, 0]  # [updates, updates with a TD error beyond the Huber delta]
@@ -83,9 +82,11 @@ class FixEngagementHook(Hook):
         if rms is None:
             return None, "no running statistics"
         std, mean = np.sqrt(np.asarray(rms.var, np.float64)), np.asarray(rms.mean, np.float64)
-        live = std > 1e-6  # padding columns of agents with fewer inputs stay constant
+        live = np.zeros(std.shape, bool)  # each agent's own inputs (the padding of smaller agents is no input)
+        for i, dim in enumerate(self.ctx.layout.obs_dims):
+            live[i, :dim] = True
         if not live.any():
-            return False, "no input varied"
+            return False, "no inputs"
         s, shift = std[live], np.abs(mean[live]) / std[live]
         engaged = bool(((s < OBS_STD_BAND[0]) | (s > OBS_STD_BAND[1])).any() or (shift > OBS_MEAN_SHIFT).any())
         return engaged, (f"input std {s.min():.3g} to {s.max():.3g}, means up to {shift.max():.3g} std from 0, over "

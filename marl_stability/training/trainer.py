@@ -111,6 +111,7 @@ class Trainer:
         self._stop_requested = False
         self._wall = (0.0, 0.0)  # (wall seconds before this session, perf_counter at its start)
         self._error: Optional[str] = None  # what ended the run when it did not end by itself (summary.json error)
+        self._drop_resume_checkpoint = False  # set when the run ended under train.checkpoints final or none
 
     @property
     def status(self) -> str:
@@ -267,11 +268,15 @@ class Trainer:
         mode = self.cfg.train.checkpoints
         if self.status == "interrupted" or (self.status == "completed" and mode == "resume"):
             self._save_checkpoint(obs)
-        elif mode == "final" and self.status == "completed":
+            return
+        if mode == "final" and self.status == "completed":
             self.progress.wall_seconds = self._elapsed()
             save_final_checkpoint(self.run_dir, self._state(obs), type(self.algo).resume_only)
         elif mode == "final" and self.checkpoint_path.is_file():  # diverged: the last state before it
             save_final_checkpoint(self.run_dir, load_checkpoint(self.checkpoint_path), type(self.algo).resume_only)
+        # final / none: the resume checkpoint (a stale one too, from a run resumed under another policy) goes once
+        # summary.json is written
+        self._drop_resume_checkpoint = mode != "resume"
 
     def _finish(self) -> dict[str, Any]:
         self.progress.wall_seconds = self._elapsed()
@@ -286,6 +291,8 @@ class Trainer:
             self.logger.close()
             if summary is not None:
                 atomic_write_json(self.run_dir / "summary.json", summary.to_json())
+                if self._drop_resume_checkpoint:
+                    self.checkpoint_path.unlink(missing_ok=True)
             self.venv.close()
         return summary.to_json()
 
