@@ -67,9 +67,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def save_final_checkpoint(run_dir: Path, state: dict[str, Any], resume_only: tuple[str, ...]) -> None:
-    """A run's final checkpoint: ``state`` without what only a resume needs (the algorithm's ``resume_only`` keys
-    such as the replay buffer, the env copies' state, the hooks' state). The resume checkpoint stays until the
-    run's summary is written (the trainer removes it then): a run killed in between still resumes."""
+    """A run's final checkpoint: of a checkpoint's ``state``, its format, config, counters and the algorithm's
+    state without its ``resume_only`` keys (such as the replay buffer); env copies and hooks are left out. The
+    resume checkpoint stays until the run's summary is written (the trainer removes it then): a run killed in
+    between still resumes."""
     save_checkpoint(final_checkpoint(run_dir), {
         "format": state["format"], "kind": "final", "config": state["config"],
         "algo": {k: v for k, v in state["algo"].items() if k not in resume_only}, "progress": state["progress"],

@@ -89,13 +89,10 @@ def _typed(value: Any, kind: Kind) -> Any:
 
 
 def fixes_in_effect(cfg: RunConfig, on_policy: bool = False) -> str:
-    """The ids of the registry's fixes this config uses, for its algorithm family, in registry order."""
-    from marl_stability.fixes.registry import FIXES, OFF, ON
+    """The ids of the registry's fixes this config uses (:func:`marl_stability.fixes.registry.in_use`)."""
+    from marl_stability.fixes.registry import in_use
 
-    flat = cfg.to_dict()
-    family = ON if on_policy else OFF  # the other family's fixes (MADDPG's output head for MAPPO) do not apply
-    ids = [f.id for f in FIXES if family in f.families and f.applied(flat)]
-    return ", ".join(ids) or "none"
+    return ", ".join(f.id for f in in_use(cfg, on_policy)) or "none"
 
 
 def hparams_of(cfg: RunConfig, labels: Optional[dict[str, str]] = None, on_policy: bool = False) -> dict[str, Any]:
@@ -271,6 +268,7 @@ def tensorboard_link(agent: str, port: int = 6006) -> str:
 
 # TensorBoard's y-range ignores outliers by default (its 5th to 95th percentile of all points on a card, padded
 # by 5%): the best evaluations of the arm that learns sit above it. Said wherever a report points to TensorBoard.
+OUTLIER_SETTING = 'untick Settings > "Ignore outliers in chart scaling"'
 OUTLIER_NOTE = ("TensorBoard scales each chart's y-axis to the 5th-95th percentile of its points by default, which "
-                "cuts off the best returns of the arm that learns: untick Settings > \"Ignore outliers in chart "
-                "scaling\" (Time Series; the same box in Scalars and Custom Scalars) to see every point.")
+                f"cuts off the best returns of the arm that learns: {OUTLIER_SETTING} (Time Series; the same box in "
+                "Scalars and Custom Scalars) to see every point.")

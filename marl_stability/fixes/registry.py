@@ -197,6 +197,13 @@ def for_family(family: str, advised_only: bool = True) -> list[FixSpec]:
     return sorted(chosen, key=lambda f: f.order[family])
 
 
+def in_use(cfg: RunConfig, on_policy: bool) -> list[FixSpec]:
+    """The fixes of the run's own algorithm family that its config uses (``applied``), in registry order. The
+    other family's fixes do not apply (MAPPO's ``actor.output: auto`` is no use of MADDPG's scaled-tanh fix)."""
+    family, flat = (ON if on_policy else OFF), cfg.to_dict()
+    return [f for f in FIXES if family in f.families and f.applied(flat)]
+
+
 def arm_fixes() -> dict[str, str]:
     """Single-fix arm name -> the title of the fix it measured (the fix-evidence tables' join)."""
     return {arm: f.title for f in FIXES for arm in f.evidence_arms}

@@ -23,6 +23,7 @@ import numpy as np
 
 from marl_stability.core.events import GradEvent, UpdateEvent
 from marl_stability.core.hooks import Hook, RunContext
+from marl_stability.fixes.registry import in_use
 
 OBS_STD_BAND = (0.9, 1.1)
 OBS_MEAN_SHIFT = 0.1  # |mean| / std
@@ -40,12 +41,8 @@ class FixEngagementHook(Hook):
     prefixes = ()
 
     def __init__(self, ctx: RunContext) -> None:
-        from marl_stability.fixes.registry import FIXES, OFF, ON
-
         self.ctx = ctx
-        family = ON if type(ctx.algorithm).on_policy else OFF  # the other family's fixes do not apply
-        cfg = ctx.cfg.to_dict()
-        self.fixes = [f for f in FIXES if family in f.families and f.applied(cfg)]
+        self.fixes = in_use(ctx.cfg, type(ctx.algorithm).on_policy)
         self.clipped: dict[str, list[int]] = {}  # network kind -> [steps, clipped steps]
         self.scale: Optional[list[float]] = None  # [min, max] learner reward scale
         self.td = [0, 0]  # [updates, updates with a TD error beyond the Huber delta]

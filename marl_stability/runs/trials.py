@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from marl_stability.atomic import atomic_write_text
 from marl_stability.core.summary import RunSummary
-from marl_stability.core.tb_run import tensorboard_link
+from marl_stability.core.tb_run import OUTLIER_SETTING, tensorboard_link
 from marl_stability.runs.record import RunRecord
 from marl_stability.errors import UserError
 from marl_stability.runs.sweep_layout import FINAL_STATUSES, Arm, Plan, read_plan, run_dir_of, trial_id
@@ -136,7 +136,7 @@ def tensorboard_hint(runs_dir: Path, port: int = 6006) -> str:
     return (f"open {tensorboard_link(first_agent(runs_dir), port)}\n"
             f"  (one colour per arm, the story cards pinned) once TensorBoard runs:\n"
             f"  {tensorboard_command(runs_dir, port)}\n"
-            f"  To see the best returns too, untick Settings > \"Ignore outliers in chart scaling\".")
+            f"  To see the best returns too, {OUTLIER_SETTING}.")
 
 
 def fix_engagement_section(trials: Trials) -> list[str]:

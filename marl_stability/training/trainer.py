@@ -122,16 +122,13 @@ class Trainer:
         return resume_checkpoint(self.run_dir)
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self, obs: np.ndarray) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.cfg.to_dict(),
-            "algo": self.algo.state_dict(),
-            "env": self.venv.state_dict(),
-            "obs": obs,
-            "progress": asdict(self.progress),
-            "hooks": self.bus.state_dict(),
-        }
+    def _state(self, obs: Optional[np.ndarray] = None) -> dict[str, Any]:
+        """What a checkpoint holds; without ``obs`` only what a final one keeps (no env copies, no hooks)."""
+        state = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "algo": self.algo.state_dict(),
+                 "progress": asdict(self.progress)}
+        if obs is not None:
+            state.update({"env": self.venv.state_dict(), "obs": obs, "hooks": self.bus.state_dict()})
+        return state
 
     def _save_checkpoint(self, obs: np.ndarray) -> None:
         if self.cfg.train.checkpoints == "none":
@@ -271,7 +268,7 @@ class Trainer:
             return
         if mode == "final" and self.status == "completed":
             self.progress.wall_seconds = self._elapsed()
-            save_final_checkpoint(self.run_dir, self._state(obs), type(self.algo).resume_only)
+            save_final_checkpoint(self.run_dir, self._state(), type(self.algo).resume_only)
         elif mode == "final" and self.checkpoint_path.is_file():  # diverged: the last state before it
             save_final_checkpoint(self.run_dir, load_checkpoint(self.checkpoint_path), type(self.algo).resume_only)
         # final / none: the resume checkpoint (a stale one too, from a run resumed under another policy) goes once
