@@ -76,6 +76,11 @@ class Algorithm(ABC):
     #: state without them (and leave that part empty)
     resume_only: ClassVar[tuple[str, ...]] = ()
 
+    #: config keys (dotted; a key ending in ``.`` covers every key below it) that :meth:`reconfigure` can adopt in
+    #: a running algorithm, besides the ``fixes.`` section that the fix objects carry (clipping, reward and
+    #: observation normalization, the pre-activation penalty): what ``train.heal`` may change mid-run. () = none
+    live_keys: ClassVar[tuple[str, ...]] = ()
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "update" in cls.__dict__:
@@ -187,6 +192,24 @@ class Algorithm(ABC):
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def reconfigure(self, cfg: Any, changed: list[str]) -> None:
+        """Adopt ``cfg`` while running (``train.heal`` applying a fix): ``changed`` are the dotted keys that differ
+        from the current config, each covered by :attr:`live_keys`. An algorithm without ``live_keys`` is never
+        asked; it can still be healed with the fixes the fix objects carry."""
+        raise NotImplementedError(f"{type(self).__name__} declares live_keys but does not implement reconfigure()")
+
+    def data_mark(self) -> Any:
+        """Where the experience collected from now on starts, for :meth:`rewind_data`. Default: the mark of
+        ``self.buffer`` when the algorithm has one with ``mark()``/``rewind()`` (``agents.buffer.ReplayBuffer``),
+        else None (nothing to rewind)."""
+        buffer = getattr(self, "buffer", None)
+        return buffer.mark() if hasattr(buffer, "mark") and hasattr(buffer, "rewind") else None
+
+    def rewind_data(self, mark: Any) -> str:
+        """Drop the experience collected since ``mark`` (``train.heal`` rolling back); returns what was done, in
+        words ("" for nothing)."""
+        return self.buffer.rewind(mark) if mark is not None else ""  # type: ignore[attr-defined]
 
     @abstractmethod
     def snapshot(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ class ReplayBuffer:
         self.term = np.zeros((capacity, num_agents), np.float32)  # 1 = terminated (no bootstrap)
         self.ptr = 0
         self.size = 0
+        self.added = 0  # rows ever added (a rewind's check that no row older than its mark was overwritten)
 
     def __len__(self) -> int:
         return self.size
@@ -31,6 +32,7 @@ class ReplayBuffer:
     def add(self, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, next_obs: np.ndarray, term: np.ndarray) -> None:
         """Add a batch of transitions (leading axis = env copies)."""
         n = obs.shape[0]
+        self.added += n
         if n > self.capacity:  # keep only the newest transitions that fit
             obs, act, rew, next_obs, term = (x[-self.capacity :] for x in (obs, act, rew, next_obs, term))
             n = self.capacity
@@ -40,6 +42,20 @@ class ReplayBuffer:
         self.ptr = int((self.ptr + n) % self.capacity)
         self.size = int(min(self.size + n, self.capacity))
 
+    def mark(self) -> dict[str, int]:
+        """Where the rows added from now on start (for :meth:`rewind`)."""
+        return {"ptr": self.ptr, "size": self.size, "added": self.added}
+
+    def rewind(self, mark: dict[str, int]) -> str:
+        """Drop the rows added since ``mark`` (``train.heal`` rolling back: the failing policy's transitions), unless
+        the buffer wrapped far enough to overwrite rows older than the mark (then every row is kept). Returns
+        what was done, in words."""
+        since = self.added - int(mark["added"])
+        if int(mark["size"]) + since > self.capacity:
+            return f"kept the {since} transitions stored since the snapshot (the buffer wrapped over older ones)"
+        self.ptr, self.size, self.added = int(mark["ptr"]), int(mark["size"]), int(mark["added"])
+        return f"dropped the {since} transitions stored since the snapshot"
+
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
@@ -48,7 +64,7 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict[str, Any]:
         # Only the filled part is saved (a 1e6 buffer early in training is mostly zeros).
-        state: dict[str, Any] = {"ptr": self.ptr, "size": self.size, "capacity": self.capacity}
+        state: dict[str, Any] = {"ptr": self.ptr, "size": self.size, "capacity": self.capacity, "added": self.added}
         for name in FIELDS:
             state[name] = torch.from_numpy(getattr(self, name)[: self.size].copy())
         return state
@@ -57,6 +73,7 @@ class ReplayBuffer:
         if int(state["capacity"]) != self.capacity:
             raise ValueError(f"replay capacity mismatch: checkpoint {state['capacity']}, config {self.capacity}")
         self.size, self.ptr = int(state["size"]), int(state["ptr"])
+        self.added = int(state.get("added", self.size))  # a checkpoint from before the counter: its rows as a floor
         for name in FIELDS:
             arr = np.asarray(state[name])
             if arr.shape[1:] != getattr(self, name).shape[1:]:

@@ -198,18 +198,23 @@ class ActionHead(nn.Module):
         self.bounded = finite and kind == "gaussian"
         self.uses_log_std = kind in ("gaussian", "tanh_gaussian")
         self.state_dependent = state_dependent and self.uses_log_std
-        self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
         self.log_std_init = float(log_std_init)
+        self.set_bounds(bounds)
+        two = kind == "beta" or self.state_dependent
+        self.n_outputs = 2 * act_dim if two else act_dim
+        self.log_std_param = (nn.Parameter(torch.zeros(act_dim)) if self.uses_log_std and not self.state_dependent
+                              else None)
+
+    def set_bounds(self, bounds: Optional[tuple[float, float]]) -> None:
+        """Bound the log-std to ``bounds`` (None: unbounded); the head's free output 0 maps to ``log_std_init``
+        either way (also on a live run: ``train.heal`` applying the log-std bound)."""
+        self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
         if self.bounds is not None:  # sigmoid(raw + offset) starts at log_std_init
             lo, hi = self.bounds
             p = (self.log_std_init - lo) / (hi - lo)
             self.offset = math.log(p / (1.0 - p))
         else:
             self.offset = self.log_std_init
-        two = kind == "beta" or self.state_dependent
-        self.n_outputs = 2 * act_dim if two else act_dim
-        self.log_std_param = (nn.Parameter(torch.zeros(act_dim)) if self.uses_log_std and not self.state_dependent
-                              else None)
 
     def log_std(self, raw: torch.Tensor) -> Optional[torch.Tensor]:
         """The log-std [B, d] (or [d]) in the head's units, None for Beta and categorical."""

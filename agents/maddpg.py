@@ -39,6 +39,7 @@ from marl_stability.agents.networks import (
 from marl_stability.agents.optim import (
     keep_fast_kernels,
     make_optimizer,
+    retuned,
 )
 from marl_stability.envs.vector import AgentLayout
 
@@ -96,6 +97,12 @@ def batching_obstacle(sd: AgentLayout, actors: list[Actor], critics: list[Critic
     return None
 
 
+def critic_loss_of(hp: Any) -> Callable[..., torch.Tensor]:
+    """The critic loss of ``maddpg.critic_loss``: mean over the batch by default; the stacked update asks for
+    reduction="none" and averages per agent."""
+    return F.mse_loss if hp.critic_loss == "mse" else functools.partial(F.huber_loss, delta=hp.huber_delta)
+
+
 class TwinCritic(torch.nn.Module):
     """An agent's critics as one network for its optimizer, clipping and gradient statistics (MATD3)."""
 
@@ -108,6 +115,8 @@ class MADDPG(Algorithm):
     name = "maddpg"
     stat_prefixes = tuple(f"{k}/" for k in STAT_KEYS)
     resume_only = ("buffer",)
+    live_keys = ("actor_optim.", "critic_optim.", "actor.output", "actor.last_layer_init", "maddpg.critic_loss",
+                 "maddpg.huber_delta")
     num_critics = 1  # per agent; MATD3: 2
 
     def __init__(self, cfg: Any, spec: AgentLayout, fixes: Any, events: Any = None) -> None:
@@ -131,10 +140,7 @@ class MADDPG(Algorithm):
                          for kind, m in (("actor", actor), ("critic", critic))}
         self.stepper.modules = self._modules
         self._actor_stepped = False
-        # Mean over the batch by default; the stacked update asks for reduction="none" and averages per agent.
-        self.critic_loss_fn = (
-            F.mse_loss if self.hp.critic_loss == "mse" else functools.partial(F.huber_loss, delta=self.hp.huber_delta)
-        )
+        self.critic_loss_fn = critic_loss_of(self.hp)
 
     def _build_networks(self) -> None:
         cfg, spec, n = self.cfg, self.spec, self.spec.num_agents
@@ -338,9 +344,11 @@ class MADDPG(Algorithm):
         c = state["counters"]
         self.env_steps, self.updates, self._updates_owed = int(c["env_steps"]), int(c["updates"]), float(c["updates_owed"])
 
+    def reconfigure(self, cfg: Any, changed: list[str]) -> None:
+        adopt_live(self, cfg, changed)
     def snapshot(self) -> dict[str, Any]:
-        """In-memory copy of networks, targets and optimizers: what a rollback restores (not the replay
-        buffer, normalizer statistics or RNGs, which carry no non-finite values)."""
+        """In-memory copy of networks, targets and optimizers: what a rollback restores (not the replay buffer,
+        normalizer statistics or RNGs)."""
         return copy.deepcopy({k: [o.state_dict() for o in objs] for k, objs in self._groups().items()})
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -352,3 +360,34 @@ class MADDPG(Algorithm):
 
     def feature_probes(self, max_rows: int) -> list[FeatureProbe]:
         return [] if self._last_batch is None else ddpg_feature_probes(self, *self._last_batch, max_rows)
+
+
+def reinit_last_layers(algo: MADDPG, bound: float) -> None:
+    """The small last-layer init applied to a running MADDPG: every actor's output layer drawn again from
+    U(-bound, bound) (a generator seeded by the run seed and the update count: no global random numbers), copied to
+    its target actor, and that layer's optimizer state dropped."""
+    gen = torch.Generator().manual_seed(algo.cfg.seed * 1_000_003 + algo.updates)
+    for actor, target, opt in zip(algo.actors, algo.target_actors, algo.actor_opts):
+        for p, tp in ((actor.mlp.out.weight, target.mlp.out.weight), (actor.mlp.out.bias, target.mlp.out.bias)):
+            with torch.no_grad():
+                p.uniform_(-bound, bound, generator=gen)
+                tp.copy_(p)
+            opt.state.pop(p, None)
+
+
+def adopt_live(algo: MADDPG, cfg: Any, changed: list[str]) -> None:
+    """``MADDPG.reconfigure`` (``train.heal`` applying a fix): optimizers follow ``actor_optim``/``critic_optim``
+    (:func:`retuned`), the output head kind follows ``actor.output`` (the head has no parameters),
+    ``actor.last_layer_init`` re-initialises every actor's last layer (:func:`reinit_last_layers`), the critic loss
+    follows ``maddpg.critic_loss``/``huber_delta``."""
+    algo.cfg, algo.hp = cfg, cfg.maddpg
+    for kind, opts, units in (("actor", algo.actor_opts, algo.actors), ("critic", algo.critic_opts, algo.critic_units)):
+        if any(k.startswith(f"{kind}_optim.") for k in changed):
+            opts[:] = [retuned(o, m.parameters(), getattr(cfg, f"{kind}_optim"), algo.batched) for o, m in zip(opts, units)]
+    for actor in algo.actors + algo.target_actors:
+        if "actor.output" in changed and actor.head is not None:
+            actor.head.kind = "tanh_scaled" if cfg.actor.output == "auto" else cfg.actor.output
+    if "actor.last_layer_init" in changed and cfg.actor.last_layer_init is not None:
+        reinit_last_layers(algo, float(cfg.actor.last_layer_init))
+    algo.critic_loss_fn = critic_loss_of(algo.hp)
+    algo.strategy = StackedUpdate(algo) if algo.batched else PerAgentUpdate(algo)  # the stacks read the heads

@@ -31,6 +31,25 @@ def make_optimizer(params: Any, cfg: OptimConfig, fast: bool = False) -> torch.o
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, **({"fused": True} if fast else {}))
 
 
+def optimizer_name(opt: torch.optim.Optimizer) -> str:
+    """The config name of a built optimizer (``OptimConfig.name``)."""
+    return "adam" if isinstance(opt, torch.optim.Adam) else "rmsprop" if isinstance(opt, torch.optim.RMSprop) else "sgd"
+
+
+def retuned(opt: torch.optim.Optimizer, params: Any, cfg: OptimConfig, fast: bool = False) -> torch.optim.Optimizer:
+    """A running optimizer made to follow ``cfg`` (``train.heal`` applying a fix): another kind is a new optimizer
+    over the same parameters (its state starts empty: Adam's moments at zero); the same kind keeps its state and
+    takes the new learning rate, eps and momentum in every param group."""
+    if optimizer_name(opt) != cfg.name:
+        return make_optimizer(params, cfg, fast)
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr
+        for key in ("eps", "momentum"):
+            if key in group:
+                group[key] = getattr(cfg, key)
+    return opt
+
+
 def keep_fast_kernels(opts: Sequence[torch.optim.Optimizer]) -> None:
     """After ``load_state_dict``: a checkpoint's param groups carry the implementation flags it was saved
     with; keep this build's faster implementation of the same update rule."""

@@ -22,6 +22,7 @@ from marl_stability.agents.distributions import ActionHead
 from marl_stability.agents.networks import feature_probe
 from marl_stability.agents.optim import (
     make_optimizer,
+    retuned,
 )
 from marl_stability.agents.ppo_losses import UpdateAccumulator
 from marl_stability.agents.ppo_networks import (
@@ -53,6 +54,8 @@ class PPO(Algorithm):
     stat_prefixes = STAT_PREFIXES
     on_policy = True
     centralized: ClassVar[bool] = False
+    live_keys = ("actor_optim.", "critic_optim.", "ppo.entropy_coef", "ppo.epochs", "ppo.value_loss", "ppo.value_clip",
+                 "ppo.huber_delta", "ppo.advantage_norm", "ppo.log_std_bounds")
 
     def __init__(self, cfg: Any, spec: AgentLayout, fixes: Any, events: Any = None) -> None:
         super().__init__(cfg, spec, fixes, events)
@@ -266,6 +269,20 @@ class PPO(Algorithm):
         self.gen.set_state(state["torch_gen"])
         self.rng.bit_generator.state = state["np_rng"]
         self.env_steps, self.updates = int(state["counters"]["env_steps"]), int(state["counters"]["updates"])
+
+    # ------------------------------------------------------------------ live changes (train.heal)
+    def reconfigure(self, cfg: Any, changed: list[str]) -> None:
+        """The PPO hyperparameters are read at every update (entropy coefficient, epochs, value loss and clipping,
+        advantage normalization); optimizers follow ``actor_optim``/``critic_optim`` (:func:`retuned`); the log-std
+        bounds are set on each policy head (its free output 0 still maps to ``log_std_init``)."""
+        self.cfg, self.hp = cfg, cfg.ppo
+        for g in self.groups:
+            if any(k.startswith("actor_optim.") for k in changed):
+                g.actor_opt = retuned(g.actor_opt, g.actor.parameters(), cfg.actor_optim)
+            if any(k.startswith("critic_optim.") for k in changed):
+                g.critic_opt = retuned(g.critic_opt, g.critic.parameters(), cfg.critic_optim)
+            if "ppo.log_std_bounds" in changed:
+                g.actor.head.set_bounds(None if self.hp.log_std_bounds is None else tuple(self.hp.log_std_bounds))
 
     def snapshot(self) -> dict[str, Any]:
         """Networks, optimizers and value normalizers (what a rollback restores)."""

@@ -213,6 +213,27 @@ class PPOConfig(_Strict):
         return self
 
 
+class HealConfig(_Strict):
+    """Self-healing (``train.heal``): detect, roll back to before the onset, apply the fix the evidence ranks first
+    for the diagnosed road, continue (docs/heal.md)."""
+
+    enabled: bool = Field(False, description="heal the run when a trigger fires (off: the run is untouched)")
+    on_explosion: bool = Field(True, description="trigger: the gradient explosion alarm")
+    on_nonfinite: bool = Field(True, description="trigger: a non-finite loss, gradient, parameter or action (replaces "
+                               "train.on_nonfinite while heal is on)")
+    on_collapse: bool = Field(True, description="trigger: the action-collapse detector")
+    on_entropy_collapse: bool = Field(True, description="trigger: the entropy-collapse detector (on-policy)")
+    on_kl_spike: bool = Field(True, description="trigger: the KL-spike detector (on-policy)")
+    snapshot_every: int = Field(25, ge=1, description="updates between snapshots in the ring (networks, optimizers, "
+                                "normalizer statistics, the replay buffer's write position, detector state)")
+    keep: int = Field(8, ge=1, description="snapshots kept in the ring (the last K, plus the one taken before the "
+                      "first update, which is never dropped)")
+    max_attempts: int = Field(3, ge=1, description="heals per run; a trigger after the last one is handled as "
+                              "without heal (a non-finite value stops the run as diverged; any other alarm is recorded)")
+    fixes: list[str] = Field(default_factory=list, description="fix ids to apply, in this order (registry ids, e.g. "
+                             "grad_clip, reward_scale); empty: the fixes the evidence ranks first for the diagnosed road")
+
+
 class TrainConfig(_Strict):
     steps: int = Field(200_000, ge=1, description="total env steps (summed over env copies)")
     eval_every: int = Field(10_000, ge=1, description="env steps between evaluations")
@@ -241,6 +262,8 @@ class TrainConfig(_Strict):
     )
     snapshot_every: int = Field(50, ge=1, description="updates between in-memory snapshots (on_nonfinite=rollback)")
     max_rollbacks: int = Field(5, ge=0, description="rollbacks tolerated before status=diverged")
+    heal: HealConfig = Field(default_factory=HealConfig, description="self-healing: roll back and apply a fix when a "
+                             "failure detector fires")
     forensic_history: int = Field(50, ge=1, description="recent update stats kept for the forensic bundle")
     hooks: list[str] = Field(
         default_factory=list, description="extra hooks, as package.module:Class (each built with the run context; see "
@@ -250,6 +273,13 @@ class TrainConfig(_Strict):
         1, ge=1, description="torch intra-op threads (1 is fastest for 64-unit nets; 2 made 128-unit updates ~1.4x "
         "faster on an otherwise idle 2-core machine)"
     )
+
+    @model_validator(mode="after")
+    def _one_rollback_policy(self) -> "TrainConfig":
+        if self.heal.enabled and self.heal.on_nonfinite and self.on_nonfinite == "rollback":
+            raise ValueError("heal.enabled with heal.on_nonfinite and on_nonfinite=rollback: both roll back on a "
+                             "non-finite value; keep one (heal restores a snapshot from before the onset and adds a fix)")
+        return self
 
 
 class PlasticityConfig(_Strict):

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import pytest
 
+from marl_stability.fixes import evidence
 from marl_stability.analysis import doctor, fix_evidence
 from marl_stability.analysis.mechanism import classify
 from marl_stability.config import load_config
@@ -157,7 +158,7 @@ def test_ranked_by_healthy_share_then_return():
 
 
 def test_doctor_ranks_fixes_by_the_mechanism_table(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(fix_evidence, "load", lambda path=None: EVIDENCE)
+    monkeypatch.setattr(evidence, "load", lambda path=None: EVIDENCE)
     measured = doctor._measured("explosion-first")
     fixes = [doctor.Fix(1, "normalize observations", []), doctor.Fix(2, "small last-layer init", []),
              doctor.Fix(3, "lower the learning rate", []), doctor.Fix(4, "clip gradients (global L2 norm)", []),

@@ -2,7 +2,7 @@
 
 For an off-policy run it names the mechanism (``marl_stability.analysis.mechanism``: explosion-first, saturation-first
 or neither) with the env step at which each signal moved, and ranks the fixes by what the single-fix table of
-that mechanism measured (``marl_stability/analysis/fix_evidence.json``: seeds left healthy, then mean final return),
+that mechanism measured (``marl_stability/fixes/fix_evidence.json``: seeds left healthy, then mean final return),
 quoting the numbers: fixes that cured seeds first, then the fixes not measured for it (in the practitioner's
 order, the ones this run's data points at first), then the measured fixes that cured no seed. Without a
 mechanism (a healthy run, an on-policy run) the fixes keep the practitioner's order (gradient clipping and
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from marl_stability.config import DetectorConfig
-from marl_stability.fixes import registry
+from marl_stability.fixes import evidence, registry
 from marl_stability.core.summary import RunSummary
 from marl_stability.errors import UserError
 from marl_stability.runs.record import RunRecord, find_run_dirs
@@ -143,36 +143,11 @@ def _mechanism(summary: RunSummary | None, cfg: dict[str, Any], scalars: dict[st
 
 
 def _measured(mechanism: str) -> dict[str, dict[str, Any]]:
-    """fix name -> what the mechanism's single-fix table measured for it ({} when nothing was measured); the
-    key "" holds where the numbers come from."""
-    from marl_stability.analysis import fix_evidence
-
-    evidence = fix_evidence.load()
-    rows = fix_evidence.ranked(evidence, mechanism)
-    if not rows:
-        return {}
-    table = evidence["mechanisms"][mechanism]
-    out: dict[str, dict[str, Any]] = {r["fix"]: r for r in rows}
-    out[""] = {"source": f"the {mechanism} single-fix table ({table.get('sweep')}, {table.get('env')}, "
-                         f"{table.get('env_steps')} env steps)"}
-    return out
+    return evidence.measured(mechanism)
 
 
 def _rank_by_evidence(fixes: list[Fix], measured: dict[str, dict[str, Any]]) -> list[Fix]:
-    """Measured fixes that left seeds healthy first (most healthy, then best return), then unmeasured fixes in
-    their current order, then measured fixes that cured no seed."""
-    if not measured:
-        return fixes
-    rank = {name: i for i, name in enumerate(n for n in measured if n)}
-
-    def key(pos_fix: tuple[int, Fix]) -> tuple[int, int]:
-        pos, f = pos_fix
-        m = measured.get(f.name)
-        if m is None:
-            return (1, pos)
-        return (0 if m["healthy"] > 0 else 2, rank[f.name])
-
-    return [f for _, f in sorted(enumerate(fixes), key=key)]
+    return evidence.rank_by_evidence(fixes, measured, lambda f: f.name)
 
 
 def targets(paths: list[Path]) -> list[Path]:

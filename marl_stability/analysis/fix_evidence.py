@@ -7,14 +7,13 @@ saturation-first preset, ``... reproduce_single_fixes_explosion.yaml`` for the e
 ``failure`` and one arm per fix. Every finished run is labelled from its final evaluation exactly as
 ``marl-stability calibrate`` labels it (healthy, collapsed or diverged; never from the detectors), and each arm
 gets its counts and final returns. A mechanism not given keeps its table from an existing ``--out`` file, so
-one sweep can be redone alone. The copy shipped in the package, ``marl_stability/analysis/fix_evidence.json``, is what
+one sweep can be redone alone. The copy shipped in the package, ``marl_stability/fixes/fix_evidence.json``, is what
 ``doctor`` reads: for the mechanism it finds in a run, it ranks the fixes by the share of seeds they left healthy,
 then by their mean final return, and quotes the numbers.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Optional
 
 from marl_stability.errors import ArgumentParser, UserError
 from marl_stability.fixes import registry
+from marl_stability.fixes.evidence import PACKAGED, load, ranked  # noqa: F401 -- this tool writes what they read
 from marl_stability.runs.anchors import do_nothing_of, shared_team_return
 from marl_stability.runs.labels import label_run
 from marl_stability.runs.record import RunRecord
@@ -29,7 +29,6 @@ from marl_stability.runs.sweep_layout import FINAL_STATUSES
 from marl_stability.runs.trials import collect
 
 MECHANISMS = ("saturation-first", "explosion-first")
-PACKAGED = Path(__file__).with_name("fix_evidence.json")
 
 
 @dataclass
@@ -81,28 +80,6 @@ def sweep_evidence(sweep: Path) -> dict[str, Any]:
         raise UserError(f"{sweep}: no finished run of a 'failure' arm (is it a single-fix sweep?)")
     return {"sweep": trials.plan.name, "env": env, "env_steps": steps,
             "arms": {a: ev.to_json() for a, ev in arms.items()}}
-
-
-def load(path: Path = PACKAGED) -> dict[str, Any]:
-    """The evidence file as a dict ({} when it is missing or unreadable: doctor then keeps its fixed order)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def ranked(evidence: dict[str, Any], mechanism: str) -> list[dict[str, Any]]:
-    """The measured fixes for ``mechanism``, best first: most seeds left healthy (as a share), then the highest
-    mean final return; each ``{"fix", "arm", "healthy", "n", "mean_final_return", "labels"}``."""
-    arms = ((evidence.get("mechanisms") or {}).get(mechanism) or {}).get("arms") or {}
-    rows = [a for a in arms.values() if isinstance(a, dict) and a.get("fix") and a.get("n")]
-
-    def key(a: dict[str, Any]) -> tuple[float, float]:
-        ret = a.get("mean_final_return")
-        return (-a["healthy"] / a["n"], -(ret if ret is not None else -float("inf")))
-
-    return [{k: a.get(k) for k in ("fix", "arm", "healthy", "n", "mean_final_return", "labels")} for a in sorted(rows, key=key)]
 
 
 def _parse_pairs(pairs: list[str]) -> dict[str, Path]:

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from marl_stability.core.sinks import Logger
     from marl_stability.core.summary import RunSummary
 
-BUILTIN_MODULES = ("marl_stability.hooks.builtin", "marl_stability.hooks.control", "marl_stability.hooks.engagement")
+BUILTIN_MODULES = ("marl_stability.hooks.builtin", "marl_stability.hooks.control", "marl_stability.hooks.engagement",
+                   "marl_stability.hooks.heal")
 EVENTS = ("on_start", "after_backward", "after_clip", "after_step", "on_env_step", "on_update", "on_episodes",
           "on_evaluation", "on_nonfinite", "before_checkpoint", "on_end")
 

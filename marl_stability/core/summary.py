@@ -80,6 +80,9 @@ class RunSummary(BaseModel):
     fix_engagement: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per fix the run uses (registry id): engaged (true/false: measured; null: "
         "acts by construction, not measured) and how (the evidence)")
+    healing: list[dict[str, Any]] = Field(
+        default_factory=list, description="train.heal: one record per heal (trigger, alarm_step, road, why, onset_step, "
+        "rolled_back_to, fix, settings, env_steps_lost, data, outcome); absent when no heal happened")
     hooks: dict[str, dict[str, Any]] = Field(default_factory=dict, description="what users' hooks add, by hook name")
     error: Optional[str] = Field(None, description="env_error: the environment's failure (env, agent, field, env step); "
                                  "crashed: the exception")
@@ -100,7 +103,7 @@ class RunSummary(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         out = self.model_dump(mode="python")
-        for key in ("on_policy", "plasticity", "fix_engagement", "hooks", "error"):  # runs without these keep the summary.json they always had
+        for key in ("on_policy", "plasticity", "fix_engagement", "healing", "hooks", "error"):  # runs without these keep the summary.json they always had
             if not out[key]:
                 del out[key]
         return out

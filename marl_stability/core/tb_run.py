@@ -225,6 +225,8 @@ def summary_text(summary: RunSummary, stop_reason: str = "") -> str:
     if summary.detector_messages:
         lines += ["", "Detectors that fired:", ""]
         lines += [f"- {m}" for m in grouped_messages(summary.detector_messages, summary.agents)]
+    if summary.healing:
+        lines += ["", "Heals (train.heal):", ""] + [f"- {heal_line(r)}; outcome: {r.get('outcome')}" for r in summary.healing]
     if summary.fix_engagement:
         lines += ["", "| fix in effect | acted | how we know |", "|---|---|---|"]
         acted = {True: "yes", False: "**no**", None: "by construction"}
@@ -272,3 +274,13 @@ OUTLIER_SETTING = 'untick Settings > "Ignore outliers in chart scaling"'
 OUTLIER_NOTE = ("TensorBoard scales each chart's y-axis to the 5th-95th percentile of its points by default, which "
                 f"cuts off the best returns of the arm that learns: {OUTLIER_SETTING} (Time Series; the same box in "
                 "Scalars and Custom Scalars) to see every point.")
+
+
+def heal_line(r: dict[str, Any]) -> str:
+    """One heal record of ``summary.json`` in words (the heal's TensorBoard text, the Summary text, doctor)."""
+    if not r.get("fix"):
+        return f"heal {r['attempt']}: {r['trigger'].replace('_', ' ')} at env step {r['alarm_step']}: {r['outcome']}"
+    return (f"heal {r['attempt']}: {r['trigger'].replace('_', ' ')} at env step {r['alarm_step']} ({r['message']}); "
+            f"road: {r['road']}; rolled back to env step {r['rolled_back_to']} (onset {r['onset_step']}, "
+            f"{r['env_steps_lost']} env steps lost{'; ' + r['data'] if r.get('data') else ''}); applied {r['fix']} "
+            f"({' '.join('--set ' + s for s in r['settings'])})")

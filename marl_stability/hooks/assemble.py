@@ -8,7 +8,9 @@ from typing import Any, Sequence
 
 from marl_stability.core.hooks import EVENTS, Hook, RunContext
 from marl_stability.errors import UserError
-from marl_stability.hooks.builtin import builtin_hooks
+from marl_stability.hooks.builtin import DetectorHook, builtin_hooks
+from marl_stability.hooks.control import NonFinitePolicy
+from marl_stability.hooks.heal import HealHook
 
 
 # --------------------------------------------------------------------------- users' hooks from config
@@ -39,6 +41,9 @@ def build_hooks(ctx: RunContext, user_hooks: Sequence[Any] = ()) -> list[Hook]:
     """The run's hooks, built once: the built-in ones from config, then the user's (classes from
     ``train.hooks`` and hook objects or classes passed in). A class is called with the run context."""
     hooks = builtin_hooks(ctx)
+    if ctx.cfg.train.heal.enabled:  # the healer takes the non-finite policy's place (it owns the same tags)
+        detectors = next(h for h in hooks if isinstance(h, DetectorHook))
+        hooks = [HealHook(ctx, detectors) if isinstance(h, NonFinitePolicy) else h for h in hooks]
     for item in [*(load_hook_class(s) for s in ctx.cfg.train.hooks), *user_hooks]:
         hook = _construct(item, ctx) if isinstance(item, type) else item
         if not hasattr(hook, "name") or not hook.name:

@@ -25,8 +25,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-Series = tuple[np.ndarray, np.ndarray]  # (env steps int64, values float64), sorted by step
-Scalars = dict[str, list[tuple[int, float]]]
+from marl_stability.core.roads import Scalars, Series, learning_start, series_of  # noqa: F401 -- re-exported
 
 
 @dataclass(frozen=True)
@@ -179,14 +178,6 @@ SIGNAL_NAMES = tuple(s.name for s in SIGNALS)
 
 
 # ---------------------------------------------------------------------------------------------- series
-def series_of(points: list[tuple[int, float]]) -> Series:
-    """A tag's (step, value) list as arrays sorted by step (stable: same-step values keep their order)."""
-    steps = np.array([int(st) for st, _ in points], np.int64)
-    values = np.array([float(v) for _, v in points], np.float64)
-    order = np.argsort(steps, kind="stable")
-    return steps[order], values[order]
-
-
 def matched_tags(signal: Signal, tags: list[str]) -> list[str]:
     """The tags of the first glob of ``signal.tags`` that matches any of ``tags`` (sorted)."""
     for pattern in signal.tags:
@@ -280,12 +271,6 @@ def trace_of(series: Series, direction: str) -> Trace:
         t.min, t.max = float(finite.min()), float(finite.max())
     t.final = _num(float(values[-1]))
     return t
-
-
-def learning_start(scalars: Scalars) -> Optional[int]:
-    """The run's first gradient update: the first step of any ``grad_norm/`` tag (None: no update logged)."""
-    firsts = [min(st for st, _ in pts) for tag, pts in scalars.items() if tag.startswith("grad_norm/") and pts]
-    return min(firsts) if firsts else None
 
 
 def traces(scalars: Scalars, params: SignalParams) -> dict[str, Optional[Trace]]:

@@ -466,12 +466,13 @@ def load_policy(run_dir: Path) -> tuple[Any, Any]:
     from marl_stability.config import RunConfig
     from marl_stability.core.build import build_run
     from marl_stability.core.checkpoint import load_checkpoint, policy_checkpoint
+    from marl_stability.core.live import healed_config
 
     path = policy_checkpoint(run_dir)
     if path is None:
         raise UserError(f"{run_dir} has no checkpoint to render from")
     state = load_checkpoint(path)
-    cfg = RunConfig.model_validate(state["config"])
+    cfg = healed_config(RunConfig.model_validate(state["config"]), list(state.get("healed", [])))  # as it ended
     parts = build_run(cfg, probe=False)  # the same construction as the trainer's
     parts.close()
     parts.algorithm.load_state_dict(state["algo"])

@@ -40,7 +40,9 @@ from marl_stability.core.summary import TIMING_KEYS, RunSummary
 from marl_stability.envs.vector import EnvOutputError
 from marl_stability.errors import UserError
 from marl_stability.fixes.registry import fix_settings
+from marl_stability.core.live import readopt
 from marl_stability.hooks.assemble import build_hooks
+from marl_stability.hooks.heal import HealHook
 
 __all__ = ["Trainer", "Progress", "TIMING_KEYS", "CHECKPOINT_FORMAT", "make_venv", "probe_env", "check_compatible"]
 
@@ -126,6 +128,8 @@ class Trainer:
         """What a checkpoint holds; without ``obs`` only what a final one keeps (no env copies, no hooks)."""
         state = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "algo": self.algo.state_dict(),
                  "progress": asdict(self.progress)}
+        if (healer := self.bus.find(HealHook)) is not None and healer.overrides:  # networks of the healed config
+            state["healed"] = list(healer.overrides)
         if obs is not None:
             state.update({"env": self.venv.state_dict(), "obs": obs, "hooks": self.bus.state_dict()})
         return state
@@ -144,6 +148,7 @@ class Trainer:
             raise UserError(f"checkpoint {self.checkpoint_path} has format {state.get('format')}, expected {CHECKPOINT_FORMAT}")
         check_saved_config(state, self.cfg, self.checkpoint_path)
         try:
+            self.ctx.cfg = readopt(self.algo, self.cfg, list(state.get("healed", [])))  # heals before the checkpoint
             self.algo.load_state_dict(state["algo"])
             self.venv.load_state_dict(state["env"])
             self.bus.load_state_dict(state["hooks"])
@@ -164,7 +169,7 @@ class Trainer:
         p = self.progress
         fields = {
             "status": self.status, "env": self.cfg.env.id, "algo": self.cfg.algo, "on_policy": type(self.algo).on_policy,
-            "seed": self.cfg.seed, "fixes": fix_settings(self.cfg, type(self.algo).on_policy), "env_steps": p.env_steps, "updates": self.algo.updates,
+            "seed": self.cfg.seed, "fixes": fix_settings(self.ctx.cfg, type(self.algo).on_policy), "env_steps": p.env_steps, "updates": self.algo.updates,
             "episodes": p.episodes, "final_return": p.final_return, "best_return": p.best_return,
             "eval_history": list(p.eval_history), "agents": list(self.spec.agents),
             "wall_seconds": round(p.wall_seconds, 3),

@@ -1,0 +1,75 @@
+"""Changing a running run's config: what ``train.heal`` does when it applies a fix mid-run.
+
+The fix objects (``marl_stability.fixes.objects``: the clippers, the observation and reward transforms, the
+pre-activation penalty) are rebuilt where their ``fixes.`` section changed -- in place in the run's one
+``Fixes`` object, which the algorithm, the evaluation and the hooks share; a new normalizer's statistics start at
+the switch. Every other changed key must be one the algorithm declares in ``live_keys``; it adopts those in
+``reconfigure`` (optimizers, output heads, loss settings). A key neither covers cannot change mid-run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marl_stability.config import RunConfig, apply_override, build_config, config_diff
+from marl_stability.fixes.objects import (
+    PreactivationPenalty,
+    make_clipper,
+    make_obs_transform,
+    make_reward_transform,
+)
+
+
+def _covered(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
+
+
+def blockers(algo_cls: type, keys: list[str]) -> list[str]:
+    """The keys among ``keys`` that a running ``algo_cls`` cannot adopt (neither a fix object's nor live)."""
+    return [k for k in keys if not k.startswith("fixes.") and not _covered(k, tuple(algo_cls.live_keys))]
+
+
+def adopt(algo: Any, old: RunConfig, new: RunConfig) -> list[str]:
+    """Make the running ``algo`` (and its fix objects) follow ``new``; returns the keys that changed. Raises
+    ``ValueError`` naming the keys it cannot change live (nothing is changed then)."""
+    changed = config_diff(old, new)
+    blocked = blockers(type(algo), changed)
+    if blocked:
+        raise ValueError(f"{type(algo).__name__} cannot change {', '.join(blocked)} in a running run")
+    fixes, layout = algo.fixes, algo.spec
+    touched = lambda prefix: any(k.startswith(prefix) for k in changed)  # noqa: E731
+    if touched("fixes.grad_clip.actor."):
+        fixes.actor_clip = make_clipper(new.fixes.grad_clip.actor)
+    if touched("fixes.grad_clip.critic."):
+        fixes.critic_clip = make_clipper(new.fixes.grad_clip.critic)
+    if touched("fixes.obs_norm."):
+        fixes.obs = make_obs_transform(new.fixes.obs_norm, layout.num_agents, layout.max_obs_dim)
+    if touched("fixes.reward."):
+        fixes.reward = make_reward_transform(new.fixes.reward, new.env.num_envs, layout.num_agents, algo.gamma)
+    if touched("fixes.actor_preact_l2"):
+        fixes.preact_penalty = PreactivationPenalty(new.fixes.actor_preact_l2)
+    rest = [k for k in changed if not k.startswith("fixes.")]
+    if rest:
+        algo.reconfigure(new, rest)
+    algo.cfg = new
+    return changed
+
+
+def healed_config(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """``cfg`` with the ``--set`` items that heals applied (a checkpoint's ``healed`` list): the config a healed run
+    continues with, and the one its checkpoints' networks and optimizers are built for."""
+    if not overrides:
+        return cfg
+    data = cfg.to_dict()
+    for item in overrides:
+        apply_override(data, item)
+    return build_config(data, "train.heal")
+
+
+def readopt(algo: Any, base: RunConfig, overrides: list[str]) -> RunConfig:
+    """A resumed run's config: ``base`` (as the run started) with the heals a checkpoint recorded, adopted by the
+    freshly built ``algo`` before the checkpoint's networks and optimizers are loaded into it."""
+    healed = healed_config(base, overrides)
+    if overrides:
+        adopt(algo, base, healed)
+    return healed
