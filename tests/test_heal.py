@@ -192,3 +192,24 @@ def test_heal_settings_are_described() -> None:
 
     text = describe_schema()
     assert "heal:" in text and "max_attempts" in text and "on_collapse" in text
+
+
+def test_a_normalizer_switched_on_by_a_heal_has_the_statistics_of_one_on_from_the_start() -> None:
+    from marl_stability.config import FixesConfig
+    from marl_stability.fixes.objects import Shadowed, build_fixes, switched_on
+
+    shadowed = build_fixes(FixesConfig(), num_envs=2, num_agents=3, obs_dim=4, gamma=0.9, shadow=True)
+    on = build_fixes(FixesConfig.model_validate({"reward": {"mode": "normalize"}, "obs_norm": {"enabled": True}}),
+                     num_envs=2, num_agents=3, obs_dim=4, gamma=0.9)
+    assert isinstance(shadowed.obs, Shadowed) and isinstance(shadowed.reward, Shadowed)
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        obs, rew, done = rng.normal(3, 2, (2, 3, 4)), rng.normal(-5, 4, (2, 3)), np.full(2, t % 7 == 6)
+        for f in (shadowed, on):
+            f.obs.update(obs)
+            f.reward.update(rew, done)
+    x = torch.as_tensor(rng.normal(size=(5, 3, 4)), dtype=torch.float32)
+    assert torch.equal(shadowed.obs(x), x) and shadowed.reward.scale() == 1.0  # off: it changes nothing
+    obs_norm = switched_on(ObsNormalizer(3, 4, FixesConfig().obs_norm), shadowed.obs)
+    reward_norm = switched_on(ReturnNormalizer(2, 3, 0.9, FixesConfig().reward.clip), shadowed.reward)
+    assert torch.equal(obs_norm(x), on.obs(x)) and reward_norm.scale() == on.reward.scale()

@@ -12,6 +12,7 @@ when the run's own data points at them. Every fix comes with its exact ``--set``
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from marl_stability.config import DetectorConfig
+from marl_stability.config import DetectorConfig, apply_override
 from marl_stability.fixes import evidence, registry
 from marl_stability.core.summary import RunSummary
+from marl_stability.core.tb_run import heal_line
 from marl_stability.errors import UserError
 from marl_stability.runs.record import RunRecord, find_run_dirs
 
@@ -73,6 +75,7 @@ class Evidence:
 def diagnose(run_dir: str | Path) -> dict[str, Any]:
     record = RunRecord(run_dir)
     summary, cfg = _read_run(record)
+    cfg = _as_ended(cfg, summary)
     scalars, run = record.scalars, record.dir
     ev = _evidence(scalars)
     s = summary if summary is not None else RunSummary(status="")  # no summary.json: nothing fired, no status
@@ -81,7 +84,7 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
     result = outcome(record)
     if record.on_policy:
         d = diagnose_on_policy(run, s, summary, cfg, ev, scalars)
-        return _with_outcome(d, result)
+        return _with_outcome(d, result, s.healing)
     fixes = [f for f in _candidate_fixes(s, cfg, ev) if not f.applied]
     # Keep the practitioner's order, but within it the fixes the data points at come first.
     fixes.sort(key=lambda f: (f.order, not f.evidence))
@@ -101,7 +104,19 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
         "max_preactivation": ev.max_preactivation, "reward_magnitude": ev.reward_magnitude,
         "large_reward": _large_reward(cfg, ev),
         "fixes": [{"name": f.name, "set": f.overrides, "why": f.why, "measured": measured.get(f.name)} for f in fixes],
-    }, result)
+    }, result, s.healing)
+
+
+def _as_ended(cfg: dict[str, Any], summary: RunSummary | None) -> dict[str, Any]:
+    """The config a run ended with: config.yaml plus the settings its heals applied (``train.heal``), so the advice
+    does not offer a fix the run already took."""
+    settings = [item for h in (summary.healing if summary is not None else []) for item in h.get("settings") or []]
+    if not settings:
+        return cfg
+    ended = copy.deepcopy(cfg)
+    for item in settings:
+        apply_override(ended, item)
+    return ended
 
 
 def outcome(record: RunRecord) -> dict[str, Any] | None:
@@ -122,9 +137,10 @@ def outcome(record: RunRecord) -> dict[str, Any] | None:
             "max_grad_norm": dict(s.max_grad_norm)}
 
 
-def _with_outcome(d: dict[str, Any], result: dict[str, Any] | None) -> dict[str, Any]:
-    """A run whose outcome is not healthy (e.g. below the do-nothing return) is never called healthy."""
-    d["outcome"] = result
+def _with_outcome(d: dict[str, Any], result: dict[str, Any] | None, healing: list[dict[str, Any]]) -> dict[str, Any]:
+    """A run whose outcome is not healthy (e.g. below the do-nothing return) is never called healthy. ``healing``:
+    the run's heals (``train.heal``), reported with it."""
+    d["outcome"], d["healing"] = result, healing
     if result is not None and result["label"] != "healthy":
         d["verdict"] = "unstable"
     return d
@@ -271,9 +287,16 @@ def render(d: dict[str, Any]) -> str:
         lines.append(f"the environment failed: {d['error']}")
     lines += _outcome_lines(d.get("outcome"))
     lines += _mechanism_lines(d.get("mechanism"))
+    healed = [h for h in d.get("healing") or [] if h.get("fix")]
+    if d.get("healing"):
+        lines.append(f"train.heal acted {len(healed)} time(s) (env steps are not rewound: the lost ones count in the budget):")
+        lines += [f"  - {heal_line(h)}; outcome: {h['outcome']}" for h in d["healing"]]
     if d["verdict"] == "healthy":
         lines.append("verdict: healthy; nothing in this run calls for a fix" if d["status"] != "env_error" else
                      "verdict: no training instability; fix the environment, then continue the run with --resume")
+        if healed:
+            lines.append(f"  (healthy after {len(healed)} heal(s): a new run with the fixes it ended with: "
+                         f"marl-stability train -c {Path(d['run']) / 'healed.yaml'})")
         return "\n".join(lines)
     if d["layers_grew_first"]:
         lines.append(f"networks whose gradients grew >{GROWTH_FACTOR:g}x their early level, earliest first (with the layer that grew first):")
@@ -295,6 +318,9 @@ def render(d: dict[str, Any]) -> str:
         sets = " ".join(f"--set {s}" for s in f["set"])
         lines.append(f"  {i}. {f['name']}: {sets}" + (f"\n     measured: {_measured_text(f['measured'])}" if f.get("measured") else "")
                      + (f"\n     why: {f['why']}" if f["why"] else ""))
+    if not d.get("healing"):
+        lines.append("or let the run heal itself: --set train.heal.enabled=true rolls back to before the onset and "
+                     "applies the first of these fixes a running run can take (docs/heal.md)")
     return "\n".join(lines)
 
 

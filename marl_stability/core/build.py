@@ -65,7 +65,7 @@ def build_run(cfg: RunConfig, events: Any = None, num_envs: Optional[int] = None
         layout = venv.layout
         check_compatible(cfg, layout)
         gamma = agents.algorithm_class(cfg.algo).discount(cfg)  # the learner's discount: the class says whose
-        fixes = build_fixes(cfg.fixes, n, layout.num_agents, layout.max_obs_dim, gamma)
+        fixes = build_fixes(cfg.fixes, n, layout.num_agents, layout.max_obs_dim, gamma, shadow=cfg.train.heal.enabled)
         algorithm = agents.make(cfg, layout, fixes, events)
     except BaseException:
         venv.close()

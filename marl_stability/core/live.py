@@ -2,8 +2,8 @@
 
 The fix objects (``marl_stability.fixes.objects``: the clippers, the observation and reward transforms, the
 pre-activation penalty) are rebuilt where their ``fixes.`` section changed -- in place in the run's one
-``Fixes`` object, which the algorithm, the evaluation and the hooks share; a new normalizer's statistics start at
-the switch. Every other changed key must be one the algorithm declares in ``live_keys``; it adopts those in
+``Fixes`` object, which the algorithm, the evaluation and the hooks share; a normalizer switched on starts from the
+statistics its shadow kept (``fixes.objects.Shadowed``, built while ``train.heal`` is on). Every other changed key must be one the algorithm declares in ``live_keys``; it adopts those in
 ``reconfigure`` (optimizers, output heads, loss settings). A key neither covers cannot change mid-run.
 """
 
@@ -17,6 +17,7 @@ from marl_stability.fixes.objects import (
     make_clipper,
     make_obs_transform,
     make_reward_transform,
+    switched_on,
 )
 
 
@@ -43,9 +44,10 @@ def adopt(algo: Any, old: RunConfig, new: RunConfig) -> list[str]:
     if touched("fixes.grad_clip.critic."):
         fixes.critic_clip = make_clipper(new.fixes.grad_clip.critic)
     if touched("fixes.obs_norm."):
-        fixes.obs = make_obs_transform(new.fixes.obs_norm, layout.num_agents, layout.max_obs_dim)
+        fixes.obs = switched_on(make_obs_transform(new.fixes.obs_norm, layout.num_agents, layout.max_obs_dim), fixes.obs)
     if touched("fixes.reward."):
-        fixes.reward = make_reward_transform(new.fixes.reward, new.env.num_envs, layout.num_agents, algo.gamma)
+        fixes.reward = switched_on(make_reward_transform(new.fixes.reward, new.env.num_envs, layout.num_agents,
+                                                         algo.gamma), fixes.reward)
     if touched("fixes.actor_preact_l2"):
         fixes.preact_penalty = PreactivationPenalty(new.fixes.actor_preact_l2)
     rest = [k for k in changed if not k.startswith("fixes.")]

@@ -311,6 +311,41 @@ class PreactivationPenalty:
         return self.coef * preact.pow(2).flatten(1).mean(dim=1)
 
 
+# --------------------------------------------------------------------------- statistics kept for a later switch
+class Shadowed:
+    """An observation or reward transform that acts as ``active`` (the identity of a fix that is off) while a
+    ``shadow`` normalizer sees the same data. ``train.heal`` builds these for the normalizers a run does not use,
+    so a normalizer it switches on mid-run starts from the statistics of every step so far -- as if it had been
+    on from the start -- instead of from its first few samples. It changes nothing the run computes."""
+
+    def __init__(self, active: Any, shadow: Any) -> None:
+        self.active, self.shadow = active, shadow
+
+    def update(self, *data: np.ndarray) -> None:
+        self.active.update(*data)
+        self.shadow.update(*data)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.active(x)
+
+    def scale(self) -> float:
+        return self.active.scale()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"active": self.active.state_dict(), "shadow": self.shadow.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.active.load_state_dict(state["active"])
+        self.shadow.load_state_dict(state["shadow"])
+
+
+def switched_on(new: Any, old: Any) -> Any:
+    """``new`` (a normalizer a heal switches on), starting from ``old``'s shadow statistics when it kept some."""
+    if isinstance(old, Shadowed) and type(old.shadow) is type(new):
+        new.load_state_dict(old.shadow.state_dict())
+    return new
+
+
 # --------------------------------------------------------------------------- all of them
 @dataclass
 class Fixes:
@@ -321,11 +356,14 @@ class Fixes:
     preact_penalty: PreactivationPenalty
 
 
-def build_fixes(cfg: FixesConfig, num_envs: int, num_agents: int, obs_dim: int, gamma: float) -> Fixes:
-    return Fixes(
-        actor_clip=make_clipper(cfg.grad_clip.actor),
-        critic_clip=make_clipper(cfg.grad_clip.critic),
-        obs=make_obs_transform(cfg.obs_norm, num_agents, obs_dim),
-        reward=make_reward_transform(cfg.reward, num_envs, num_agents, gamma),
-        preact_penalty=PreactivationPenalty(cfg.actor_preact_l2),
-    )
+def build_fixes(cfg: FixesConfig, num_envs: int, num_agents: int, obs_dim: int, gamma: float,
+                shadow: bool = False) -> Fixes:
+    """The run's fix objects. ``shadow`` (``train.heal``): the observation and reward normalizers that are off keep
+    their statistics anyway (:class:`Shadowed`), for a heal that switches them on."""
+    obs, reward = make_obs_transform(cfg.obs_norm, num_agents, obs_dim), make_reward_transform(cfg.reward, num_envs, num_agents, gamma)
+    if shadow and not cfg.obs_norm.enabled:
+        obs = Shadowed(obs, ObsNormalizer(num_agents, obs_dim, cfg.obs_norm))
+    if shadow and cfg.reward.mode != "normalize":
+        reward = Shadowed(reward, ReturnNormalizer(num_envs, num_agents, gamma, cfg.reward.clip))
+    return Fixes(actor_clip=make_clipper(cfg.grad_clip.actor), critic_clip=make_clipper(cfg.grad_clip.critic),
+                 obs=obs, reward=reward, preact_penalty=PreactivationPenalty(cfg.actor_preact_l2))

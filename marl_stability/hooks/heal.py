@@ -21,7 +21,6 @@ the ``health/heal_log`` text and the Summary text; ``healed.yaml`` next to the r
 
 from __future__ import annotations
 
-import collections
 import copy
 from typing import Any, Optional
 
@@ -60,6 +59,18 @@ def candidates(cfg: RunConfig, algo_cls: type, road: str, tried: list[str]) -> l
             and not blockers(algo_cls, _keys(f.overrides_for(flat)))]
 
 
+def thin(ring: list[dict[str, Any]], keep: int) -> None:
+    """Drop snapshots until ``keep`` remain: each time the one (never the oldest or the newest) whose neighbours are
+    closest together relative to its age, so the ring spans the whole run with spacing that grows geometrically
+    towards the past: dense just before an alarm, and a failure whose alarm comes long after its onset (a collapse
+    confirmed over several evaluations) still finds a snapshot from before it."""
+    while len(ring) > keep:
+        now = ring[-1]["env_step"]
+        gaps = [(ring[i + 1]["env_step"] - ring[i - 1]["env_step"]) / (now - ring[i]["env_step"])
+                for i in range(1, len(ring) - 1)]
+        del ring[1 + gaps.index(min(gaps)) if gaps else 0]
+
+
 def _keys(overrides: list[str]) -> list[str]:
     return [item.partition("=")[0].strip() for item in overrides]
 
@@ -87,7 +98,7 @@ class HealHook(NonFinitePolicy):
                 raise UserError(f"train.heal.fixes: {fix_id} cannot be applied to a running {algo_cls.__name__} run "
                                 f"({'only at the start of a run' if spec.live is None else 'it changes ' + ', '.join(blocked)})")
         self.base: Optional[dict[str, Any]] = None  # the snapshot before the first update (after a heal: its result)
-        self.ring: collections.deque[dict[str, Any]] = collections.deque(maxlen=self.hc.keep)
+        self.ring: list[dict[str, Any]] = []
         self.records: list[dict[str, Any]] = []
         self.overrides: list[str] = []  # every --set item applied so far, in order
         self.since: Optional[int] = None  # first env step of the current branch (after the last heal)
@@ -137,6 +148,7 @@ class HealHook(NonFinitePolicy):
             return
         if not ev.stats.nonfinite and ev.update % self.hc.snapshot_every == 0 and fired is None:
             self.ring.append(self._snapshot())
+            thin(self.ring, self.hc.keep)
 
     def on_evaluation(self, ev: EvaluationEvent) -> None:
         fired = self._fired()
@@ -245,8 +257,7 @@ class HealHook(NonFinitePolicy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.base = state["base"]
-        self.ring.clear()
-        self.ring.extend(state["ring"])
+        self.ring = list(state["ring"])
         self.records = copy.deepcopy(state["records"])
         self.overrides = list(state["overrides"])
         self.since, self.gave_up = state["since"], bool(state["gave_up"])
