@@ -224,8 +224,10 @@ class HealConfig(_Strict):
     on_collapse: bool = Field(True, description="trigger: the action-collapse detector")
     on_entropy_collapse: bool = Field(True, description="trigger: the entropy-collapse detector (on-policy)")
     on_kl_spike: bool = Field(True, description="trigger: the KL-spike detector (on-policy)")
-    snapshot_every: int = Field(25, ge=1, description="updates between snapshots in the ring (networks, optimizers, "
-                                "normalizer statistics, the replay buffer's write position, detector state)")
+    snapshot_every: Optional[int] = Field(
+        None, ge=1, description="updates between snapshots in the ring (networks, optimizers, normalizer statistics, "
+        "the replay buffer's write position, detector state); default: 25 for off-policy algorithms (an update every "
+        "few env steps), 1 for on-policy ones (an update per rollout)")
     keep: int = Field(8, ge=1, description="snapshots kept in the ring (the last K, plus the one taken before the "
                       "first update, which is never dropped)")
     max_attempts: int = Field(3, ge=1, description="heals per run; a trigger after the last one is handled as "

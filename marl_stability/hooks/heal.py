@@ -87,6 +87,7 @@ class HealHook(NonFinitePolicy):
         self.hc = ctx.cfg.train.heal
         self.detectors = detectors
         algo_cls = type(ctx.algorithm)
+        self.snapshot_every = self.hc.snapshot_every or (1 if algo_cls.on_policy else 25)
         for fix_id in self.hc.fixes:
             try:
                 spec = registry.get(fix_id)
@@ -102,6 +103,7 @@ class HealHook(NonFinitePolicy):
         self.records: list[dict[str, Any]] = []
         self.overrides: list[str] = []  # every --set item applied so far, in order
         self.since: Optional[int] = None  # first env step of the current branch (after the last heal)
+        self.healed_update: Optional[int] = None  # the update counter at the last heal
         self.gave_up = False
 
     # ------------------------------------------------------------------ snapshots
@@ -121,7 +123,7 @@ class HealHook(NonFinitePolicy):
 
     def on_start(self, resumed: bool) -> None:
         if self.base is None:
-            self.base = {**self._snapshot(), "data": None}  # its data mark: set at the first update (see on_update)
+            self.base = {**self._snapshot(), "pending": True}  # completed at the first update (see on_update)
 
     # ------------------------------------------------------------------ triggers
     def _fired(self) -> Optional[tuple[str, int, str]]:
@@ -136,7 +138,7 @@ class HealHook(NonFinitePolicy):
         return None
 
     def on_update(self, ev: UpdateEvent) -> None:
-        if self.base is not None and self.base["data"] is None:
+        if self.base is not None and self.base.pop("pending", False):
             # The networks have not changed before the first update: the pinned snapshot stands for the state just
             # before it, with what the first policy collected (data, normalizer statistics) kept.
             fixes = self.ctx.algorithm.fixes
@@ -146,7 +148,7 @@ class HealHook(NonFinitePolicy):
         if fired is not None and not self.gave_up:
             self._heal(*fired)
             return
-        if not ev.stats.nonfinite and ev.update % self.hc.snapshot_every == 0 and fired is None:
+        if not ev.stats.nonfinite and ev.update % self.snapshot_every == 0 and fired is None:
             self.ring.append(self._snapshot())
             thin(self.ring, self.hc.keep)
 
@@ -156,6 +158,8 @@ class HealHook(NonFinitePolicy):
             self._heal(*fired)
 
     def react(self, ev: NonFiniteEvent) -> None:
+        if not ev.fatal and self.healed_update == self.ctx.algorithm.updates:
+            return  # the skipped steps of an update that a heal (fired by another detector in it) just undid
         if not (self.hc.on_nonfinite and not self.gave_up and self._heal("nonfinite", self.ctx.env_steps, ev.reason)):
             super().react(ev)
 
@@ -173,13 +177,14 @@ class HealHook(NonFinitePolicy):
     def _diagnose(self, trigger: str, first: int, message: str) -> tuple[str, str, int]:
         """(road, why, the last env step known clean)."""
         alarm, algo = self.ctx.env_steps, self.ctx.algorithm
-        if type(algo).on_policy:
-            clean = (first if trigger == "nonfinite" else min(first, alarm)) - 1
-            return ON_POLICY_ROAD, f"{trigger.replace('_', ' ')} in an on-policy run: {message}", clean
         scalars = self._scalars()
         det = self.ctx.cfg.detectors.model_dump()
         config = self.ctx.cfg.to_dict()
         start = self.since if self.since is not None else roads.learning_start(scalars)
+        if type(algo).on_policy:
+            clean = (self._growth_onset(scalars, config, det, start, None, alarm) if trigger in ("explosion", "nonfinite")
+                     else min(first, alarm)) - 1
+            return ON_POLICY_ROAD, f"{trigger.replace('_', ' ')} in an on-policy run: {message}", clean
         label = {"collapse": "collapsed", "nonfinite": "diverged"}.get(trigger, "explosion alarm")
         onset = first if trigger == "collapse" else alarm
         r = roads.road(scalars, config, det, label, onset, start=start)
@@ -188,11 +193,17 @@ class HealHook(NonFinitePolicy):
             half, before = roads.eval_steps(scalars, "eval/saturation/", HALF_SATURATED, start)
             clean = before if half is not None and before is not None else (start or alarm) - 1
         else:
-            _, baseline, min_norm = roads.explosion_rule(config, det)
-            grew = roads.first_growth(scalars, "grad_norm/critic/", baseline, EARLY_GROWTH, min_norm, start)
-            # no growth before it: the alarm (or the non-finite value) is the onset
-            clean = (grew if grew is not None else r["growth_step"] if r["growth_step"] is not None else alarm) - 1
+            clean = self._growth_onset(scalars, config, det, start, r["growth_step"], alarm) - 1
         return road, r["why"], min(clean, alarm - 1)
+
+    @staticmethod
+    def _growth_onset(scalars: roads.Scalars, config: dict[str, Any], det: dict[str, Any], start: Optional[int],
+                      growth_step: Optional[int], alarm: int) -> int:
+        """The first logged step where a critic's gradient norm reached 10x its early level (else the growth
+        threshold's step, else the alarm: with no growth before it, the alarm or non-finite value is the onset)."""
+        _, baseline, min_norm = roads.explosion_rule(config, det)
+        grew = roads.first_growth(scalars, "grad_norm/critic/", baseline, EARLY_GROWTH, min_norm, start)
+        return grew if grew is not None else growth_step if growth_step is not None else alarm
 
     def _target(self, clean: int) -> dict[str, Any]:
         """The last snapshot taken at or before ``clean`` (the pinned first one if none is)."""
@@ -236,7 +247,7 @@ class HealHook(NonFinitePolicy):
         # the new branch: its first snapshot is the restored state with the fix on; older ones belong to the old config
         self.ring.clear()
         self.base = self._snapshot()
-        self.since = step + 1
+        self.since, self.healed_update = step + 1, ctx.algorithm.updates
         return True
 
     # ------------------------------------------------------------------ the record
@@ -252,7 +263,8 @@ class HealHook(NonFinitePolicy):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "base": self.base, "ring": list(self.ring), "records": copy.deepcopy(self.records),
-                "overrides": list(self.overrides), "since": self.since, "gave_up": self.gave_up}
+                "overrides": list(self.overrides), "since": self.since, "gave_up": self.gave_up,
+                "healed_update": self.healed_update}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -260,4 +272,4 @@ class HealHook(NonFinitePolicy):
         self.ring = list(state["ring"])
         self.records = copy.deepcopy(state["records"])
         self.overrides = list(state["overrides"])
-        self.since, self.gave_up = state["since"], bool(state["gave_up"])
+        self.since, self.gave_up, self.healed_update = state["since"], bool(state["gave_up"]), state["healed_update"]
