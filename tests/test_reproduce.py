@@ -186,3 +186,32 @@ def test_post_collapse_gain() -> None:
     # from onset 5000: four evaluations, halves -73.5 -> -67.0
     assert reproduce._post_collapse(hist, 5000) == pytest.approx(6.5)
     assert reproduce._post_collapse(hist, 8000) is None  # one evaluation: no trend to judge
+
+
+def test_a_heal_arm_is_reported_with_its_heals_and_marked_on_the_figures(tmp_path: Path) -> None:
+    """A third arm named ``heal`` (here: NaN injected once, so a heal acts in every seed) gets its verdict, a line
+    per heal and the rollbacks drawn on the return and gradient figures."""
+    arms = ("  failure: {}\n  fixed: {config: " + str(EXP / "repeated_action_fixed.yaml") + "}\n"
+            "  heal: {train.heal.enabled: true, train.heal.snapshot_every: 5, debug.inject_nonfinite_at_update: 20, "
+            "debug.inject_nonfinite_count: 1}\n")
+    out = tmp_path / "out"
+    r = cli("reproduce", "--config", str(tiny_file(tmp_path, arms=arms)), "--out", str(out), "--workers", "2",
+            "--seeds", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    heal = s["verdict"]["heal"]
+    assert heal["runs_healed"] == 1 and heal["runs"] == 1 and heal["env_steps_lost"][0] > 0
+    [heals] = s["arms"]["heal"]["healing"]  # the injected NaN first (the tiny run may collapse later as well)
+    h = heals[0]
+    assert h["trigger"] == "nonfinite" and h["fix"] and "healing" not in s["arms"]["failure"]
+    report = (out / "report.md").read_text()
+    assert "**Failure + heal: " in report and f"nonfinite at {h['alarm_step']} -> {h['rolled_back_to']}" in report
+    assert "train.heal on" in report and (out / "figures" / "return.png").is_file()
+    import matplotlib.pyplot as plt  # the figures carry the heal marks (legend entries)
+    from marl_stability.studies.reproduce import _mark_heals, build_reproduction_report  # noqa: F401
+
+    fig, ax = plt.subplots()
+    results = {"heal": reproduce.arm_result("heal", "?", reproduce._load_runs(out, reproduce.collect(out))["heal"], [])}
+    _mark_heals(ax, results, label=True)
+    assert [t.get_text() for t in ax.legend().get_texts()] == [f"heal alarms ({len(heals)})", "rolled back to"]
+    plt.close(fig)

@@ -211,6 +211,9 @@ def summary_text(summary: RunSummary, stop_reason: str = "") -> str:
     why = f" ({stop_reason})" if stop_reason else ""
     rows = [
         ("status", f"{summary.status}{why}"),
+        *([("heals (train.heal; the alarms below count from the last one)",
+            ", ".join(f"{h['trigger'].replace('_', ' ')} at env step {h['alarm_step']} -> {h.get('fix') or 'not healed'}"
+                      for h in summary.healing))] if summary.healing else []),
         ("env steps / updates", f"{summary.env_steps} / {summary.updates}"),
         ("final / best team return", f"{fmt_number(summary.final_return)} / {fmt_number(summary.best_return)}"),
         ("collapse alarm", never if summary.collapse_step is None else f"env step {summary.collapse_step}"),

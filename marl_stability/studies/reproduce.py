@@ -59,6 +59,7 @@ from marl_stability.studies.sweep import (
 _DETECTORS = DetectorConfig()
 DEFAULT_CONFIG = "reproduce"  # experiments/reproduce.yaml, found as a preset (from a source checkout or a wheel)
 ARMS = ("failure", "fixed")
+HEAL_ARM = "heal"  # optional third arm: the failure preset with train.heal on
 # --quick: a few-minute smoke version. The failure still shows (it sets in within a few hundred updates
 # after warm-up); the fixed arm has too few updates to learn much, and the report says so.
 QUICK = {
@@ -199,6 +200,12 @@ class ArmResult:
     still_collapsed: list[bool] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)  # each run's label (runs.labels), with its kind
+    heals: list[list[dict[str, Any]]] = field(default_factory=list)  # per seed: summary.json "healing" (train.heal)
+
+    @property
+    def healed(self) -> list[list[dict[str, Any]]]:
+        """Per seed, the heals that applied a fix."""
+        return [[h for h in hs if h.get("fix")] for hs in self.heals]
 
     @property
     def failing_labels(self) -> int:
@@ -277,6 +284,7 @@ def arm_result(name: str, preset: str, runs: list[RunData], unfinished: list[str
         entropy_collapse_steps=[r.summary.entropy_collapse_step for r in runs],
         kl_spike_steps=[r.summary.kl_spike_step for r in runs],
         labels=[r.label for r in runs],
+        heals=[list(r.summary.healing) for r in runs],
     )
     for r, onset, rep, sat in zip(runs, res.collapse_steps, res.repeat, res.saturation):
         res.post_collapse_gain.append(None if onset is None else _post_collapse(r.summary.returns(), int(onset)))
@@ -294,6 +302,23 @@ def post_collapse_change(failure: ArmResult) -> tuple[float, tuple[float, float]
     if len(gains) == 1:
         return gains[0], (gains[0], gains[0])
     return float(np.mean(gains)), bootstrap_ci((gains,), _mean)
+
+
+def heal_verdict(heal: ArmResult, failure: ArmResult, fixed: ArmResult) -> dict[str, Any]:
+    """The failure + heal arm: healed when every run ends labelled healthy, none diverged, and a heal acted in every
+    run whose failure arm failed (a run that never triggered was not healed, it was lucky)."""
+    acted = sum(bool(h) for h in heal.healed)
+    lost = [sum(int(h["env_steps_lost"]) for h in hs) for hs in heal.healed if hs]
+    return {
+        "healed": heal.n > 0 and heal.failing_labels == 0 and heal.diverged == 0 and acted >= failure.failures,
+        "runs_healed": acted, "runs": heal.n, "healthy": heal.n - heal.failing_labels,
+        "fixes": sorted({h["fix"] for hs in heal.healed for h in hs}),
+        "env_steps_lost": lost,
+        "final_return_vs_fixed": None if not (math.isfinite(heal.final_return_mean) and math.isfinite(fixed.final_return_mean))
+        else heal.final_return_mean - fixed.final_return_mean,
+        "criterion": "every run of the arm ends labelled healthy, none diverged, and heal acted in at least as many "
+                     "runs as the failure arm failed",
+    }
 
 
 def verdict(failure: ArmResult, fixed: ArmResult, anchors: TaskAnchors = SPREAD_ANCHORS) -> dict[str, Any]:
@@ -332,7 +357,7 @@ def verdict(failure: ArmResult, fixed: ArmResult, anchors: TaskAnchors = SPREAD_
 
 
 # ---------------------------------------------------------------------------------------------- figures
-_COLORS = {"failure": "C3", "fixed": "C0"}
+_COLORS = {"failure": "C3", "fixed": "C0", HEAL_ARM: "C2"}
 
 
 def _color(arm: str, i: int) -> str:
@@ -376,6 +401,7 @@ def make_figures(runs: dict[str, list[RunData]], results: dict[str, ArmResult], 
         if onsets:
             ax.plot(onsets, [ax.get_ylim()[0]] * len(onsets), "|", color=_color(arm, i), markersize=14,
                     label=f"{arm}: collapse onsets ({len(onsets)}/{res.n})")
+    _mark_heals(ax, results, label=True)
     ax.set_ylabel("eval team return (greedy episodes)")
     ax.set_title("team return: median across seeds, band = min..max")
     ax.legend(fontsize=7, loc="lower right")
@@ -386,6 +412,7 @@ def make_figures(runs: dict[str, list[RunData]], results: dict[str, ArmResult], 
     for j, (key, title) in enumerate((("critic_grad", "critic"), ("actor_grad", "actor"))):
         ax = fig.add_subplot(1, 2, j + 1)
         _plot_bands(ax, runs, key, log=True)
+        _mark_heals(ax, results, label=j == 0)
         ax.set_title(f"{title} gradient norm before clipping (max over agents)")
         ax.set_ylabel("global L2 norm (log; 0 drawn at 1e-8)")
         ax.legend(fontsize=7)
@@ -410,6 +437,17 @@ def make_figures(runs: dict[str, list[RunData]], results: dict[str, ArmResult], 
         _save(hist_fig, folder / "actions_early_late.png")
         written.append("figures/actions_early_late.png")
     return written
+
+
+def _mark_heals(ax: Any, results: dict[str, ArmResult], label: bool) -> None:
+    """Each heal of the heal arm: a dotted line at its alarm and a solid one at the snapshot it rolled back to."""
+    res = results.get(HEAL_ARM)
+    heals = [h for hs in (res.healed if res is not None else []) for h in hs]
+    for k, h in enumerate(heals):
+        ax.axvline(h["alarm_step"], color=_COLORS[HEAL_ARM], linestyle=":", linewidth=1, alpha=0.8,
+                   label=f"heal alarms ({len(heals)})" if label and k == 0 else None)
+        ax.axvline(h["rolled_back_to"], color=_COLORS[HEAL_ARM], linestyle="-", linewidth=0.8, alpha=0.5,
+                   label="rolled back to" if label and k == 0 else None)
 
 
 def _pooled_histogram(rs: list[RunData], pick: str, warmup: int) -> Optional[tuple[int, np.ndarray, np.ndarray]]:
@@ -585,10 +623,23 @@ def render_markdown(res: dict[str, ArmResult], v: dict[str, Any], plan: Plan, bu
     lines += [_what_ran(arm, plan.arm(arm.name).config, budget[arm.name]) for arm in res.values()]
     lines += _results_section(res, plan.arm("failure").config["train"]["eval_episodes"])
     lines += _verdict_section(res["failure"], res["fixed"], v, anchors)
+    if HEAL_ARM in res and "heal" in v:
+        lines += _heal_verdict_lines(res[HEAL_ARM], res["fixed"], v["heal"])
     lines += [f"- {n}" for n in notes]
     lines += engagement or []
     lines += _figures_section(figures, episodes, tb_dir)
     return "\n".join(lines)
+
+
+def _heal_verdict_lines(heal: ArmResult, fixed: ArmResult, h: dict[str, Any]) -> list[str]:
+    lo, hi = heal.final_return_ci
+    lost = h["env_steps_lost"]
+    return [f"- **Failure + heal: {'healed' if h['healed'] else 'NOT healed'}.** Heal acted in {h['runs_healed']}/"
+            f"{h['runs']} runs (fixes applied: {', '.join(h['fixes']) or 'none'}; env steps lost per healed run: "
+            f"{_range([float(x) for x in lost], '.0f') if lost else 'none'}, counted in the budget); "
+            f"{h['healthy']}/{h['runs']} end labelled healthy; final team return "
+            f"{fmt_number(heal.final_return_mean, '.1f')} [{fmt_number(lo, '.1f')}, {fmt_number(hi, '.1f')}] against the "
+            f"fixed preset's {fmt_number(fixed.final_return_mean, '.1f')}. Criterion: {h['criterion']}."]
 
 
 def _what_ran(arm: ArmResult, cfg: dict[str, Any], budget: int) -> str:
@@ -601,7 +652,7 @@ def _what_ran(arm: ArmResult, cfg: dict[str, Any], budget: int) -> str:
         f"`{fx['reward']['mode']}`, obs norm {'on' if fx['obs_norm']['enabled'] else 'off'}, gradient clip "
         f"actor `{fx['grad_clip']['actor']['mode']}` / critic `{fx['grad_clip']['critic']['mode']}`"
         + (f" (max {fx['grad_clip']['critic']['max']:g})" if fx['grad_clip']['critic']['mode'] != 'none' else "")
-        + ".")
+        + ("; **train.heal on** (docs/heal.md)" if (cfg["train"].get("heal") or {}).get("enabled") else "") + ".")
 
 
 def _nanmean(xs: list[float], n: int) -> float:
@@ -639,6 +690,15 @@ def _results_section(res: dict[str, ArmResult], episodes_per_eval: int) -> list[
                         for s, r, c, g, ag, lab in zip(a.seeds, a.final_returns, a.collapse_steps, a.peak_critic_grad,
                                                        a.peak_actor_grad, labels))
         lines.append(f"- {a.name}: {per or 'none'}; not healthy: {_rate(a.failing_labels, a.n)}")
+    heal = res.get(HEAL_ARM)
+    if heal is not None and heal.n:
+        lines += ["", "Heals (`train.heal`) per seed of the heal arm: trigger at env step -> snapshot rolled back to, "
+                  "road, fix applied, env steps lost, outcome:", ""]
+        for seed, hs in zip(heal.seeds, heal.heals):
+            text = "; ".join(f"{h['trigger'].replace('_', ' ')} at {h['alarm_step']} -> {h.get('rolled_back_to', '-')}, "
+                             f"{h['road']}, {h['fix'] or 'no fix'}, {h.get('env_steps_lost', 0)} lost, {h['outcome']}"
+                             for h in hs)
+            lines.append(f"- s{seed}: {text or 'no trigger fired'}")
     return lines
 
 
@@ -788,10 +848,13 @@ def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str,
     unfinished = {a.name: [f"{r['arm']}/seed_{r['seed']}" for r in trials.rows
                            if r["arm"] == a.name and r["status"] not in FINAL_STATUSES] for a in plan.arms}
     presets = {a.name: _preset_of(out, a.name) for a in plan.arms}
-    results = {name: arm_result(name, presets[name], runs[name], unfinished[name]) for name in ARMS}
+    names = [*ARMS, *([HEAL_ARM] if HEAL_ARM in runs else [])]
+    results = {name: arm_result(name, presets[name], runs[name], unfinished[name]) for name in names}
     env = plan.arm("failure").config["env"]
     anchors = task_anchors(env["id"], env["kwargs"])
     v = verdict(results["failure"], results["fixed"], anchors)
+    if HEAL_ARM in results:
+        v["heal"] = heal_verdict(results[HEAL_ARM], results["failure"], results["fixed"])
     budget = {a.name: int(a.config["train"]["steps"]) for a in plan.arms}
     from marl_stability.agents import algorithm_class  # an arm without finished runs: its class says
 
@@ -806,7 +869,7 @@ def build_reproduction_report(out: str | Path, render: bool = True) -> dict[str,
     figures: list[str] = []
     episodes: dict[str, Any] = {}
     try:
-        figures = make_figures({k: runs[k] for k in ARMS}, results, out / "figures", warmup, anchors)
+        figures = make_figures({k: runs[k] for k in names}, results, out / "figures", warmup, anchors)
         if render:
             media, episodes = write_episode_media(results, out / "figures")
             figures += media
@@ -870,5 +933,6 @@ def _arm_json(r: ArmResult, out: Path) -> dict[str, Any]:
         "final_saturation_rate": [clean(x) for x in r.saturation],
         "final_action_sensitivity": [clean(x) for x in r.sensitivity],
         "runs": [str(Path(p).relative_to(out)) if Path(p).is_relative_to(out) else p for p in r.runs],
+        **({"healing": r.heals} if any(r.heals) else {}),
         "unfinished": r.unfinished,
     }
