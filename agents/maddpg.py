@@ -346,6 +346,7 @@ class MADDPG(Algorithm):
 
     def reconfigure(self, cfg: Any, changed: list[str]) -> None:
         adopt_live(self, cfg, changed)
+
     def snapshot(self) -> dict[str, Any]:
         """In-memory copy of networks, targets and optimizers: what a rollback restores (not the replay buffer,
         normalizer statistics or RNGs)."""

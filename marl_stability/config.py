@@ -228,8 +228,8 @@ class HealConfig(_Strict):
         None, ge=1, description="updates between snapshots in the ring (networks, optimizers, normalizer statistics, "
         "the replay buffer's write position, detector state); default: 25 for off-policy algorithms (an update every "
         "few env steps), 1 for on-policy ones (an update per rollout)")
-    keep: int = Field(8, ge=1, description="snapshots kept in the ring (the last K, plus the one taken before the "
-                      "first update, which is never dropped)")
+    keep: int = Field(8, ge=2, description="snapshots kept in the ring, thinned so their spacing grows geometrically "
+                      "towards the past (plus the one standing for the state before the first update, never dropped)")
     max_attempts: int = Field(3, ge=1, description="heals per run; a trigger after the last one is handled as "
                               "without heal (a non-finite value stops the run as diverged; any other alarm is recorded)")
     fixes: list[str] = Field(default_factory=list, description="fix ids to apply, in this order (registry ids, e.g. "
@@ -278,9 +278,10 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_rollback_policy(self) -> "TrainConfig":
-        if self.heal.enabled and self.heal.on_nonfinite and self.on_nonfinite == "rollback":
-            raise ValueError("heal.enabled with heal.on_nonfinite and on_nonfinite=rollback: both roll back on a "
-                             "non-finite value; keep one (heal restores a snapshot from before the onset and adds a fix)")
+        if self.heal.enabled and self.on_nonfinite == "rollback":
+            raise ValueError("heal.enabled with on_nonfinite=rollback: heal takes the non-finite policy's place (with "
+                             "heal.on_nonfinite it rolls back to before the onset and adds a fix; without, a non-finite "
+                             "value stops the run); keep one")
         return self
 
 

@@ -173,7 +173,8 @@ def test_adopt_changes_the_running_objects() -> None:
 @pytest.mark.parametrize("items, message", [
     (["train.heal.fixes=[nope]"], "train.heal.fixes: unknown fix 'nope'"),
     (["train.heal.fixes=[norm_layers]"], "train.heal.fixes: norm_layers cannot be applied to a running MADDPG run"),
-    (["train.on_nonfinite=rollback"], "both roll back on a non-finite value"),
+    (["train.on_nonfinite=rollback"], "heal takes the non-finite policy's place"),
+    (["train.on_nonfinite=rollback", "train.heal.on_nonfinite=false"], "heal takes the non-finite policy's place"),
 ])
 def test_bad_heal_settings_are_one_line_errors(tmp_path: Path, items: list[str], message: str) -> None:
     args = [sys.executable, "-m", "marl_stability", "train", "-c", str(MADDPG), "--logdir", str(tmp_path), "--quiet",
@@ -213,3 +214,39 @@ def test_a_normalizer_switched_on_by_a_heal_has_the_statistics_of_one_on_from_th
     obs_norm = switched_on(ObsNormalizer(3, 4, FixesConfig().obs_norm), shadowed.obs)
     reward_norm = switched_on(ReturnNormalizer(2, 3, 0.9, FixesConfig().reward.clip), shadowed.reward)
     assert torch.equal(obs_norm(x), on.obs(x)) and reward_norm.scale() == on.reward.scale()
+
+
+def test_nonfinite_steps_of_an_update_a_heal_undid_leave_no_trace_in_the_detectors(tmp_path: Path) -> None:
+    """An explosion alarm and NaN losses in the same update: the heal (on the alarm, fed first) undoes the update;
+    the NaN that the trainer reports after it is not a relapse and not the run's first non-finite value."""
+    c = cfg(1000, [*HEAL, "train.heal.max_attempts=1", "detectors.explosion_absolute=1e-9",
+                   "debug.inject_nonfinite_at_update=1", "debug.inject_nonfinite_count=1"])
+    summary = Trainer(c, tmp_path / "r", quiet=True).run()
+    assert summary["healing"][0]["trigger"] == "explosion" and summary["nonfinite_step"] is None
+    assert summary["nonfinite_events"] > 0  # they happened, and are counted
+
+
+def test_several_updates_per_env_step_keep_one_snapshot_per_step(tmp_path: Path) -> None:
+    c = cfg(600, [*HEAL, "maddpg.update_every=1", "train.heal.snapshot_every=1", "train.heal.keep=3",
+                  "debug.inject_nonfinite_at_update=200", "debug.inject_nonfinite_count=1"])
+    trainer = Trainer(c, tmp_path / "r", quiet=True)
+    summary = trainer.run()
+    assert summary["status"] == "completed" and [h["trigger"] for h in summary["healing"]] == ["nonfinite"]
+    from marl_stability.hooks.heal import HealHook
+
+    steps = [s["env_step"] for s in trainer.bus.find(HealHook).ring]
+    assert len(steps) == 3 and steps == sorted(set(steps))
+
+
+def test_a_healed_runs_final_checkpoint_renders_the_policy_it_ended_with(tmp_path: Path) -> None:
+    from marl_stability.core.checkpoint import final_checkpoint, load_checkpoint
+    from marl_stability.studies.reproduce import load_policy
+
+    run = tmp_path / "r"
+    c = cfg(1000, [*HEAL, "train.heal.fixes=[obs_norm, tanh_scaled]", "fixes.obs_norm.enabled=false",
+                   "actor.output=linear_clip", "debug.inject_nonfinite_at_update=20", "debug.inject_nonfinite_count=1"])
+    summary = Trainer(c, run, quiet=True).run()
+    assert [h["fix"] for h in summary["healing"]] == ["obs_norm"]
+    assert load_checkpoint(final_checkpoint(run))["healed"] == ["fixes.obs_norm.enabled=true"]
+    ended, algo = load_policy(run)
+    assert ended.fixes.obs_norm.enabled and isinstance(algo.fixes.obs, ObsNormalizer)

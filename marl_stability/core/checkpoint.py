@@ -74,4 +74,5 @@ def save_final_checkpoint(run_dir: Path, state: dict[str, Any], resume_only: tup
     save_checkpoint(final_checkpoint(run_dir), {
         "format": state["format"], "kind": "final", "config": state["config"],
         "algo": {k: v for k, v in state["algo"].items() if k not in resume_only}, "progress": state["progress"],
+        **({"healed": list(state["healed"])} if state.get("healed") else {}),  # train.heal: the config it ended with
     })

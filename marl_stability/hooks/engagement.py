@@ -42,11 +42,9 @@ class FixEngagementHook(Hook):
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.fixes = in_use(ctx.cfg, type(ctx.algorithm).on_policy)
         self.clipped: dict[str, list[int]] = {}  # network kind -> [steps, clipped steps]
         self.scale: Optional[list[float]] = None  # [min, max] learner reward scale
         self.td = [0, 0]  # [updates, updates with a TD error beyond the Huber delta]
-        self.huber_delta = float(ctx.cfg.maddpg.huber_delta)
 
     def after_clip(self, ev: GradEvent) -> None:
         if ev.clip is not None:
@@ -62,6 +60,10 @@ class FixEngagementHook(Hook):
         if td:
             self.td[0] += 1
             self.td[1] += int(max(td) > self.huber_delta)
+
+    @property
+    def huber_delta(self) -> float:
+        return float(self.ctx.cfg.maddpg.huber_delta)  # the config in effect (train.heal may change it mid-run)
 
     # ------------------------------------------------------------------ the verdicts
     def _clip(self) -> tuple[bool, str]:
@@ -97,7 +99,7 @@ class FixEngagementHook(Hook):
         measured = {"grad_clip": self._clip, "grad_clip_10": self._clip, "reward_scale": self._reward,
                     "obs_norm": self._obs, "huber": self._huber}
         out: dict[str, Any] = {}
-        for f in self.fixes:
+        for f in in_use(self.ctx.cfg, type(self.ctx.algorithm).on_policy):  # as the run ended (heals included)
             if f.id in measured:
                 engaged, how = measured[f.id]()
             else:

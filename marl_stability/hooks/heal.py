@@ -56,7 +56,16 @@ def candidates(cfg: RunConfig, algo_cls: type, road: str, tried: list[str]) -> l
     else:
         specs = evidence.rank_by_evidence(registry.for_family(family), evidence.measured(road), lambda f: f.title)
     return [f for f in specs if f.live is not None and f.id not in tried and not f.applied(flat)
-            and not blockers(algo_cls, _keys(f.overrides_for(flat)))]
+            and not blockers(algo_cls, _keys(f.overrides_for(flat))) and _changes(cfg, f.overrides_for(flat))]
+
+
+def _changes(cfg: RunConfig, overrides: list[str]) -> bool:
+    """The fix's settings make a valid config that differs from ``cfg`` (fewer epochs at 1 epoch changes nothing; a
+    log-std bound that excludes the run's initial log-std is invalid): only such a fix is worth a heal."""
+    try:
+        return healed_config(cfg, overrides) != cfg
+    except UserError:
+        return False
 
 
 def thin(ring: list[dict[str, Any]], keep: int) -> None:
@@ -66,7 +75,7 @@ def thin(ring: list[dict[str, Any]], keep: int) -> None:
     confirmed over several evaluations) still finds a snapshot from before it."""
     while len(ring) > keep:
         now = ring[-1]["env_step"]
-        gaps = [(ring[i + 1]["env_step"] - ring[i - 1]["env_step"]) / (now - ring[i]["env_step"])
+        gaps = [(ring[i + 1]["env_step"] - ring[i - 1]["env_step"]) / max(1, now - ring[i]["env_step"])
                 for i in range(1, len(ring) - 1)]
         del ring[1 + gaps.index(min(gaps)) if gaps else 0]
 
@@ -131,11 +140,12 @@ class HealHook(NonFinitePolicy):
         d, hc = self.detectors.detectors, self.hc
         groups = (("explosion", hc.on_explosion, d.explosion), ("collapse", hc.on_collapse, d.collapse),
                   ("entropy_collapse", hc.on_entropy_collapse, d.entropy), ("kl_spike", hc.on_kl_spike, d.kl))
-        for trigger, on, dets in groups:
-            fired = sorted((det for det in dets.values() if det.first_step is not None), key=lambda det: det.first_step)
-            if on and fired:
-                return trigger, int(fired[0].first_step), str(fired[0].message)
-        return None
+        fired = [(int(det.first_step), k, trigger, str(det.message)) for k, (trigger, on, dets) in enumerate(groups)
+                 if on for det in dets.values() if det.first_step is not None]
+        if not fired:
+            return None
+        step, _, trigger, message = min(fired)  # the earliest (ties: in the order above)
+        return trigger, step, message
 
     def on_update(self, ev: UpdateEvent) -> None:
         if self.base is not None and self.base.pop("pending", False):
@@ -149,6 +159,8 @@ class HealHook(NonFinitePolicy):
             self._heal(*fired)
             return
         if not ev.stats.nonfinite and ev.update % self.snapshot_every == 0 and fired is None:
+            if self.ring and self.ring[-1]["env_step"] == self.ctx.env_steps:
+                self.ring.pop()  # several updates per env step: the latest state of that step stands for it
             self.ring.append(self._snapshot())
             thin(self.ring, self.hc.keep)
 
@@ -159,7 +171,10 @@ class HealHook(NonFinitePolicy):
 
     def react(self, ev: NonFiniteEvent) -> None:
         if not ev.fatal and self.healed_update == self.ctx.algorithm.updates:
-            return  # the skipped steps of an update that a heal (fired by another detector in it) just undid
+            # the skipped steps of an update that a heal (fired by another detector in it) just undid: the detectors
+            # were fed them before this hook; they go back to the state the heal left them in
+            self.detectors.load_state_dict(copy.deepcopy(self.base["detectors"]))
+            return
         if not (self.hc.on_nonfinite and not self.gave_up and self._heal("nonfinite", self.ctx.env_steps, ev.reason)):
             super().react(ev)
 
@@ -191,7 +206,8 @@ class HealHook(NonFinitePolicy):
         road = r["mechanism"] if r["mechanism"] in ("explosion-first", "saturation-first", "undetermined") else "neither"
         if road == "saturation-first" or (trigger == "collapse" and road != "explosion-first"):
             half, before = roads.eval_steps(scalars, "eval/saturation/", HALF_SATURATED, start)
-            clean = before if half is not None and before is not None else (start or alarm) - 1
+            # without saturation (a collapse on the repeat rate alone): the evaluation before the detector's streak
+            clean = before if half is not None and before is not None else (first if trigger == "collapse" else alarm) - 1
         else:
             clean = self._growth_onset(scalars, config, det, start, r["growth_step"], alarm) - 1
         return road, r["why"], min(clean, alarm - 1)
@@ -203,7 +219,12 @@ class HealHook(NonFinitePolicy):
         threshold's step, else the alarm: with no growth before it, the alarm or non-finite value is the onset)."""
         _, baseline, min_norm = roads.explosion_rule(config, det)
         grew = roads.first_growth(scalars, "grad_norm/critic/", baseline, EARLY_GROWTH, min_norm, start)
-        return grew if grew is not None else growth_step if growth_step is not None else alarm
+        at = grew if grew is not None else growth_step if growth_step is not None else alarm
+        # the last logged critic norm before it is the last point known clean (updates between logs are unknown)
+        logged = [st for tag, pts in scalars.items() if tag.startswith("grad_norm/critic/") for st, _ in pts if st < at]
+        if logged and (start is None or max(logged) >= start):
+            return max(logged) + 1
+        return start if start is not None else at  # nothing logged in this branch before it: from its start
 
     def _target(self, clean: int) -> dict[str, Any]:
         """The last snapshot taken at or before ``clean`` (the pinned first one if none is)."""
