@@ -250,3 +250,47 @@ def test_a_healed_runs_final_checkpoint_renders_the_policy_it_ended_with(tmp_pat
     assert load_checkpoint(final_checkpoint(run))["healed"] == ["fixes.obs_norm.enabled=true"]
     ended, algo = load_policy(run)
     assert ended.fixes.obs_norm.enabled and isinstance(algo.fixes.obs, ObsNormalizer)
+
+
+# --------------------------------------------------------------------------- cure
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "marl_stability", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_cure_measures_the_top_fixes_on_the_run_next_to_a_control(tmp_path: Path) -> None:
+    from marl_stability.studies.cure import CONTROL, verdict
+
+    sets = ["maddpg.warmup_steps=200", "maddpg.batch_size=32", "maddpg.update_every=10", "train.eval_every=200",
+            "train.eval_episodes=2", "env.num_envs=2"]
+    args = ["train", "-c", str(ROOT / "experiments" / "repeated_action_failure.yaml"), "--steps", "1200", "--quiet",
+            "--logdir", str(tmp_path), "--name", "failed"]
+    for s in sets:
+        args += ["--set", s]
+    assert _cli(*args).returncode == 0
+    run = tmp_path / "failed"
+    r = _cli("cure", str(run), "--top", "2", "--seeds", "2", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((run / "cure" / "cure.json").read_text())
+    assert result["control"]["n"] == 2 and result["control"]["seeds"] == [1000, 1001]  # fresh seeds
+    assert [row["arm"] for row in result["fixes"]] == ["lower_lr", "reward_scale"]  # doctor's first two (saturation-first)
+    for row in result["fixes"]:
+        assert row["n"] == 2 and row["verdict"] == verdict(row, result["control"])
+    text = (run / "cure" / "cure.md").read_text()
+    assert "| control | the run's config | 2 |" in text and "starts from env step 0" in text
+    assert (run / "cure" / "cured.yaml").is_file() == (result["cured_by"] is not None)
+    # the verdict rule itself
+    control_failed = {"n": 3, "healthy": 0}
+    assert verdict({"n": 3, "healthy": 3}, control_failed) == "cures this run"
+    assert verdict({"n": 3, "healthy": 3}, {"n": 3, "healthy": 3}) == "inconclusive"  # nothing failed to cure
+    assert verdict({"n": 3, "healthy": 1}, control_failed) == "does not cure" and CONTROL == "control"
+    again = _cli("cure", str(run), "--top", "2", "--seeds", "2")  # continues: nothing left to run
+    assert again.returncode == 0 and json.loads((run / "cure" / "cure.json").read_text()) == result
+
+
+def test_cure_refuses_a_healthy_or_missing_run(tmp_path: Path) -> None:
+    Trainer(cfg(600), tmp_path / "ok", quiet=True).run()
+    for target, message in ((tmp_path / "ok", "doctor calls this run healthy"), (tmp_path / "nope", "not a run directory")):
+        r = _cli("cure", str(target))
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1

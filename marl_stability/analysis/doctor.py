@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from marl_stability.config import DetectorConfig, apply_override
+from marl_stability.config import DetectorConfig, RunConfig, apply_override
+from marl_stability.core.live import healed_config
 from marl_stability.fixes import evidence, registry
 from marl_stability.core.summary import RunSummary
 from marl_stability.core.tb_run import heal_line
@@ -84,7 +85,7 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
     result = outcome(record)
     if record.on_policy:
         d = diagnose_on_policy(run, s, summary, cfg, ev, scalars)
-        return _with_outcome(d, result, s.healing)
+        return _with_outcome(d, result, s.healing, _unmeasured(s, None))
     fixes = [f for f in _candidate_fixes(s, cfg, ev) if not f.applied]
     # Keep the practitioner's order, but within it the fixes the data points at come first.
     fixes.sort(key=lambda f: (f.order, not f.evidence))
@@ -104,7 +105,7 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
         "max_preactivation": ev.max_preactivation, "reward_magnitude": ev.reward_magnitude,
         "large_reward": _large_reward(cfg, ev),
         "fixes": [{"name": f.name, "set": f.overrides, "why": f.why, "measured": measured.get(f.name)} for f in fixes],
-    }, result, s.healing)
+    }, result, s.healing, _unmeasured(s, mech["mechanism"] if mech is not None else None))
 
 
 def _as_ended(cfg: dict[str, Any], summary: RunSummary | None) -> dict[str, Any]:
@@ -113,10 +114,13 @@ def _as_ended(cfg: dict[str, Any], summary: RunSummary | None) -> dict[str, Any]
     settings = [item for h in (summary.healing if summary is not None else []) for item in h.get("settings") or []]
     if not settings:
         return cfg
-    ended = copy.deepcopy(cfg)
-    for item in settings:
-        apply_override(ended, item)
-    return ended
+    try:  # validated, so "1e-05" is the number the run used
+        return healed_config(RunConfig.model_validate(cfg), settings).to_dict()
+    except (UserError, ValueError):
+        ended = copy.deepcopy(cfg)
+        for item in settings:
+            apply_override(ended, item)
+        return ended
 
 
 def outcome(record: RunRecord) -> dict[str, Any] | None:
@@ -137,10 +141,22 @@ def outcome(record: RunRecord) -> dict[str, Any] | None:
             "max_grad_norm": dict(s.max_grad_norm)}
 
 
-def _with_outcome(d: dict[str, Any], result: dict[str, Any] | None, healing: list[dict[str, Any]]) -> dict[str, Any]:
+def _unmeasured(s: RunSummary, mechanism: str | None) -> str | None:
+    """Why the fix tables may not speak for this run (they were measured with MADDPG on one task), or None."""
+    table = ((evidence.load().get("mechanisms") or {}).get(mechanism or "") or {})
+    if s.on_policy or not table:
+        return f"no single-fix table was measured for {'on-policy runs' if s.on_policy else 'this road'}"
+    if s.env != table.get("env") or s.algo != "maddpg":
+        return f"the fix tables were measured with MADDPG on {table.get('env')}; this run is {s.algo} on {s.env}"
+    return None
+
+
+def _with_outcome(d: dict[str, Any], result: dict[str, Any] | None, healing: list[dict[str, Any]],
+                  unmeasured: str | None) -> dict[str, Any]:
     """A run whose outcome is not healthy (e.g. below the do-nothing return) is never called healthy. ``healing``:
-    the run's heals (``train.heal``), reported with it."""
-    d["outcome"], d["healing"] = result, healing
+    the run's heals (``train.heal``), reported with it; ``unmeasured``: why the fix tables may not apply (doctor then
+    points to ``cure``)."""
+    d["outcome"], d["healing"], d["unmeasured"] = result, healing, unmeasured
     if result is not None and result["label"] != "healthy":
         d["verdict"] = "unstable"
     return d
@@ -318,6 +334,9 @@ def render(d: dict[str, Any]) -> str:
         sets = " ".join(f"--set {s}" for s in f["set"])
         lines.append(f"  {i}. {f['name']}: {sets}" + (f"\n     measured: {_measured_text(f['measured'])}" if f.get("measured") else "")
                      + (f"\n     why: {f['why']}" if f["why"] else ""))
+    if d.get("unmeasured"):
+        lines.append(f"{d['unmeasured']}: measure these fixes on this run itself with "
+                     f"marl-stability cure {d['run']} (docs/heal.md)")
     if not d.get("healing"):
         lines.append("or let the run heal itself: --set train.heal.enabled=true rolls back to before the onset and "
                      "applies the first of these fixes a running run can take (docs/heal.md)")

@@ -200,6 +200,39 @@ def doctor_cmd(
         typer.echo("\n\n".join(render(d) if len(found) == 1 else f"=== {d['run']}\n{render(d)}" for d in found))
 
 
+@app.command("cure")
+def cure_cmd(
+    run_dir: Path = typer.Argument(..., help="a run that failed (its folder: config.yaml, summary.json, events)"),
+    top: int = typer.Option(3, "--top", help="fixes to measure: the first K doctor ranks for the run"),
+    seeds: int = typer.Option(3, "--seeds", help="fresh seeds per fix (and for the control)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="env steps per trial (default: twice the failure's "
+                                        "onset, at least onset + 20k, at most the run's budget)"),
+    workers: int = typer.Option(1, "--workers", "-j", help="trials run in parallel (one CPU each)"),
+    backend: str = typer.Option("local", "--backend", help="local (process pool) or ray"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--backend ray)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where the trials and the report go (default: "
+                                       "<run>/cure); an existing one is continued"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no final summary"),
+) -> None:
+    """Which fix saves this run, measured: the top fixes doctor ranks for it, each on the run's own config with fresh
+    seeds next to an unchanged control; writes cure.md, cure.json and (when a fix cured it) cured.yaml."""
+    from marl_stability.studies.cure import run_cure
+
+    out = out if out is not None else run_dir / "cure"
+    try:
+        r = run_cure(run_dir, out, top=top, seeds=seeds, steps=steps, workers=workers, backend=backend,
+                     address=address, quiet=quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted: continue with marl-stability cure {run_dir} --out {out}", file=sys.stderr)
+        sys.exit(130)
+    if not quiet:
+        c = r["control"]
+        typer.echo(f"control: {c['healthy']}/{c['n']} healthy ({r['budget']:,} env steps per trial)")
+        for row in r["fixes"]:
+            typer.echo(f"{row['arm']}: {row['healthy']}/{row['n']} healthy, final return {row['mean']}: {row['verdict']}")
+        typer.echo(f"report: {out / 'cure.md'}" + (f"  preset: {out / 'cured.yaml'}" if r["cured_by"] else ""))
+
+
 from marl_stability.cli.ablate import register as _register_ablate  # noqa: E402  (after the app's own commands)
 
 _register_ablate(app)
