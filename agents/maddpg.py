@@ -34,6 +34,7 @@ from marl_stability.agents.networks import (
     CONTINUOUS_HEADS,
     Actor,
     Critic,
+    head_kind,
     stack_incompatibility,
 )
 from marl_stability.agents.optim import (
@@ -387,7 +388,7 @@ def adopt_live(algo: MADDPG, cfg: Any, changed: list[str]) -> None:
             opts[:] = [retuned(o, m.parameters(), getattr(cfg, f"{kind}_optim"), algo.batched) for o, m in zip(opts, units)]
     for actor in algo.actors + algo.target_actors:
         if "actor.output" in changed and actor.head is not None:
-            actor.head.kind = "tanh_scaled" if cfg.actor.output == "auto" else cfg.actor.output
+            actor.head.kind = head_kind(cfg.actor.output)
     if "actor.last_layer_init" in changed and cfg.actor.last_layer_init is not None:
         reinit_last_layers(algo, float(cfg.actor.last_layer_init))
     algo.critic_loss_fn = critic_loss_of(algo.hp)

@@ -162,6 +162,11 @@ def head_explore(kind: str, noisy: torch.Tensor, low: torch.Tensor, high: torch.
     return noisy
 
 
+def head_kind(output: str) -> str:
+    """The continuous output head of ``actor.output`` (``auto``: tanh scaled to the action bounds)."""
+    return "tanh_scaled" if output == "auto" else output
+
+
 class Actor(nn.Module):
     """Deterministic decentralized actor: obs -> (action or logits, pre-activation)."""
 
@@ -183,9 +188,8 @@ class Actor(nn.Module):
         super().__init__()
         self.obs_dim, self.act_dim, self.discrete = obs_dim, act_dim, discrete
         self.mlp = MLP(obs_dim, act_dim, hidden_sizes, activation, norm, residual, init, last_layer_init)
-        head_kind = "tanh_scaled" if output == "auto" else output
         # Discrete actors output logits; the head is unused (kept None so the module tree says so).
-        self.head = None if discrete else OutputHead(head_kind, low, high)
+        self.head = None if discrete else OutputHead(head_kind(output), low, high)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = self.mlp(obs)

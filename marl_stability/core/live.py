@@ -12,13 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from marl_stability.config import RunConfig, apply_override, build_config, config_diff
-from marl_stability.fixes.objects import (
-    PreactivationPenalty,
-    make_clipper,
-    make_obs_transform,
-    make_reward_transform,
-    switched_on,
-)
+from marl_stability.fixes.objects import build_fixes, switched_on
+
+# The ``Fixes`` field each ``fixes.`` section builds.
+FIX_FIELDS = (("fixes.grad_clip.actor.", "actor_clip"), ("fixes.grad_clip.critic.", "critic_clip"),
+              ("fixes.obs_norm.", "obs"), ("fixes.reward.", "reward"), ("fixes.actor_preact_l2", "preact_penalty"))
 
 
 def _covered(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -38,18 +36,10 @@ def adopt(algo: Any, old: RunConfig, new: RunConfig) -> list[str]:
     if blocked:
         raise ValueError(f"{type(algo).__name__} cannot change {', '.join(blocked)} in a running run")
     fixes, layout = algo.fixes, algo.spec
-    touched = lambda prefix: any(k.startswith(prefix) for k in changed)  # noqa: E731
-    if touched("fixes.grad_clip.actor."):
-        fixes.actor_clip = make_clipper(new.fixes.grad_clip.actor)
-    if touched("fixes.grad_clip.critic."):
-        fixes.critic_clip = make_clipper(new.fixes.grad_clip.critic)
-    if touched("fixes.obs_norm."):
-        fixes.obs = switched_on(make_obs_transform(new.fixes.obs_norm, layout.num_agents, layout.max_obs_dim), fixes.obs)
-    if touched("fixes.reward."):
-        fixes.reward = switched_on(make_reward_transform(new.fixes.reward, new.env.num_envs, layout.num_agents,
-                                                         algo.gamma), fixes.reward)
-    if touched("fixes.actor_preact_l2"):
-        fixes.preact_penalty = PreactivationPenalty(new.fixes.actor_preact_l2)
+    built = build_fixes(new.fixes, new.env.num_envs, layout.num_agents, layout.max_obs_dim, algo.gamma)
+    for section, name in FIX_FIELDS:
+        if any(k.startswith(section) for k in changed):
+            setattr(fixes, name, switched_on(getattr(built, name), getattr(fixes, name)))
     rest = [k for k in changed if not k.startswith("fixes.")]
     if rest:
         algo.reconfigure(new, rest)

@@ -136,7 +136,7 @@ class HealHook(NonFinitePolicy):
 
     # ------------------------------------------------------------------ triggers
     def _fired(self) -> Optional[tuple[str, int, str]]:
-        """(trigger, the detector's first step, its message) of the first enabled trigger that fired."""
+        """(trigger, the detector's first step, its message) of the enabled trigger that fired earliest."""
         d, hc = self.detectors.detectors, self.hc
         groups = (("explosion", hc.on_explosion, d.explosion), ("collapse", hc.on_collapse, d.collapse),
                   ("entropy_collapse", hc.on_entropy_collapse, d.entropy), ("kl_spike", hc.on_kl_spike, d.kl))
