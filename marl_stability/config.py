@@ -218,7 +218,10 @@ class HealConfig(_Strict):
     for the diagnosed road, continue (docs/heal.md)."""
 
     enabled: bool = Field(False, description="heal the run when a trigger fires (off: the run is untouched)")
-    on_explosion: bool = Field(True, description="trigger: the gradient explosion alarm")
+    on_explosion: Optional[bool] = Field(
+        None, description="trigger: the gradient explosion alarm; default: on for off-policy algorithms, off for "
+        "on-policy ones (MAPPO's critic gradient grows steadily under a large reward scale and the alarm fires in runs "
+        "that end healthy: a false alarm there, docs/findings.md)")
     on_nonfinite: bool = Field(True, description="trigger: a non-finite loss, gradient, parameter or action (replaces "
                                "train.on_nonfinite while heal is on)")
     on_collapse: bool = Field(True, description="trigger: the action-collapse detector")

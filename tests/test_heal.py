@@ -128,6 +128,18 @@ def test_mappo_heal_rolls_back_the_rollout_and_retunes_the_optimizers(tmp_path: 
     assert registry.ON in registry.get(h["fix"]).families
 
 
+@pytest.mark.parametrize("preset, on, heals", [(MAPPO, None, False), (MAPPO, "true", True), (MADDPG, None, True)],
+                         ids=["mappo-default", "mappo-on", "maddpg-default"])
+def test_the_explosion_alarm_heals_off_policy_runs_and_on_policy_ones_only_when_asked(
+        tmp_path: Path, preset: Path, on: str | None, heals: bool) -> None:
+    """A critic's gradient grows under MAPPO's large reward scales in runs that end healthy: by default the alarm
+    heals off-policy runs only (an absolute bound of 1e-6 makes it fire at the first logged update)."""
+    extra = [*HEAL, "detectors.explosion_absolute=1e-6", *([f"train.heal.on_explosion={on}"] if on else [])]
+    summary = Trainer(cfg(1200 if preset == MADDPG else 400, extra, preset), tmp_path / "r", quiet=True).run()
+    assert summary["explosion_step"] is not None
+    assert ("explosion" in [h["trigger"] for h in summary.get("healing") or []]) == heals
+
+
 # --------------------------------------------------------------------------- live fixes
 def _live(family: str) -> list[registry.FixSpec]:
     return [f for f in registry.FIXES if f.live is not None and family in f.families]

@@ -44,7 +44,7 @@ def test_fixed_preset_stays_finite(tmp_path):
 
 def test_single_fix_arms_change_one_fix_each():
     plan = make_plan(EXP / "reproduce_mappo_single_fixes.yaml", probe=False)
-    base = flatten(plan.arm("base").config)
+    base = flatten(plan.arm("failure").config)
     assert base == flatten(load_config(EXP / "mappo_failure.yaml").to_dict()) | {"train.torch_threads": 1}
     for arm in plan.arms[1:]:
         changed = {k for k, v in flatten(arm.config).items() if base.get(k) != v}

@@ -22,6 +22,7 @@ import numpy as np
 
 from marl_stability.config import DetectorConfig, RunConfig, apply_override
 from marl_stability.core.live import healed_config
+from marl_stability.core.roads import ON_POLICY
 from marl_stability.fixes import evidence, registry
 from marl_stability.core.summary import RunSummary
 from marl_stability.core.tb_run import heal_line
@@ -84,8 +85,9 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
     healthy = explosion is None and collapse is None and nonfinite is None
     result = outcome(record)
     if record.on_policy:
-        d = diagnose_on_policy(run, s, summary, cfg, ev, scalars)
-        return _with_outcome(d, result, s.healing, _unmeasured(s, None))
+        failing = result is not None and result["label"] != "healthy"
+        d = diagnose_on_policy(run, s, summary, cfg, ev, scalars, failing)
+        return _with_outcome(d, result, s.healing, _unmeasured(s, ON_POLICY))
     fixes = [f for f in _candidate_fixes(s, cfg, ev) if not f.applied]
     # Keep the practitioner's order, but within it the fixes the data points at come first.
     fixes.sort(key=lambda f: (f.order, not f.evidence))
@@ -142,12 +144,13 @@ def outcome(record: RunRecord) -> dict[str, Any] | None:
 
 
 def _unmeasured(s: RunSummary, mechanism: str | None) -> str | None:
-    """Why the fix tables may not speak for this run (they were measured with MADDPG on one task), or None."""
+    """Why the fix tables may not speak for this run (each was measured with one algorithm on one task), or None."""
     table = ((evidence.load().get("mechanisms") or {}).get(mechanism or "") or {})
-    if s.on_policy or not table:
+    if not table:
         return f"no single-fix table was measured for {'on-policy runs' if s.on_policy else 'this road'}"
-    if s.env != table.get("env") or s.algo != "maddpg":
-        return f"the fix tables were measured with MADDPG on {table.get('env')}; this run is {s.algo} on {s.env}"
+    algo = table.get("algo") or "maddpg"  # the tables written before the key: all measured with MADDPG
+    if s.env != table.get("env") or s.algo != algo:
+        return f"the {mechanism} fix table was measured with {algo.upper()} on {table.get('env')}; this run is {s.algo} on {s.env}"
     return None
 
 
@@ -443,15 +446,19 @@ def _on_policy_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence, sig: dict
 
 
 def diagnose_on_policy(run: Path, s: RunSummary, summary: RunSummary | None, cfg: dict[str, Any], ev: Evidence,
-                       scalars: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
+                       scalars: dict[str, list[tuple[int, float]]], failing: bool = False) -> dict[str, Any]:
     """``diagnose`` for MAPPO/IPPO: the fixes the run's data points at come first (strongest evidence first),
-    each with its evidence line; then the other fixes not yet applied, in the practitioner's order."""
+    each with its evidence line; then the other fixes not yet applied, in the practitioner's order. A run that
+    failed (an alarm, or an outcome that is not healthy) has them ranked by the on-policy single-fix table."""
     sig = on_policy_signals(scalars)
     fixes = [f for f in _on_policy_fixes(s, cfg, ev, sig) if not f.applied]
     fixes.sort(key=lambda f: (not f.evidence, f.order))
     fired = (s.explosion_step, s.collapse_step, s.nonfinite_step, s.entropy_collapse_step, s.kl_spike_step)
+    measured = _measured(ON_POLICY) if failing or any(x is not None for x in fired) else {}
+    fixes = _rank_by_evidence(fixes, measured)
     return {
         "verdict": "healthy" if all(x is None for x in fired) else "unstable",
+        "evidence_source": measured.get("", {}).get("source") if measured else None,
         "run": str(run), "status": summary.status if summary is not None else None, "final_return": s.final_return,
         "explosion_step": s.explosion_step, "collapse_step": s.collapse_step, "nonfinite_step": s.nonfinite_step,
         "entropy_collapse_step": s.entropy_collapse_step, "kl_spike_step": s.kl_spike_step,
@@ -465,5 +472,5 @@ def diagnose_on_policy(run: Path, s: RunSummary, summary: RunSummary | None, cfg
                       "max log-std": sig["log_std_max"][0] if sig["log_std_max"] else None,
                       "final entropy (worst agent)": sig["entropy_final"],
                       "final explained variance (worst agent)": sig["explained_variance_final"]},
-        "fixes": [{"name": f.name, "set": f.overrides, "why": f.why} for f in fixes],
+        "fixes": [{"name": f.name, "set": f.overrides, "why": f.why, "measured": measured.get(f.name)} for f in fixes],
     }

@@ -1,9 +1,10 @@
 """What each single fix measured against each failure mechanism: the table ``doctor`` ranks fixes by.
 
-    python -m marl_stability.analysis.fix_evidence saturation-first=SWEEP explosion-first=SWEEP --out FILE
+    python -m marl_stability.analysis.fix_evidence saturation-first=SWEEP explosion-first=SWEEP on-policy=SWEEP --out FILE
 
 Each SWEEP is a single-fix sweep (``marl-stability ablate -c experiments/reproduce_single_fixes.yaml`` for the
-saturation-first preset, ``... reproduce_single_fixes_explosion.yaml`` for the explosion-first one): arms named
+saturation-first preset, ``... reproduce_single_fixes_explosion.yaml`` for the explosion-first one,
+``... reproduce_mappo_single_fixes.yaml`` for MAPPO's on-policy failure): arms named
 ``failure`` and one arm per fix. Every finished run is labelled from its final evaluation exactly as
 ``marl-stability calibrate`` labels it (healthy, collapsed or diverged; never from the detectors), and each arm
 gets its counts and final returns. A mechanism not given keeps its table from an existing ``--out`` file, so
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from marl_stability.core.roads import ON_POLICY
 from marl_stability.errors import ArgumentParser, UserError
 from marl_stability.fixes import registry
 from marl_stability.fixes.evidence import PACKAGED, load, ranked  # noqa: F401 -- this tool writes what they read
@@ -28,7 +30,7 @@ from marl_stability.runs.record import RunRecord
 from marl_stability.runs.sweep_layout import FINAL_STATUSES
 from marl_stability.runs.trials import collect
 
-MECHANISMS = ("saturation-first", "explosion-first")
+MECHANISMS = ("saturation-first", "explosion-first", ON_POLICY)
 
 
 @dataclass
@@ -59,17 +61,17 @@ class ArmEvidence:
 
 
 def sweep_evidence(sweep: Path) -> dict[str, Any]:
-    """Every finished run of one single-fix sweep, labelled; ``{"sweep", "env", "env_steps", "arms": {...}}``."""
+    """Every finished run of one single-fix sweep, labelled; ``{"sweep", "env", "env_steps", "algo", "arms": {...}}``."""
     trials = collect(sweep)
     arm_fix = registry.arm_fixes()  # single-fix arm name -> the title of the fix it measured (doctor's name)
     arms: dict[str, ArmEvidence] = {}
-    env, steps = None, None
+    env, steps, algo = None, None, None
     for row in sorted(trials.rows, key=lambda r: (r["arm"], r["seed"])):
         if row["status"] not in FINAL_STATUSES:
             continue
         summary = trials.summaries[row["run_dir"]]
         config = trials.plan.arm(row["arm"]).config
-        env, steps = config["env"]["id"], config["train"]["steps"]
+        env, steps, algo = config["env"]["id"], config["train"]["steps"], config["algo"]
         label = label_run(summary, config, RunRecord(sweep / row["run_dir"]).scalars, do_nothing_of(config),
                           judge_drop=shared_team_return(config)).label
         ev = arms.setdefault(row["arm"], ArmEvidence(row["arm"], arm_fix.get(row["arm"])))
@@ -78,7 +80,7 @@ def sweep_evidence(sweep: Path) -> dict[str, Any]:
         ev.final_returns.append(summary.final_return)
     if "failure" not in arms:
         raise UserError(f"{sweep}: no finished run of a 'failure' arm (is it a single-fix sweep?)")
-    return {"sweep": trials.plan.name, "env": env, "env_steps": steps,
+    return {"sweep": trials.plan.name, "env": env, "env_steps": steps, "algo": algo,
             "arms": {a: ev.to_json() for a, ev in arms.items()}}
 
 

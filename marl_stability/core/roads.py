@@ -9,6 +9,9 @@
 - **undetermined**: the growth came between the last unsaturated and the first saturated evaluation;
 - **neither**: a healthy run, or a failure with neither signal before it.
 
+An on-policy run's failure (MAPPO, IPPO) is a road of its own, :data:`ON_POLICY`: its single-fix table is measured on
+MAPPO's failure preset, where neither signal above leads (the log-std head drifts; docs/findings.md).
+
 Pure functions of ``{tag: [(env step, value), ...]}`` (no torch, no files): the core layer, below the hooks that
 heal a run and the analysis that explains one.
 """
@@ -20,6 +23,8 @@ import statistics
 from typing import Any, Optional
 
 import numpy as np
+
+ON_POLICY = "on-policy"  # the road (and fix-evidence mechanism) of an on-policy run's failure
 
 Series = tuple[np.ndarray, np.ndarray]  # (env steps int64, values float64), sorted by step
 Scalars = dict[str, list[tuple[int, float]]]

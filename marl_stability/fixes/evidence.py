@@ -1,7 +1,8 @@
 """The fix evidence: what each single fix measured against each road to the failure, and the ranking built on it.
 
 ``fix_evidence.json`` (next to this module, written by ``python -m marl_stability.analysis.fix_evidence``) holds,
-per mechanism (``saturation-first``, ``explosion-first``), the single-fix sweep it was measured on and, per arm,
+per mechanism (``saturation-first``, ``explosion-first``, ``on-policy``), the single-fix sweep it was measured on
+(its env, budget and algorithm) and, per arm,
 the seeds' labels and final returns. ``doctor`` ranks its advice with it after a run; ``train.heal`` picks the fix
 to apply with it during one -- one reading, here, in the fixes layer below both. No torch.
 """
@@ -48,7 +49,8 @@ def measured(mechanism: str, evidence: dict[str, Any] | None = None) -> dict[str
         return {}
     table = evidence["mechanisms"][mechanism]
     out: dict[str, dict[str, Any]] = {r["fix"]: r for r in rows}
-    out[""] = {"source": f"the {mechanism} single-fix table ({table.get('sweep')}, {table.get('env')}, "
+    algo = table.get("algo") or "maddpg"  # the tables written before the key: all measured with MADDPG
+    out[""] = {"source": f"the {mechanism} single-fix table ({table.get('sweep')}, {algo.upper()} on {table.get('env')}, "
                          f"{table.get('env_steps')} env steps)"}
     return out
 

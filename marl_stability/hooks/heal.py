@@ -1,11 +1,12 @@
 """``train.heal``: a run that heals itself. When a trigger fires (the explosion alarm, a non-finite value, the
-action-collapse, entropy-collapse or KL-spike detector), the hook
+action-collapse, entropy-collapse or KL-spike detector; the explosion alarm only off-policy unless switched on), the hook
 
 1. diagnoses the road with the rule doctor uses (:func:`marl_stability.core.roads.road`, on the scalars logged so
-   far: explosion-first, saturation-first, undetermined; an on-policy run's failure is its own road),
+   far: explosion-first, saturation-first, undetermined; an on-policy run's failure is its own road, ``on-policy``),
 2. finds the onset -- the last point known clean: the logged step before the critic's gradient reached 10x its
-   early level (explosion, non-finite), the last evaluation before any agent's saturation reached 0.5 (collapse),
-   the step before the detector's streak began (entropy, KL) -- and rolls back to the last snapshot taken at or
+   early level (explosion; off-policy non-finite), the last evaluation before any agent's saturation reached 0.5
+   (collapse), the step before the detector's streak began (entropy, KL; on-policy non-finite: the update before)
+   -- and rolls back to the last snapshot taken at or
    before it (networks, optimizers, normalizer statistics, detector state; the replay buffer's write position,
    so the failing policy's transitions are dropped; an on-policy rollout is dropped),
 3. applies the fix ranked first for that road that a running run can take (the fix registry's ``live`` fixes; the
@@ -41,7 +42,7 @@ from marl_stability.hooks.control import NonFinitePolicy
 EARLY_GROWTH = 10.0  # the onset of an explosion: the critic's gradient at 10x its early level (doctor's timeline)
 HALF_SATURATED = 0.5  # the onset of a collapse: an agent's saturation at 0.5
 HEALED_PRESET = "healed.yaml"
-ON_POLICY_ROAD = "on-policy failure"
+ON_POLICY_ROAD = roads.ON_POLICY
 
 
 def candidates(cfg: RunConfig, algo_cls: type, road: str, tried: list[str]) -> list[registry.FixSpec]:
@@ -138,7 +139,8 @@ class HealHook(NonFinitePolicy):
     def _fired(self) -> Optional[tuple[str, int, str]]:
         """(trigger, the detector's first step, its message) of the enabled trigger that fired earliest."""
         d, hc = self.detectors.detectors, self.hc
-        groups = (("explosion", hc.on_explosion, d.explosion), ("collapse", hc.on_collapse, d.collapse),
+        on_explosion = hc.on_explosion if hc.on_explosion is not None else not type(self.ctx.algorithm).on_policy
+        groups = (("explosion", on_explosion, d.explosion), ("collapse", hc.on_collapse, d.collapse),
                   ("entropy_collapse", hc.on_entropy_collapse, d.entropy), ("kl_spike", hc.on_kl_spike, d.kl))
         fired = [(int(det.first_step), k, trigger, str(det.message)) for k, (trigger, on, dets) in enumerate(groups)
                  if on for det in dets.values() if det.first_step is not None]
@@ -197,7 +199,10 @@ class HealHook(NonFinitePolicy):
         config = self.ctx.cfg.to_dict()
         start = self.since if self.since is not None else roads.learning_start(scalars)
         if type(algo).on_policy:
-            clean = (self._growth_onset(scalars, config, det, start, None, alarm) if trigger in ("explosion", "nonfinite")
+            # MAPPO's failure lives in the policy head (its log-std drifts), not the critic: the onset is the update
+            # before the detector's first step (a non-finite value: before this update); an explosion alarm, switched
+            # on by the user, keeps the critic's growth rule
+            clean = (self._growth_onset(scalars, config, det, start, None, alarm) if trigger == "explosion"
                      else min(first, alarm)) - 1
             return ON_POLICY_ROAD, f"{trigger.replace('_', ' ')} in an on-policy run: {message}", clean
         label = {"collapse": "collapsed", "nonfinite": "diverged"}.get(trigger, "explosion alarm")
