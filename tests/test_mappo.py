@@ -25,6 +25,8 @@ from pettingzoo import ParallelEnv
 
 from marl_stability.cli.main import main
 from marl_stability.config import load_config
+from marl_stability.core.roads import ON_POLICY
+from marl_stability.fixes import evidence
 from marl_stability.core.build import build_run
 from marl_stability.core.sinks import MemorySink
 from marl_stability.hooks.control import dashboard
@@ -477,13 +479,21 @@ def test_doctor_gives_on_policy_advice_ranked_with_its_evidence(tmp_path: Path, 
     d = diagnose(run)
     assert d["verdict"] == "unstable" and d["kl_spike_step"] == 32000 and d["nonfinite_step"] == 40000
     names = [f["name"] for f in d["fixes"]]
-    assert names[0] == "lower the learning rate and raise Adam's eps"
-    first = d["fixes"][0]
-    assert "approx KL spiked at env step 32000 (peak 0.8)" in first["why"] and "clip fraction reached 0.60" in first["why"]
-    assert "actor_optim.eps=1e-05" in first["set"]
-    # every fix the data points at comes with its evidence line, before any fix without one
-    whys = [bool(f["why"]) for f in d["fixes"]]
-    assert whys == sorted(whys, reverse=True) and sum(whys) >= 6
+    # ranked by the on-policy single-fix table (MAPPO on simple_spread): the fixes that left every seed healthy
+    # first (best mean return first), the unmeasured ones next, the measured ones that cured no seed last
+    table = evidence.measured(ON_POLICY)
+    assert "MAPPO on simple_spread_v3" in d["evidence_source"]
+    assert names[:3] == ["a bounded action distribution (Beta on the bounds)",
+                         "lower the learning rate and raise Adam's eps", "bound the log-std"]
+    groups = [0 if table.get(n, {}).get("healthy") else 1 if n not in table else 2 for n in names]
+    assert groups == sorted(groups) and 2 in groups
+    assert all(f["measured"] == table.get(f["name"]) for f in d["fixes"])
+    lr = d["fixes"][1]
+    assert "approx KL spiked at env step 32000 (peak 0.8)" in lr["why"] and "clip fraction reached 0.60" in lr["why"]
+    assert "actor_optim.eps=1e-05" in lr["set"]
+    # within the unmeasured fixes, every fix the data points at (with its evidence line) before any without one
+    whys = [bool(f["why"]) for f, g in zip(d["fixes"], groups) if g == 1]
+    assert whys == sorted(whys, reverse=True) and sum(bool(f["why"]) for f in d["fixes"]) >= 6
     by_name = {f["name"]: f for f in d["fixes"]}
     assert "value loss peaked at 400" in by_name["value normalization"]["why"]
     assert "log-std reached 1.5" in by_name["bound the log-std"]["why"]
@@ -493,6 +503,7 @@ def test_doctor_gives_on_policy_advice_ranked_with_its_evidence(tmp_path: Path, 
     assert "advantage normalization" not in by_name  # already on in this run
     text = render(d)
     assert "kl_spike at env step 32000" in text and "--set ppo.value_norm=true" in text and "max approx KL 0.8" in text
+    assert "ranked by the on-policy single-fix table" in text and "left 3/3 seeds healthy" in text
 
 
 def test_doctor_on_a_healthy_mappo_run(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from marl_stability.config import load_config
+from marl_stability.config import flatten, load_config
 from marl_stability.studies import reproduce
 from marl_stability.studies.sweep import make_plan
 
@@ -168,7 +168,10 @@ def test_failure_and_fixed_presets_are_what_the_report_says() -> None:
     assert fixed["actor.output"] == "tanh_scaled" and fixed["actor.last_layer_init"] == 0.003
     assert fixed["fixes.obs_norm.enabled"] is True and fixed["fixes.grad_clip.critic.mode"] == "global_norm"
     plan = make_plan(EXP / "reproduce.yaml", probe=False)
-    assert [a.name for a in plan.arms] == ["failure", "fixed"] and plan.reference == "failure"
+    assert [a.name for a in plan.arms] == ["failure", "fixed", "heal"] and plan.reference == "failure"
+    # the third arm is the failure preset with train.heal on, nothing else
+    heal, fail = flatten(plan.arm("heal").config), flatten(plan.arm("failure").config)
+    assert {k for k in heal if heal[k] != fail.get(k)} == {"train.heal.enabled"}
 
 
 def test_quick_overrides_apply_to_both_arms() -> None:
