@@ -4,8 +4,9 @@ For an off-policy run it names the mechanism (``marl_stability.analysis.mechanis
 or neither) with the env step at which each signal moved, and ranks the fixes by what the single-fix table of
 that mechanism measured (``marl_stability/fixes/fix_evidence.json``: seeds left healthy, then mean final return),
 quoting the numbers: fixes that cured seeds first, then the fixes not measured for it (in the practitioner's
-order, the ones this run's data points at first), then the measured fixes that cured no seed. Without a
-mechanism (a healthy run, an on-policy run) the fixes keep the practitioner's order (gradient clipping and
+order, the ones this run's data points at first), then the measured fixes that cured no seed. A failed
+on-policy run is ranked the same way by the on-policy table (MAPPO's single-fix sweep). Without a
+mechanism (a healthy run) the fixes keep the practitioner's order (gradient clipping and
 learning rate first, then initialization and output activation, then architecture and optimizer), promoted
 when the run's own data points at them. Every fix comes with its exact ``--set`` overrides.
 """

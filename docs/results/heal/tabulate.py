@@ -1,6 +1,7 @@
 """The heal tables of docs/heal.md from a finished `marl-stability ablate -c experiments/heal.yaml` sweep:
 
     python docs/results/heal/tabulate.py runs/heal > docs/results/heal/tables.md
+    python docs/results/heal/tabulate.py runs/heal runs/heal_mappo > ...   # a later sweep's arms replace same-named ones
 
 Per arm: runs healed, labels at the end (runs.labels, as calibrate labels runs), final team return (mean, 95%
 bootstrap CI), the fixes heal applied, env steps lost, and for the fixed presets whether each run's final return
@@ -23,13 +24,17 @@ WITHOUT_HEAL = {"saturation_fixed": ("reproduce", "fixed"), "matd3_fixed": ("rep
                 "matd3": ("reproduce_matd3", "failure"), "mappo": ("reproduce_mappo", "failure")}
 
 
-def main(sweep: Path) -> None:
-    trials = collect(sweep)
+def main(*sweeps: Path) -> None:
     arms: dict[str, list] = {}
-    for row in sorted(trials.rows, key=lambda r: (r["arm"], r["seed"])):
-        if row["status"] in ("completed", "diverged"):
-            arms.setdefault(row["arm"], []).append((int(row["seed"]), trials.summaries[row["run_dir"]],
-                                                    RunRecord(sweep / row["run_dir"]).label.label))
+    for sweep in sweeps:
+        trials = collect(sweep)
+        found: dict[str, list] = {}
+        for row in sorted(trials.rows, key=lambda r: (r["arm"], r["seed"])):
+            if row["status"] in ("completed", "diverged"):
+                found.setdefault(row["arm"], []).append((int(row["seed"]), trials.summaries[row["run_dir"]],
+                                                         RunRecord(sweep / row["run_dir"]).label.label))
+        arms.update(found)
+    arms = dict(sorted(arms.items()))
     print("| arm | runs | healed (a heal acted) | labels at the end | final team return, mean [95% CI] | without heal, same seeds | fixes applied | env steps lost per healed run | wall s, median |")
     print("|---|---|---|---|---|---|---|---|---|")
     for arm, runs in arms.items():
@@ -69,4 +74,4 @@ def main(sweep: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(*(Path(p) for p in sys.argv[1:]))
