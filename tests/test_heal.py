@@ -306,3 +306,15 @@ def test_cure_refuses_a_healthy_or_missing_run(tmp_path: Path) -> None:
         r = _cli("cure", str(target))
         assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cure_budget_leaves_the_labels_three_evaluations() -> None:
+    """Twice the onset, at least onset + 20k and three evaluations (the labels' trailing median), at most the run's
+    budget: a MAPPO failure at the first update (3.2k) is judged after 60k env steps, not after one or two
+    evaluations."""
+    from marl_stability.studies.cure import default_budget
+
+    assert default_budget(3_200, 200_000, 20_000) == 60_000
+    assert default_budget(30_000, 150_000, 5_000) == 60_000
+    assert default_budget(30_384, 50_000, 5_000) == 50_000
+    assert default_budget(None, 150_000, 5_000) == 150_000

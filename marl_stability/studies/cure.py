@@ -30,6 +30,8 @@ import yaml
 from marl_stability.analysis.doctor import diagnose
 from marl_stability.atomic import atomic_write_json, atomic_write_text
 from marl_stability.config import apply_override, dump_yaml, flatten, load_config
+from marl_stability.core.returns import SMOOTH_EVALS
+from marl_stability.core.roads import ON_POLICY
 from marl_stability.errors import UserError
 from marl_stability.fixes import registry
 from marl_stability.fmt import fmt_number
@@ -52,10 +54,11 @@ def _override_dict(items: list[str]) -> dict[str, Any]:
 
 
 def default_budget(onset: Optional[int], run_steps: int, eval_every: int) -> int:
-    """Twice the onset, at least the onset plus :data:`MIN_MARGIN`, at most the run's budget, in whole evaluations."""
+    """Twice the onset, at least the onset plus :data:`MIN_MARGIN` and the evaluations the labels' trailing median
+    reads (a trial judged on one or two evaluations says little), at most the run's budget, in whole evaluations."""
     if onset is None:
         return run_steps
-    steps = min(run_steps, max(2 * onset, onset + MIN_MARGIN))
+    steps = min(run_steps, max(2 * onset, onset + MIN_MARGIN, SMOOTH_EVALS * eval_every))
     return min(run_steps, int(math.ceil(steps / eval_every)) * eval_every)
 
 
@@ -93,6 +96,13 @@ def plan_cure(run_dir: Path, top: int, steps: Optional[int]) -> dict[str, Any]:
              "design": "arms", "arms": arms, "reference": CONTROL}
     return {"diagnosis": d, "fixes": ids, "budget": budget, "onset": onset, "config": cfg,
             "sweep": yaml.safe_dump(sweep, sort_keys=False)}
+
+
+def _road(d: dict[str, Any]) -> Optional[str]:
+    """The road doctor diagnosed: an off-policy run's mechanism, or the on-policy road (whose table it ranked by)."""
+    if d.get("on_policy") is not None:
+        return ON_POLICY
+    return (d.get("mechanism") or {}).get("mechanism")
 
 
 def _arm_stats(out: Path) -> dict[str, dict[str, Any]]:
@@ -160,7 +170,7 @@ def run_cure(run_dir: Path, out: Path, top: int = 3, seeds: int = 3, steps: Opti
                           f"it: {best['fix']}\n" + dump_yaml(preset))
     result = {"run": str(run_dir), "budget": planned["budget"], "onset": planned["onset"], "control": control,
               "fixes": rows, "cured_by": best["fix"] if best else None,
-              "mechanism": (planned["diagnosis"].get("mechanism") or {}).get("mechanism")}
+              "mechanism": _road(planned["diagnosis"])}
     atomic_write_text(out / "cure.md", render(result))
     atomic_write_json(out / "cure.json", result)
     return result
