@@ -88,3 +88,14 @@ def test_fix_settings_is_what_summary_json_reports(tmp_path: Path) -> None:
     reported = json.loads((tmp_path / "r" / "summary.json").read_text())["fixes"]
     assert reported == json.loads(json.dumps(registry.fix_settings(cfg, algorithm_class(cfg.algo).on_policy)))
     assert "grad_clip.critic.mode" in reported and "actor.output" in reported and "ppo.value_norm" not in reported
+
+
+def test_single_fix_arms_join_the_fixes_of_their_family() -> None:
+    """An arm name means the fix of the sweep's family: MAPPO's lower_lr arm (lr 7e-4) is not the off-policy lower-lr
+    fix (lr / 10), and its grad_clip arm is the on-policy clip at 10; every arm name maps to one fix per family."""
+    on, off = registry.arm_fixes(registry.ON), registry.arm_fixes(registry.OFF)
+    assert "lower_lr" not in on and off["lower_lr"] == registry.get("lower_lr").title
+    assert on["grad_clip"] == registry.get("grad_clip_10").title and off["clip"] == registry.get("grad_clip").title
+    for family in (registry.ON, registry.OFF):
+        arms = [a for f in registry.FIXES if family in f.families for a in f.evidence_arms]
+        assert len(arms) == len(set(arms)), family

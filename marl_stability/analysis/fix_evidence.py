@@ -40,7 +40,7 @@ class ArmEvidence:
     arm: str
     fix: Optional[str]  # the doctor's fix name (None for the failure arm and arms doctor does not know)
     seeds: list[int] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)  # per seed: healthy | collapsed | diverged
+    labels: list[str] = field(default_factory=list)  # per seed: healthy | collapsed | diverged | degraded
     final_returns: list[Optional[float]] = field(default_factory=list)
 
     @property
@@ -57,13 +57,15 @@ class ArmEvidence:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "n": self.n, "healthy": self.healthy, "collapsed": self.labels.count("collapsed"),
-                "diverged": self.labels.count("diverged"), "mean_final_return": self.mean_return()}
+                "diverged": self.labels.count("diverged"), "degraded": self.labels.count("degraded"),
+                "mean_final_return": self.mean_return()}
 
 
-def sweep_evidence(sweep: Path) -> dict[str, Any]:
+def sweep_evidence(sweep: Path, mechanism: str = "saturation-first") -> dict[str, Any]:
     """Every finished run of one single-fix sweep, labelled; ``{"sweep", "env", "env_steps", "algo", "arms": {...}}``."""
     trials = collect(sweep)
-    arm_fix = registry.arm_fixes()  # single-fix arm name -> the title of the fix it measured (doctor's name)
+    # single-fix arm name -> the title of the fix it measured (doctor's name), among the mechanism's family's fixes
+    arm_fix = registry.arm_fixes(registry.ON if mechanism == ON_POLICY else registry.OFF)
     arms: dict[str, ArmEvidence] = {}
     env, steps, algo = None, None, None
     for row in sorted(trials.rows, key=lambda r: (r["arm"], r["seed"])):
@@ -110,7 +112,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         sweeps = _parse_pairs(args.sweeps)
         kept = load(args.out).get("mechanisms") if args.out.exists() else {}
         data = {"mechanisms": {**(kept if isinstance(kept, dict) else {}),
-                               **{m: sweep_evidence(p) for m, p in sweeps.items()}}}
+                               **{m: sweep_evidence(p, m) for m, p in sweeps.items()}}}
         atomic_write_json(args.out, data)
     except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

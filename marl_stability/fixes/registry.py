@@ -204,9 +204,10 @@ def in_use(cfg: RunConfig, on_policy: bool) -> list[FixSpec]:
     return [f for f in FIXES if family in f.families and f.applied(flat)]
 
 
-def arm_fixes() -> dict[str, str]:
-    """Single-fix arm name -> the title of the fix it measured (the fix-evidence tables' join)."""
-    return {arm: f.title for f in FIXES for arm in f.evidence_arms}
+def arm_fixes(family: str | None = None) -> dict[str, str]:
+    """Single-fix arm name -> the title of the fix it measured (the fix-evidence tables' join); ``family``: only that
+    family's fixes (an on-policy sweep's ``lower_lr`` arm is not the off-policy lower-lr fix)."""
+    return {arm: f.title for f in FIXES if family is None or family in f.families for arm in f.evidence_arms}
 
 
 def fix_settings(cfg: RunConfig, on_policy: bool) -> dict[str, Any]:

@@ -15,7 +15,8 @@ counts, the final return with a 95% bootstrap CI, and a verdict:
 The best curing fix (most healthy, then the highest mean return) is written as a preset, ``cured.yaml`` (the run's
 config with that fix, its own budget). Trials start from env step 0: runs keep no checkpoint from before their
 onset (a finished run keeps ``final.pt``, from its end), and the report says so. The default budget is twice the
-onset (at least the onset plus 20k env steps, at most the run's own budget): long enough for the failure to recur.
+onset (at least the onset plus 20k env steps and three evaluations, at most the run's own budget): long enough for
+the failure to recur and for the labels to judge the return.
 """
 
 from __future__ import annotations
