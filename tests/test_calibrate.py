@@ -241,6 +241,11 @@ def test_a_run_that_ends_below_doing_nothing_is_degraded_never_healthy():
     # never better than doing nothing: degraded from the first evaluation
     flat = _summary(action_stats={"agent_0": LIVELY}, eval_history=_history([-75.0, -76.0, -74.0, -75.5]))
     assert label_run(flat, CFG, {}, do_nothing=-73.5)[::4] == ("degraded", "below_do_nothing")
+    # fewer evaluations than the trailing median's window: the median of those there are (a short run, e.g. a cure
+    # trial judged after two evaluations at -81.9, is not called healthy); above doing nothing it is healthy
+    for short, label in (([-92.0, -81.9], "degraded"), ([-80.0], "degraded"), ([-70.0, -65.0], "healthy")):
+        s = _summary(action_stats={"agent_0": LIVELY}, eval_history=_history(short), final_return=short[-1])
+        assert label_run(s, CFG, {}, do_nothing=-73.5).label == label, short
 
 
 def test_a_sustained_drop_beyond_the_evaluation_noise_is_degraded():

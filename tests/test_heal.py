@@ -301,7 +301,10 @@ def test_cure_measures_the_top_fixes_on_the_run_next_to_a_control(tmp_path: Path
 
 
 def test_cure_refuses_a_healthy_or_missing_run(tmp_path: Path) -> None:
-    Trainer(cfg(600), tmp_path / "ok", quiet=True).run()
+    # a task with two opposing teams has no do-nothing anchor to fall short of: a tiny run there is healthy (on
+    # simple_spread it ends below doing nothing and is labelled degraded)
+    Trainer(cfg(600, ["env.id=simple_adversary_v3", "env.kwargs={N: 2, max_cycles: 25, continuous_actions: true}"]),
+            tmp_path / "ok", quiet=True).run()
     for target, message in ((tmp_path / "ok", "doctor calls this run healthy"), (tmp_path / "nope", "not a run directory")):
         r = _cli("cure", str(target))
         assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr

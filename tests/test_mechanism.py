@@ -268,7 +268,7 @@ def test_fix_evidence_from_a_real_tiny_single_fix_sweep(tmp_path: Path):
 
     run = read_summary(tmp_path / "sweep" / "runs" / "clip" / "seed_0" / "summary.json")
     assert clip["final_returns"] == [run.final_return] and clip["mean_final_return"] == run.final_return
-    assert clip["healthy"] + clip["collapsed"] + clip["diverged"] == 1
+    assert clip["healthy"] + clip["collapsed"] + clip["diverged"] + clip["degraded"] == 1
     assert table["arms"]["failure"]["fix"] is None
     assert [r["arm"] for r in fix_evidence.ranked(data, "explosion-first")] == ["clip"]
     assert (fix_evidence.PACKAGED.read_bytes() if fix_evidence.PACKAGED.exists() else None) == before

@@ -146,8 +146,8 @@ def test_run_record_reads_every_part_of_a_run(tiny_run: Path) -> None:
     assert hist and all(h.counts.sum() > 0 for series in hist.values() for h in series)
     texts = run.texts()
     assert "Summary" in texts and "completed" in texts["Summary"][-1][1]
-    assert run.skip_reason() is None and run.label.label in ("healthy", "collapsed")
-    assert run.label.onset is None or run.label.label == "collapsed"
+    assert run.skip_reason() is None and run.label.label in ("healthy", "collapsed", "degraded")
+    assert run.label.onset is None or run.label.label in ("collapsed", "degraded")
 
 
 def test_discovery_finds_runs_at_any_depth_once(tiny_run: Path, tmp_path: Path) -> None:

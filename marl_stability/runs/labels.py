@@ -56,8 +56,10 @@ def degradation(history: list[tuple[int, float]], do_nothing: Optional[float], d
     than the task's do-nothing return; onset: the first evaluation from which every trailing median stays at or below
     it. ``dropped``: the final trailing median lies more than ``drop_z`` x the run's evaluation noise below its best;
     onset: the first evaluation after the best from which every trailing median stays below best - margin."""
-    if len(history) < SMOOTH_EVALS:
+    if not history:
         return None
+    # with fewer than SMOOTH_EVALS evaluations the trailing median takes those there are: a short run that ends
+    # below doing nothing is not called healthy (a drop needs complete windows: drop_from_best)
     steps, returns = [s for s, _ in history], [r for _, r in history]
     m = smoothed(returns)
     if do_nothing is not None and m[-1] <= do_nothing:
