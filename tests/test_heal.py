@@ -18,7 +18,8 @@ from marl_stability.core.live import adopt, blockers, healed_config
 from marl_stability.core.scalar_file import read_columns
 from marl_stability.fixes import registry
 from marl_stability.fixes.objects import GlobalNormClip, ObsNormalizer, ReturnNormalizer
-from marl_stability.hooks.heal import ON_POLICY_ROAD, candidates
+from marl_stability.core.roads import ON_POLICY
+from marl_stability.hooks.heal import candidates
 from marl_stability.training.trainer import TIMING_KEYS, Trainer
 from scalar_files import TIMING_PREFIXES, _nan_safe, assert_scalar_file_exact, series_of_file
 
@@ -124,7 +125,7 @@ def test_mappo_heal_rolls_back_the_rollout_and_retunes_the_optimizers(tmp_path: 
     summary = Trainer(c, tmp_path / "ppo", quiet=True).run()
     assert summary["status"] == "completed"
     [h] = summary["healing"]
-    assert h["road"] == ON_POLICY_ROAD and h["rolled_back_to_update"] == 4 and h["fix"] is not None
+    assert h["road"] == ON_POLICY and h["rolled_back_to_update"] == 4 and h["fix"] is not None
     assert registry.ON in registry.get(h["fix"]).families
 
 

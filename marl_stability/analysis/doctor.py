@@ -149,7 +149,7 @@ def _unmeasured(s: RunSummary, mechanism: str | None) -> str | None:
     table = ((evidence.load().get("mechanisms") or {}).get(mechanism or "") or {})
     if not table:
         return f"no single-fix table was measured for {'on-policy runs' if s.on_policy else 'this road'}"
-    algo = table.get("algo") or "maddpg"  # the tables written before the key: all measured with MADDPG
+    algo = evidence.table_algo(table)
     if s.env != table.get("env") or s.algo != algo:
         return f"the {mechanism} fix table was measured with {algo.upper()} on {table.get('env')}; this run is {s.algo} on {s.env}"
     return None

@@ -49,10 +49,14 @@ def measured(mechanism: str, evidence: dict[str, Any] | None = None) -> dict[str
         return {}
     table = evidence["mechanisms"][mechanism]
     out: dict[str, dict[str, Any]] = {r["fix"]: r for r in rows}
-    algo = table.get("algo") or "maddpg"  # the tables written before the key: all measured with MADDPG
-    out[""] = {"source": f"the {mechanism} single-fix table ({table.get('sweep')}, {algo.upper()} on {table.get('env')}, "
+    out[""] = {"source": f"the {mechanism} single-fix table ({table.get('sweep')}, {table_algo(table).upper()} on {table.get('env')}, "
                          f"{table.get('env_steps')} env steps)"}
     return out
+
+
+def table_algo(table: dict[str, Any]) -> str:
+    """The algorithm a mechanism's table was measured with (the tables written before the key: all MADDPG)."""
+    return table.get("algo") or "maddpg"
 
 
 def rank_by_evidence(items: Sequence[T], table: dict[str, dict[str, Any]], title: Callable[[T], str]) -> list[T]:

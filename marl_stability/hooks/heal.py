@@ -42,7 +42,6 @@ from marl_stability.hooks.control import NonFinitePolicy
 EARLY_GROWTH = 10.0  # the onset of an explosion: the critic's gradient at 10x its early level (doctor's timeline)
 HALF_SATURATED = 0.5  # the onset of a collapse: an agent's saturation at 0.5
 HEALED_PRESET = "healed.yaml"
-ON_POLICY_ROAD = roads.ON_POLICY
 
 
 def candidates(cfg: RunConfig, algo_cls: type, road: str, tried: list[str]) -> list[registry.FixSpec]:
@@ -204,7 +203,7 @@ class HealHook(NonFinitePolicy):
             # on by the user, keeps the critic's growth rule
             clean = (self._growth_onset(scalars, config, det, start, None, alarm) if trigger == "explosion"
                      else min(first, alarm)) - 1
-            return ON_POLICY_ROAD, f"{trigger.replace('_', ' ')} in an on-policy run: {message}", clean
+            return roads.ON_POLICY, f"{trigger.replace('_', ' ')} in an on-policy run: {message}", clean
         label = {"collapse": "collapsed", "nonfinite": "diverged"}.get(trigger, "explosion alarm")
         onset = first if trigger == "collapse" else alarm
         r = roads.road(scalars, config, det, label, onset, start=start)

@@ -65,7 +65,8 @@ def default_budget(onset: Optional[int], run_steps: int, eval_every: int) -> int
 
 def plan_cure(run_dir: Path, top: int, steps: Optional[int]) -> dict[str, Any]:
     """Diagnose the run and build the sweep (control + the top fixes); returns what was planned: the diagnosis, the
-    fixes with their overrides, the budget and the sweep file's text (the sweep keeps it as ``ablation.yaml``)."""
+    road (the off-policy mechanism or the on-policy road), the fixes with their overrides, the budget and the sweep
+    file's text (the sweep keeps it as ``ablation.yaml``)."""
     record = RunRecord(run_dir)
     d = diagnose(run_dir)
     if record.config is None:
@@ -95,15 +96,9 @@ def plan_cure(run_dir: Path, top: int, steps: Optional[int]) -> dict[str, Any]:
              "doctor ranks for it", "base": {"config": str((run_dir / "config.yaml").resolve()),
              "set": {"train.steps": budget, "train.heal.enabled": False}},
              "design": "arms", "arms": arms, "reference": CONTROL}
-    return {"diagnosis": d, "fixes": ids, "budget": budget, "onset": onset, "config": cfg,
+    road = ON_POLICY if record.on_policy else (d.get("mechanism") or {}).get("mechanism")
+    return {"diagnosis": d, "road": road, "fixes": ids, "budget": budget, "onset": onset, "config": cfg,
             "sweep": yaml.safe_dump(sweep, sort_keys=False)}
-
-
-def _road(d: dict[str, Any]) -> Optional[str]:
-    """The road doctor diagnosed: an off-policy run's mechanism, or the on-policy road (whose table it ranked by)."""
-    if d.get("on_policy") is not None:
-        return ON_POLICY
-    return (d.get("mechanism") or {}).get("mechanism")
 
 
 def _arm_stats(out: Path) -> dict[str, dict[str, Any]]:
@@ -171,7 +166,7 @@ def run_cure(run_dir: Path, out: Path, top: int = 3, seeds: int = 3, steps: Opti
                           f"it: {best['fix']}\n" + dump_yaml(preset))
     result = {"run": str(run_dir), "budget": planned["budget"], "onset": planned["onset"], "control": control,
               "fixes": rows, "cured_by": best["fix"] if best else None,
-              "mechanism": _road(planned["diagnosis"])}
+              "mechanism": planned["road"]}
     atomic_write_text(out / "cure.md", render(result))
     atomic_write_json(out / "cure.json", result)
     return result
