@@ -192,6 +192,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("marl_stability.training",),
     ("marl_stability.runs",),
     ("marl_stability.analysis",),
+    ("marl_stability.integrations",),
     ("marl_stability.studies",),
     ("marl_stability.bench",),
     ("marl_stability.cli", "marl_stability.__main__"),

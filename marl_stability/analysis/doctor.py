@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from marl_stability.config import DetectorConfig, RunConfig, apply_override
+from marl_stability.fixes import benchmarl as benchmarl_fixes
 from marl_stability.core.live import healed_config
 from marl_stability.core.roads import ON_POLICY
 from marl_stability.fixes import evidence, registry
@@ -41,6 +42,7 @@ class Fix:
     why: str = ""
     evidence: bool = False  # the run's data points at this fix
     applied: bool = False  # the run already uses it: not suggested
+    id: str = ""  # the fix registry's id
 
 
 def _first_growth(series: list[tuple[int, float]]) -> tuple[int, float] | None:
@@ -88,7 +90,7 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
     if record.on_policy:
         failing = result is not None and result["label"] != "healthy"
         d = diagnose_on_policy(run, s, summary, cfg, ev, scalars, failing)
-        return _with_outcome(d, result, s.healing, _unmeasured(s, ON_POLICY))
+        return _with_outcome(d, result, s.healing, _unmeasured(s, ON_POLICY), cfg.get("framework"))
     fixes = [f for f in _candidate_fixes(s, cfg, ev) if not f.applied]
     # Keep the practitioner's order, but within it the fixes the data points at come first.
     fixes.sort(key=lambda f: (f.order, not f.evidence))
@@ -107,8 +109,8 @@ def diagnose(run_dir: str | Path) -> dict[str, Any]:
         "saturation": ev.saturation, "repeat_rate": ev.repeat, "sensitivity": ev.sensitivity,
         "max_preactivation": ev.max_preactivation, "reward_magnitude": ev.reward_magnitude,
         "large_reward": _large_reward(cfg, ev),
-        "fixes": [{"name": f.name, "set": f.overrides, "why": f.why, "measured": measured.get(f.name)} for f in fixes],
-    }, result, s.healing, _unmeasured(s, mech["mechanism"] if mech is not None else None))
+        "fixes": [{"name": f.name, "id": f.id, "set": f.overrides, "why": f.why, "measured": measured.get(f.name)} for f in fixes],
+    }, result, s.healing, _unmeasured(s, mech["mechanism"] if mech is not None else None), cfg.get("framework"))
 
 
 def _as_ended(cfg: dict[str, Any], summary: RunSummary | None) -> dict[str, Any]:
@@ -156,11 +158,12 @@ def _unmeasured(s: RunSummary, mechanism: str | None) -> str | None:
 
 
 def _with_outcome(d: dict[str, Any], result: dict[str, Any] | None, healing: list[dict[str, Any]],
-                  unmeasured: str | None) -> dict[str, Any]:
+                  unmeasured: str | None, framework: str | None = None) -> dict[str, Any]:
     """A run whose outcome is not healthy (e.g. below the do-nothing return) is never called healthy. ``healing``:
     the run's heals (``train.heal``), reported with it; ``unmeasured``: why the fix tables may not apply (doctor then
     points to ``cure``)."""
     d["outcome"], d["healing"], d["unmeasured"] = result, healing, unmeasured
+    d["framework"] = framework
     if result is not None and result["label"] != "healthy":
         d["verdict"] = "unstable"
     return d
@@ -255,8 +258,14 @@ def _advice(family: str, cfg: dict[str, Any], reasons: dict[str, tuple[str, bool
     advised, without a why."""
     specs = registry.for_family(family)
     assert set(reasons) <= {spec.id for spec in specs}, set(reasons) - {spec.id for spec in specs}  # a typo'd id
-    return [Fix(spec.order[family], spec.title, spec.overrides_for(cfg), *reasons.get(spec.id, ("", False)),
-                applied=spec.applied(cfg)) for spec in specs]
+    fixes = [Fix(spec.order[family], spec.title, spec.overrides_for(cfg), *reasons.get(spec.id, ("", False)),
+                 applied=spec.applied(cfg), id=spec.id) for spec in specs]
+    if cfg.get("framework") == benchmarl_fixes.FRAMEWORK:  # a BenchMARL run: its own settings, or why it has none
+        for f in fixes:
+            f.overrides, missing = benchmarl_fixes.settings_for(f.id, _section(cfg, benchmarl_fixes.BENCHMARL))
+            if missing:
+                f.why = "; ".join(x for x in (f.why, f"BenchMARL: {missing}") if x)
+    return fixes
 
 
 def _candidate_fixes(s: RunSummary, cfg: dict[str, Any], ev: Evidence) -> list[Fix]:
@@ -334,10 +343,16 @@ def render(d: dict[str, Any]) -> str:
                      "healthy, then mean final return; fixes it did not measure in between, in the practitioner's order):")
     else:
         lines.append("verdict: unstable. Fixes to try, in order (practitioner's order; ones this run's data points at first):")
+    benchmarl = d.get("framework") == benchmarl_fixes.FRAMEWORK
     for i, f in enumerate(d["fixes"], 1):
-        sets = " ".join(f"--set {s}" for s in f["set"])
+        sets = (", ".join(f["set"]) or "(no BenchMARL setting)") if benchmarl else " ".join(f"--set {s}" for s in f["set"])
         lines.append(f"  {i}. {f['name']}: {sets}" + (f"\n     measured: {_measured_text(f['measured'])}" if f.get("measured") else "")
                      + (f"\n     why: {f['why']}" if f["why"] else ""))
+    if benchmarl:
+        lines.append("a BenchMARL run: apply a fix to its configs with marl_stability.integrations.benchmarl.apply_fix("
+                     "FIX_ID, experiment_config, algorithm_config, model_config, critic_model_config) (fix ids: "
+                     + ", ".join(f["id"] for f in d["fixes"] if f["set"]) + "); docs/benchmarl.md")
+        return "\n".join(lines)
     if d.get("unmeasured"):
         lines.append(f"{d['unmeasured']}: measure these fixes on this run itself with "
                      f"marl-stability cure {d['run']} (docs/heal.md)")
@@ -473,5 +488,5 @@ def diagnose_on_policy(run: Path, s: RunSummary, summary: RunSummary | None, cfg
                       "max log-std": sig["log_std_max"][0] if sig["log_std_max"] else None,
                       "final entropy (worst agent)": sig["entropy_final"],
                       "final explained variance (worst agent)": sig["explained_variance_final"]},
-        "fixes": [{"name": f.name, "set": f.overrides, "why": f.why, "measured": measured.get(f.name)} for f in fixes],
+        "fixes": [{"name": f.name, "id": f.id, "set": f.overrides, "why": f.why, "measured": measured.get(f.name)} for f in fixes],
     }
