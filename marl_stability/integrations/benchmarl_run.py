@@ -4,6 +4,7 @@ the BenchMARL integration, a fix applied through BenchMARL's own config, and the
     python -m marl_stability.integrations.benchmarl_run --seeds 0 1 2 --out runs/benchmarl/mappo
     python -m marl_stability.integrations.benchmarl_run --seeds 0 1 2 --fix lr_eps --out runs/benchmarl/lr_eps
     python -m marl_stability.integrations.benchmarl_run --overhead --seeds 0 --frames 102400 --out runs/benchmarl/overhead
+    python -m marl_stability.integrations.benchmarl_run --table runs/benchmarl/mappo runs/benchmarl/lr_eps --figure f.png
 
 Settings (as far as BenchMARL 1.5 allows; ``--frames`` and ``--eval-every`` change the budget): 3,200 env steps per
 batch from 128 envs (25 steps each, ``max_cycles`` 25), 10 epochs of one minibatch of 3,200, Adam lr 7e-4 eps 1e-5,
@@ -117,6 +118,39 @@ def table(folders: list[Path]) -> str:
     return "\n".join(rows)
 
 
+FIGURE_TAGS = (("eval/team_return", "team return (evaluation, deterministic)"),
+               ("policy/log_std_max/agent_0", "largest log-std of agent_0's TanhNormal (collected batch)"),
+               ("policy/entropy/agent", "policy entropy per action dimension (BenchMARL's estimate)"),
+               ("policy/saturation/agent_0", "agent_0's actions at a bound (collected batch)"))
+
+
+def figure(folders: list[Path], out: Path) -> None:
+    """The runs under ``folders`` (one colour per folder: an arm) on the four signals of the proof, to ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from marl_stability.runs.record import find_runs
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    for k, folder in enumerate(folders):
+        for record in (r for r in find_runs([folder]) if r.summary is not None and r.summary.finished):
+            for ax, (tag, _) in zip(axes.flat, FIGURE_TAGS):
+                pts = record.series(tag)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{k}", alpha=0.8, lw=1.2,
+                        label=f"{folder.name} (seed {record.summary.seed})")
+    for ax, (_, title) in zip(axes.flat, FIGURE_TAGS):
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    for ax in axes[1]:
+        ax.set_xlabel("env steps")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -127,9 +161,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--overhead", action="store_true", help="alternate runs without and with the callback")
     ap.add_argument("--repeats", type=int, default=2, help="--overhead: rounds of (without, with) per seed")
     ap.add_argument("--table", type=Path, nargs="+", default=None, help="print a table of the runs under these folders")
+    ap.add_argument("--figure", type=Path, default=None, help="with --table: also plot those runs to this PNG")
     args = ap.parse_args(argv)
     if args.table:
         print(table(args.table))
+        if args.figure is not None:
+            figure(args.table, args.figure)
         return
     for name, value in (("--frames", args.frames), ("--eval-every", args.eval_every)):
         if value <= 0 or value % 3200:
