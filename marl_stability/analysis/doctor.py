@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from marl_stability.config import DetectorConfig, RunConfig, apply_override
-from marl_stability.fixes import benchmarl as benchmarl_fixes
 from marl_stability.core.live import healed_config
 from marl_stability.core.roads import ON_POLICY
+from marl_stability.fixes import benchmarl as benchmarl_fixes
 from marl_stability.fixes import evidence, registry
 from marl_stability.core.summary import RunSummary
 from marl_stability.core.tb_run import heal_line

@@ -109,6 +109,16 @@ class RunSummary(BaseModel):
         return out
 
 
+def action_summary(final: dict[str, AgentActionStats]) -> dict[str, Any]:
+    """``summary.json``'s action fields from each agent's final evaluation statistics: the mean over agents of the repeat
+    rate, saturation and sensitivity (None without an evaluation), and the per-agent statistics."""
+    import numpy as np
+
+    mean = (lambda k: float(np.mean([getattr(v, k) for v in final.values()])) if final else None)  # noqa: E731
+    return {"repeated_action_rate": mean("repeat_rate"), "saturation_rate": mean("saturation"),
+            "action_sensitivity": mean("sensitivity"), "action_stats": {a: v.model_dump() for a, v in final.items()}}
+
+
 def read_summary(path: str | Path) -> Optional[RunSummary]:
     """The summary at ``path`` (a run directory or the file itself); None when missing, corrupt or invalid."""
     p = Path(path)

@@ -43,7 +43,7 @@ from marl_stability.core.events import (
 from marl_stability.core.hooks import Hook, RunContext
 from marl_stability.core.tb_run import STORY_AGENTS, STORY_GROUP
 from marl_stability.hooks import monitor
-from marl_stability.core.summary import AgentActionStats
+from marl_stability.core.summary import AgentActionStats, action_summary
 from marl_stability.hooks.control import (
     ForensicsHook,
     ProgressHook,
@@ -245,10 +245,7 @@ class EvaluationHook(Hook):
             self.log.record(f"eval/agent_return/{a}", float(np.mean([e["agent_returns"][a] for e in ev.episodes])), step)
 
     def summary(self) -> dict[str, Any]:
-        s = self.final
-        mean = (lambda k: float(np.mean([getattr(v, k) for v in s.values()])) if s else None)
-        return {"repeated_action_rate": mean("repeat_rate"), "saturation_rate": mean("saturation"),
-                "action_sensitivity": mean("sensitivity"), "action_stats": {a: v.model_dump() for a, v in s.items()}}
+        return action_summary(self.final)
 
     def state_dict(self) -> dict[str, Any]:
         return {"final": {a: v.model_dump() for a, v in self.final.items()}}

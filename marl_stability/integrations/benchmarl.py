@@ -51,13 +51,13 @@ from marl_stability.atomic import atomic_write_json, atomic_write_text
 from marl_stability.config import DetectorConfig
 from marl_stability.core.events import GradEvent
 from marl_stability.core.sinks import Logger, ScalarFileSink, TensorBoardSink
-from marl_stability.core.summary import AgentActionStats, EvalPoint, RunSummary
+from marl_stability.core.summary import AgentActionStats, EvalPoint, RunSummary, action_summary
 from marl_stability.core.tb_run import METRICS, STORY_AGENTS, STORY_GROUP, SUMMARY_TAG, metric_values, summary_text
+from marl_stability.fixes import benchmarl as benchmarl_fixes
 from marl_stability.fixes.objects import ClipStats, measure_grads
 from marl_stability.hooks import monitor
 from marl_stability.hooks.control import dashboard
 from marl_stability.hooks.detectors import Detectors
-from marl_stability.fixes import benchmarl as benchmarl_fixes
 from marl_stability.integrations.benchmarl_bits import (
     action_stats,
     entropy_per_dim,
@@ -205,8 +205,7 @@ def _final_status(cb: MarlStabilityCallback) -> str:
     """How the experiment ended, read when BenchMARL closes it (after its collection loop returned or raised)."""
     e, exc = cb.experiment, cb._run_error
     done = e.n_iters_performed >= e.config.get_max_n_iters(e.on_policy)
-    finite = all(bool(torch.isfinite(p).all()) for _, _, opt in cb._models.values()
-                 for g in opt.param_groups for p in g["params"])
+    finite = all(bool(torch.isfinite(p).all()) for _, params, _ in cb._models.values() for p in params)
     if cb.detectors.nonfinite_step is not None or not finite:
         return "diverged"
     if isinstance(exc, KeyboardInterrupt) or (exc is None and not done):
@@ -324,15 +323,16 @@ class MarlStabilityCallback(Callback):
         self.tb = TensorBoardSink(self.dir, purge_step=None if resume_step is None else resume_step + 1)
         return Logger([self.tb, ScalarFileSink(self.dir, resume_step)])
 
-    def _optimizer_models(self, e: Any) -> dict[int, tuple[str, dict[int, str], Any]]:
-        """id(optimizer) -> (model name, {id(param): name}, optimizer); a step post-hook per optimizer for update
-        ratios."""
+    def _optimizer_models(self, e: Any) -> dict[int, tuple[str, list[torch.nn.Parameter], list[str]]]:
+        """id(optimizer) -> (model name, the parameters it steps, their names in the loss module), read once; a step
+        post-hook per optimizer for update ratios."""
         out = {}
         for group, optimizers in e.optimizers.items():
             names = {id(p): n for n, p in e.losses[group].named_parameters()}
             for loss_name, opt in optimizers.items():
-                model = f"{kind_of(loss_name)}/{group}"
-                out[id(opt)] = (model, names, opt)
+                params = [p for g in opt.param_groups for p in g["params"]]
+                out[id(opt)] = (f"{kind_of(loss_name)}/{group}", params,
+                                [names.get(id(p), f"param{i}") for i, p in enumerate(params)])
                 opt.register_step_post_hook(self._after_step)
         return out
 
@@ -342,8 +342,7 @@ class MarlStabilityCallback(Callback):
 
         def grad_clip(optimizer: torch.optim.Optimizer) -> float:
             t = time.perf_counter()
-            model, names, _ = self._models[id(optimizer)]
-            params = [p for g in optimizer.param_groups for p in g["params"]]
+            model, params, names = self._models[id(optimizer)]
             pre = measure_grads(params)
             self.seconds += time.perf_counter() - t
             total = original(optimizer)
@@ -351,7 +350,7 @@ class MarlStabilityCallback(Callback):
             post = measure_grads(params).total if math.isfinite(pre.total) else pre.total
             ev = GradEvent(model, self.experiment.n_iters_performed + 1, pre,
                            ClipStats(pre.total, post, post < pre.total * (1 - _CLIP_RTOL)), finite=math.isfinite(pre.total))
-            self._on_grad(ev, [names.get(id(p), f"param{i}") for i, p in enumerate(params)])
+            self._on_grad(ev, names)
             self.seconds += time.perf_counter() - t
             return total
 
@@ -379,9 +378,8 @@ class MarlStabilityCallback(Callback):
     @_guarded
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         t = time.perf_counter()
-        model, names, _ = self._models[id(optimizer)]
+        model, params, _ = self._models[id(optimizer)]
         if self.grads.has_snapshot(model):
-            params = [p for g in optimizer.param_groups for p in g["params"]]
             ev = GradEvent(model, self.experiment.n_iters_performed + 1, measure_grads(params))
             self.log.record_dict(self.grads.step(ev, self._detailed.get(model)), self._env_steps())
         self.seconds += time.perf_counter() - t
@@ -397,7 +395,7 @@ class MarlStabilityCallback(Callback):
         self._detailed, self._pending_grad = {}, {}
         values: dict[str, float] = {}
         for group, agents in e.group_map.items():
-            stats, bad = action_stats(batch, group, agents, self._bounds(group), self.det_cfg, rollout=True)
+            stats, bad = action_stats(batch, group, agents, self._bounds(group), self.det_cfg)
             values.update(stats)
             if bad:
                 self.nonfinite_events += 1
@@ -508,15 +506,16 @@ class MarlStabilityCallback(Callback):
             return
         self._closed = True
         status = status or _final_status(self)
-        summary = summary_of(self, status, error=None if status != "crashed" else repr(self._run_error))
-        atomic_write_json(self.dir / "summary.json", summary.to_json())
+        summary = self._write_summary(status, error=None if status != "crashed" else repr(self._run_error))
         step = self._env_steps()
         self.log.record_dict(metric_values(summary), step)
         self.log.text(SUMMARY_TAG, summary_text(summary), step)
         self.log.close()
 
-    def _write_summary(self, status: str, error: Optional[str] = None) -> None:
-        atomic_write_json(self.dir / "summary.json", summary_of(self, status, error).to_json())
+    def _write_summary(self, status: str, error: Optional[str] = None) -> RunSummary:
+        summary = summary_of(self, status, error)
+        atomic_write_json(self.dir / "summary.json", summary.to_json())
+        return summary
 
 
 def summary_of(cb: MarlStabilityCallback, status: str, error: Optional[str] = None) -> RunSummary:
@@ -524,25 +523,17 @@ def summary_of(cb: MarlStabilityCallback, status: str, error: Optional[str] = No
     e = cb.experiment
     returns = [p.team_return for p in cb.evals if p.team_return is not None and math.isfinite(p.team_return)]
     wall = time.time() - cb.start
-    stats, steps = cb.final_actions, cb._env_steps()
+    steps = cb._env_steps()
     return RunSummary(
         status=status, env=cb.config["env"]["id"], algo=cb.config["algo"], on_policy=bool(e.on_policy),
         seed=int(e.seed), env_steps=steps, updates=int(getattr(e, "n_iters_performed", 0)), episodes=cb.episodes,
         final_return=returns[-1] if returns else None, best_return=max(returns) if returns else None,
         max_grad_norm=dict(cb.peak), nonfinite_events=cb.nonfinite_events, **cb.detectors.summary(),
-        repeated_action_rate=_mean(s.repeat_rate for s in stats.values()),
-        saturation_rate=_mean(s.saturation for s in stats.values()),
-        action_sensitivity=_mean(s.sensitivity for s in stats.values()), action_stats=dict(stats),
-        eval_history=list(cb.evals), agents=[a for agents in e.group_map.values() for a in agents],
+        **action_summary(cb.final_actions), eval_history=list(cb.evals), agents=[a for agents in e.group_map.values() for a in agents],
         wall_seconds=wall, env_steps_per_second=steps / wall if wall > 0 else None,
         hooks={"benchmarl": {"callback_seconds": round(cb.seconds, 3), "errors": dict(cb.errors),
                              "iterations": int(getattr(e, "n_iters_performed", 0))}},
         error=error)
-
-
-def _mean(values: Any) -> Optional[float]:
-    v = [x for x in values if x is not None and math.isfinite(x)]
-    return float(np.mean(v)) if v else None
 
 
 def _yaml(data: dict[str, Any]) -> str:

@@ -45,7 +45,7 @@ def _done(td: Any, group: str) -> torch.Tensor:
     return d.reshape(d.shape[0], d.shape[1], -1).any(-1)
 
 
-def action_stats(td: Any, group: str, agents: Sequence[str], bounds: Bounds, det: Any, rollout: bool = True,
+def action_stats(td: Any, group: str, agents: Sequence[str], bounds: Bounds, det: Any,
                  index: Optional[int] = None) -> tuple[dict[str, float], int]:
     """``policy/`` and ``reward/`` scalars of each agent of ``group`` over a batch ``td`` ([E, T] or [T]), and the count
     of non-finite action components. ``index``: the agents' position in the group when ``agents`` is one of them."""
@@ -79,7 +79,7 @@ def action_stats(td: Any, group: str, agents: Sequence[str], bounds: Bounds, det
             out[f"policy/preact_max_abs_batch/{agent}"] = float(loc[:, :, j].abs().max())
         if scale is not None:
             out[f"policy/log_std_max/{agent}"] = float(scale[:, :, j].log().max())
-        if reward is not None and rollout:
+        if reward is not None:
             out[f"reward/raw_batch_mean/{agent}"] = float(reward[:, :, j].mean())
     bad = int((~torch.isfinite(actions)).sum())
     return out, bad
@@ -89,7 +89,7 @@ def eval_action_stats(rollouts: Sequence[Any], group: str, i: int, agent: str, b
                       policy: Any, continuous: bool = True) -> AgentActionStats:
     """Agent ``i`` of ``group`` over BenchMARL's evaluation episodes: repeat rate, saturation and same-action rate (means
     over the episodes) and the standardized sensitivity of its deterministic action to its observation."""
-    per_episode = [action_stats(r.unsqueeze(0), group, [agent], bounds, det, rollout=True, index=i)[0] for r in rollouts]
+    per_episode = [action_stats(r.unsqueeze(0), group, [agent], bounds, det, index=i)[0] for r in rollouts]
     pick = lambda k: float(np.nanmean([s.get(f"policy/{k}/{agent}", np.nan) for s in per_episode]))  # noqa: E731
     flat = torch.cat([r.reshape(-1) for r in rollouts])
     return AgentActionStats(repeat_rate=pick("repeat_rate"), saturation=pick("saturation"),
