@@ -199,6 +199,21 @@ class Algorithm(ABC):
         asked; it can still be healed with the fixes the fix objects carry."""
         raise NotImplementedError(f"{type(self).__name__} declares live_keys but does not implement reconfigure()")
 
+    def branch(self, seed: int) -> None:
+        """Right after another run's checkpoint was loaded into this one (``train.start_from``): take ``seed``'s
+        random streams, and :meth:`restart_episodes` (the envs restart). Default: ``self.gen`` (a
+        ``torch.Generator``) and ``self.rng`` (a numpy ``Generator``), where they exist, reseeded as the built-in
+        algorithms seed them (seed + 1, seed + 2); without either the checkpoint's streams go on."""
+        if isinstance(getattr(self, "gen", None), torch.Generator):
+            self.gen.manual_seed(seed + 1)
+        if isinstance(getattr(self, "rng", None), np.random.Generator):
+            self.rng.bit_generator.state = np.random.default_rng(seed + 2).bit_generator.state
+        self.restart_episodes()
+
+    def restart_episodes(self) -> None:
+        """The env copies restart and their episodes in progress do not go on: drop what is tied to them (an
+        on-policy rollout). Nothing by default: a replay buffer's transitions are whole."""
+
     def data_mark(self) -> Any:
         """Where the experience collected from now on starts, for :meth:`rewind_data`. Default: the mark of
         ``self.buffer`` when the algorithm has one with ``mark()``/``rewind()`` (``agents.buffer.ReplayBuffer``),

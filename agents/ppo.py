@@ -284,6 +284,10 @@ class PPO(Algorithm):
             if "ppo.log_std_bounds" in changed:
                 g.actor.head.set_bounds(None if self.hp.log_std_bounds is None else tuple(self.hp.log_std_bounds))
 
+    def restart_episodes(self) -> None:  # the rollout in progress belongs to them
+        self.rollout.clear()
+        self._pending = None
+
     def snapshot(self) -> dict[str, Any]:
         """Networks, optimizers and value normalizers (what a rollback restores)."""
         return copy.deepcopy({"groups": [g.state_dict() for g in self.groups]})
@@ -292,5 +296,4 @@ class PPO(Algorithm):
         """Back to a snapshot; the rollout collected by the diverged policy is dropped."""
         for g, s in zip(self.groups, copy.deepcopy(snap["groups"]), strict=True):
             g.load_state_dict(s)
-        self.rollout.clear()
-        self._pending = None
+        self.restart_episodes()

@@ -251,6 +251,15 @@ class TrainConfig(_Strict):
         "interrupted and failed runs keep theirs. resume: the full checkpoint is kept at the end as well, so a "
         "finished run can be extended (--resume --steps N). none: no checkpoints (an interrupted run starts over)"
     )
+    keep_checkpoints: int = Field(
+        0, ge=0, description="also keep the last N periodic checkpoints (every checkpoint_every env steps) as "
+        "checkpoints/history/<env steps>.pt: networks, optimizers, normalizers and the replay buffer, what "
+        "train.start_from and `marl-stability cure` start from (cure: the last one before the failure's onset); 0: none")
+    start_from: Optional[str] = Field(
+        None, description="start from a checkpoint of another run (a history, resume or final one): its networks, "
+        "optimizers, normalizers, replay buffer and counters; the env copies restart, the random streams are this "
+        "run's seed's; keys that differ from the checkpoint's config must be ones a running run can change (fixes, "
+        "learning rates, ...: the 'on a live run' column of the fix table); train.* and seed may differ")
     log_every: int = Field(10, ge=1, description="log update stats every N updates")
     layer_stats: bool = Field(True, description="per-layer gradient/weight norms and update ratios of every network "
                               "(the gradients hook)")

@@ -290,7 +290,7 @@ def test_cure_measures_the_top_fixes_on_the_run_next_to_a_control(tmp_path: Path
     for row in result["fixes"]:
         assert row["n"] == 2 and row["verdict"] == verdict(row, result["control"])
     text = (run / "cure" / "cure.md").read_text()
-    assert "| control | the run's config | 2 |" in text and "starts from env step 0" in text
+    assert "| control | the run's config | 0 | 2 |" in text and "starts from env step 0" in text
     assert (run / "cure" / "cured.yaml").is_file() == (result["cured_by"] is not None)
     # the verdict rule itself
     control_failed = {"n": 3, "healthy": 0}

@@ -48,6 +48,28 @@ def policy_checkpoint(run_dir: Path) -> Optional[Path]:
     return None
 
 
+def history_dir(run_dir: Path) -> Path:
+    """``train.keep_checkpoints``: the periodic checkpoints kept, one per ``checkpoint_every``, named by env step."""
+    return Path(run_dir) / "checkpoints" / "history"
+
+
+def history_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(env step, path) of the run's kept periodic checkpoints, oldest first ([] without any)."""
+    found = []
+    for path in history_dir(run_dir).glob("*.pt"):
+        if path.stem.isdigit():
+            found.append((int(path.stem), path))
+    return sorted(found)
+
+
+def keep_history(run_dir: Path, state: dict[str, Any], env_steps: int, keep: int) -> None:
+    """Write ``state`` (a checkpoint without env copies and hooks: what ``train.start_from`` loads) as the
+    history checkpoint of ``env_steps`` and drop all but the newest ``keep``."""
+    save_checkpoint(history_dir(run_dir) / f"{env_steps}.pt", {**state, "kind": "history"})
+    for _, old in history_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, lambda f: torch.save(to_safe(state), f))
 

@@ -9,9 +9,11 @@ statistics its shadow kept (``fixes.objects.Shadowed``, built while ``train.heal
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from marl_stability.config import RunConfig, apply_override, build_config, config_diff
+from marl_stability.errors import UserError
 from marl_stability.fixes.objects import build_fixes, switched_on
 
 # The ``Fixes`` field each ``fixes.`` section builds.
@@ -65,3 +67,36 @@ def readopt(algo: Any, base: RunConfig, overrides: list[str]) -> RunConfig:
     if overrides:
         adopt(algo, base, healed)
     return healed
+
+
+# Sections a run started from another run's checkpoint owns (they do not touch the learner).
+RUN_LEVEL = ("seed", "train", "detectors", "plasticity", "debug")
+
+
+def start_from(algo: Any, cfg: RunConfig, state: dict[str, Any], source: Path) -> dict[str, Any]:
+    """``train.start_from``: load the checkpoint ``state`` into the freshly built ``algo`` (built for ``cfg``) and
+    return the checkpoint's progress. The checkpoint's config (with the heals it recorded) is adopted first, so the
+    optimizers and heads are those its state was saved from; then its state is loaded, :meth:`Algorithm.branch`
+    takes ``cfg.seed``'s random streams and drops experience tied to the checkpoint's episodes, and ``cfg`` is
+    adopted: each key that differs, apart from :data:`RUN_LEVEL`, must be one a running run can change (a fix a
+    heal could apply). A one-line ``UserError`` otherwise."""
+    try:
+        saved = healed_config(RunConfig.model_validate(state["config"]), list(state.get("healed", [])))
+    except Exception:
+        raise UserError(f"checkpoint {source} holds an invalid config") from None
+    own = cfg.to_dict()
+    like = RunConfig.model_validate({**saved.to_dict(), **{k: own[k] for k in RUN_LEVEL}})
+    missing = [k for k in type(algo).resume_only if k not in state["algo"]]
+    if missing:
+        raise UserError(f"checkpoint {source} has no {', '.join(missing)} (a finished run's final checkpoint): "
+                        "start from a history checkpoint (train.keep_checkpoints) or a resume one")
+    try:
+        adopt(algo, cfg, like)
+        algo.load_state_dict(state["algo"])
+        algo.branch(cfg.seed)
+        adopt(algo, like, cfg)
+    except ValueError as e:
+        raise UserError(f"cannot start from {source}: {e}") from None
+    except (KeyError, RuntimeError, TypeError, AttributeError) as e:
+        raise UserError(f"checkpoint {source} does not match this run: {e.__class__.__name__}: {e}") from None
+    return dict(state["progress"])

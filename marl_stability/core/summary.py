@@ -83,6 +83,9 @@ class RunSummary(BaseModel):
     healing: list[dict[str, Any]] = Field(
         default_factory=list, description="train.heal: one record per heal (trigger, alarm_step, road, why, onset_step, "
         "rolled_back_to, fix, settings, env_steps_lost, data, outcome); absent when no heal happened")
+    started_from: dict[str, Any] = Field(
+        default_factory=dict, description="train.start_from: the checkpoint the run started from (checkpoint) and its "
+        "env step (env_steps); the run's env_steps, episodes and eval_history include the steps before it")
     hooks: dict[str, dict[str, Any]] = Field(default_factory=dict, description="what users' hooks add, by hook name")
     error: Optional[str] = Field(None, description="env_error: the environment's failure (env, agent, field, env step); "
                                  "crashed: the exception")
@@ -103,7 +106,7 @@ class RunSummary(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         out = self.model_dump(mode="python")
-        for key in ("on_policy", "plasticity", "fix_engagement", "healing", "hooks", "error"):  # runs without these keep the summary.json they always had
+        for key in ("on_policy", "plasticity", "fix_engagement", "healing", "started_from", "hooks", "error"):  # runs without these keep the summary.json they always had
             if not out[key]:
                 del out[key]
         return out

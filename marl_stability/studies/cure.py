@@ -13,10 +13,13 @@ counts, the final return with a 95% bootstrap CI, and a verdict:
 - **inconclusive**: anything else (including a control that did not fail: nothing to cure in this budget).
 
 The best curing fix (most healthy, then the highest mean return) is written as a preset, ``cured.yaml`` (the run's
-config with that fix, its own budget). Trials start from env step 0: runs keep no checkpoint from before their
-onset (a finished run keeps ``final.pt``, from its end), and the report says so. The default budget is twice the
-onset (at least the onset plus 20k env steps and three evaluations, at most the run's own budget): long enough for
-the failure to recur and for the labels to judge the return.
+config with that fix, its own budget). Where the run kept periodic checkpoints (``train.keep_checkpoints``), the
+control and every fix a running run can take start from the last one before the failure's onset
+(``train.start_from``: its networks, optimizers, normalizers and replay buffer; fresh random streams per seed); a fix
+that changes the network (a normalization layer, a Beta policy) and every trial of a run without such a checkpoint
+start from env step 0, and the report says which. The default budget, counted from step 0 as the run counted it, is
+twice the onset (at least the onset plus 20k env steps and three evaluations, at most the run's own budget): long
+enough for the failure to recur and for the labels to judge the return.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from typing import Any, Optional
 
 import yaml
 
+from marl_stability.agents import algorithm_class
 from marl_stability.analysis.doctor import diagnose
 from marl_stability.atomic import atomic_write_json, atomic_write_text
 from marl_stability.config import apply_override, dump_yaml, flatten, load_config
+from marl_stability.core.checkpoint import history_checkpoints
+from marl_stability.core.live import blockers
 from marl_stability.core.returns import SMOOTH_EVALS
 from marl_stability.core.roads import ON_POLICY
 from marl_stability.errors import UserError
@@ -63,6 +69,20 @@ def default_budget(onset: Optional[int], run_steps: int, eval_every: int) -> int
     return min(run_steps, int(math.ceil(steps / eval_every)) * eval_every)
 
 
+def start_point(run_dir: Path, onset: Optional[int]) -> Optional[tuple[int, Path]]:
+    """The run's last kept periodic checkpoint strictly before ``onset`` (at the onset the failure is already
+    there); None without an onset or such a checkpoint."""
+    if onset is None:
+        return None
+    return max(((step, path) for step, path in history_checkpoints(run_dir) if step < onset), default=None)
+
+
+def _live(algo_cls: type, fix_id: Optional[str], items: list[str]) -> bool:
+    """A running ``algo_cls`` can take this fix (so a trial may start from a checkpoint with it)."""
+    spec = next((f for f in registry.FIXES if f.id == fix_id), None)
+    return spec is not None and spec.live is not None and not blockers(algo_cls, [i.split("=", 1)[0] for i in items])
+
+
 def plan_cure(run_dir: Path, top: int, steps: Optional[int]) -> dict[str, Any]:
     """Diagnose the run and build the sweep (control + the top fixes); returns what was planned: the diagnosis, the
     road (the off-policy mechanism or the on-policy road), the fixes with their overrides, the budget and the sweep
@@ -85,19 +105,23 @@ def plan_cure(run_dir: Path, top: int, steps: Optional[int]) -> dict[str, Any]:
     budget = steps if steps is not None else default_budget(onset, cfg.train.steps, cfg.train.eval_every)
     if budget < 1:
         raise UserError("--steps must be >= 1")
-    arms: dict[str, Any] = {CONTROL: {}}
+    start = start_point(run_dir, onset)
+    start_set = {"train.start_from": str(start[1].resolve())} if start is not None and start[0] < budget else {}
+    algo_cls = algorithm_class(cfg.algo)
+    arms: dict[str, Any] = {CONTROL: dict(start_set)}
     ids = []
     by_title = {spec.title: spec.id for spec in registry.FIXES}
     for f in fixes:
         arm = by_title.get(f["name"], f"fix{len(ids) + 1}")  # the registry id names the arm
-        arms[arm] = _override_dict(f["set"])
-        ids.append((arm, f))
+        arms[arm] = {**_override_dict(f["set"]), **(start_set if _live(algo_cls, by_title.get(f["name"]), f["set"]) else {})}
+        ids.append((arm, {**f, "from_step": start[0] if "train.start_from" in arms[arm] else 0}))
     sweep = {"name": "cure", "description": f"cure {run_dir}: the control (the run's config) and the top {len(fixes)} fixes "
              "doctor ranks for it", "base": {"config": str((run_dir / "config.yaml").resolve()),
-             "set": {"train.steps": budget, "train.heal.enabled": False}},
+             "set": {"train.steps": budget, "train.heal.enabled": False, "train.keep_checkpoints": 0}},
              "design": "arms", "arms": arms, "reference": CONTROL}
     road = ON_POLICY if record.on_policy else (d.get("mechanism") or {}).get("mechanism")
     return {"diagnosis": d, "road": road, "fixes": ids, "budget": budget, "onset": onset, "config": cfg,
+            "start": {"env_steps": start[0], "checkpoint": start_set["train.start_from"]} if start_set else None,
             "sweep": yaml.safe_dump(sweep, sort_keys=False)}
 
 
@@ -156,7 +180,8 @@ def run_cure(run_dir: Path, out: Path, top: int = 3, seeds: int = 3, steps: Opti
     rows = []
     for arm, f in planned["fixes"]:
         st = stats.get(arm, {"n": 0, "healthy": 0, "labels": [], "mean": None, "ci": [None, None], "seeds": []})
-        rows.append({"arm": arm, "fix": f["name"], "set": f["set"], **st, "verdict": verdict(st, control)})
+        rows.append({"arm": arm, "fix": f["name"], "set": f["set"], "from_step": f["from_step"], **st,
+                     "verdict": verdict(st, control)})
     cured = [r for r in rows if r["verdict"] == "cures this run"]
     best = max(cured, key=lambda r: (r["healthy"] / r["n"], r["mean"] if r["mean"] is not None else -math.inf),
                default=None)
@@ -164,12 +189,21 @@ def run_cure(run_dir: Path, out: Path, top: int = 3, seeds: int = 3, steps: Opti
         preset = load_config(run_dir / "config.yaml", best["set"])
         atomic_write_text(out / CURED_PRESET, f"# {run_dir}'s config with the fix `marl-stability cure` measured to cure "
                           f"it: {best['fix']}\n" + dump_yaml(preset))
-    result = {"run": str(run_dir), "budget": planned["budget"], "onset": planned["onset"], "control": control,
+    result = {"run": str(run_dir), "budget": planned["budget"], "onset": planned["onset"], "start": planned["start"],
+              "control": control,
               "fixes": rows, "cured_by": best["fix"] if best else None,
               "mechanism": planned["road"]}
     atomic_write_text(out / "cure.md", render(result))
     atomic_write_json(out / "cure.json", result)
     return result
+
+
+def _start_text(start: Optional[dict[str, Any]]) -> str:
+    if not start:
+        return ("Every trial starts from env step 0 (the run kept no checkpoint from before its onset: "
+                "`train.keep_checkpoints` keeps them).")
+    return (f"The control and each fix a running run can take start from the run's checkpoint at env step "
+            f"{start['env_steps']:,} (`{start['checkpoint']}`); a fix that changes the network starts from step 0.")
 
 
 def render(r: dict[str, Any]) -> str:
@@ -184,14 +218,16 @@ def render(r: dict[str, Any]) -> str:
     c = r["control"]
     lines = [f"# cure: {r['run']}", "",
              f"Diagnosed road: {r['mechanism'] or 'n/a'}; failure onset: env step {r['onset'] if r['onset'] is not None else 'n/a'}. "
-             f"Every trial starts from env step 0 (runs keep no checkpoint from before their onset) and runs "
-             f"{r['budget']:,} env steps, seeds {', '.join(map(str, c.get('seeds') or [])) or 'n/a'} (fresh, not the run's).", "",
-             "| arm | fix (`--set`) | seeds | outcome | final team return, mean [95% CI] | verdict |", "|---|---|---|---|---|---|",
-             f"| control | the run's config | {c['n']} | {counts(c) or '-'} | {ret(c)} | — |"]
+             f"{_start_text(r.get('start'))} Every trial runs to env step {r['budget']:,}, seeds "
+             f"{', '.join(map(str, c.get('seeds') or [])) or 'n/a'} (fresh, not the run's).", "",
+             "| arm | fix (`--set`) | starts at env step | seeds | outcome | final team return, mean [95% CI] | verdict |",
+             "|---|---|---|---|---|---|---|",
+             f"| control | the run's config | {(r.get('start') or {}).get('env_steps', 0):,} | {c['n']} | {counts(c) or '-'} | "
+             f"{ret(c)} | — |"]
     for row in r["fixes"]:
         sets = " ".join(f"`{s}`" for s in row["set"])
-        lines.append(f"| {row['arm']} | {row['fix']}: {sets} | {row['n']} | {counts(row) or '-'} | {ret(row)} | "
-                     f"**{row['verdict']}** |")
+        lines.append(f"| {row['arm']} | {row['fix']}: {sets} | {row.get('from_step', 0):,} | {row['n']} | "
+                     f"{counts(row) or '-'} | {ret(row)} | **{row['verdict']}** |")
     lines += ["", "Verdicts: *cures this run* — every seed of the fix ended healthy and the control failed in at least "
               "half of its seeds; *does not cure* — fewer than half ended healthy; *inconclusive* — anything else.", ""]
     lines.append(f"Cured by: **{r['cured_by']}** (preset: `{CURED_PRESET}`)." if r["cured_by"] else

@@ -22,6 +22,7 @@ from marl_stability.core.build import build_run, check_compatible, make_venv, pr
 from marl_stability.core.checkpoint import (
     atomic_write_json,
     atomic_write_text,
+    keep_history,
     load_checkpoint,
     resume_checkpoint,
     save_checkpoint,
@@ -40,7 +41,7 @@ from marl_stability.core.summary import TIMING_KEYS, RunSummary
 from marl_stability.envs.vector import EnvOutputError
 from marl_stability.errors import UserError
 from marl_stability.fixes.registry import fix_settings
-from marl_stability.core.live import readopt
+from marl_stability.core.live import readopt, start_from
 from marl_stability.hooks.assemble import build_hooks
 from marl_stability.hooks.heal import HealHook
 
@@ -61,10 +62,39 @@ class Progress:
     final_return: Optional[float] = None
     eval_history: list[dict[str, float]] = field(default_factory=list)
     wall_seconds: float = 0.0
+    started_from: dict[str, Any] = field(default_factory=dict)  # train.start_from: the checkpoint and its env step
+
+    @classmethod
+    def from_state(cls, p: dict[str, Any], **changes: Any) -> "Progress":
+        return cls(**{**{k: (dict(v) if isinstance(v, dict) else v) for k, v in p.items()}, **changes})
+
+    @property
+    def steps_per_second(self) -> Optional[float]:
+        """Env steps this run took (not those of the checkpoint it started from) per wall second."""
+        steps = self.env_steps - int(self.started_from.get("env_steps", 0))
+        return round(steps / self.wall_seconds, 1) if self.wall_seconds > 0 else None
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A checkpoint of this format (a one-line error otherwise)."""
+    state = load_checkpoint(path)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"checkpoint {path} has format {state.get('format')}, expected {CHECKPOINT_FORMAT}")
+    return state
+
+
+def start_run_from(algo: Any, cfg: RunConfig, path: Path) -> Progress:
+    """``train.start_from``: the checkpoint's learner in ``algo`` (:func:`marl_stability.core.live.start_from`) and
+    its progress (env steps, episodes, evaluations so far) as this run's starting point."""
+    if not path.is_file():
+        raise UserError(f"train.start_from: no checkpoint at {path}")
+    progress = start_from(algo, cfg, load_state(path), path)
+    return Progress.from_state(progress, checkpoints=0, wall_seconds=0.0,
+                               started_from={"checkpoint": str(path), "env_steps": int(progress["env_steps"])})
 
 
 def check_saved_config(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:
@@ -143,17 +173,14 @@ class Trainer:
         self.progress.checkpoints += 1
 
     def _restore(self) -> np.ndarray:
-        state = load_checkpoint(self.checkpoint_path)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"checkpoint {self.checkpoint_path} has format {state.get('format')}, expected {CHECKPOINT_FORMAT}")
+        state = load_state(self.checkpoint_path)
         check_saved_config(state, self.cfg, self.checkpoint_path)
         try:
             self.ctx.cfg = readopt(self.algo, self.cfg, list(state.get("healed", [])))  # heals before the checkpoint
             self.algo.load_state_dict(state["algo"])
             self.venv.load_state_dict(state["env"])
             self.bus.load_state_dict(state["hooks"])
-            p = state["progress"]
-            self.progress = Progress(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in p.items()})
+            self.progress = Progress.from_state(state["progress"])
             return np.asarray(state["obs"])
         except EnvOutputError:
             raise  # the env failed while its episode was replayed: its own one-line error, not a checkpoint problem
@@ -173,8 +200,7 @@ class Trainer:
             "episodes": p.episodes, "final_return": p.final_return, "best_return": p.best_return,
             "eval_history": list(p.eval_history), "agents": list(self.spec.agents),
             "wall_seconds": round(p.wall_seconds, 3),
-            "env_steps_per_second": round(p.env_steps / p.wall_seconds, 1) if p.wall_seconds > 0 else None,
-            "error": self._error,
+            "env_steps_per_second": p.steps_per_second, "error": self._error, "started_from": p.started_from,
         }
         return RunSummary.model_validate({**fields, **self.bus.summary()})
 
@@ -242,6 +268,8 @@ class Trainer:
             if _crossed(before, p.env_steps, t.eval_every):
                 self._evaluate()
             if _crossed(before, p.env_steps, t.checkpoint_every):
+                if t.keep_checkpoints:
+                    keep_history(self.run_dir, self._state(), p.env_steps, t.keep_checkpoints)
                 self._save_checkpoint(obs)
             if self._stop_requested:
                 self.ctx.stop("interrupted", "SIGINT/SIGTERM")
@@ -250,6 +278,8 @@ class Trainer:
     def _begin(self, resume: bool) -> Optional[np.ndarray]:
         """Restore a checkpoint, or write the config of a new run (whose envs ``run`` resets: an env failing in
         its first reset ends the run as env_error like any later failure)."""
+        if self.cfg.train.start_from and not resume:  # first: a checkpoint it cannot start from leaves no run folder
+            self.progress = start_run_from(self.algo, self.cfg, Path(self.cfg.train.start_from).expanduser())
         self.run_dir.mkdir(parents=True, exist_ok=True)
         obs = None
         if resume:

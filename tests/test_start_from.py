@@ -1,0 +1,136 @@
+"""train.keep_checkpoints and train.start_from: a run keeps its periodic checkpoints, another run starts from one
+of them (its learner, replay buffer and counters; its own random streams), and cure starts its trials there."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from marl_stability.config import load_config
+from marl_stability.core.checkpoint import final_checkpoint, history_checkpoints, load_checkpoint
+from marl_stability.errors import UserError
+from marl_stability.training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+MADDPG = ROOT / "experiments" / "maddpg_spread.yaml"
+MAPPO = ROOT / "experiments" / "mappo_spread.yaml"
+TINY = ["maddpg.warmup_steps=300", "maddpg.batch_size=64", "maddpg.update_every=10", "train.eval_every=500",
+        "train.eval_episodes=2", "train.checkpoint_every=500", "env.num_envs=2"]
+TINY_PPO = ["env.num_envs=4", "ppo.rollout_steps=10", "ppo.epochs=2", "ppo.minibatches=2", "train.eval_every=200",
+            "train.eval_episodes=2", "train.checkpoint_every=200"]
+
+
+def cfg(steps: int, extra: list[str] = (), preset: Path = MADDPG):  # type: ignore[no-untyped-def]
+    return load_config(preset, [*(TINY_PPO if preset == MAPPO else TINY), f"train.steps={steps}", *extra])
+
+
+def actor_weights(state: dict) -> list[torch.Tensor]:
+    return [v for sd in state["algo"]["actors"] for v in sd.values()]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("start") / "source"
+    summary = Trainer(cfg(1500, ["train.keep_checkpoints=2"]), run, quiet=True).run()
+    assert summary["status"] == "completed"
+    return run
+
+
+def test_keep_checkpoints_keeps_the_newest_periodic_ones_with_the_replay_buffer(source: Path) -> None:
+    kept = history_checkpoints(source)
+    assert [step for step, _ in kept] == [1000, 1500]  # every 500 env steps, the newest 2
+    state = load_checkpoint(kept[0][1])
+    assert state["kind"] == "history" and state["progress"]["env_steps"] == 1000
+    assert state["algo"]["buffer"]["size"] == 1000 and "env" not in state  # the buffer; no env copies or hooks
+    assert final_checkpoint(source).is_file()  # the run's own checkpoints are as before
+
+
+def test_a_run_started_from_a_checkpoint_continues_its_learner_with_its_own_seed(source: Path, tmp_path: Path) -> None:
+    start = dict(history_checkpoints(source))[1000]
+    ckpt = load_checkpoint(start)
+    # no step to take: the run ends with the checkpoint's networks, counters and evaluations
+    same = Trainer(cfg(1000, [f"train.start_from={start}"]), tmp_path / "same", quiet=True).run()
+    assert same["started_from"] == {"checkpoint": str(start), "env_steps": 1000}
+    assert same["env_steps"] == 1000 and same["updates"] == ckpt["algo"]["counters"]["updates"] > 0
+    assert same["eval_history"] == json.loads((source / "summary.json").read_text())["eval_history"][:2]
+    for a, b in zip(actor_weights(load_checkpoint(final_checkpoint(tmp_path / "same"))), actor_weights(ckpt)):
+        assert torch.equal(a, b)
+    # continued with a fix a running run can take, under two seeds: the fix is on, the seeds differ
+    runs = {}
+    for seed in (1, 2):
+        runs[seed] = Trainer(cfg(1500, [f"train.start_from={start}", f"seed={seed}", "actor_optim.lr=0.0005"]),
+                             tmp_path / f"s{seed}", quiet=True).run()
+        final = load_checkpoint(final_checkpoint(tmp_path / f"s{seed}"))
+        assert final["algo"]["actor_opts"][0]["param_groups"][0]["lr"] == 0.0005
+        assert runs[seed]["env_steps"] == 1500 and runs[seed]["updates"] > same["updates"]
+        assert runs[seed]["eval_history"][:2] == same["eval_history"]
+    assert runs[1]["final_return"] != runs[2]["final_return"]  # each seed its own exploration and env resets
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["actor.norm=layernorm"], "MADDPG cannot change actor.norm in a running run"),
+    (["env.num_envs=4"], "MADDPG cannot change env.num_envs"),
+])
+def test_a_change_a_running_run_cannot_take_is_refused_before_anything_is_written(
+        source: Path, tmp_path: Path, extra: list[str], message: str) -> None:
+    start = dict(history_checkpoints(source))[1000]
+    with pytest.raises(UserError, match=message):
+        Trainer(cfg(1500, [f"train.start_from={start}", *extra]), tmp_path / "refused", quiet=True).run()
+    assert not (tmp_path / "refused").exists()
+
+
+def test_bad_start_points_are_one_line_errors(source: Path, tmp_path: Path) -> None:
+    cases = [(final_checkpoint(source), "has no buffer (a finished run's final checkpoint)"),
+             (tmp_path / "missing.pt", "no checkpoint at"),
+             (source / "config.yaml", "corrupt or not a marl-stability checkpoint")]
+    for path, message in cases:
+        r = subprocess.run([sys.executable, "-m", "marl_stability", "train", "-c", str(MADDPG), "--steps", "1500",
+                            "--quiet", "--logdir", str(tmp_path), "--name", "bad", *[a for s in TINY for a in ("--set", s)],
+                            "--set", f"train.start_from={path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_mappo_starts_from_a_checkpoint_without_the_rollout_in_progress(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    Trainer(cfg(600, ["train.keep_checkpoints=1", "train.checkpoint_every=250"], MAPPO), src, quiet=True).run()
+    [(step, start)] = history_checkpoints(src)
+    assert step == 500 and load_checkpoint(start)["algo"]["rollout"]["ptr"] == 5  # mid-rollout (4 envs x 10 steps)
+    summary = Trainer(cfg(1000, [f"train.start_from={start}", "seed=3", "ppo.log_std_bounds=[-2.0, 0.5]"], MAPPO),
+                      tmp_path / "b", quiet=True).run()
+    assert summary["status"] == "completed" and summary["fixes"]["ppo.log_std_bounds"] == [-2.0, 0.5]
+    # the first update after the start comes one whole rollout (40 env steps) after it: the old rollout was dropped
+    assert summary["updates"] - load_checkpoint(start)["algo"]["counters"]["updates"] == (1000 - 500) // 40  # 13 with the old rollout kept
+
+
+def test_cure_starts_its_trials_from_the_last_checkpoint_before_the_onset(tmp_path: Path) -> None:
+    from agents import MADDPG as MADDPG_CLS
+    from marl_stability.studies.cure import _live, start_point
+
+    sets = ["maddpg.warmup_steps=200", "maddpg.batch_size=32", "maddpg.update_every=10", "train.eval_every=200",
+            "train.eval_episodes=2", "env.num_envs=2", "train.checkpoint_every=200", "train.keep_checkpoints=10"]
+    args = [sys.executable, "-m", "marl_stability", "train", "-c", str(ROOT / "experiments" / "repeated_action_failure.yaml"),
+            "--steps", "1200", "--quiet", "--logdir", str(tmp_path), "--name", "failed", *[a for s in sets for a in ("--set", s)]]
+    assert subprocess.run(args, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    run = tmp_path / "failed"
+    r = subprocess.run([sys.executable, "-m", "marl_stability", "cure", str(run), "--top", "2", "--seeds", "2",
+                        "--workers", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((run / "cure" / "cure.json").read_text())
+    onset, start = result["onset"], result["start"]
+    assert start["env_steps"] == start_point(run, onset)[0] < onset and start["env_steps"] % 200 == 0
+    assert [row["from_step"] for row in result["fixes"]] == [start["env_steps"]] * 2  # both live fixes start there
+    trials = sorted((run / "cure" / "runs").glob("*/*/summary.json"))
+    assert len(trials) == 6  # control and two fixes, two seeds each
+    for trial in trials:
+        s = json.loads(trial.read_text())
+        assert s["started_from"]["env_steps"] == start["env_steps"] and s["env_steps"] == result["budget"]
+    assert f"| control | the run's config | {start['env_steps']:,} |" in (run / "cure" / "cure.md").read_text()
+    # a fix that changes the network starts from step 0
+    assert _live(MADDPG_CLS, "lower_lr", ["actor_optim.lr=0.001"]) and not _live(MADDPG_CLS, "norm_layers", ["actor.norm=layernorm"])
+    assert start_point(run, None) is None and start_point(run, 200) is None  # no checkpoint strictly before step 200
