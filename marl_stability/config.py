@@ -252,9 +252,11 @@ class TrainConfig(_Strict):
         "finished run can be extended (--resume --steps N). none: no checkpoints (an interrupted run starts over)"
     )
     keep_checkpoints: int = Field(
-        0, ge=0, description="also keep the last N periodic checkpoints (every checkpoint_every env steps) as "
+        0, ge=0, description="also keep the newest N periodic checkpoints (every checkpoint_every env steps) as "
         "checkpoints/history/<env steps>.pt: networks, optimizers, normalizers and the replay buffer, what "
-        "train.start_from and `marl-stability cure` start from (cure: the last one before the failure's onset); 0: none")
+        "train.start_from and `marl-stability cure` start from (cure: the last one before the failure's onset); the ones "
+        "there when a failure detector first fires are kept for good (the onset precedes the alarm: keep more than "
+        "detectors.collapse_patience evaluations' worth); 0: none")
     start_from: Optional[str] = Field(
         None, description="start from a checkpoint of another run (a history, resume or final one): its networks, "
         "optimizers, normalizers, replay buffer and counters; the env copies restart, the random streams are this "

@@ -113,7 +113,7 @@ def test_cure_starts_its_trials_from_the_last_checkpoint_before_the_onset(tmp_pa
     from marl_stability.studies.cure import _live, start_point
 
     sets = ["maddpg.warmup_steps=200", "maddpg.batch_size=32", "maddpg.update_every=10", "train.eval_every=200",
-            "train.eval_episodes=2", "env.num_envs=2", "train.checkpoint_every=200", "train.keep_checkpoints=10"]
+            "train.eval_episodes=2", "env.num_envs=2", "train.checkpoint_every=200", "train.keep_checkpoints=4"]
     args = [sys.executable, "-m", "marl_stability", "train", "-c", str(ROOT / "experiments" / "repeated_action_failure.yaml"),
             "--steps", "1200", "--quiet", "--logdir", str(tmp_path), "--name", "failed", *[a for s in sets for a in ("--set", s)]]
     assert subprocess.run(args, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
@@ -134,3 +134,15 @@ def test_cure_starts_its_trials_from_the_last_checkpoint_before_the_onset(tmp_pa
     # a fix that changes the network starts from step 0
     assert _live(MADDPG_CLS, "lower_lr", ["actor_optim.lr=0.001"]) and not _live(MADDPG_CLS, "norm_layers", ["actor.norm=layernorm"])
     assert start_point(run, None) is None and start_point(run, 200) is None  # no checkpoint strictly before step 200
+    # keep 4: the collapse confirmed at 800 (three evaluations from its onset at 400) pinned 200, 400 and 600
+    assert [s for s, _ in history_checkpoints(run)][:3] == [200, 400, 600] and onset == 400
+
+
+def test_history_keeps_the_checkpoints_from_before_the_first_alarm(tmp_path: Path) -> None:
+    from marl_stability.core.checkpoint import keep_history
+
+    state = {"format": 2, "algo": {}}
+    for step in (100, 200, 300, 400, 500, 600, 700):
+        keep_history(tmp_path, state, step, 2, alarmed=step >= 400)
+    # the 2 there when the alarm was first seen stay for good, and the newest 2 after it
+    assert [s for s, _ in history_checkpoints(tmp_path)] == [200, 300, 600, 700]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -62,11 +63,18 @@ def history_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def keep_history(run_dir: Path, state: dict[str, Any], env_steps: int, keep: int) -> None:
+def keep_history(run_dir: Path, state: dict[str, Any], env_steps: int, keep: int, alarmed: bool) -> None:
     """Write ``state`` (a checkpoint without env copies and hooks: what ``train.start_from`` loads) as the
-    history checkpoint of ``env_steps`` and drop all but the newest ``keep``."""
+    history checkpoint of ``env_steps`` and drop all but the newest ``keep`` -- except that the ones there when a
+    failure detector has first fired (``alarmed``) are pinned for good (``history/pinned.json``): a failure's onset
+    comes before its alarm (a collapse is confirmed evaluations later), and they are the states ``cure`` starts from."""
+    pinned_file = history_dir(run_dir) / "pinned.json"
+    if alarmed and not pinned_file.is_file():
+        atomic_write_json(pinned_file, [step for step, _ in history_checkpoints(run_dir)])
     save_checkpoint(history_dir(run_dir) / f"{env_steps}.pt", {**state, "kind": "history"})
-    for _, old in history_checkpoints(run_dir)[:-keep]:
+    pinned = set(json.loads(pinned_file.read_text(encoding="utf-8"))) if pinned_file.is_file() else set()
+    droppable = [path for step, path in history_checkpoints(run_dir) if step not in pinned]
+    for old in droppable[:-keep]:
         old.unlink(missing_ok=True)
 
 

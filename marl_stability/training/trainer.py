@@ -37,12 +37,13 @@ from marl_stability.core.events import (
 )
 from marl_stability.core.hooks import HookBus, RunContext
 from marl_stability.core.sinks import Logger
-from marl_stability.core.summary import TIMING_KEYS, RunSummary
+from marl_stability.core.summary import TIMING_KEYS, RunSummary, first_alarm
 from marl_stability.envs.vector import EnvOutputError
 from marl_stability.errors import UserError
 from marl_stability.fixes.registry import fix_settings
 from marl_stability.core.live import readopt, start_from
 from marl_stability.hooks.assemble import build_hooks
+from marl_stability.hooks.builtin import DetectorHook
 from marl_stability.hooks.heal import HealHook
 
 __all__ = ["Trainer", "Progress", "TIMING_KEYS", "CHECKPOINT_FORMAT", "make_venv", "probe_env", "check_compatible"]
@@ -77,6 +78,12 @@ class Progress:
 
 def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
+
+
+def _alarmed(bus: HookBus) -> bool:
+    """A failure detector of the run has fired."""
+    hook = bus.find(DetectorHook)
+    return hook is not None and first_alarm(hook.detectors.summary()) is not None
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -269,7 +276,7 @@ class Trainer:
                 self._evaluate()
             if _crossed(before, p.env_steps, t.checkpoint_every):
                 if t.keep_checkpoints:
-                    keep_history(self.run_dir, self._state(), p.env_steps, t.keep_checkpoints)
+                    keep_history(self.run_dir, self._state(), p.env_steps, t.keep_checkpoints, _alarmed(self.bus))
                 self._save_checkpoint(obs)
             if self._stop_requested:
                 self.ctx.stop("interrupted", "SIGINT/SIGTERM")
