@@ -292,6 +292,9 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_rollback_policy(self) -> "TrainConfig":
+        if self.heal.enabled and self.start_from:
+            raise ValueError("heal.enabled with start_from: a run started from a checkpoint has no normalizer statistics "
+                             "kept from step 0 for a heal to switch on; start it without heal")
         if self.heal.enabled and self.on_nonfinite == "rollback":
             raise ValueError("heal.enabled with on_nonfinite=rollback: heal takes the non-finite policy's place (with "
                              "heal.on_nonfinite it rolls back to before the onset and adds a fix; without, a non-finite "

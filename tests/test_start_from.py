@@ -29,8 +29,15 @@ def cfg(steps: int, extra: list[str] = (), preset: Path = MADDPG):  # type: igno
     return load_config(preset, [*(TINY_PPO if preset == MAPPO else TINY), f"train.steps={steps}", *extra])
 
 
-def actor_weights(state: dict) -> list[torch.Tensor]:
-    return [v for sd in state["algo"]["actors"] for v in sd.values()]
+def same(a: object, b: object) -> bool:
+    """Equal state: tensors bit for bit, containers item by item."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +60,18 @@ def test_keep_checkpoints_keeps_the_newest_periodic_ones_with_the_replay_buffer(
 def test_a_run_started_from_a_checkpoint_continues_its_learner_with_its_own_seed(source: Path, tmp_path: Path) -> None:
     start = dict(history_checkpoints(source))[1000]
     ckpt = load_checkpoint(start)
-    # no step to take: the run ends with the checkpoint's networks, counters and evaluations
-    same = Trainer(cfg(1000, [f"train.start_from={start}"]), tmp_path / "same", quiet=True).run()
-    assert same["started_from"] == {"checkpoint": str(start), "env_steps": 1000}
-    assert same["env_steps"] == 1000 and same["updates"] == ckpt["algo"]["counters"]["updates"] > 0
-    assert same["eval_history"] == json.loads((source / "summary.json").read_text())["eval_history"][:2]
-    for a, b in zip(actor_weights(load_checkpoint(final_checkpoint(tmp_path / "same"))), actor_weights(ckpt)):
-        assert torch.equal(a, b)
+    # the learner right after the start: the checkpoint's networks, targets, optimizers, normalizers and buffer
+    trainer = Trainer(cfg(1500, [f"train.start_from={start}"]), tmp_path / "same", quiet=True)
+    trainer._begin(resume=False)
+    loaded = trainer.algo.state_dict()
+    for key in ("actors", "critics", "target_actors", "target_critics", "actor_opts", "critic_opts"):
+        assert same(loaded[key], ckpt["algo"][key]), key
+    assert same(loaded["buffer"], ckpt["algo"]["buffer"]) and same(loaded["obs_norm"], ckpt["algo"]["obs_norm"])
+    assert trainer.progress.env_steps == 1000 and trainer.progress.eval_history == ckpt["progress"]["eval_history"]
+    trainer.venv.close()
+    trainer.logger.close()
+    before = {"updates": ckpt["algo"]["counters"]["updates"],
+            "eval_history": json.loads((source / "summary.json").read_text())["eval_history"][:2]}
     # continued with a fix a running run can take, under two seeds: the fix is on, the seeds differ
     runs = {}
     for seed in (1, 2):
@@ -67,9 +79,17 @@ def test_a_run_started_from_a_checkpoint_continues_its_learner_with_its_own_seed
                              tmp_path / f"s{seed}", quiet=True).run()
         final = load_checkpoint(final_checkpoint(tmp_path / f"s{seed}"))
         assert final["algo"]["actor_opts"][0]["param_groups"][0]["lr"] == 0.0005
-        assert runs[seed]["env_steps"] == 1500 and runs[seed]["updates"] > same["updates"]
-        assert runs[seed]["eval_history"][:2] == same["eval_history"]
+        assert runs[seed]["env_steps"] == 1500 and runs[seed]["updates"] > before["updates"]
+        assert runs[seed]["eval_history"][:2] == before["eval_history"]
     assert runs[1]["final_return"] != runs[2]["final_return"]  # each seed its own exploration and env resets
+    # a started run resumes like any other: kept going from its own checkpoint, it keeps where it started
+    extended = Trainer(cfg(2000, [f"train.start_from={start}", "seed=1", "actor_optim.lr=0.0005",
+                                  "train.checkpoints=resume"]), tmp_path / "r", quiet=True)
+    first = extended.run()
+    again = Trainer(cfg(2500, [f"train.start_from={start}", "seed=1", "actor_optim.lr=0.0005",
+                               "train.checkpoints=resume"]), tmp_path / "r", quiet=True).run(resume=True)
+    assert first["env_steps"] == 2000 and again["env_steps"] == 2500 and again["updates"] > first["updates"]
+    assert again["started_from"] == first["started_from"] == {"checkpoint": str(start), "env_steps": 1000}
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -85,13 +105,17 @@ def test_a_change_a_running_run_cannot_take_is_refused_before_anything_is_writte
 
 
 def test_bad_start_points_are_one_line_errors(source: Path, tmp_path: Path) -> None:
-    cases = [(final_checkpoint(source), "has no buffer (a finished run's final checkpoint)"),
-             (tmp_path / "missing.pt", "no checkpoint at"),
-             (source / "config.yaml", "corrupt or not a marl-stability checkpoint")]
-    for path, message in cases:
+    start = dict(history_checkpoints(source))[1000]
+    cases = [(final_checkpoint(source), [], "has no buffer (a finished run's final checkpoint)"),
+             (tmp_path / "missing.pt", [], "no checkpoint at"),
+             (source / "config.yaml", [], "corrupt or not a marl-stability checkpoint"),
+             (start, ["--steps", "1000"], "train.steps 1000 leaves nothing to train after the checkpoint's env step 1000"),
+             (start, ["--set", "train.heal.enabled=true"], "heal.enabled with start_from")]
+    for path, extra, message in cases:
         r = subprocess.run([sys.executable, "-m", "marl_stability", "train", "-c", str(MADDPG), "--steps", "1500",
                             "--quiet", "--logdir", str(tmp_path), "--name", "bad", *[a for s in TINY for a in ("--set", s)],
-                            "--set", f"train.start_from={path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                            "--set", f"train.start_from={path}", *extra], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
@@ -124,15 +148,19 @@ def test_cure_starts_its_trials_from_the_last_checkpoint_before_the_onset(tmp_pa
     result = json.loads((run / "cure" / "cure.json").read_text())
     onset, start = result["onset"], result["start"]
     assert start["env_steps"] == start_point(run, onset)[0] < onset and start["env_steps"] % 200 == 0
-    assert [row["from_step"] for row in result["fixes"]] == [start["env_steps"]] * 2  # both live fixes start there
+    # doctor's first two for saturation-first: the lower learning rate starts there; reward normalization from step 0
+    # (a normalizer switched on at the checkpoint would start without the statistics it has from step 0)
+    assert [(row["arm"], row["from_step"]) for row in result["fixes"]] == [("lower_lr", start["env_steps"]), ("reward_scale", 0)]
     trials = sorted((run / "cure" / "runs").glob("*/*/summary.json"))
     assert len(trials) == 6  # control and two fixes, two seeds each
     for trial in trials:
         s = json.loads(trial.read_text())
-        assert s["started_from"]["env_steps"] == start["env_steps"] and s["env_steps"] == result["budget"]
+        assert s["env_steps"] == result["budget"]
+        assert s.get("started_from", {}).get("env_steps", 0) == (0 if "reward_scale" in str(trial) else start["env_steps"])
     assert f"| control | the run's config | {start['env_steps']:,} |" in (run / "cure" / "cure.md").read_text()
     # a fix that changes the network starts from step 0
     assert _live(MADDPG_CLS, "lower_lr", ["actor_optim.lr=0.001"]) and not _live(MADDPG_CLS, "norm_layers", ["actor.norm=layernorm"])
+    assert not _live(MADDPG_CLS, "reward_scale", ["fixes.reward.mode=normalize"])
     assert start_point(run, None) is None and start_point(run, 200) is None  # no checkpoint strictly before step 200
     # keep 4: the collapse confirmed at 800 (three evaluations from its onset at 400) pinned 200, 400 and 600
     assert [s for s, _ in history_checkpoints(run)][:3] == [200, 400, 600] and onset == 400

@@ -86,17 +86,28 @@ def start_from(algo: Any, cfg: RunConfig, state: dict[str, Any], source: Path) -
         raise UserError(f"checkpoint {source} holds an invalid config") from None
     own = cfg.to_dict()
     like = RunConfig.model_validate({**saved.to_dict(), **{k: own[k] for k in RUN_LEVEL}})
-    missing = [k for k in type(algo).resume_only if k not in state["algo"]]
-    if missing:
-        raise UserError(f"checkpoint {source} has no {', '.join(missing)} (a finished run's final checkpoint): "
-                        "start from a history checkpoint (train.keep_checkpoints) or a resume one")
     try:
+        algo_state = {k: _unshadowed(v) for k, v in state["algo"].items()}
+        missing = [k for k in type(algo).resume_only if k not in algo_state]
+        if missing:
+            raise UserError(f"checkpoint {source} has no {', '.join(missing)} (a finished run's final checkpoint): "
+                            "start from a history checkpoint (train.keep_checkpoints) or a resume one")
+        progress = dict(state["progress"])
+        if cfg.train.steps <= int(progress["env_steps"]):
+            raise UserError(f"train.steps {cfg.train.steps} leaves nothing to train after the checkpoint's env step "
+                            f"{int(progress['env_steps'])} ({source})")
         adopt(algo, cfg, like)
-        algo.load_state_dict(state["algo"])
+        algo.load_state_dict(algo_state)
         algo.branch(cfg.seed)
         adopt(algo, like, cfg)
     except ValueError as e:
         raise UserError(f"cannot start from {source}: {e}") from None
     except (KeyError, RuntimeError, TypeError, AttributeError) as e:
         raise UserError(f"checkpoint {source} does not match this run: {e.__class__.__name__}: {e}") from None
-    return dict(state["progress"])
+    return progress
+
+
+def _unshadowed(value: Any) -> Any:
+    """A normalizer's state as a run without heal keeps it: a heal-on run's ``Shadowed`` state ({active, shadow})
+    becomes its active part (a run started from it has no heal, so no shadow statistics to keep)."""
+    return value["active"] if isinstance(value, dict) and set(value) == {"active", "shadow"} else value

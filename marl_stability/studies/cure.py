@@ -50,6 +50,7 @@ from marl_stability.studies.sweep import FINAL_STATUSES, SeedChoice, run_sweep
 CONTROL = "control"
 CURED_PRESET = "cured.yaml"
 MIN_MARGIN = 20_000  # env steps after the onset, at least, in the default budget
+NORMALIZERS = ("fixes.obs_norm.enabled=true", "fixes.reward.mode=normalize")  # settings that switch a normalizer on
 
 
 def _override_dict(items: list[str]) -> dict[str, Any]:
@@ -78,9 +79,13 @@ def start_point(run_dir: Path, onset: Optional[int]) -> Optional[tuple[int, Path
 
 
 def _live(algo_cls: type, fix_id: Optional[str], items: list[str]) -> bool:
-    """A running ``algo_cls`` can take this fix (so a trial may start from a checkpoint with it)."""
+    """A trial with this fix may start from a checkpoint: a running ``algo_cls`` can take it, and it does not switch a
+    normalizer on (a run that kept no statistics for it would start it empty at the checkpoint, a handicap the same
+    fix from step 0 does not have: such a fix starts from step 0)."""
     spec = next((f for f in registry.FIXES if f.id == fix_id), None)
-    return spec is not None and spec.live is not None and not blockers(algo_cls, [i.split("=", 1)[0] for i in items])
+    normalizer = any(i.replace(" ", "").startswith(NORMALIZERS) for i in items)
+    return (spec is not None and spec.live is not None and not normalizer
+            and not blockers(algo_cls, [i.split("=", 1)[0] for i in items]))
 
 
 def plan_cure(run_dir: Path, top: int, steps: Optional[int]) -> dict[str, Any]:
@@ -117,7 +122,8 @@ def plan_cure(run_dir: Path, top: int, steps: Optional[int]) -> dict[str, Any]:
         ids.append((arm, {**f, "from_step": start[0] if "train.start_from" in arms[arm] else 0}))
     sweep = {"name": "cure", "description": f"cure {run_dir}: the control (the run's config) and the top {len(fixes)} fixes "
              "doctor ranks for it", "base": {"config": str((run_dir / "config.yaml").resolve()),
-             "set": {"train.steps": budget, "train.heal.enabled": False, "train.keep_checkpoints": 0}},
+             "set": {"train.steps": budget, "train.heal.enabled": False, "train.keep_checkpoints": 0,
+                     "train.start_from": None}},
              "design": "arms", "arms": arms, "reference": CONTROL}
     road = ON_POLICY if record.on_policy else (d.get("mechanism") or {}).get("mechanism")
     return {"diagnosis": d, "road": road, "fixes": ids, "budget": budget, "onset": onset, "config": cfg,
@@ -186,7 +192,7 @@ def run_cure(run_dir: Path, out: Path, top: int = 3, seeds: int = 3, steps: Opti
     best = max(cured, key=lambda r: (r["healthy"] / r["n"], r["mean"] if r["mean"] is not None else -math.inf),
                default=None)
     if best is not None:
-        preset = load_config(run_dir / "config.yaml", best["set"])
+        preset = load_config(run_dir / "config.yaml", [*best["set"], "train.start_from=null"])
         atomic_write_text(out / CURED_PRESET, f"# {run_dir}'s config with the fix `marl-stability cure` measured to cure "
                           f"it: {best['fix']}\n" + dump_yaml(preset))
     result = {"run": str(run_dir), "budget": planned["budget"], "onset": planned["onset"], "start": planned["start"],

@@ -81,9 +81,9 @@ def _crossed(before: int, after: int, every: int) -> bool:
 
 
 def _alarmed(bus: HookBus) -> bool:
-    """A failure detector of the run has fired."""
-    hook = bus.find(DetectorHook)
-    return hook is not None and first_alarm(hook.detectors.summary()) is not None
+    """A failure detector of the run has fired (or a heal acted on one: a heal restores the detectors)."""
+    hook, healer = bus.find(DetectorHook), bus.find(HealHook)
+    return (hook is not None and first_alarm(hook.detectors.summary()) is not None) or bool(healer and healer.records)
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -100,8 +100,11 @@ def start_run_from(algo: Any, cfg: RunConfig, path: Path) -> Progress:
     if not path.is_file():
         raise UserError(f"train.start_from: no checkpoint at {path}")
     progress = start_from(algo, cfg, load_state(path), path)
-    return Progress.from_state(progress, checkpoints=0, wall_seconds=0.0,
-                               started_from={"checkpoint": str(path), "env_steps": int(progress["env_steps"])})
+    try:
+        return Progress.from_state(progress, checkpoints=0, wall_seconds=0.0,
+                                   started_from={"checkpoint": str(path), "env_steps": int(progress["env_steps"])})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"checkpoint {path} does not match this run: {e.__class__.__name__}: {e}") from None
 
 
 def check_saved_config(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:
@@ -111,7 +114,7 @@ def check_saved_config(state: dict[str, Any], cfg: RunConfig, path: Path) -> Non
         saved = RunConfig.model_validate(state["config"])
     except Exception:
         raise UserError(f"checkpoint {path} holds an invalid config") from None
-    diff = config_diff(saved, cfg, ignore=("train.steps", "train.checkpoints"))
+    diff = config_diff(saved, cfg, ignore=("train.steps", "train.checkpoints", "train.keep_checkpoints"))
     if diff:
         before, now = flatten(saved.to_dict()), flatten(cfg.to_dict())
         shown = ", ".join(f"{k} (checkpoint {before.get(k)!r}, now {now.get(k)!r})" for k in diff[:3])
