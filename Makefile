@@ -1,5 +1,5 @@
 # Two commands do all the set-up from a fresh clone:
-#   make reproduce   venv + install + the main job (marl-stability reproduce, 3 seeds per arm)
+#   make reproduce   venv + install + the main job (marl-stability reproduce: failure, fixed, failure + heal; 2 seeds per arm)
 #   make test        venv + install with test extras + the fast test suite
 # Both install the dependency versions CI tested (requirements.lock, a pip constraints file); torch 2.13.0 first.
 SHELL := /bin/bash
