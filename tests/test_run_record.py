@@ -157,3 +157,42 @@ def test_discovery_finds_runs_at_any_depth_once(tiny_run: Path, tmp_path: Path) 
     (tree / "notes").mkdir()
     found = find_runs([tree, tree / "b"])
     assert [r.dir.relative_to(tree.resolve()).as_posix() for r in found] == ["a/deep/run1", "b"]
+
+
+def test_histograms_are_read_as_tensorboard_reads_them_purge_and_truncation_included(tmp_path: Path) -> None:
+    """RunRecord reads histograms without TensorBoard's pure-Python CRC checks (event_histograms): the same series
+    as TensorBoard's EventAccumulator, for a resumed run whose purge_step drops what a killed run wrote after its
+    checkpoint, and for a last record cut short."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from marl_stability.runs.record import event_histograms
+
+    rng = np.random.default_rng(0)
+    first = SummaryWriter(str(tmp_path))
+    for step in range(1, 6):
+        first.add_histogram("hist/eval_actions/agent_0", rng.normal(size=50), step)
+    first.close()
+    resumed = SummaryWriter(str(tmp_path), purge_step=3, filename_suffix=".b")  # a resume at step 3
+    for step in (3, 4, 6):
+        resumed.add_histogram("hist/eval_actions/agent_0", rng.normal(size=50), step)
+        resumed.add_scalar("eval/team_return", -1.0, step)
+    resumed.close()
+
+    def accumulated() -> dict:
+        acc = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+        acc.Reload()
+        return {t: [(e.step, list(e.histogram_value.bucket_limit), list(e.histogram_value.bucket)) for e in acc.Histograms(t)]
+                for t in acc.Tags()["histograms"]}
+
+    def ours() -> dict:
+        return {t: [(h.step, list(h.edges), list(h.counts)) for h in s] for t, s in event_histograms(tmp_path).items()}
+
+    assert [step for step, _, _ in ours()["hist/eval_actions/agent_0"]] == [1, 2, 3, 4, 6]
+    assert ours() == accumulated()
+    last = sorted(tmp_path.glob("events.out.tfevents.*"))[-1]
+    data = last.read_bytes()
+    for cut in (len(data) - 7, len(data) // 2):  # a run killed mid-write: its last record cut short
+        last.write_bytes(data[:cut])
+        assert ours() == accumulated()
+    assert len(ours()["hist/eval_actions/agent_0"]) < 5
