@@ -134,6 +134,7 @@ def test_mappo_starts_from_a_checkpoint_without_the_rollout_in_progress(tmp_path
 
 def test_cure_starts_its_trials_from_the_last_checkpoint_before_the_onset(tmp_path: Path) -> None:
     from agents import MADDPG as MADDPG_CLS
+    from marl_stability.fixes import registry
     from marl_stability.studies.cure import _live, start_point
 
     sets = ["maddpg.warmup_steps=200", "maddpg.batch_size=32", "maddpg.update_every=10", "train.eval_every=200",
@@ -159,8 +160,10 @@ def test_cure_starts_its_trials_from_the_last_checkpoint_before_the_onset(tmp_pa
         assert s.get("started_from", {}).get("env_steps", 0) == (0 if "reward_scale" in str(trial) else start["env_steps"])
     assert f"| control | the run's config | {start['env_steps']:,} |" in (run / "cure" / "cure.md").read_text()
     # a fix that changes the network starts from step 0
-    assert _live(MADDPG_CLS, "lower_lr", ["actor_optim.lr=0.001"]) and not _live(MADDPG_CLS, "norm_layers", ["actor.norm=layernorm"])
-    assert not _live(MADDPG_CLS, "reward_scale", ["fixes.reward.mode=normalize"])
+    fix = registry.get
+    assert _live(MADDPG_CLS, fix("lower_lr"), ["actor_optim.lr=0.001"])
+    assert not _live(MADDPG_CLS, fix("norm_layers"), ["actor.norm=layernorm"])
+    assert not _live(MADDPG_CLS, fix("reward_scale"), ["fixes.reward.mode=normalize"])
     assert start_point(run, None) is None and start_point(run, 200) is None  # no checkpoint strictly before step 200
     # keep 4: the collapse confirmed at 800 (three evaluations from its onset at 400) pinned 200, 400 and 600
     assert [s for s, _ in history_checkpoints(run)][:3] == [200, 400, 600] and onset == 400

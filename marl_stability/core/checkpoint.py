@@ -15,6 +15,7 @@ from marl_stability.atomic import (  # noqa: F401 (re-exported)
     atomic_write_json,
     atomic_write_text,
 )
+from marl_stability.config import RunConfig
 from marl_stability.errors import UserError
 
 
@@ -49,6 +50,14 @@ def policy_checkpoint(run_dir: Path) -> Optional[Path]:
     return None
 
 
+def saved_config(state: dict[str, Any], path: Path) -> RunConfig:
+    """The config a checkpoint was written with (a one-line error when it is not a valid one)."""
+    try:
+        return RunConfig.model_validate(state["config"])
+    except Exception:
+        raise UserError(f"checkpoint {path} holds an invalid config") from None
+
+
 def history_dir(run_dir: Path) -> Path:
     """``train.keep_checkpoints``: the periodic checkpoints kept, one per ``checkpoint_every``, named by env step."""
     return Path(run_dir) / "checkpoints" / "history"
@@ -64,14 +73,15 @@ def history_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def keep_history(run_dir: Path, state: dict[str, Any], env_steps: int, keep: int, alarmed: bool) -> None:
-    """Write ``state`` (a checkpoint without env copies and hooks: what ``train.start_from`` loads) as the
+    """Write ``state`` without its env copies and hooks (what ``train.start_from`` loads) as the
     history checkpoint of ``env_steps`` and drop all but the newest ``keep`` -- except that the ones there when a
     failure detector has first fired (``alarmed``) are pinned for good (``history/pinned.json``): a failure's onset
     comes before its alarm (a collapse is confirmed evaluations later), and they are the states ``cure`` starts from."""
     pinned_file = history_dir(run_dir) / "pinned.json"
     if alarmed and not pinned_file.is_file():
         atomic_write_json(pinned_file, [step for step, _ in history_checkpoints(run_dir)])
-    save_checkpoint(history_dir(run_dir) / f"{env_steps}.pt", {**state, "kind": "history"})
+    kept = {k: v for k, v in state.items() if k not in ("env", "obs", "hooks")}
+    save_checkpoint(history_dir(run_dir) / f"{env_steps}.pt", {**kept, "kind": "history"})
     pinned = set(json.loads(pinned_file.read_text(encoding="utf-8"))) if pinned_file.is_file() else set()
     droppable = [path for step, path in history_checkpoints(run_dir) if step not in pinned]
     for old in droppable[:-keep]:

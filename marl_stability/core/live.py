@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from marl_stability.config import RunConfig, apply_override, build_config, config_diff
+from marl_stability.core.checkpoint import saved_config
 from marl_stability.errors import UserError
 from marl_stability.fixes.objects import build_fixes, switched_on
 
@@ -80,10 +81,7 @@ def start_from(algo: Any, cfg: RunConfig, state: dict[str, Any], source: Path) -
     takes ``cfg.seed``'s random streams and drops experience tied to the checkpoint's episodes, and ``cfg`` is
     adopted: each key that differs, apart from :data:`RUN_LEVEL`, must be one a running run can change (a fix a
     heal could apply). A one-line ``UserError`` otherwise."""
-    try:
-        saved = healed_config(RunConfig.model_validate(state["config"]), list(state.get("healed", [])))
-    except Exception:
-        raise UserError(f"checkpoint {source} holds an invalid config") from None
+    saved = healed_config(saved_config(state, source), list(state.get("healed", [])))
     own = cfg.to_dict()
     like = RunConfig.model_validate({**saved.to_dict(), **{k: own[k] for k in RUN_LEVEL}})
     try:

@@ -38,16 +38,6 @@ class AgentActionStats(BaseModel):
     sensitivity: float = Field(description="mean standardized Jacobian norm d(action)/d(obs)")
 
 
-# The failure detectors' first steps (summary.json keys); the earliest is a run's first alarm.
-ALARM_KEYS = ("explosion_step", "collapse_step", "nonfinite_step", "entropy_collapse_step", "kl_spike_step",
-              "degradation_step")
-
-
-def first_alarm(fields: dict[str, Any]) -> Optional[int]:
-    """The env step of the first failure alarm among ``fields`` (summary keys, e.g. the hooks' summary), or None."""
-    return min((int(fields[k]) for k in ALARM_KEYS if fields.get(k) is not None), default=None)
-
-
 class RunSummary(BaseModel):
     """What ``summary.json`` holds. Unknown keys are ignored when reading (older or newer writers)."""
 

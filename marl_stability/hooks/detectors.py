@@ -498,6 +498,11 @@ class Detectors:
         """Per-agent collapse onset step (None = not fired)."""
         return {a: d.first_step for a, d in self.collapse.items()}
 
+    @property
+    def fired(self) -> bool:
+        """Some failure detector has fired."""
+        return any(d.fired for d in self._all())
+
     def _all(self) -> list[Any]:
         return [*self.explosion.values(), *self.collapse.values(), self.nonfinite, *self.entropy.values(),
                 *self.kl.values(), self.degradation]

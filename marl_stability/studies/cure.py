@@ -78,11 +78,10 @@ def start_point(run_dir: Path, onset: Optional[int]) -> Optional[tuple[int, Path
     return max(((step, path) for step, path in history_checkpoints(run_dir) if step < onset), default=None)
 
 
-def _live(algo_cls: type, fix_id: Optional[str], items: list[str]) -> bool:
+def _live(algo_cls: type, spec: Optional[registry.FixSpec], items: list[str]) -> bool:
     """A trial with this fix may start from a checkpoint: a running ``algo_cls`` can take it, and it does not switch a
     normalizer on (a run that kept no statistics for it would start it empty at the checkpoint, a handicap the same
     fix from step 0 does not have: such a fix starts from step 0)."""
-    spec = next((f for f in registry.FIXES if f.id == fix_id), None)
     normalizer = any(i.replace(" ", "").startswith(NORMALIZERS) for i in items)
     return (spec is not None and spec.live is not None and not normalizer
             and not blockers(algo_cls, [i.split("=", 1)[0] for i in items]))
@@ -115,10 +114,11 @@ def plan_cure(run_dir: Path, top: int, steps: Optional[int]) -> dict[str, Any]:
     algo_cls = algorithm_class(cfg.algo)
     arms: dict[str, Any] = {CONTROL: dict(start_set)}
     ids = []
-    by_title = {spec.title: spec.id for spec in registry.FIXES}
+    by_title = {spec.title: spec for spec in registry.FIXES}
     for f in fixes:
-        arm = by_title.get(f["name"], f"fix{len(ids) + 1}")  # the registry id names the arm
-        arms[arm] = {**_override_dict(f["set"]), **(start_set if _live(algo_cls, by_title.get(f["name"]), f["set"]) else {})}
+        spec = by_title.get(f["name"])
+        arm = spec.id if spec is not None else f"fix{len(ids) + 1}"  # the registry id names the arm
+        arms[arm] = {**_override_dict(f["set"]), **(start_set if _live(algo_cls, spec, f["set"]) else {})}
         ids.append((arm, {**f, "from_step": start[0] if "train.start_from" in arms[arm] else 0}))
     sweep = {"name": "cure", "description": f"cure {run_dir}: the control (the run's config) and the top {len(fixes)} fixes "
              "doctor ranks for it", "base": {"config": str((run_dir / "config.yaml").resolve()),

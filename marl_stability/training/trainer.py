@@ -26,6 +26,7 @@ from marl_stability.core.checkpoint import (
     load_checkpoint,
     resume_checkpoint,
     save_checkpoint,
+    saved_config,
     save_final_checkpoint,
 )
 from marl_stability.core.evaluation import evaluate
@@ -37,7 +38,7 @@ from marl_stability.core.events import (
 )
 from marl_stability.core.hooks import HookBus, RunContext
 from marl_stability.core.sinks import Logger
-from marl_stability.core.summary import TIMING_KEYS, RunSummary, first_alarm
+from marl_stability.core.summary import TIMING_KEYS, RunSummary
 from marl_stability.envs.vector import EnvOutputError
 from marl_stability.errors import UserError
 from marl_stability.fixes.registry import fix_settings
@@ -83,7 +84,7 @@ def _crossed(before: int, after: int, every: int) -> bool:
 def _alarmed(bus: HookBus) -> bool:
     """A failure detector of the run has fired (or a heal acted on one: a heal restores the detectors)."""
     hook, healer = bus.find(DetectorHook), bus.find(HealHook)
-    return (hook is not None and first_alarm(hook.detectors.summary()) is not None) or bool(healer and healer.records)
+    return (hook is not None and hook.detectors.fired) or bool(healer and healer.records)
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -110,10 +111,7 @@ def start_run_from(algo: Any, cfg: RunConfig, path: Path) -> Progress:
 def check_saved_config(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:
     """A resume continues the run it was written by: the saved config must equal ``cfg`` except the budget and
     the checkpoint policy (one line naming the first keys that differ, otherwise)."""
-    try:
-        saved = RunConfig.model_validate(state["config"])
-    except Exception:
-        raise UserError(f"checkpoint {path} holds an invalid config") from None
+    saved = saved_config(state, path)
     diff = config_diff(saved, cfg, ignore=("train.steps", "train.checkpoints", "train.keep_checkpoints"))
     if diff:
         before, now = flatten(saved.to_dict()), flatten(cfg.to_dict())
@@ -165,7 +163,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, obs: Optional[np.ndarray] = None) -> dict[str, Any]:
-        """What a checkpoint holds; without ``obs`` only what a final one keeps (no env copies, no hooks)."""
+        """What a checkpoint holds (wall time included); without ``obs`` what a final one keeps (no envs, hooks)."""
+        self.progress.wall_seconds = self._elapsed()
         state = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "algo": self.algo.state_dict(),
                  "progress": asdict(self.progress)}
         if (healer := self.bus.find(HealHook)) is not None and healer.overrides:  # networks of the healed config
@@ -174,13 +173,16 @@ class Trainer:
             state.update({"env": self.venv.state_dict(), "obs": obs, "hooks": self.bus.state_dict()})
         return state
 
-    def _save_checkpoint(self, obs: np.ndarray) -> None:
-        if self.cfg.train.checkpoints == "none":
+    def _save_checkpoint(self, obs: np.ndarray, history: int = 0) -> None:  # history: train.keep_checkpoints
+        if self.cfg.train.checkpoints == "none" and not history:
             return
         self.bus.before_checkpoint()
-        self.progress.wall_seconds = self._elapsed()
-        save_checkpoint(self.checkpoint_path, self._state(obs))
-        self.progress.checkpoints += 1
+        state = self._state(obs)  # once for both files: the algorithm's state copies the replay buffer
+        if history:
+            keep_history(self.run_dir, state, self.progress.env_steps, history, _alarmed(self.bus))
+        if self.cfg.train.checkpoints != "none":
+            save_checkpoint(self.checkpoint_path, state)
+            self.progress.checkpoints += 1
 
     def _restore(self) -> np.ndarray:
         state = load_state(self.checkpoint_path)
@@ -278,9 +280,7 @@ class Trainer:
             if _crossed(before, p.env_steps, t.eval_every):
                 self._evaluate()
             if _crossed(before, p.env_steps, t.checkpoint_every):
-                if t.keep_checkpoints:
-                    keep_history(self.run_dir, self._state(), p.env_steps, t.keep_checkpoints, _alarmed(self.bus))
-                self._save_checkpoint(obs)
+                self._save_checkpoint(obs, history=t.keep_checkpoints)
             if self._stop_requested:
                 self.ctx.stop("interrupted", "SIGINT/SIGTERM")
         return obs
@@ -312,7 +312,6 @@ class Trainer:
             self._save_checkpoint(obs)
             return
         if mode == "final" and self.status == "completed":
-            self.progress.wall_seconds = self._elapsed()
             save_final_checkpoint(self.run_dir, self._state(), type(self.algo).resume_only)
         elif mode == "final" and self.checkpoint_path.is_file():  # diverged: the last state before it
             save_final_checkpoint(self.run_dir, load_checkpoint(self.checkpoint_path), type(self.algo).resume_only)
