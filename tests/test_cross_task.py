@@ -82,8 +82,21 @@ def test_verdicts_counts_and_matrix():
     assert by_arm["clip"].verdict == "does not cure"
     assert by_arm["reward_scale"].agent_counts() == {"agent_0": 0, "agent_1": 2}
     table = "\n".join(ct.matrix(groups))
-    assert "cures (0/3 end, 1/3 detected)" in table and "partly (2/3 end, 3/3 detected)" in table
-    assert "fails (3/3 end, 3/3 detected)" in table
+    assert "cures (0/3 [0.00, 0.56] end, 1/3 detected)" in table and "partly (2/3 [0.21, 0.94] end, 3/3 detected)" in table
+    assert "fails (3/3 [0.44, 1.00] end, 3/3 detected)" in table
+
+
+def test_labels_are_counted_and_old_records_say_so():
+    """Each arm counts its runs' labels with their kinds; records from before labels existed show n/a, not healthy."""
+    recs = [_record("fixed", s, [], sweep="reproduction") for s in range(4)]
+    for r, (label, kind) in zip(recs, [("healthy", ""), ("degraded", "below_do_nothing"), ("healthy", ""),
+                                       ("degraded", "dropped")]):
+        r.label, r.label_kind = label, kind
+    v = ct.group(recs)["simple_spread_v3"][0]
+    assert v.labels() == "healthy 2, degraded 2 (below_do_nothing 1, dropped 1)"
+    assert "| healthy 2, degraded 2 (below_do_nothing 1, dropped 1) |" in "\n".join(ct.task_table([v]))
+    old = ct.group([_record("fixed", 0, [], sweep="reproduction")])["simple_spread_v3"][0]
+    assert old.labels() == "n/a"
 
 
 def test_competitive_tasks_report_each_team():

@@ -11,15 +11,21 @@ one task (``failure``) stays two rows. ``--out`` gets ``records.json`` (one reco
 the tables use, so ``--from-records`` rebuilds them without the run directories) and ``report.md``.
 
 Definitions (all from each run's final evaluation and its summary.json, never from returns alone):
-- an agent is **collapsed at the end** when its final evaluation meets the collapse detector's own thresholds
-  (the run's ``detectors:`` section: repeat rate >= 0.9, saturation >= 0.9, sensitivity <= 1e-3) AND maps
-  different states to the same action (``batch_same_action`` >= 0.9). The last condition is what separates a
+- an agent is **collapsed at the end** when its final evaluation meets the collapse detector's repeat and
+  sensitivity thresholds (the run's ``detectors:`` section: repeat rate >= 0.9, sensitivity <= 1e-3) AND maps
+  different states to the same action (``batch_same_action`` >= 0.9), saturated or not (``runs.labels.is_collapsed``;
+  the label's kind says which: *saturated* when every collapsed agent's saturation >= 0.9). The last condition is what separates a
   collapse from a saturated code: simple_speaker_listener's speaker sees a constant one-hot goal, so its repeat
   rate is 1 by construction, and a speaker that answers each goal with its own saturated message has zero
   local sensitivity too, while it communicates perfectly (its same-action rate is then ~1/3, one goal in three);
 - a run **ends collapsed** when at least one agent is collapsed at the end;
 - a fix **cures** the failure on a task when no seed ends collapsed, **does not cure** when every seed does,
-  and cures **partly** otherwise; the collapse detector's firing during training is reported beside it;
+  and cures **partly** otherwise; the collapse detector's firing during training is reported beside it; every
+  rate carries its 95% Wilson interval;
+- each run's **label** (healthy, collapsed, diverged, degraded: ``marl_stability.runs.labels``, the labels
+  ``calibrate`` and ``doctor`` use) is counted beside it: a run that ends no better than its task's do-nothing
+  policy is *degraded*, never healthy, whether or not an agent collapsed (no do-nothing anchor on a competitive
+  task: its team return mixes both teams);
 - on competitive tasks the team return (the sum over all agents, what every other report shows) mixes both
   teams, so the tables add each team's return: the adversaries (agents named ``adversary*``, ``leadadversary*``,
   ``eve*``) and the good agents (everyone else), each the sum of its members' returns.
@@ -39,10 +45,11 @@ from marl_stability.runs.anchors import COMPETITIVE_TASKS
 from marl_stability.atomic import atomic_write_json, atomic_write_text
 from marl_stability.errors import ArgumentParser, UserError
 from marl_stability.fmt import fmt_number
-from marl_stability.runs.labels import is_collapsed
+from marl_stability.runs.labels import LABELS, is_collapsed
 from marl_stability.runs.record import RunRecord
 from marl_stability.runs.sweep_layout import FINAL_STATUSES
 from marl_stability.runs.trials import collect
+from marl_stability.studies.report import rate_text
 
 ADVERSARY_PREFIXES = ("adversary", "leadadversary", "eve")
 # Readable names of the arms the project's sweep files use (others print as their arm name).
@@ -76,6 +83,8 @@ class TaskRun:
     agents: list[str]
     agent_returns: dict[str, float] = field(default_factory=dict)  # final evaluation, per agent
     action_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    label: str = ""  # healthy | collapsed | diverged | degraded ("" in records written before labels existed)
+    label_kind: str = ""  # collapsed: saturated | unsaturated; degraded: below_do_nothing | dropped
 
 
 def team_of(agent: str) -> str:
@@ -97,12 +106,15 @@ def load_records(out: Path) -> list[TaskRun]:
         s = trials.summaries[row["run_dir"]]
         cfg = trials.plan.arm(row["arm"]).config
         stats = {a: st.model_dump() for a, st in s.action_stats.items()}
+        record = RunRecord(Path(out) / row["run_dir"])
+        label = record.label
         records.append(TaskRun(
             task=cfg["env"]["id"], sweep=kind, arm=row["arm"], seed=int(row["seed"]), status=s.status,
             final_return=s.final_return, collapse_step=s.collapse_step, explosion_step=s.explosion_step,
             peak_critic_grad=s.grad_peak("critic"),
             collapsed_agents=[a for a, st in stats.items() if is_collapsed(st, cfg["detectors"])],
-            agents=list(s.agents), agent_returns=RunRecord(Path(out) / row["run_dir"]).last_values("eval/agent_return/"), action_stats=stats))
+            agents=list(s.agents), agent_returns=record.last_values("eval/agent_return/"), action_stats=stats,
+            label=label.label, label_kind=label.kind))
     return records
 
 
@@ -130,6 +142,19 @@ class ArmVerdict:
     def verdict(self) -> str:
         k = self.ended_collapsed
         return "cures" if k == 0 else "does not cure" if k == self.n else "partly"
+
+    def labels(self) -> str:
+        """How many seeds carry each label, e.g. ``healthy 8, degraded 2 (below_do_nothing 2)``."""
+        if any(not r.label for r in self.runs):
+            return "n/a"
+        parts = []
+        for name in LABELS:
+            runs = [r for r in self.runs if r.label == name]
+            if runs:
+                kinds = {k: sum(r.label_kind == k for r in runs) for k in sorted({r.label_kind for r in runs}) if k}
+                note = " (" + ", ".join(f"{k} {c}" for k, c in kinds.items()) + ")" if kinds else ""
+                parts.append(f"{name} {len(runs)}{note}")
+        return ", ".join(parts)
 
     def agent_counts(self) -> dict[str, int]:
         """How many seeds ended with each agent collapsed (agents in the env's order)."""
@@ -190,12 +215,12 @@ def _grad(v: ArmVerdict) -> str:
 
 
 def task_table(arms: list[ArmVerdict]) -> list[str]:
-    lines = ["| sweep | arm | seeds | collapse detected | ended collapsed | verdict | final team return: mean (per seed)"
-             " | peak critic grad norm |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| sweep | arm | seeds | collapse detected | ended collapsed | verdict | labels | final team return: mean "
+             "(per seed) | peak critic grad norm |", "|---|---|---|---|---|---|---|---|---|"]
     for v in arms:
         lines.append(f"| {v.sweep} | {ARM_LABELS.get(v.arm, v.arm)} | {v.n} | {v.detected}/{v.n}{_onset(v)} | "
-                     f"{v.ended_collapsed}/{v.n}{_agents_note(v)} | {v.verdict if v.arm != 'failure' else '—'} | "
-                     f"{_returns(v)} | {_grad(v)} |")
+                     f"{rate_text(v.ended_collapsed, v.n)}{_agents_note(v)} | {v.verdict if v.arm != 'failure' else '—'} | "
+                     f"{v.labels()} | {_returns(v)} | {_grad(v)} |")
     return lines
 
 
@@ -214,7 +239,7 @@ def matrix(groups: dict[str, list[ArmVerdict]]) -> list[str]:
                 cells.append("—")
                 continue
             word = "fails" if arm == "failure" else v.verdict
-            cells.append(f"{word} ({v.ended_collapsed}/{v.n} end, {v.detected}/{v.n} detected)")
+            cells.append(f"{word} ({rate_text(v.ended_collapsed, v.n)} end, {v.detected}/{v.n} detected)")
         lines.append(f"| {ARM_LABELS.get(arm, arm)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -223,8 +248,11 @@ def render(records: list[TaskRun]) -> str:
     groups = group(records)
     lines = ["# The repeated-action failure across tasks", "",
              "Generated by `python -m marl_stability.analysis.cross_task` (definitions in its docstring). \"end\": seeds "
-             "whose final evaluation has at least one agent collapsed (repeat >= 0.9, saturation >= 0.9, "
-             "sensitivity <= 1e-3 and the same action for >= 90% of pairs of different states); \"detected\": seeds where the collapse detector fired during training. "
+             "whose final evaluation has at least one agent collapsed (repeat >= 0.9, sensitivity <= 1e-3 and the same "
+             "action for >= 90% of pairs of different states; saturated or not: the label's kind says which), with its "
+             "95% Wilson interval; "
+             "\"detected\": seeds where the collapse detector fired during training; \"labels\": each run's label "
+             "(`marl_stability.runs.labels`; degraded = no better than the task's do-nothing policy, or a sustained drop). "
              "The failure row and the single fixes come from each task's single-fix sweep when it has one.", "",
              "## Across tasks", ""]
     lines += matrix(groups)

@@ -191,8 +191,9 @@ def _ci(ci: tuple[float, float], spec: str = ".2f") -> str:
     return "n/a" if not all(math.isfinite(c) for c in ci) else f"[{format(ci[0], spec)}, {format(ci[1], spec)}]"
 
 
-def _rate(k: int, n: int, ci: tuple[float, float]) -> str:
-    return "n/a" if n == 0 else f"{k}/{n} {_ci(ci)}"
+def rate_text(k: int, n: int) -> str:
+    """``k/n [lo, hi]``: a rate with its 95% Wilson interval (what ten seeds can and cannot say); n/a for n = 0."""
+    return "n/a" if n == 0 else f"{k}/{n} {_ci(wilson_interval(k, n))}"
 
 
 def render_markdown(trials: Trials, stats: list[ArmStats], figures: list[str], figure_note: str = "") -> str:
@@ -235,7 +236,7 @@ def _arms_table(reference: str, stats: list[ArmStats]) -> list[str]:
         pci = "—" if s.arm == reference else _ci(s.p_improve_ci)
         lines.append(
             f"| `{s.arm}` | {len(s.returns)} | {fmt_number(s.iqm)} | {_ci(s.iqm_ci)} | {p} | {pci} | "
-            f"{_rate(s.collapses, s.finished, s.collapse_ci)} | {_rate(s.explosions, s.finished, s.explosion_ci)} | "
+            f"{rate_text(s.collapses, s.finished)} | {rate_text(s.explosions, s.finished)} | "
             f"{s.diverged}/{s.finished} |"
         )
     return lines + [

@@ -45,7 +45,7 @@ from marl_stability.fmt import fmt_number
 from marl_stability.runs.record import RunRecord
 from marl_stability.runs.scalars import Scalars
 from marl_stability.runs.trials import Trials, collect, fix_engagement_section, write_csv
-from marl_stability.studies.report import _mean, _save, bootstrap_ci, wilson_interval
+from marl_stability.studies.report import _mean, _save, bootstrap_ci, rate_text, wilson_interval
 from marl_stability.studies.sweep import (
     FINAL_STATUSES,
     Plan,
@@ -676,8 +676,8 @@ def _results_section(res: dict[str, ArmResult], episodes_per_eval: int) -> list[
         lo, hi = a.final_return_ci
         lines.append(
             f"| {a.name} | {a.n} | {fmt_number(a.final_return_mean, '.1f')} [{fmt_number(lo, '.1f')}, "
-            f"{fmt_number(hi, '.1f')}] | {_rate(a.collapses, a.n)} | "
-            f"{_steps(a.collapse_steps)} | {_rate(a.explosions, a.n)} | {_range(a.peak_critic_grad)} | "
+            f"{fmt_number(hi, '.1f')}] | {rate_text(a.collapses, a.n)} | "
+            f"{_steps(a.collapse_steps)} | {rate_text(a.explosions, a.n)} | {_range(a.peak_critic_grad)} | "
             f"{fmt_number(_nanmean(a.repeat, a.n), '.2f')} | "
             f"{fmt_number(_nanmean(a.saturation, a.n), '.2f')} | "
             f"{fmt_number(_nanmean(a.sensitivity, a.n), '.3g')} |")
@@ -689,7 +689,7 @@ def _results_section(res: dict[str, ArmResult], episodes_per_eval: int) -> list[
                         f"{fmt_number(ag, '.3g')} / {lab or '?'}"
                         for s, r, c, g, ag, lab in zip(a.seeds, a.final_returns, a.collapse_steps, a.peak_critic_grad,
                                                        a.peak_actor_grad, labels))
-        lines.append(f"- {a.name}: {per or 'none'}; not healthy: {_rate(a.failing_labels, a.n)}")
+        lines.append(f"- {a.name}: {per or 'none'}; not healthy: {rate_text(a.failing_labels, a.n)}")
     heal = res.get(HEAL_ARM)
     if heal is not None and heal.n:
         lines += ["", "Heals (`train.heal`) per seed of the heal arm: trigger at env step -> snapshot rolled back to, "
@@ -713,14 +713,6 @@ def _optimizers(cfg: dict[str, Any]) -> str:
             f"{mom(c)} lr {c['lr']:g}")
 
 
-def _rate(k: int, n: int) -> str:
-    """``k/n [lo, hi]``: a rate with its 95% Wilson interval (what ten seeds can and cannot say)."""
-    if n == 0:
-        return "0/0"
-    lo, hi = wilson_interval(k, n)
-    return f"{k}/{n} [{lo:.2f}, {hi:.2f}]"
-
-
 def _failure_table(res: dict[str, ArmResult]) -> list[str]:
     """Every detector's count and first step per arm (shown when one beyond the action collapse fired)."""
     lines = ["| arm | any failure | first failure | diverged (non-finite) | entropy collapse | KL spike (warning) |",
@@ -728,7 +720,7 @@ def _failure_table(res: dict[str, ArmResult]) -> list[str]:
     for a in res.values():
         def n(xs: list[Optional[int]]) -> str:
             return f"{_fired(xs)}/{a.n}" + (f" ({_steps(xs)})" if _fired(xs) else "")
-        lines.append(f"| {a.name} | {_rate(a.failures, a.n)} | {_steps(a.failure_steps)} | {n(a.nonfinite_steps)} | "
+        lines.append(f"| {a.name} | {rate_text(a.failures, a.n)} | {_steps(a.failure_steps)} | {n(a.nonfinite_steps)} | "
                      f"{n(a.entropy_collapse_steps)} | {n(a.kl_spike_steps)} |")
     return lines + [""]
 
@@ -795,7 +787,7 @@ def _extended_verdict_section(failure: ArmResult, fixed: ArmResult, v: dict[str,
 def _labels_note(arm: ArmResult) -> str:
     """The runs not labelled healthy (e.g. no better than doing nothing at the end), or nothing."""
     bad = [f"s{s}: {lab}" for s, lab in zip(arm.seeds, arm.labels) if not lab.startswith("healthy")]
-    return f"Not labelled healthy: {_rate(len(bad), arm.n)} ({', '.join(bad)}). " if bad else ""
+    return f"Not labelled healthy: {rate_text(len(bad), arm.n)} ({', '.join(bad)}). " if bad else ""
 
 
 def _competitive_note(anchors: TaskAnchors) -> list[str]:
