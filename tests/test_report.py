@@ -16,6 +16,7 @@ from scipy.stats import trim_mean
 
 from marl_stability.cli.ablate import main as ablate_main
 from marl_stability.core.checkpoint import atomic_write_json
+from marl_stability.core import rates
 from marl_stability.studies import report
 from marl_stability.studies.sweep import Arm, Plan
 
@@ -71,14 +72,14 @@ def sweep_dir(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("k, n, lo, hi", [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0),
                                           (1, 20, 0.0089, 0.2361), (3, 5, 0.2307, 0.8824)])
 def test_wilson_known_values(k: int, n: int, lo: float, hi: float) -> None:
-    got = report.wilson_interval(k, n)
+    got = rates.wilson_interval(k, n)
     assert got[0] == pytest.approx(lo, abs=1e-4) and got[1] == pytest.approx(hi, abs=1e-4)
 
 
 def test_wilson_edge_cases() -> None:
-    assert all(math.isnan(v) for v in report.wilson_interval(0, 0))
+    assert all(math.isnan(v) for v in rates.wilson_interval(0, 0))
     with pytest.raises(ValueError):
-        report.wilson_interval(3, 2)
+        rates.wilson_interval(3, 2)
 
 
 def test_iqm_and_probability_of_improvement_by_hand() -> None:

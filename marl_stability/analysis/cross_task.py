@@ -43,13 +43,13 @@ import numpy as np
 
 from marl_stability.runs.anchors import COMPETITIVE_TASKS
 from marl_stability.atomic import atomic_write_json, atomic_write_text
+from marl_stability.core.rates import rate_text
 from marl_stability.errors import ArgumentParser, UserError
 from marl_stability.fmt import fmt_number
 from marl_stability.runs.labels import LABELS, is_collapsed
 from marl_stability.runs.record import RunRecord
 from marl_stability.runs.sweep_layout import FINAL_STATUSES
 from marl_stability.runs.trials import collect
-from marl_stability.studies.report import rate_text
 
 ADVERSARY_PREFIXES = ("adversary", "leadadversary", "eve")
 # Readable names of the arms the project's sweep files use (others print as their arm name).

@@ -29,12 +29,12 @@ from marl_stability.fmt import fmt_number
 from marl_stability.runs.sweep_layout import (
     FINAL_STATUSES,
 )
+from marl_stability.core.rates import rate_text, wilson_interval
 from marl_stability.runs.trials import Trials, collect, fix_engagement_section, write_csv
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0  # fixed: rebuilding a report gives the same intervals
-Z95 = 1.959963984540054  # standard normal quantile at 0.975
 
 
 
@@ -44,27 +44,6 @@ def iqm(x: Any, axis: int = -1) -> Any:
     from scipy.stats import trim_mean
 
     return trim_mean(np.asarray(x, dtype=float), 0.25, axis=axis)
-
-
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion k/n (closed form); (nan, nan) when n == 0.
-
-    Unlike the normal approximation it stays inside [0, 1] and is not degenerate at k = 0 or k = n, which is
-    what a collapse rate over a handful of seeds needs.
-    """
-    if n <= 0:
-        return (math.nan, math.nan)
-    if not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    p = k / n
-    z2 = z * z
-    denom = 1 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    # At k = 0 (k = n) the lower (upper) bound is exactly 0 (1); rounding would leave a hair's breadth off.
-    lo = 0.0 if k == 0 else max(0.0, center - half)
-    hi = 1.0 if k == n else min(1.0, center + half)
-    return (lo, hi)
 
 
 def prob_improvement(x: Any, y: Any, axis: int = -1) -> Any:
@@ -189,11 +168,6 @@ def effect_sentence(s: ArmStats, ref: ArmStats) -> str:
 # ---------------------------------------------------------------------------------------------- markdown
 def _ci(ci: tuple[float, float], spec: str = ".2f") -> str:
     return "n/a" if not all(math.isfinite(c) for c in ci) else f"[{format(ci[0], spec)}, {format(ci[1], spec)}]"
-
-
-def rate_text(k: int, n: int) -> str:
-    """``k/n [lo, hi]``: a rate with its 95% Wilson interval (what ten seeds can and cannot say); n/a for n = 0."""
-    return "n/a" if n == 0 else f"{k}/{n} {_ci(wilson_interval(k, n))}"
 
 
 def render_markdown(trials: Trials, stats: list[ArmStats], figures: list[str], figure_note: str = "") -> str:

@@ -45,7 +45,8 @@ from marl_stability.fmt import fmt_number
 from marl_stability.runs.record import RunRecord
 from marl_stability.runs.scalars import Scalars
 from marl_stability.runs.trials import Trials, collect, fix_engagement_section, write_csv
-from marl_stability.studies.report import _mean, _save, bootstrap_ci, rate_text, wilson_interval
+from marl_stability.core.rates import rate_text, wilson_interval
+from marl_stability.studies.report import _mean, _save, bootstrap_ci
 from marl_stability.studies.sweep import (
     FINAL_STATUSES,
     Plan,
