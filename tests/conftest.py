@@ -82,7 +82,7 @@ TIERS: dict[str, tuple[str, ...]] = {
              "test_monitor.py", "test_networks.py", "test_release.py", "test_structure.py", "test_tool_args.py"),
     "lockstep": ("test_fast_mpe.py", "test_fast_mpe_lockstep.py", "test_fast_mpe_physics.py"),
     "integration": ("test_anchors.py", "test_bench.py", "test_benchmarl.py", "test_calibrate.py", "test_cli_errors.py", "test_doctor.py",
-                    "test_edges.py", "test_engagement.py", "test_fast_mpe_training.py", "test_heal.py", "test_hooks.py", "test_start_from.py", "test_mappo.py",
+                    "test_cross_task_runs.py", "test_edges.py", "test_engagement.py", "test_fast_mpe_training.py", "test_heal.py", "test_hooks.py", "test_start_from.py", "test_mappo.py",
                     "test_matd3.py",
                     "test_algorithm_contract.py",
                     "test_mechanism.py", "test_plasticity.py", "test_docs.py", "test_report.py", "test_reproduce.py",

@@ -46,7 +46,7 @@ from marl_stability.atomic import atomic_write_json, atomic_write_text
 from marl_stability.core.rates import rate_text
 from marl_stability.errors import ArgumentParser, UserError
 from marl_stability.fmt import fmt_number
-from marl_stability.runs.labels import LABELS, is_collapsed
+from marl_stability.runs.labels import LABELS
 from marl_stability.runs.record import RunRecord
 from marl_stability.runs.sweep_layout import FINAL_STATUSES
 from marl_stability.runs.trials import collect
@@ -112,7 +112,7 @@ def load_records(out: Path) -> list[TaskRun]:
             task=cfg["env"]["id"], sweep=kind, arm=row["arm"], seed=int(row["seed"]), status=s.status,
             final_return=s.final_return, collapse_step=s.collapse_step, explosion_step=s.explosion_step,
             peak_critic_grad=s.grad_peak("critic"),
-            collapsed_agents=[a for a, st in stats.items() if is_collapsed(st, cfg["detectors"])],
+            collapsed_agents=label.agents,  # the label applies the collapse rule to the final evaluation
             agents=list(s.agents), agent_returns=record.last_values("eval/agent_return/"), action_stats=stats,
             label=label.label, label_kind=label.kind))
     return records

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from marl_stability.fmt import MISSING
+
 Z95 = 1.959963984540054  # standard normal quantile at 0.975
 
 
@@ -32,6 +34,6 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 def rate_text(k: int, n: int) -> str:
     """``k/n [lo, hi]``: a rate with its 95% Wilson interval (what ten seeds can and cannot say); n/a for n = 0."""
     if n == 0:
-        return "n/a"
+        return MISSING
     lo, hi = wilson_interval(k, n)
     return f"{k}/{n} [{lo:.2f}, {hi:.2f}]"
